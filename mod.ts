@@ -1,0 +1,41 @@
+/**
+ * # uffd — Linux userfaultfd and PAGEMAP_SCAN for Deno
+ *
+ * Write-protect memory and learn about every write, resolve missing faults from
+ * another thread, and ask the kernel which pages were written — through
+ * `Deno.dlopen` on libc, with no compiled addon.
+ *
+ * - {@linkcode Userfaultfd}: a userfaultfd with typed ranges, every `UFFDIO_*`
+ *   operation and typed events.
+ * - {@linkcode Region}: memory the library maps, or wraps (`ArrayBuffer`,
+ *   `WebAssembly.Memory`).
+ * - The kernel interface as constants: {@linkcode FEATURES}, {@linkcode IOCTLS},
+ *   {@linkcode CATEGORIES}, `UFFDIO_*`, `UFFD_FEATURE_*`, `PAGE_IS_*`.
+ * - {@linkcode UffdError}: every failure, with the errno name, the operation and a hint.
+ *
+ * Linux only (x86_64, aarch64). Needs `--allow-ffi` (and `--allow-read` for the
+ * `/proc` files some features read).
+ *
+ * @example Track writes asynchronously (Linux 6.7+)
+ * ```ts
+ * import { Feature, Region, Userfaultfd } from "@uffd/uffd";
+ * using mem = Region.map(64 * Region.pageSize);
+ * using uffd = Userfaultfd.open({ features: [Feature.WP_ASYNC, Feature.WP_UNPOPULATED] });
+ * uffd.register(mem, { wp: true });
+ * uffd.writeProtect(mem);
+ * mem.bytes[5 * Region.pageSize] = 1; // resolved by the kernel: WP_ASYNC
+ * ```
+ *
+ * @module
+ */
+
+export * from "./uapi.ts";
+export * from "./linux.ts";
+export * from "./errors.ts";
+export * from "./range.ts";
+export * from "./region.ts";
+export * from "./events.ts";
+export * from "./access.ts";
+export * from "./userfaultfd.ts";
+export * from "./pagemap.ts";
+export * from "./maps.ts";
