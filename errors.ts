@@ -1,0 +1,196 @@
+/**
+ * The error type of the library. A failing system call becomes a
+ * {@linkcode UffdError} that carries the errno name (`EINVAL`, `EPERM`, …), the
+ * operation (`UFFDIO_REGISTER`, `mmap`, …), the arguments it was given and a
+ * hint for the common causes. Input that is refused before any system call
+ * (an unaligned address, a zero length, a closed fd) gets the same type, with
+ * the errno the kernel would have returned and `beforeSyscall` set.
+ *
+ * @example
+ * ```ts
+ * import { Region, UffdError, Userfaultfd } from "@uffd/uffd";
+ * using mem = Region.map(Region.pageSize);
+ * using uffd = Userfaultfd.open();
+ * try {
+ *   uffd.register({ address: mem.address + 1n, length: Region.pageSize }, { missing: true });
+ * } catch (e) {
+ *   if (e instanceof UffdError) console.log(e.code, e.operation); // EINVAL UFFDIO_REGISTER
+ * }
+ * ```
+ *
+ * @module
+ */
+
+/** Linux errno numbers by name (asm-generic/errno-base.h and errno.h; the same on x86_64 and aarch64). */
+export const ERRNO: Readonly<Record<string, number>> = Object.freeze({
+  EPERM: 1,
+  ENOENT: 2,
+  ESRCH: 3,
+  EINTR: 4,
+  EIO: 5,
+  ENXIO: 6,
+  E2BIG: 7,
+  EBADF: 9,
+  ECHILD: 10,
+  EAGAIN: 11,
+  ENOMEM: 12,
+  EACCES: 13,
+  EFAULT: 14,
+  EBUSY: 16,
+  EEXIST: 17,
+  ENODEV: 19,
+  ENOTDIR: 20,
+  EINVAL: 22,
+  ENFILE: 23,
+  EMFILE: 24,
+  ENOTTY: 25,
+  EFBIG: 27,
+  ENOSPC: 28,
+  ESPIPE: 29,
+  EROFS: 30,
+  ERANGE: 34,
+  ENOSYS: 38,
+  EOVERFLOW: 75,
+  EOPNOTSUPP: 95,
+  EHWPOISON: 133,
+});
+
+const NAMES: Record<number, string> = Object.fromEntries(Object.entries(ERRNO).map(([name, n]) => [n, name]));
+
+const DESCRIPTIONS: Record<string, string> = {
+  EPERM: "Operation not permitted",
+  ENOENT: "No such file or directory",
+  ESRCH: "No such process",
+  EINTR: "Interrupted system call",
+  EIO: "Input/output error",
+  ENXIO: "No such device or address",
+  E2BIG: "Argument list too long",
+  EBADF: "Bad file descriptor",
+  ECHILD: "No child processes",
+  EAGAIN: "Resource temporarily unavailable",
+  ENOMEM: "Cannot allocate memory",
+  EACCES: "Permission denied",
+  EFAULT: "Bad address",
+  EBUSY: "Device or resource busy",
+  EEXIST: "File exists",
+  ENODEV: "No such device",
+  ENOTDIR: "Not a directory",
+  EINVAL: "Invalid argument",
+  ENFILE: "Too many open files in system",
+  EMFILE: "Too many open files",
+  ENOTTY: "Inappropriate ioctl for device",
+  EFBIG: "File too large",
+  ENOSPC: "No space left on device",
+  ESPIPE: "Illegal seek",
+  EROFS: "Read-only file system",
+  ERANGE: "Numerical result out of range",
+  ENOSYS: "Function not implemented",
+  EOVERFLOW: "Value too large for defined data type",
+  EOPNOTSUPP: "Operation not supported",
+  EHWPOISON: "Memory page has hardware error",
+};
+
+/**
+ * The symbolic name of an errno number, or `E<number>` when it has none here.
+ *
+ * @example
+ * ```ts
+ * import { errnoName } from "@uffd/uffd";
+ * console.log(errnoName(22)); // "EINVAL"
+ * ```
+ */
+export function errnoName(errno: number): string {
+  return NAMES[errno] ?? `E${errno}`;
+}
+
+/** What a {@linkcode UffdError} is built from. */
+export interface UffdErrorInit {
+  /** The errno number (positive). */
+  errno: number;
+  /** The operation that failed: a syscall, an ioctl (`UFFDIO_COPY`) or a library call. */
+  operation: string;
+  /** The arguments that were passed, for the message and for programs. */
+  args?: Record<string, unknown>;
+  /** What usually causes this and what to change. */
+  hint?: string;
+  /** What went wrong, in place of the errno's generic description. */
+  detail?: string;
+  /** `true` when the library refused the input before making the system call. */
+  beforeSyscall?: boolean;
+  /** The error that caused this one. */
+  cause?: unknown;
+}
+
+/**
+ * A system call or a kernel-bound operation that failed, with the errno name, the
+ * operation, the arguments and a hint.
+ *
+ * @example
+ * ```ts
+ * import { UffdError } from "@uffd/uffd";
+ * const e = new UffdError({ errno: 17, operation: "UFFDIO_COPY", hint: "the page is already present" });
+ * console.log(e.code, e.message); // EEXIST UFFDIO_COPY: EEXIST (File exists) — the page is already present
+ * ```
+ */
+export class UffdError extends Error {
+  /** The errno name, e.g. `EINVAL`. */
+  readonly code: string;
+  /** The errno number. */
+  readonly errno: number;
+  /** The operation that failed. */
+  readonly operation: string;
+  /** The arguments the operation was given. */
+  readonly args: Readonly<Record<string, unknown>>;
+  /** What usually causes this error and what to change, if known. */
+  readonly hint: string | undefined;
+  /** `true` when the library refused the input before any system call. */
+  readonly beforeSyscall: boolean;
+
+  /** Builds an error from its parts; the message is composed from them. */
+  constructor(init: UffdErrorInit) {
+    const code = errnoName(init.errno);
+    const what = init.detail === undefined
+      ? `${code} (${DESCRIPTIONS[code] ?? "unknown error"})`
+      : `${code}: ${init.detail}`;
+    const args = init.args && Object.keys(init.args).length > 0 ? ` ${formatArgs(init.args)}` : "";
+    const hint = init.hint ? ` — ${init.hint}` : "";
+    super(`${init.operation}${args}: ${what}${hint}`, init.cause === undefined ? undefined : { cause: init.cause });
+    this.name = "UffdError";
+    this.code = code;
+    this.errno = init.errno;
+    this.operation = init.operation;
+    this.args = Object.freeze({ ...init.args });
+    this.hint = init.hint;
+    this.beforeSyscall = init.beforeSyscall ?? false;
+  }
+}
+
+/** `{ start: 0x7f00…, len: 4096 }`: bigints as hex addresses, everything else as is. */
+function formatArgs(args: Record<string, unknown>): string {
+  const parts = Object.entries(args).map(([k, v]) => {
+    if (typeof v === "bigint") return `${k}: 0x${v.toString(16)}`;
+    if (typeof v === "string") return `${k}: ${JSON.stringify(v)}`;
+    return `${k}: ${String(v)}`;
+  });
+  return `{ ${parts.join(", ")} }`;
+}
+
+/**
+ * An input the library refuses before any system call: a `UffdError` with the errno
+ * the kernel would have given and `beforeSyscall` set.
+ *
+ * @example
+ * ```ts
+ * import { invalid } from "@uffd/uffd";
+ * const e = invalid("UFFDIO_REGISTER", "length must be a multiple of the page size (4096)", { length: 10 });
+ * console.log(e.code, e.beforeSyscall); // EINVAL true
+ * ```
+ */
+export function invalid(
+  operation: string,
+  detail: string,
+  args?: Record<string, unknown>,
+  errno: number = ERRNO.EINVAL,
+): UffdError {
+  return new UffdError({ errno, operation, detail, args, beforeSyscall: true });
+}
