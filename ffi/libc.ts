@@ -1,0 +1,264 @@
+/**
+ * The one libc symbol table of the library, and thin wrappers around it.
+ *
+ * This is the only module that calls `Deno.dlopen`. Every wrapper returns the
+ * kernel's convention instead of throwing: a non-negative result, or `-errno`.
+ * errno is read through a cached view of `__errno_location()` inside the same
+ * expression as the failing call (see {@linkcode orErrno}), before anything can
+ * allocate, call into libc again or `await`. Callers above `ffi/` turn negative
+ * results into typed errors.
+ *
+ * 64-bit arguments are `bigint` (V8's fast path); variadic slots (`ioctl`'s
+ * argument, `open`'s mode, `mremap`'s new address) are declared 64 bits wide.
+ *
+ * @module
+ */
+
+import { MAP_FAILED_ADDRESS } from "../linux.ts";
+
+if (Deno.build.os !== "linux") {
+  throw new Error(`uffd drives Linux userfaultfd; this is ${Deno.build.os}`);
+}
+
+const symbols = {
+  syscall: { parameters: ["i64", "i64", "i64", "i64", "i64", "i64", "i64"], result: "i64" },
+  ioctl: { parameters: ["i32", "u64", "buffer"], result: "i32" },
+  ioctl_value: { name: "ioctl", parameters: ["i32", "u64", "u64"], result: "i32" },
+  read: { parameters: ["i32", "buffer", "usize"], result: "isize" },
+  pread: { parameters: ["i32", "buffer", "usize", "i64"], result: "isize" },
+  write: { parameters: ["i32", "buffer", "usize"], result: "isize" },
+  poll: { parameters: ["buffer", "u64", "i32"], result: "i32" },
+  poll_nonblocking: { name: "poll", parameters: ["buffer", "u64", "i32"], result: "i32", nonblocking: true },
+  close: { parameters: ["i32"], result: "i32" },
+  open: { parameters: ["buffer", "i32", "u64"], result: "i32" },
+  dup: { parameters: ["i32"], result: "i32" },
+  mmap: { parameters: ["u64", "usize", "i32", "i32", "i32", "i64"], result: "u64" },
+  munmap: { parameters: ["u64", "usize"], result: "i32" },
+  madvise: { parameters: ["u64", "usize", "i32"], result: "i32" },
+  mprotect: { parameters: ["u64", "usize", "i32"], result: "i32" },
+  mremap: { parameters: ["u64", "usize", "usize", "i32", "u64"], result: "u64" },
+  memfd_create: { parameters: ["buffer", "u32"], result: "i32" },
+  ftruncate: { parameters: ["i32", "i64"], result: "i32" },
+  eventfd: { parameters: ["u32", "i32"], result: "i32" },
+  sysconf: { parameters: ["i32"], result: "i64" },
+  getpid: { parameters: [], result: "i32" },
+  gettid: { parameters: [], result: "i32" },
+  fork: { parameters: [], result: "i32" },
+  _exit: { parameters: ["i32"], result: "void" },
+  waitpid: { parameters: ["i32", "buffer", "i32"], result: "i32" },
+  memcpy: { parameters: ["u64", "u64", "usize"], result: "u64" },
+  memset_nonblocking: { name: "memset", parameters: ["u64", "i32", "usize"], result: "u64", nonblocking: true },
+  memcpy_nonblocking: { name: "memcpy", parameters: ["u64", "u64", "usize"], result: "u64", nonblocking: true },
+  __errno_location: { parameters: [], result: "pointer" },
+} as const satisfies Deno.ForeignLibraryInterface;
+
+const libc = Deno.dlopen("libc.so.6", symbols).symbols;
+
+/** errno of this thread. Each isolate (main or Worker) loads this module on its own thread. */
+const errnoView = new Deno.UnsafePointerView(libc.__errno_location()!);
+
+/**
+ * Returns `rc`, or `-errno` when `rc` is negative. Use it around the call itself,
+ * `orErrno(libc.x(...))`, so that nothing runs between the call and the read.
+ */
+function orErrno(rc: number): number {
+  return rc < 0 ? -errnoView.getInt32() : rc;
+}
+
+/** `orErrno` for `ssize_t`/`long` results; counts never exceed 2^53 here. */
+function orErrnoBig(rc: bigint): number {
+  return rc < 0n ? -errnoView.getInt32() : Number(rc);
+}
+
+function orErrnoAddress(address: bigint): bigint {
+  return address === MAP_FAILED_ADDRESS ? -BigInt(errnoView.getInt32()) : address;
+}
+
+const _SC_PAGESIZE = 30;
+
+/** The page size of this machine, from `sysconf(_SC_PAGESIZE)`. */
+export const PAGE_SIZE: number = Number(libc.sysconf(_SC_PAGESIZE));
+
+/** A NUL-terminated copy of a string, for paths and names. */
+export function cString(text: string): Uint8Array {
+  return new TextEncoder().encode(`${text}\0`);
+}
+
+/** `syscall(SYS_userfaultfd, flags)`: a new userfaultfd, or `-errno`. */
+export function userfaultfd(nr: bigint, flags: number): number {
+  return orErrnoBig(libc.syscall(nr, BigInt(flags), 0n, 0n, 0n, 0n, 0n));
+}
+
+/** `ioctl(fd, request, arg)` with a struct argument: the result, or `-errno`. */
+export function ioctl(fd: number, request: bigint, arg: Uint8Array): number {
+  return orErrno(libc.ioctl(fd, request, arg));
+}
+
+/** `ioctl(fd, request, value)` with an integer argument: the result, or `-errno`. */
+export function ioctlValue(fd: number, request: bigint, value: bigint): number {
+  return orErrno(libc.ioctl_value(fd, request, value));
+}
+
+/** `read(fd, buf, length)`: bytes read, or `-errno`. */
+export function read(fd: number, buf: Uint8Array, length: number = buf.byteLength): number {
+  return orErrnoBig(libc.read(fd, buf, BigInt(length)));
+}
+
+/** `pread(fd, buf, length, offset)`: bytes read, or `-errno`. */
+export function pread(fd: number, buf: Uint8Array, length: number, offset: bigint): number {
+  return orErrnoBig(libc.pread(fd, buf, BigInt(length), offset));
+}
+
+/** `write(fd, buf, length)`: bytes written, or `-errno`. */
+export function write(fd: number, buf: Uint8Array, length: number = buf.byteLength): number {
+  return orErrnoBig(libc.write(fd, buf, BigInt(length)));
+}
+
+/** `close(fd)`: 0, or `-errno`. */
+export function close(fd: number): number {
+  return orErrno(libc.close(fd));
+}
+
+/** `open(path, flags, mode)`: a file descriptor, or `-errno`. */
+export function open(path: string, flags: number, mode = 0): number {
+  const name = cString(path);
+  return orErrno(libc.open(name, flags, BigInt(mode)));
+}
+
+/** `dup(fd)`: a new descriptor, or `-errno`. */
+export function dup(fd: number): number {
+  return orErrno(libc.dup(fd));
+}
+
+/** `poll(fds, nfds, timeout)` on this thread: ready count, 0 on timeout, or `-errno`. */
+export function poll(fds: Uint8Array, nfds: number, timeoutMs: number): number {
+  return orErrno(libc.poll(fds, BigInt(nfds), timeoutMs));
+}
+
+/**
+ * `poll(fds, nfds, timeout)` on one of Deno's blocking-pool threads. errno lives on
+ * that thread and cannot be read here: a failure is reported as `-1` (EPERM's number
+ * is never what poll fails with, so callers treat `-1` as "failed, errno unknown").
+ * `fds` must stay untouched until the promise settles.
+ */
+export function pollOffThread(fds: Uint8Array, nfds: number, timeoutMs: number): Promise<number> {
+  return libc.poll_nonblocking(fds, BigInt(nfds), timeoutMs);
+}
+
+/** `mmap(address, length, prot, flags, fd, offset)`: the address, or `-errno` as a negative bigint. */
+export function mmap(
+  address: bigint,
+  length: bigint,
+  prot: number,
+  flags: number,
+  fd: number,
+  offset: bigint,
+): bigint {
+  return orErrnoAddress(libc.mmap(address, length, prot, flags, fd, offset));
+}
+
+/** `munmap(address, length)`: 0, or `-errno`. */
+export function munmap(address: bigint, length: bigint): number {
+  return orErrno(libc.munmap(address, length));
+}
+
+/** `madvise(address, length, advice)`: 0, or `-errno`. */
+export function madvise(address: bigint, length: bigint, advice: number): number {
+  return orErrno(libc.madvise(address, length, advice));
+}
+
+/** `mprotect(address, length, prot)`: 0, or `-errno`. */
+export function mprotect(address: bigint, length: bigint, prot: number): number {
+  return orErrno(libc.mprotect(address, length, prot));
+}
+
+/** `mremap(old, oldLength, newLength, flags, newAddress)`: the new address, or `-errno` as a negative bigint. */
+export function mremap(
+  oldAddress: bigint,
+  oldLength: bigint,
+  newLength: bigint,
+  flags: number,
+  newAddress: bigint,
+): bigint {
+  return orErrnoAddress(libc.mremap(oldAddress, oldLength, newLength, flags, newAddress));
+}
+
+/** `memfd_create(name, flags)`: a file descriptor, or `-errno`. */
+export function memfdCreate(name: string, flags: number): number {
+  const cname = cString(name);
+  return orErrno(libc.memfd_create(cname, flags));
+}
+
+/** `ftruncate(fd, length)`: 0, or `-errno`. */
+export function ftruncate(fd: number, length: bigint): number {
+  return orErrno(libc.ftruncate(fd, length));
+}
+
+/** `eventfd(initval, flags)`: a file descriptor, or `-errno`. */
+export function eventfd(initval: number, flags: number): number {
+  return orErrno(libc.eventfd(initval, flags));
+}
+
+/** `getpid()` */
+export function getpid(): number {
+  return libc.getpid();
+}
+
+/** `gettid()`: the id of the calling OS thread. */
+export function gettid(): number {
+  return libc.gettid();
+}
+
+/**
+ * `fork()`: the child's pid in the parent, 0 in the child, or `-errno`. The child is
+ * a copy of this multi-threaded process with one thread: it may touch memory and
+ * must leave through {@linkcode exitNow}.
+ */
+export function fork(): number {
+  return orErrno(libc.fork());
+}
+
+/** `_exit(status)`: ends the process at once, without running anything else. */
+export function exitNow(status: number): never {
+  libc._exit(status);
+  throw new Error("_exit returned");
+}
+
+const waitStatus = new Int32Array(1);
+/** `waitpid(pid, &status, options)`: `[pid or -errno, status]`. */
+export function waitpid(pid: number, options = 0): [number, number] {
+  const rc = orErrno(libc.waitpid(pid, new Uint8Array(waitStatus.buffer), options));
+  return [rc, waitStatus[0]!];
+}
+
+/** `memcpy(dst, src, length)` between raw addresses on this thread. */
+export function memcpy(dst: bigint, src: bigint, length: bigint): void {
+  libc.memcpy(dst, src, length);
+}
+
+/** `memset(address, value, length)` on one of Deno's blocking-pool threads: a writer that is not this thread. */
+export function memsetOffThread(address: bigint, value: number, length: bigint): Promise<bigint> {
+  return libc.memset_nonblocking(address, value, length);
+}
+
+/** `memcpy(dst, src, length)` on one of Deno's blocking-pool threads. */
+export function memcpyOffThread(dst: bigint, src: bigint, length: bigint): Promise<bigint> {
+  return libc.memcpy_nonblocking(dst, src, length);
+}
+
+/** The address of an `ArrayBuffer`'s (or view's) first byte, as a bigint. */
+export function addressOf(buffer: ArrayBufferLike | ArrayBufferView): bigint {
+  const pointer = Deno.UnsafePointer.of(buffer as BufferSource);
+  return pointer === null ? 0n : Deno.UnsafePointer.value(pointer) as bigint;
+}
+
+/**
+ * An `ArrayBuffer` over `length` bytes at `address`. The memory is not owned by
+ * the buffer: it must not be touched after the mapping is gone (detach it with
+ * `buffer.transfer(0)` first).
+ */
+export function bufferAt(address: bigint, length: number): ArrayBuffer {
+  const pointer = Deno.UnsafePointer.create(address);
+  if (pointer === null || length === 0) return new ArrayBuffer(0);
+  return Deno.UnsafePointerView.getArrayBuffer(pointer, length);
+}
