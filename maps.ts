@@ -1,0 +1,104 @@
+/**
+ * The memory map of a process from `/proc/<pid>/maps`: one record per mapping
+ * (VMA), and a check that a range is mapped from end to end.
+ *
+ * @example
+ * ```ts
+ * import { readMaps, Region } from "@uffd/uffd";
+ * using mem = Region.map(4 * Region.pageSize);
+ * const vma = readMaps().find((m) => m.start <= mem.address && mem.address < m.end);
+ * console.log(vma?.perms); // "rw-p"
+ * ```
+ *
+ * @module
+ */
+
+/** One line of `/proc/<pid>/maps`. */
+export interface Mapping {
+  /** Start address. */
+  readonly start: bigint;
+  /** End address (exclusive). */
+  readonly end: bigint;
+  /** Permissions, e.g. `"rw-p"` (`p` private, `s` shared). */
+  readonly perms: string;
+  /** Offset into the file. */
+  readonly offset: bigint;
+  /** Device `major:minor`. */
+  readonly device: string;
+  /** Inode of the file (0 for anonymous memory). */
+  readonly inode: number;
+  /** Path or pseudo-path (`[heap]`, `[stack]`, `/memfd:uffd (deleted)`), or `""`. */
+  readonly path: string;
+}
+
+/**
+ * Parses `/proc/<pid>/maps` (default: this process).
+ *
+ * @example
+ * ```ts
+ * import { readMaps } from "@uffd/uffd";
+ * console.log(readMaps().length > 0); // true
+ * ```
+ */
+export function readMaps(pid: number | "self" = "self"): Mapping[] {
+  return parseMaps(Deno.readTextFileSync(`/proc/${pid}/maps`));
+}
+
+/**
+ * Parses the text of a maps file.
+ *
+ * @example
+ * ```ts
+ * import { parseMaps } from "@uffd/uffd";
+ * const [m] = parseMaps("7f0000000000-7f0000001000 rw-p 00000000 00:00 0 \n");
+ * console.log(m.end - m.start); // 4096n
+ * ```
+ */
+export function parseMaps(text: string): Mapping[] {
+  const out: Mapping[] = [];
+  for (const line of text.split("\n")) {
+    const m = /^([0-9a-f]+)-([0-9a-f]+)\s+(\S+)\s+([0-9a-f]+)\s+(\S+)\s+(\d+)\s*(.*)$/.exec(line);
+    if (!m) continue;
+    out.push({
+      start: BigInt(`0x${m[1]}`),
+      end: BigInt(`0x${m[2]}`),
+      perms: m[3]!,
+      offset: BigInt(`0x${m[4]}`),
+      device: m[5]!,
+      inode: Number(m[6]),
+      path: m[7]!.trim(),
+    });
+  }
+  return out;
+}
+
+/**
+ * The parts of `[start, end)` that no mapping covers, from this process's maps
+ * (`undefined` when the maps cannot be read, for example without `--allow-read`).
+ *
+ * @example
+ * ```ts
+ * import { Region, unmappedParts } from "@uffd/uffd";
+ * using mem = Region.map(Region.pageSize);
+ * console.log(unmappedParts(mem.address, mem.address + 4096n)); // []
+ * ```
+ */
+export function unmappedParts(start: bigint, end: bigint): { start: bigint; end: bigint }[] | undefined {
+  let maps: Mapping[];
+  try {
+    maps = readMaps();
+  } catch {
+    return undefined;
+  }
+  const holes: { start: bigint; end: bigint }[] = [];
+  let at = start;
+  for (const m of maps) {
+    if (m.end <= at) continue;
+    if (m.start >= end) break;
+    if (m.start > at) holes.push({ start: at, end: m.start });
+    at = m.end;
+    if (at >= end) break;
+  }
+  if (at < end) holes.push({ start: at, end });
+  return holes;
+}

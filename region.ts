@@ -1,0 +1,390 @@
+/**
+ * Mapped memory as an object. {@linkcode Region.map} maps memory the library owns
+ * (private or shared anonymous, a `memfd`, hugetlb); {@linkcode Region.of} wraps
+ * memory someone else owns (an `ArrayBuffer`, a typed array, a
+ * `WebAssembly.Memory`) and never unmaps it. A `Region` is a `Range`, so it can be
+ * passed to every `Userfaultfd` operation.
+ *
+ * @example
+ * ```ts
+ * import { Region } from "@uffd/uffd";
+ * using mem = Region.map(16 * Region.pageSize);
+ * mem.bytes[0] = 42;
+ * console.log(mem.page(0)[0], mem.pageCount); // 42 16
+ * ```
+ *
+ * @module
+ */
+
+import { invalid, UffdError } from "./errors.ts";
+import * as libc from "./ffi/libc.ts";
+import {
+  MADV_DONTNEED,
+  MADV_POPULATE_READ,
+  MADV_POPULATE_WRITE,
+  MAP_ANONYMOUS,
+  MAP_HUGETLB,
+  MAP_NORESERVE,
+  MAP_POPULATE,
+  MAP_PRIVATE,
+  MAP_SHARED,
+  MFD_CLOEXEC,
+  MFD_HUGETLB,
+  MREMAP_FIXED,
+  MREMAP_MAYMOVE,
+  PROT_READ,
+  PROT_WRITE,
+} from "./linux.ts";
+import { pageCeil, pageFloor, pageRange, type Range, toLength } from "./range.ts";
+
+/** How {@linkcode Region.map} maps memory. */
+export interface MapOptions {
+  /** `MAP_SHARED` anonymous memory (shmem) instead of private. */
+  shared?: boolean;
+  /** Back the region with a `memfd` (shared; the fd stays open as `region.fd`). */
+  memfd?: boolean;
+  /** Use huge pages (`MAP_HUGETLB`, or `MFD_HUGETLB` with `memfd`); needs reserved huge pages. */
+  hugetlb?: boolean;
+  /** Fault every page in now (`MAP_POPULATE`). */
+  populate?: boolean;
+  /** Protection, `PROT_READ | PROT_WRITE` by default. */
+  prot?: number;
+  /** The memfd's name in `/proc/<pid>/maps` (default `"uffd"`). */
+  name?: string;
+}
+
+/** What backs a region. */
+export type RegionKind = "private" | "shared" | "memfd" | "hugetlb" | "external";
+
+/** Memory owned by someone else that {@linkcode Region.of} can wrap. */
+export type ExternalMemory = ArrayBufferLike | ArrayBufferView | WebAssembly.Memory;
+
+let hugePageSizeCache: number | undefined;
+
+/** The default huge page size from `/proc/meminfo` (2 MiB when it cannot be read). */
+function hugePageSize(): number {
+  if (hugePageSizeCache === undefined) {
+    hugePageSizeCache = 2 * 1024 * 1024;
+    try {
+      const match = /^Hugepagesize:\s+(\d+) kB/m.exec(Deno.readTextFileSync("/proc/meminfo"));
+      if (match) hugePageSizeCache = Number(match[1]) * 1024;
+    } catch { /* no read permission: keep the common default */ }
+  }
+  return hugePageSizeCache;
+}
+
+function fail(rc: number | bigint, operation: string, args: Record<string, unknown>, hint?: string): never {
+  throw new UffdError({ errno: -Number(rc), operation, args, hint });
+}
+
+/**
+ * A mapping: its address, length and bytes, with the memory operations the
+ * library needs (`madvise`, `mprotect`, populate, zap, `munmap`).
+ *
+ * @example
+ * ```ts
+ * import { MADV_DONTNEED, Region } from "@uffd/uffd";
+ * using mem = Region.map(4 * Region.pageSize, { populate: true });
+ * mem.bytes.fill(7);
+ * mem.advise(MADV_DONTNEED); // private anonymous memory reads back as zeros
+ * console.log(mem.bytes[0]); // 0
+ * ```
+ */
+export class Region implements Range, Disposable {
+  /** The address of the first byte. */
+  readonly address: bigint;
+  /** Length in bytes. */
+  readonly length: number;
+  /** What backs it. */
+  readonly kind: RegionKind;
+  /** The size of the pages backing it: the base page size, or the huge page size for hugetlb. */
+  readonly pageSize: number;
+  /** The memfd behind a `memfd` region (closed on unmap), otherwise `undefined`. */
+  readonly fd: number | undefined;
+  /** `true` when the library mapped it and `unmap()` releases it. */
+  readonly owned: boolean;
+
+  #buffer: ArrayBuffer | undefined;
+  #source: ExternalMemory | undefined;
+  #mapped = true;
+
+  private constructor(
+    address: bigint,
+    length: number,
+    kind: RegionKind,
+    pageSize: number,
+    fd: number | undefined,
+    source: ExternalMemory | undefined,
+  ) {
+    this.address = address;
+    this.length = length;
+    this.kind = kind;
+    this.pageSize = pageSize;
+    this.fd = fd;
+    this.owned = source === undefined;
+    this.#source = source;
+  }
+
+  /** The base page size of this machine, from `sysconf(_SC_PAGESIZE)`. */
+  static get pageSize(): number {
+    return libc.PAGE_SIZE;
+  }
+
+  /** The default huge page size (`Hugepagesize` in `/proc/meminfo`). */
+  static get hugePageSize(): number {
+    return hugePageSize();
+  }
+
+  /**
+   * Maps `length` bytes (a multiple of the page size; of the huge page size with `hugetlb`).
+   *
+   * @example
+   * ```ts
+   * import { Region } from "@uffd/uffd";
+   * using shm = Region.map(8 * Region.pageSize, { memfd: true });
+   * console.log(shm.kind, shm.fd !== undefined); // memfd true
+   * ```
+   */
+  static map(length: number, options: MapOptions = {}): Region {
+    const operation = "Region.map";
+    const len = toLength(length, operation);
+    const pageSize = options.hugetlb ? hugePageSize() : libc.PAGE_SIZE;
+    if (len === 0n || len % BigInt(pageSize) !== 0n) {
+      throw invalid(operation, `length must be a non-zero multiple of the page size (${pageSize})`, { length });
+    }
+    const prot = options.prot ?? (PROT_READ | PROT_WRITE);
+    const populate = options.populate ? MAP_POPULATE : 0;
+    let fd: number | undefined;
+    let flags: number;
+    let kind: RegionKind;
+    if (options.memfd) {
+      const name = options.name ?? "uffd";
+      const mfd = libc.memfdCreate(name, MFD_CLOEXEC | (options.hugetlb ? MFD_HUGETLB : 0));
+      if (mfd < 0) fail(mfd, "memfd_create", { name }, options.hugetlb ? HUGETLB_HINT : undefined);
+      const rc = libc.ftruncate(mfd, len);
+      if (rc < 0) {
+        libc.close(mfd);
+        fail(rc, "ftruncate", { fd: mfd, length: len });
+      }
+      fd = mfd;
+      flags = MAP_SHARED | populate;
+      kind = options.hugetlb ? "hugetlb" : "memfd";
+    } else {
+      flags = (options.shared ? MAP_SHARED : MAP_PRIVATE) | MAP_ANONYMOUS | MAP_NORESERVE | populate |
+        (options.hugetlb ? MAP_HUGETLB : 0);
+      kind = options.hugetlb ? "hugetlb" : options.shared ? "shared" : "private";
+    }
+    const address = libc.mmap(0n, len, prot, flags, fd ?? -1, 0n);
+    if (address < 0n) {
+      if (fd !== undefined) libc.close(fd);
+      fail(address, "mmap", { length: len, prot, flags }, options.hugetlb ? HUGETLB_HINT : undefined);
+    }
+    return new Region(address, Number(len), kind, pageSize, fd, undefined);
+  }
+
+  /**
+   * Wraps memory owned by someone else: an `ArrayBuffer` (or `SharedArrayBuffer`),
+   * a typed array or `DataView` (just the bytes it views), or a
+   * `WebAssembly.Memory`. The region keeps the owner alive and never unmaps it.
+   * When the memory does not start or end on a page boundary, kernel operations
+   * act on the whole pages that cover it (`pageSpan`).
+   *
+   * @example
+   * ```ts
+   * import { Region } from "@uffd/uffd";
+   * const memory = new WebAssembly.Memory({ initial: 1 });
+   * const region = Region.of(memory);
+   * console.log(region.length, region.kind); // 65536 external
+   * ```
+   */
+  static of(memory: ExternalMemory): Region {
+    let address: bigint;
+    let length: number;
+    if (memory instanceof WebAssembly.Memory) {
+      address = libc.addressOf(memory.buffer);
+      length = memory.buffer.byteLength;
+    } else if (ArrayBuffer.isView(memory)) {
+      address = libc.addressOf(memory);
+      length = memory.byteLength;
+    } else if (memory instanceof ArrayBuffer || memory instanceof SharedArrayBuffer) {
+      address = libc.addressOf(memory);
+      length = memory.byteLength;
+    } else {
+      throw new TypeError("Region.of: expected an ArrayBuffer, a typed array, a DataView or a WebAssembly.Memory");
+    }
+    if (length === 0 || address === 0n) throw invalid("Region.of", "the memory is empty or detached", { length });
+    return new Region(address, length, "external", libc.PAGE_SIZE, undefined, memory);
+  }
+
+  /** `false` once `unmap()` ran. */
+  get mapped(): boolean {
+    return this.#mapped;
+  }
+
+  /** The smallest page-aligned range covering the region (the region itself when it is aligned). */
+  get pageSpan(): Range {
+    const start = pageFloor(this.address);
+    return { address: start, length: pageCeil(this.address + BigInt(this.length)) - start };
+  }
+
+  /** Number of pages in `pageSpan`. */
+  get pageCount(): number {
+    return Number(this.pageSpan.length) / libc.PAGE_SIZE;
+  }
+
+  /** The region's bytes. Throws once the region is unmapped. */
+  get bytes(): Uint8Array {
+    this.#check("Region.bytes");
+    const source = this.#source;
+    if (source === undefined) {
+      this.#buffer ??= libc.bufferAt(this.address, this.length);
+      return new Uint8Array(this.#buffer);
+    }
+    if (source instanceof WebAssembly.Memory) {
+      const offset = Number(this.address - libc.addressOf(source.buffer));
+      return new Uint8Array(source.buffer, offset, this.length);
+    }
+    if (ArrayBuffer.isView(source)) return new Uint8Array(source.buffer, source.byteOffset, source.byteLength);
+    return new Uint8Array(source);
+  }
+
+  /**
+   * The bytes of base page `index` of `pageSpan` that belong to the region.
+   *
+   * @example
+   * ```ts
+   * import { Region } from "@uffd/uffd";
+   * using mem = Region.map(2 * Region.pageSize);
+   * mem.page(1).fill(1);
+   * console.log(mem.bytes[Region.pageSize]); // 1
+   * ```
+   */
+  page(index: number): Uint8Array {
+    if (!Number.isInteger(index) || index < 0 || index >= this.pageCount) {
+      throw new RangeError(`page index ${index} is outside [0, ${this.pageCount})`);
+    }
+    const spanStart = this.pageSpan.address;
+    const pageStart = spanStart + BigInt(index * libc.PAGE_SIZE);
+    const from = Math.max(0, Number(pageStart - this.address));
+    const to = Math.min(this.length, from + libc.PAGE_SIZE - (from === 0 ? Number(this.address - pageStart) : 0));
+    return this.bytes.subarray(from, to);
+  }
+
+  /** The address of base page `index` of `pageSpan`. */
+  pageAddress(index: number): bigint {
+    return this.pageSpan.address + BigInt(index) * BigInt(libc.PAGE_SIZE);
+  }
+
+  /** A sub-range of whole base pages: `count` pages from page `first`. */
+  pages(first: number, count = 1): Range {
+    if (
+      !Number.isInteger(first) || !Number.isInteger(count) || first < 0 || count < 1 || first + count > this.pageCount
+    ) {
+      throw new RangeError(`pages ${first}..${first + count} are outside [0, ${this.pageCount})`);
+    }
+    return { address: this.pageAddress(first), length: count * libc.PAGE_SIZE };
+  }
+
+  /** `madvise(advice)` on the region, or on a page-aligned range inside it. */
+  advise(advice: number, range: Range = this.pageSpan): void {
+    const { start, len } = this.#inside(range, "madvise");
+    const rc = libc.madvise(start, len, advice);
+    if (rc < 0) fail(rc, "madvise", { start, len, advice });
+  }
+
+  /** `mprotect(prot)` on the region, or on a page-aligned range inside it. */
+  protect(prot: number, range: Range = this.pageSpan): void {
+    const { start, len } = this.#inside(range, "mprotect");
+    const rc = libc.mprotect(start, len, prot);
+    if (rc < 0) fail(rc, "mprotect", { start, len, prot });
+  }
+
+  /**
+   * Faults pages in without touching their contents: `MADV_POPULATE_READ` (zero
+   * pages for untouched anonymous memory), or `MADV_POPULATE_WRITE` with `write`.
+   */
+  populate(options: { write?: boolean; range?: Range } = {}): void {
+    const advice = options.write ? MADV_POPULATE_WRITE : MADV_POPULATE_READ;
+    const { start, len } = this.#inside(options.range ?? this.pageSpan, "madvise");
+    const rc = libc.madvise(start, len, advice);
+    if (rc < 0) fail(rc, options.write ? "MADV_POPULATE_WRITE" : "MADV_POPULATE_READ", { start, len });
+  }
+
+  /** Drops pages (`MADV_DONTNEED`): private anonymous memory reads back as zeros afterwards. */
+  zap(range: Range = this.pageSpan): void {
+    this.advise(MADV_DONTNEED, range);
+  }
+
+  /**
+   * Moves pages of this region to `destination` with `mremap(MREMAP_MAYMOVE |
+   * MREMAP_FIXED)`, replacing whatever was mapped there; the source pages become a
+   * hole. Returns the new address.
+   */
+  movePages(range: Range, destination: bigint): bigint {
+    const { start, len } = this.#inside(range, "mremap");
+    const to = pageRange({ address: destination, length: len }, "mremap").start;
+    const moved = libc.mremap(start, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, to);
+    if (moved < 0n) fail(moved, "mremap", { start, len, destination: to });
+    return moved;
+  }
+
+  /**
+   * Maps the same `memfd` a second time (a shared alias), for example to fill the
+   * page cache behind a range registered for minor faults.
+   */
+  alias(): Region {
+    this.#check("Region.alias");
+    if (this.fd === undefined) throw invalid("Region.alias", "only a memfd region can be aliased");
+    const len = BigInt(this.length);
+    const address = libc.mmap(0n, len, PROT_READ | PROT_WRITE, MAP_SHARED, this.fd, 0n);
+    if (address < 0n) fail(address, "mmap", { length: len, fd: this.fd });
+    return new Region(address, this.length, this.kind, this.pageSize, undefined, undefined);
+  }
+
+  /**
+   * Releases the region: owned memory is unmapped (its `bytes` are detached first, so
+   * stale views read as empty instead of faulting) and its memfd closed. Memory
+   * wrapped by `Region.of` is left alone. Calling it twice is harmless.
+   */
+  unmap(): void {
+    if (!this.#mapped) return;
+    this.#mapped = false;
+    if (!this.owned) {
+      this.#source = undefined;
+      return;
+    }
+    this.#buffer?.transfer(0);
+    this.#buffer = undefined;
+    const len = BigInt(this.length);
+    const rc = libc.munmap(this.address, len);
+    if (this.fd !== undefined) libc.close(this.fd);
+    if (rc < 0) fail(rc, "munmap", { start: this.address, len });
+  }
+
+  /** Same as {@linkcode unmap}. */
+  [Symbol.dispose](): void {
+    this.unmap();
+  }
+
+  #check(operation: string): void {
+    if (!this.#mapped) throw invalid(operation, "the region has been unmapped", { address: this.address });
+  }
+
+  #inside(range: Range, operation: string): { start: bigint; len: bigint } {
+    this.#check(operation);
+    const r = pageRange(range, operation);
+    const span = this.pageSpan;
+    const spanEnd = span.address + BigInt(span.length);
+    if (r.start < span.address || r.start + r.len > spanEnd) {
+      throw invalid(operation, "the range is not inside the region", {
+        start: r.start,
+        len: r.len,
+        region: span.address,
+        regionLength: span.length,
+      });
+    }
+    return r;
+  }
+}
+
+const HUGETLB_HINT = "huge pages must be reserved first: echo N > /proc/sys/vm/nr_hugepages (as root)";
