@@ -1,0 +1,83 @@
+/**
+ * Shared test helpers: skip reasons printed from the runtime probe, fd and mapping
+ * counts for leak checks, waiting with a deadline.
+ *
+ * @module
+ */
+
+import { hasPagemapScan } from "../pagemap.ts";
+import { type Feature, Userfaultfd } from "../mod.ts";
+
+/**
+ * `ignore:` value for a test that needs something the machine may lack. Prints the
+ * reason when the test will be skipped, so a skip is never silent.
+ */
+export function skipUnless(condition: boolean, reason: string): boolean {
+  if (!condition) console.log(`%cskip: ${reason}`, "color: yellow");
+  return !condition;
+}
+
+/** `ignore:` value for a test that needs userfaultfd features. */
+export function needs(...features: Feature[]): boolean {
+  const support = Userfaultfd.supported();
+  const missing = features.filter((f) => !support.features.has(f));
+  return skipUnless(missing.length === 0, `kernel ${Deno.osRelease()} lacks ${missing.join(", ")}`);
+}
+
+/** `ignore:` value for a test that needs PAGEMAP_SCAN. */
+export function needsPagemapScan(): boolean {
+  return skipUnless(hasPagemapScan(), `kernel ${Deno.osRelease()} has no PAGEMAP_SCAN (6.7+)`);
+}
+
+/** `true` when running as root (some tests arrange the machine: huge pages, sysctls, users). */
+export const isRoot: boolean = Deno.uid() === 0;
+
+/** Number of open file descriptors of this process. */
+export function fdCount(): number {
+  return [...Deno.readDirSync("/proc/self/fd")].length;
+}
+
+/** Number of mappings of this process. */
+export function mappingCount(): number {
+  return Deno.readTextFileSync("/proc/self/maps").trim().split("\n").length;
+}
+
+/** Number of threads of this process. */
+export function threadCount(): number {
+  return [...Deno.readDirSync("/proc/self/task")].length;
+}
+
+/** Resolves when `check()` is true; rejects after `ms` milliseconds. */
+export async function waitFor(check: () => boolean, ms = 5000, what = "condition"): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!check()) {
+    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 1));
+  }
+}
+
+/** Rejects if `promise` does not settle within `ms` milliseconds. */
+export function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what} did not finish within ${ms} ms`)), ms);
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}
+
+/** Reserves `count` huge pages (root only) and returns a function that restores the old value. */
+export function reserveHugePages(count: number): (() => void) | undefined {
+  const path = "/proc/sys/vm/nr_hugepages";
+  try {
+    const before = Deno.readTextFileSync(path).trim();
+    Deno.writeTextFileSync(path, String(Number(before) + count));
+    const after = Number(Deno.readTextFileSync(path).trim());
+    if (after < Number(before) + count) {
+      Deno.writeTextFileSync(path, before);
+      return undefined;
+    }
+    return () => Deno.writeTextFileSync(path, before);
+  } catch {
+    return undefined;
+  }
+}
