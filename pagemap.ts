@@ -23,7 +23,7 @@
 import { ERRNO, invalid, UffdError } from "./errors.ts";
 import * as libc from "./ffi/libc.ts";
 import { readPagemapEntries, ScanBuffers } from "./ffi/pagemap_scan.ts";
-import { O_CLOEXEC, O_RDONLY } from "./linux.ts";
+import { MAP_ANONYMOUS, MAP_PRIVATE, O_CLOEXEC, O_RDONLY, PROT_READ, PROT_WRITE } from "./linux.ts";
 import { pageRange, type Range } from "./range.ts";
 import {
   CATEGORIES,
@@ -349,4 +349,34 @@ function decodeEntry(address: bigint, raw: bigint): PagemapEntry {
     guard: (raw & PM_GUARD_REGION) !== 0n,
     pfn: present && pfn !== 0n ? pfn : undefined,
   };
+}
+
+let softDirtyCache: boolean | undefined;
+
+/**
+ * Whether soft-dirty tracking works here (`CONFIG_MEM_SOFT_DIRTY`): a page just
+ * written in a fresh mapping must read back with pagemap bit 55 set. Measured once,
+ * without writing `clear_refs` (which would reset the whole process's bits). A
+ * kernel built without it still accepts the `SOFT_DIRTY` category and `clear_refs`
+ * 4, so acceptance proves nothing.
+ *
+ * @example
+ * ```ts
+ * import { softDirtySupported } from "@uffd/uffd";
+ * console.log(softDirtySupported()); // false on a kernel built without CONFIG_MEM_SOFT_DIRTY
+ * ```
+ */
+export function softDirtySupported(): boolean {
+  if (softDirtyCache === undefined) {
+    const length = BigInt(libc.PAGE_SIZE);
+    const address = libc.mmap(0n, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0n);
+    if (address < 0n) throw new UffdError({ errno: -Number(address), operation: "mmap", args: { length } });
+    try {
+      new Uint8Array(libc.bufferAt(address, 1))[0] = 1;
+      softDirtyCache = readPagemap({ address, length })[0]?.softDirty === true;
+    } finally {
+      libc.munmap(address, length);
+    }
+  }
+  return softDirtyCache;
 }
