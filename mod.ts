@@ -45,3 +45,7 @@ export * from "./watch_async.ts";
 export * from "./watch_sync.ts";
 export * from "./watch_soft_dirty.ts";
 export * from "./write_watch.ts";
+export * from "./crc32c.ts";
+export * from "./checkpoint_format.ts";
+export { type CheckpointFileInfo, CheckpointReader, imageBytes, type PageSource } from "./checkpoint_reader.ts";
+export * from "./checkpoint.ts";

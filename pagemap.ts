@@ -104,16 +104,19 @@ export interface PageRange {
   readonly pages: number;
 }
 
-/** The regions a scan found, with where the walk ended and how many ioctls it took. */
+/**
+ * The regions a scan found (an array), with where the walk ended and how many
+ * ioctls it took as extra, non-enumerable properties.
+ */
 export interface ScanResult extends Array<PageRange> {
   /**
    * Where the walk ended (`walk_end`): the range's end when it was covered, or the
    * first page not looked at when `maxPages` stopped it — scan again from there to
    * resume.
    */
-  walkEnd: bigint;
+  readonly walkEnd: bigint;
   /** Number of PAGEMAP_SCAN ioctls made (more than one when the output vector filled up). */
-  calls: number;
+  readonly calls: number;
 }
 
 /** What {@linkcode PagemapScanner.visit} did. */
@@ -309,8 +312,9 @@ export class PagemapScanner implements Disposable {
         pages,
       });
     });
-    out.walkEnd = BigInt(summary.walkEnd);
-    out.calls = summary.calls;
+    // Not enumerable: the result still compares and prints like a plain array.
+    Object.defineProperty(out, "walkEnd", { value: BigInt(summary.walkEnd), enumerable: false });
+    Object.defineProperty(out, "calls", { value: summary.calls, enumerable: false });
     return out;
   }
 

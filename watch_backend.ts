@@ -40,22 +40,23 @@
  *
  * @example
  * ```ts
- * import { type BackendProvider, RunList, type WriteWatchBackend } from "@uffd/uffd";
+ * import type { BackendProvider, RunList, WatchedSpan, WriteWatchBackend } from "@uffd/uffd";
  * // A backend that never sees a write (for illustration only).
+ * class Blind implements WriteWatchBackend {
+ *   readonly name = "sync";
+ *   constructor(public pages: number) {}
+ *   extend(pages: number, _written: RunList) { this.pages = pages; }
+ *   scan(_reset: boolean, _written: RunList, _lost: RunList) {}
+ *   reset() {}
+ *   close() {}
+ *   [Symbol.dispose]() {}
+ * }
  * const blind: BackendProvider = {
  *   name: "sync",
  *   unavailable: () => undefined,
- *   create: (span): WriteWatchBackend => ({
- *     name: "sync",
- *     pages: span.pages,
- *     extend(pages) { this.pages = pages; },
- *     scan(_reset: boolean, _written: RunList, _lost: RunList) {},
- *     reset() {},
- *     close() {},
- *     [Symbol.dispose]() {},
- *   }),
+ *   create: (span: WatchedSpan) => new Blind(span.pages),
  * };
- * console.log(blind.unavailable({ address: 0n, pages: 1, shared: false })); // undefined
+ * console.log(blind.create({ address: 0n, pages: 4, shared: false }).pages); // 4
  * ```
  *
  * @module
