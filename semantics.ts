@@ -271,6 +271,13 @@ function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
+/** Whether `promise` settles within `ms` milliseconds (the timer is cleared either way). */
+function settlesWithin(promise: Promise<unknown>, ms: number): Promise<boolean> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const timeout = new Promise<boolean>((resolve) => timer = setTimeout(() => resolve(false), ms));
+  return Promise.race([promise.then(() => true, () => true), timeout]).finally(() => clearTimeout(timer));
+}
+
 /** Whether PAGEMAP_SCAN reports the page at `address` written. */
 function written(address: bigint): boolean {
   return pagemapScan({ address, length: Region.pageSize }, { require: ["WRITTEN"] }).length > 0;
@@ -329,8 +336,7 @@ async function writeOnce(uffd: Userfaultfd, address: bigint, timeoutMs: number):
     await sleep(1);
   }
   if (!settled) {
-    const woke = await Promise.race([writer.then(() => true), sleep(timeoutMs).then(() => false)]);
-    if (!woke) {
+    if (!await settlesWithin(writer, timeoutMs)) {
       return {
         faulted,
         completed: false,
@@ -458,7 +464,7 @@ export async function measureWpCell(
     uffd?.close();
     let writerDone = true;
     if (pendingWriter) {
-      writerDone = await Promise.race([pendingWriter.then(() => true), sleep(timeoutMs).then(() => false)]);
+      writerDone = await settlesWithin(pendingWriter, timeoutMs);
       if (!writerDone) {
         fail("the writer thread is still blocked after the userfaultfd was closed, so its mapping is left mapped");
       }
