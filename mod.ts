@@ -39,3 +39,4 @@ export * from "./access.ts";
 export * from "./userfaultfd.ts";
 export * from "./pagemap.ts";
 export * from "./maps.ts";
+export * from "./semantics.ts";

@@ -182,12 +182,16 @@ export function pagemapScan(range: Range, options: ScanOptions = {}): PageRange[
   return out;
 }
 
+const namesByMask = new Map<bigint, readonly Category[]>();
+
 function region(start: bigint, end: bigint, categories: bigint, base: bigint): PageRange {
+  let names = namesByMask.get(categories);
+  if (names === undefined) namesByMask.set(categories, names = Object.freeze(categoryNames(categories)));
   return {
     start,
     end,
     categories,
-    names: categoryNames(categories),
+    names,
     firstPage: Number((start - base) / PAGE),
     pages: Number((end - start) / PAGE),
   };
