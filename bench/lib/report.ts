@@ -240,8 +240,9 @@ export function resultsMarkdown(report: Report): string {
     out.push("## Scaling");
     out.push("");
     out.push(
-      "The same measurements at each size. PAGEMAP_SCAN is shown as time per GiB scanned (flat = linear in " +
-        "the size); the resolving ioctls as time per page.",
+      "The same measurements at each size, as ours / C (median ratio). PAGEMAP_SCAN over resident pages is shown " +
+        "as time per GiB scanned (flat = linear in the size), over an untouched range as time per scan (a fixed " +
+        "cost); the resolving ioctls as time per page.",
     );
     out.push("");
     const sizes = [...new Set([...series.values()].flat().map((o) => Number(o.pair.args.bytes)))].sort((a, b) => a - b);
@@ -254,7 +255,8 @@ export function resultsMarkdown(report: Report): string {
           if (!o) return "—";
           if (!o.ours) return o.skipped ? "skipped" : "failed";
           const c = o.c ? formatNs(scaled(o.c, o.pair)) : "—";
-          return `${formatNs(scaled(o.ours, o.pair))} / ${c}`;
+          const ratio = o.ratio ? ` (${o.ratio.median.toFixed(2)}×)` : "";
+          return `${formatNs(scaled(o.ours, o.pair))} / ${c}${ratio}`;
         }),
       ]);
     }
