@@ -22,6 +22,8 @@ import { EXIT, red, UsageError } from "./cli/output.ts";
 interface Command {
   summary: string;
   usage: string;
+  /** What `uffd <command> --help` prints after the usage line. */
+  details: string;
   load: () => Promise<{ run(args: string[]): number | Promise<number> }>;
 }
 
@@ -29,12 +31,37 @@ const COMMANDS: Record<string, Command> = {
   demo: {
     summary: "a short guided run: the feature summary, then a live write watch",
     usage: "uffd demo [--json]",
+    details: "Prints what this kernel offers, then tracks writes to 64 pages in rounds with WP_ASYNC and\n" +
+      "PAGEMAP_SCAN and prints a heat map of the written pages per round.",
     load: () => import("./cli/demo.ts"),
   },
   features: {
-    summary: "what this kernel offers: userfaultfd features, ioctls per mode, access",
+    summary: "what this kernel offers, measured: features, ioctls, access, PAGEMAP_SCAN, huge pages",
     usage: "uffd features [--json]",
+    details: "Each UFFD_FEATURE_* (bit, release, supported here); each way of creating a userfaultfd, tried\n" +
+      "(syscall, /dev/userfaultfd, UFFD_USER_MODE_ONLY) with the sysctl and CAP_SYS_PTRACE; the ioctls a\n" +
+      "missing/wp/minor registration allows on anonymous, memfd and hugetlb memory; PAGEMAP_SCAN and the\n" +
+      "categories it accepts; soft-dirty; transparent huge pages and hugetlb pools.\n" +
+      "Exits 3 when this process cannot create a userfaultfd (and says what to change).",
     load: () => import("./cli/features.ts"),
+  },
+  semantics: {
+    summary: "which writes a write-protect tracker sees: page states x modes, measured",
+    usage: "uffd semantics [--json]",
+    details: "For anonymous and memfd memory, 8 scenarios (populated, unpopulated, zeropage, zapped,\n" +
+      "read-after-protect, mprotect-roundtrip, unprotected, mremap-moved) and 4 modes (sync,\n" +
+      "sync+unpopulated, async, async+unpopulated): did one write fault, and does PAGEMAP_SCAN report the\n" +
+      "page written before and after it. Each cell runs on its own mapping and userfaultfd.\n" +
+      "Exits 1 when a cell could not run, 3 when no userfaultfd can be created.",
+    load: () => import("./cli/semantics.ts"),
+  },
+  pagemap: {
+    summary: "a process's mappings with present/swapped/file/zero/huge page counts and residency",
+    usage: "uffd pagemap <pid|self> [--range A-B] [--json]",
+    details: "One line per mapping of /proc/<pid>/maps, counted with one PAGEMAP_SCAN walk per mapping.\n" +
+      "--range A-B   only this address range (hex, with or without 0x, as /proc/<pid>/maps prints it)\n" +
+      "Exits 1 when the process does not exist, 3 when its memory map may not be read (and says why).",
+    load: () => import("./cli/pagemap.ts"),
   },
 };
 
@@ -50,9 +77,13 @@ function help(): string {
     "commands:",
     ...lines,
     "",
-    "every command takes --help and --json",
+    "every command takes --help and --json (one JSON document on stdout); NO_COLOR turns colors off",
     "exit codes: 0 ok, 1 runtime failure, 2 usage error, 3 refused by the kernel or permissions",
   ].join("\n");
+}
+
+function commandHelp(command: Command): string {
+  return `usage: ${command.usage}\n\n${command.summary}\n\n${command.details}`;
 }
 
 /** The errnos that mean "this kernel or these permissions do not allow it" (exit 3). */
@@ -69,8 +100,17 @@ const REFUSED = new Set(["EPERM", "EACCES", "ENOSYS", "ENOTTY", "ESRCH", "EOPNOT
  */
 export async function main(args: string[]): Promise<number> {
   const [first, ...rest] = args;
-  if (first === "--help" || first === "-h" || first === "help") {
+  if (first === "--help" || first === "-h" || (first === "help" && rest.length === 0)) {
     console.log(help());
+    return EXIT.ok;
+  }
+  if (first === "help") {
+    const command = COMMANDS[rest[0]!];
+    if (!command || rest.length > 1) {
+      console.error(`uffd: no help for "${rest.join(" ")}" (commands: ${Object.keys(COMMANDS).join(", ")})`);
+      return EXIT.usage;
+    }
+    console.log(commandHelp(command));
     return EXIT.ok;
   }
   const name = first === undefined || first.startsWith("-") ? DEFAULT_COMMAND : first;
@@ -81,7 +121,7 @@ export async function main(args: string[]): Promise<number> {
     return EXIT.usage;
   }
   if (commandArgs.includes("--help") || commandArgs.includes("-h")) {
-    console.log(`usage: ${command.usage}\n\n${command.summary}`);
+    console.log(commandHelp(command));
     return EXIT.ok;
   }
   try {
@@ -90,7 +130,7 @@ export async function main(args: string[]): Promise<number> {
     if (
       e instanceof UsageError || (e instanceof TypeError && "code" in e && String(e.code).startsWith("ERR_PARSE_ARGS"))
     ) {
-      console.error(`uffd ${name}: ${e.message} (usage: ${command.usage})`);
+      console.error(`uffd ${name}: ${oneLine(e.message)} (usage: ${command.usage})`);
       return EXIT.usage;
     }
     if (e instanceof UffdError) {
@@ -104,6 +144,11 @@ export async function main(args: string[]): Promise<number> {
     console.error(red(`uffd ${name}: ${e instanceof Error ? e.stack ?? e.message : String(e)}`));
     return EXIT.failure;
   }
+}
+
+/** parseArgs messages can span lines; a usage error is one line. */
+function oneLine(text: string): string {
+  return text.replace(/\. To specify a positional argument.*$/s, "").replace(/\s*\n\s*/g, " ");
 }
 
 if (import.meta.main) {

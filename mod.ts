@@ -49,3 +49,4 @@ export * from "./crc32c.ts";
 export * from "./checkpoint_format.ts";
 export { type CheckpointFileInfo, CheckpointReader, imageBytes, type PageSource } from "./checkpoint_reader.ts";
 export * from "./checkpoint.ts";
+export * from "./semantics.ts";

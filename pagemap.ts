@@ -302,12 +302,11 @@ export class PagemapScanner implements Disposable {
     const { start } = pageRange(range, "PAGEMAP_SCAN");
     const summary = this.visit(range, query, (first, pages, categories) => {
       const s = start + BigInt(first) * PAGE;
-      const c = BigInt(categories);
       out.push({
         start: s,
         end: s + BigInt(pages) * PAGE,
-        categories: c,
-        names: categoryNames(c),
+        categories: BigInt(categories),
+        names: namesOf(categories),
         firstPage: first,
         pages,
       });
@@ -371,8 +370,19 @@ export class PagemapScanner implements Disposable {
       }
       walkEnd = scan.walkEndNumber;
       if (limited && remaining <= 0) break;
-      if (walkEnd <= at) break; // no progress: nothing more to report
-      at = walkEnd;
+      // The kernel stops early only when the vector is full (or max_pages is reached,
+      // handled above): fewer regions mean the range is covered. Its walk_end is then
+      // not to be trusted: the kernel fills the vector in chunks of 512 and leaves
+      // walk_end at the previous chunk's stop when the last chunk completes (seen on
+      // 6.18), and resuming from there would report regions twice.
+      if (n < this.vectorLength) {
+        walkEnd = end;
+        break;
+      }
+      const lastEnd = scan.endOf(n - 1);
+      const next = walkEnd > lastEnd ? walkEnd : lastEnd;
+      if (next <= at) break; // no progress: nothing more to report
+      at = next;
     }
     if (heldFirst >= 0) {
       visitor(heldFirst, heldPages, heldCategories);
@@ -424,6 +434,15 @@ export function pagemapScan(range: Range, options: ScanOptions = {}): ScanResult
   }
   using scanner = new PagemapScanner({ pid, vectorLength });
   return scanner.scan(range, options);
+}
+
+/** One frozen names array per category mask, shared by every region that reports it. */
+const namesByMask = new Map<number, readonly Category[]>();
+
+function namesOf(categories: number): readonly Category[] {
+  let names = namesByMask.get(categories);
+  if (names === undefined) namesByMask.set(categories, names = Object.freeze(categoryNames(BigInt(categories))));
+  return names;
 }
 
 function scanError(rc: number, start: bigint, end: bigint, flags: bigint, pid: Pid): UffdError {

@@ -123,6 +123,8 @@ export class Region implements Range, Disposable {
     this.fd = fd;
     this.owned = source === undefined;
     this.#source = source;
+    const start = pageFloor(address);
+    this.pageSpan = Object.freeze({ address: start, length: pageCeil(address + BigInt(length)) - start });
   }
 
   /** The base page size of this machine, from `sysconf(_SC_PAGESIZE)`. */
@@ -221,11 +223,12 @@ export class Region implements Range, Disposable {
     return this.#mapped;
   }
 
-  /** The smallest page-aligned range covering the region (the region itself when it is aligned). */
-  get pageSpan(): Range {
-    const start = pageFloor(this.address);
-    return { address: start, length: pageCeil(this.address + BigInt(this.length)) - start };
-  }
+  /**
+   * The smallest page-aligned range covering the region (the region itself when it is
+   * aligned), with a bigint length. Computed once: kernel operations on a region read it
+   * on every call.
+   */
+  readonly pageSpan: { readonly address: bigint; readonly length: bigint };
 
   /** Number of pages in `pageSpan`. */
   get pageCount(): number {
@@ -374,7 +377,7 @@ export class Region implements Range, Disposable {
     this.#check(operation);
     const r = pageRange(range, operation);
     const span = this.pageSpan;
-    const spanEnd = span.address + BigInt(span.length);
+    const spanEnd = span.address + span.length;
     if (r.start < span.address || r.start + r.len > spanEnd) {
       throw invalid(operation, "the range is not inside the region", {
         start: r.start,

@@ -21,6 +21,10 @@ const ROUNDS = 4;
 export function run(args: string[]): number {
   const { values } = parseArgs({ args, options: { json: { type: "boolean" } }, strict: true });
   const report = featuresReport();
+  if (!report.available) {
+    console.error(red(`uffd demo: no userfaultfd can be created by this process. To change: ${report.access.summary}`));
+    return EXIT.refused;
+  }
   const missing = [Feature.WP_ASYNC, Feature.WP_UNPOPULATED].filter((f) =>
     !report.features.find((x) => x.name === f)?.supported
   );

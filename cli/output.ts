@@ -66,3 +66,39 @@ export function table(rows: string[][]): string {
 export function printJson(value: unknown): void {
   console.log(JSON.stringify(value, (_k, v) => typeof v === "bigint" ? v.toString() : v, 2));
 }
+
+const progressOn = (() => {
+  try {
+    return Deno.stderr.isTerminal();
+  } catch {
+    return false;
+  }
+})();
+let progressShown = false;
+
+/** Shows a one-line progress message on stderr, only when stderr is a terminal. */
+export function progress(text: string): void {
+  if (!progressOn) return;
+  Deno.stderr.writeSync(new TextEncoder().encode(`\r\x1b[2K${text}`));
+  progressShown = true;
+}
+
+/** Clears the progress line, if one is shown. */
+export function progressDone(): void {
+  if (!progressShown) return;
+  Deno.stderr.writeSync(new TextEncoder().encode("\r\x1b[2K"));
+  progressShown = false;
+}
+
+/** A byte count in binary units: `512 B`, `4 KiB`, `1.5 GiB`. */
+export function bytes(n: number): string {
+  const units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+  let value = n;
+  let unit = 0;
+  while (value >= 1024 && unit < units.length - 1) {
+    value /= 1024;
+    unit++;
+  }
+  const text = unit === 0 || Number.isInteger(value) ? String(value) : value.toFixed(value < 10 ? 1 : 0);
+  return `${text} ${units[unit]}`;
+}

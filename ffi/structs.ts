@@ -344,22 +344,44 @@ export type UffdMsg =
  * code yields the raw bytes.
  */
 export function decodeUffdMsg(bytes: Uint8Array, offset = 0): UffdMsg {
-  const v = view(bytes, offset, SIZEOF_UFFD_MSG, "uffd_msg");
-  const event = v.getUint8(0);
+  if (offset < 0 || bytes.byteLength - offset < SIZEOF_UFFD_MSG) view(bytes, offset, SIZEOF_UFFD_MSG, "uffd_msg");
+  // One view over the whole buffer, reused while callers decode batch after batch from it:
+  // a DataView per message was most of the decoding's cost (bench/structs_bench.ts).
+  if (bytes.buffer !== msgBuffer) {
+    msgBuffer = bytes.buffer;
+    msgView = new DataView(bytes.buffer);
+  }
+  const v = msgView!;
+  const at = bytes.byteOffset + offset;
+  const event = v.getUint8(at);
   switch (event) {
     case UFFD_EVENT_PAGEFAULT:
-      return { event, flags: v.getBigUint64(8, true), address: v.getBigUint64(16, true), ptid: v.getUint32(24, true) };
+      return {
+        event,
+        flags: v.getBigUint64(at + 8, true),
+        address: v.getBigUint64(at + 16, true),
+        ptid: v.getUint32(at + 24, true),
+      };
     case UFFD_EVENT_FORK:
-      return { event, ufd: v.getUint32(8, true) };
+      return { event, ufd: v.getUint32(at + 8, true) };
     case UFFD_EVENT_REMAP:
-      return { event, from: v.getBigUint64(8, true), to: v.getBigUint64(16, true), len: v.getBigUint64(24, true) };
+      return {
+        event,
+        from: v.getBigUint64(at + 8, true),
+        to: v.getBigUint64(at + 16, true),
+        len: v.getBigUint64(at + 24, true),
+      };
     case UFFD_EVENT_REMOVE:
     case UFFD_EVENT_UNMAP:
-      return { event, start: v.getBigUint64(8, true), end: v.getBigUint64(16, true) };
+      return { event, start: v.getBigUint64(at + 8, true), end: v.getBigUint64(at + 16, true) };
     default:
       return { event, raw: bytes.slice(offset, offset + SIZEOF_UFFD_MSG) };
   }
 }
+
+/** The buffer the last message was decoded from, and a view over all of it. */
+let msgBuffer: ArrayBufferLike | undefined;
+let msgView: DataView | undefined;
 
 /** Encodes a `struct uffd_msg` (the kernel writes these; tests and fuzzers build them). */
 export function encodeUffdMsg(msg: UffdMsg, into?: Uint8Array): Uint8Array {

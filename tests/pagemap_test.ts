@@ -171,6 +171,23 @@ Deno.test({
 });
 
 Deno.test({
+  name: "thousands of regions: no region reported twice whatever the vector length (the kernel's stale walk_end)",
+  ignore: needsPagemapScan(),
+  fn: () => {
+    const pages = 6000;
+    using mem = Region.map(pages * PAGE);
+    for (let p = 0; p < pages; p += 2) mem.bytes[p * PAGE] = 1;
+    for (const vectorLength of [1, 511, 512, 1024, 2999, 3000, 3001, 8192]) {
+      const regions = pagemapScan(mem, { require: ["PRESENT"], vectorLength });
+      assert.equal(regions.length, pages / 2, `vectorLength ${vectorLength}`);
+      assert.ok(regions.every((r, i) => r.firstPage === 2 * i && r.pages === 1), `vectorLength ${vectorLength}`);
+      assert.equal(regions.walkEnd, mem.address + BigInt(pages * PAGE));
+    }
+    assert.equal(pagemapScan(mem, { require: ["PRESENT"], vectorLength: 8192 }).calls, 1);
+  },
+});
+
+Deno.test({
   name: "PM_SCAN_WP_MATCHING: one walk reports the written pages and protects them again",
   ignore: needs(Feature.WP_ASYNC) || needsPagemapScan(),
   fn: () => {

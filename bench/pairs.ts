@@ -1,0 +1,189 @@
+/**
+ * The list of comparisons `bench/compare.ts` runs: each {@linkcode Pair} is one
+ * program measured twice with the same arguments — `bench/ours/<program>.ts`
+ * (with `--impl=<impl>`) and `bench/reference/<program>.c` — each printing one
+ * JSON result line (`bench/lib/measure.ts`, `bench/reference/bench.h`).
+ *
+ * To add a comparison: write `bench/ours/<name>.ts` and `bench/reference/<name>.c`
+ * taking the same `--key=value` arguments, then add an entry below (the memory it
+ * maps, a goal if the issue sets one, a series if it scales with size).
+ *
+ * @example
+ * ```ts
+ * import { pairs } from "./pairs.ts";
+ * const quick = pairs({ quick: true });
+ * console.log(quick.some((p) => p.program === "pagemap_scan")); // true
+ * ```
+ *
+ * @module
+ */
+
+/** One comparison: our program and its C reference, run with the same arguments. */
+export interface Pair {
+  /** Unique and stable: `<program>/<impl>/<case>`, used by `--only`. */
+  readonly id: string;
+  /** The row's label. */
+  readonly title: string;
+  /** `bench/ours/<program>.ts` and `bench/reference/<program>.c`. */
+  readonly program: string;
+  /** Our variant (`--impl=`); the C side has one. */
+  readonly impl: string;
+  /** The arguments both sides get, as `--key=value`. */
+  readonly args: Readonly<Record<string, number | string>>;
+  /** What one operation is, for the table ("ioctl", "scan", "page", "event"). */
+  readonly unit: string;
+  /** Bytes of memory each side maps (checked against free memory before running). */
+  readonly memory: number;
+  /** The issue's goal: the median ratio ours / C must not exceed it. */
+  readonly goal?: number;
+  /** A scaling series this pair is a point of (x = `args.bytes`). */
+  readonly series?: Series;
+  /** Shown in the main table (pairs of a series are otherwise only in the scaling table). */
+  readonly headline?: boolean;
+}
+
+/** A set of pairs that differ only in memory size. */
+export interface Series {
+  /** The series' label. */
+  readonly name: string;
+  /** How a point is shown in the scaling table and plot. */
+  readonly per: "GiB" | "op";
+}
+
+/** How much to run: `quick` for development (fewer sizes, shorter loops). */
+export interface PairOptions {
+  /** Development mode: smaller sizes and fewer iterations. */
+  readonly quick: boolean;
+}
+
+const MiB = 2 ** 20;
+const GiB = 2 ** 30;
+
+/** The sizes every scaling series is measured at. */
+export function scalingSizes(options: PairOptions): number[] {
+  return options.quick ? [16 * MiB, 64 * MiB, 256 * MiB, 1 * GiB] : [16 * MiB, 256 * MiB, 1 * GiB, 4 * GiB];
+}
+
+function clamp(value: number, low: number, high: number): number {
+  return Math.max(low, Math.min(high, Math.round(value)));
+}
+
+/** The size label of a byte count: `16 MiB`, `1 GiB`. */
+export function sizeLabel(bytes: number): string {
+  return bytes >= GiB ? `${bytes / GiB} GiB` : bytes >= MiB ? `${bytes / MiB} MiB` : `${bytes / 1024} KiB`;
+}
+
+/** Every pair to run, in order. */
+export function pairs(options: PairOptions): Pair[] {
+  const q = options.quick;
+  const out: Pair[] = [];
+
+  // A bare ioctl round trip: UFFDIO_WAKE with nobody waiting.
+  const ioctlArgs = { iterations: q ? 100_000 : 300_000, warmup: q ? 20_000 : 50_000 };
+  const ioctlImpls: [string, string, number | undefined][] = [
+    ["wrapper", "ffi/ wrapper uffdioWake()", 1.3],
+    ["method", "Userfaultfd.wake()", undefined],
+    ["raw-symbol", "bare dlopen'd ioctl symbol", undefined],
+  ];
+  for (const [impl, label, goal] of ioctlImpls) {
+    out.push({
+      id: `ioctl_roundtrip/${impl}`,
+      title: `ioctl UFFDIO_WAKE: ${label}`,
+      program: "ioctl_roundtrip",
+      impl,
+      args: ioctlArgs,
+      unit: "ioctl",
+      memory: 0,
+      goal,
+    });
+  }
+
+  // PAGEMAP_SCAN (PRESENT) at every size and written fraction; the ffi/ loop at 1 GiB only.
+  const fractions: [number, string][] = [[0, "untouched"], [0.01, "1% resident (every 100th page)"], [
+    1,
+    "all resident",
+  ]];
+  for (const bytes of scalingSizes(options)) {
+    // About 0.25 s of scanning per run (a quarter of that in quick mode); an untouched range scans in
+    // microseconds at any size, so it gets a fixed count.
+    const scanArgs = (fraction: number) => {
+      const iterations = fraction === 0 ? (q ? 500 : 2000) : clamp((q ? 2 ** 34 : 2 ** 36) / bytes, 8, 2000);
+      return { bytes, fraction, iterations, warmup: clamp(iterations / 5, 4, 100) };
+    };
+    for (const [fraction, label] of fractions) {
+      out.push({
+        id: `pagemap_scan/method/${sizeLabel(bytes).replace(" ", "")}/${fraction}`,
+        title: `pagemapScan() ${sizeLabel(bytes)}, ${label}`,
+        program: "pagemap_scan",
+        impl: "method",
+        args: scanArgs(fraction),
+        unit: "scan",
+        memory: fraction === 0 ? 0 : bytes * fraction,
+        goal: bytes === GiB ? 1.05 : undefined,
+        // An untouched range costs the same at every size (no page tables to walk): per scan, not per GiB.
+        series: { name: `pagemapScan(), ${label}`, per: fraction === 0 ? "op" : "GiB" },
+        headline: bytes === GiB,
+      });
+    }
+    if (bytes === GiB) {
+      for (const [fraction, label] of fractions.slice(1)) {
+        out.push({
+          id: `pagemap_scan/buffers/1GiB/${fraction}`,
+          title: `ffi/ ScanBuffers loop 1 GiB, ${label}`,
+          program: "pagemap_scan",
+          impl: "buffers",
+          args: scanArgs(fraction),
+          unit: "scan",
+          memory: bytes * fraction,
+        });
+      }
+    }
+  }
+
+  // Missing pages resolved ahead of any fault, one page per ioctl.
+  for (const op of ["copy", "zeropage"] as const) {
+    const name = op === "copy" ? "UFFDIO_COPY" : "UFFDIO_ZEROPAGE";
+    for (const bytes of scalingSizes(options)) {
+      const rounds = clamp((q ? 2 ** 26 : 2 ** 28) / bytes, 1, 64);
+      const resolveArgs = { op, bytes, rounds, warmup: 8192 };
+      out.push({
+        id: `uffdio_resolve/method/${op}/${sizeLabel(bytes).replace(" ", "")}`,
+        title: `${op === "copy" ? "Userfaultfd.copy()" : "Userfaultfd.zeropage()"} per page, ${sizeLabel(bytes)}`,
+        program: "uffdio_resolve",
+        impl: "method",
+        args: resolveArgs,
+        unit: "page",
+        memory: op === "copy" ? bytes : 0,
+        goal: op === "copy" && bytes === 256 * MiB ? 1.2 : undefined,
+        series: { name: `${name} service per page (Userfaultfd method)`, per: "op" },
+        headline: bytes === 256 * MiB,
+      });
+      if (bytes === 256 * MiB) {
+        out.push({
+          id: `uffdio_resolve/wrapper/${op}/256MiB`,
+          title: `ffi/ ${op === "copy" ? "uffdioCopy()" : "uffdioZeropage()"} per page, 256 MiB`,
+          program: "uffdio_resolve",
+          impl: "wrapper",
+          args: resolveArgs,
+          unit: "page",
+          memory: op === "copy" ? bytes : 0,
+        });
+      }
+    }
+  }
+
+  // A batch of 32 queued page-fault messages read and decoded.
+  const readArgs = { faults: 32, samples: q ? 40 : 150, warmup: q ? 10 : 30 };
+  for (const [impl, label] of [["method", "Userfaultfd.readEvents()"], ["wrapper", "ffi/ read + decodeUffdMsg()"]]) {
+    out.push({
+      id: `read_events/${impl}`,
+      title: `${label}, 32 queued faults`,
+      program: "read_events",
+      impl: impl!,
+      args: readArgs,
+      unit: "event",
+      memory: 0,
+    });
+  }
+  return out;
+}
