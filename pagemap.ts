@@ -128,7 +128,7 @@ export interface VisitSummary {
   /** PAGEMAP_SCAN ioctls made. */
   calls: number;
   /** Where the walk ended, as an address (see {@linkcode ScanResult.walkEnd}). */
-  walkEnd: number;
+  walkEnd: bigint;
 }
 
 /**
@@ -157,7 +157,7 @@ export interface PreparedQuery {
 const PAGE_SIZE = libc.PAGE_SIZE;
 const PAGE = BigInt(PAGE_SIZE);
 const DEFAULT_VECTOR = 1024;
-/** User-space addresses on x86_64 and aarch64 stay below 2^53, so they are exact as numbers. */
+/** User-space addresses on x86_64 and aarch64 stay below 2^53, so they are exact as numbers (the fast path). */
 const ADDRESS_LIMIT = BigInt(Number.MAX_SAFE_INTEGER);
 
 /** The `/proc/self/pagemap` fd, opened once for the process. */
@@ -301,18 +301,10 @@ export class PagemapScanner implements Disposable {
     const out = [] as PageRange[] as ScanResult;
     const { start } = pageRange(range, "PAGEMAP_SCAN");
     const summary = this.visit(range, query, (first, pages, categories) => {
-      const s = start + BigInt(first) * PAGE;
-      out.push({
-        start: s,
-        end: s + BigInt(pages) * PAGE,
-        categories: BigInt(categories),
-        names: namesOf(categories),
-        firstPage: first,
-        pages,
-      });
+      out.push(new ScannedRange(start, first, pages, categories));
     });
     // Not enumerable: the result still compares and prints like a plain array.
-    Object.defineProperty(out, "walkEnd", { value: BigInt(summary.walkEnd), enumerable: false });
+    Object.defineProperty(out, "walkEnd", { value: summary.walkEnd, enumerable: false });
     Object.defineProperty(out, "calls", { value: summary.calls, enumerable: false });
     return out;
   }
@@ -326,12 +318,13 @@ export class PagemapScanner implements Disposable {
     const operation = "PAGEMAP_SCAN";
     if (this.#fd < 0) throw invalid(operation, "the scanner is closed", {}, ERRNO.EBADF);
     const q = isPrepared(query) ? query : prepareQuery(query);
-    const { start: startBig, len } = pageRange(range, operation);
-    if (startBig + len > ADDRESS_LIMIT) {
-      throw invalid(operation, "addresses at or above 2^53 are not supported", { start: startBig, len });
-    }
-    const start = Number(startBig);
-    const end = start + Number(len);
+    const { start: base, len } = pageRange(range, operation);
+    // Offsets from `base` are plain numbers; so are addresses below 2^53 (all of user
+    // space on x86_64 and aarch64), which keeps the loop free of bigints. Above that
+    // (the vsyscall page), each ioctl and region converts.
+    const high = base + len > ADDRESS_LIMIT;
+    const start = high ? 0 : Number(base);
+    const length = Number(len);
     const scan = this.#buffers;
     scan.setQuery(q.flags, q.inverted, q.required, q.anyOf, q.report);
     const limited = q.maxPages > 0;
@@ -343,16 +336,29 @@ export class PagemapScanner implements Disposable {
     let heldFirst = -1;
     let heldPages = 0;
     let heldCategories = 0;
-    let at = start;
-    let walkEnd = start;
-    while (at < end) {
-      const n = scan.scanFrom(this.#fd, at, end, limited ? remaining : 0);
+    let at = 0; // offset from base
+    let walkEnd = 0;
+    while (at < length) {
+      const n = high
+        ? scan.scan(
+          this.#fd,
+          base + BigInt(at),
+          base + len,
+          q.flags,
+          BigInt(limited ? remaining : 0),
+          q.inverted,
+          q.required,
+          q.anyOf,
+          q.report,
+        )
+        : scan.scanFrom(this.#fd, start + at, start + length, limited ? remaining : 0);
       calls++;
-      if (n < 0) throw scanError(n, startBig, BigInt(end), q.flags, this.pid);
+      if (n < 0) throw scanError(n, base, base + len, q.flags, this.pid);
       for (let i = 0; i < n; i++) {
-        const rs = scan.startOf(i);
-        const count = (scan.endOf(i) - rs) / PAGE_SIZE;
-        const first = (rs - start) / PAGE_SIZE;
+        const rs = high ? Number(scan.regionStart(i) - base) : scan.startOf(i) - start;
+        const count = (high ? Number(scan.regionEnd(i) - scan.regionStart(i)) : scan.endOf(i) - scan.startOf(i)) /
+          PAGE_SIZE;
+        const first = rs / PAGE_SIZE;
         const categories = scan.categoriesOf(i);
         if (heldFirst >= 0 && heldFirst + heldPages === first && heldCategories === categories) {
           heldPages += count;
@@ -368,7 +374,7 @@ export class PagemapScanner implements Disposable {
         pages += count;
         if (limited) remaining -= count;
       }
-      walkEnd = scan.walkEndNumber;
+      walkEnd = high ? Number(scan.walkEnd - base) : scan.walkEndNumber - start;
       if (limited && remaining <= 0) break;
       // The kernel stops early only when the vector is full (or max_pages is reached,
       // handled above): fewer regions mean the range is covered. Its walk_end is then
@@ -376,10 +382,10 @@ export class PagemapScanner implements Disposable {
       // walk_end at the previous chunk's stop when the last chunk completes (seen on
       // 6.18), and resuming from there would report regions twice.
       if (n < this.vectorLength) {
-        walkEnd = end;
+        walkEnd = length;
         break;
       }
-      const lastEnd = scan.endOf(n - 1);
+      const lastEnd = high ? Number(scan.regionEnd(n - 1) - base) : scan.endOf(n - 1) - start;
       const next = walkEnd > lastEnd ? walkEnd : lastEnd;
       if (next <= at) break; // no progress: nothing more to report
       at = next;
@@ -388,7 +394,7 @@ export class PagemapScanner implements Disposable {
       visitor(heldFirst, heldPages, heldCategories);
       regions++;
     }
-    return { regions, pages, calls, walkEnd };
+    return { regions, pages, calls, walkEnd: base + BigInt(walkEnd) };
   }
 
   /** Closes the pagemap file of another process (this process's stays open for everyone). */
@@ -434,6 +440,45 @@ export function pagemapScan(range: Range, options: ScanOptions = {}): ScanResult
   }
   using scanner = new PagemapScanner({ pid, vectorLength });
   return scanner.scan(range, options);
+}
+
+/**
+ * A region of a scan result. The addresses and the category mask are bigints made
+ * on first use: a scan of fragmented memory creates thousands of these, and most
+ * callers only look at `firstPage`, `pages` and `names`.
+ */
+class ScannedRange implements PageRange {
+  readonly firstPage: number;
+  readonly pages: number;
+  readonly names: readonly Category[];
+  readonly #base: bigint;
+  readonly #categories: number;
+
+  constructor(base: bigint, firstPage: number, pages: number, categories: number) {
+    this.firstPage = firstPage;
+    this.pages = pages;
+    this.names = namesOf(categories);
+    this.#base = base;
+    this.#categories = categories;
+  }
+
+  get start(): bigint {
+    return this.#base + BigInt(this.firstPage * PAGE_SIZE);
+  }
+
+  get end(): bigint {
+    return this.#base + BigInt((this.firstPage + this.pages) * PAGE_SIZE);
+  }
+
+  get categories(): bigint {
+    return BigInt(this.#categories);
+  }
+
+  /** Prints like the plain record it stands for. */
+  [Symbol.for("Deno.customInspect")](inspect: (value: unknown, options: unknown) => string, options: unknown): string {
+    const { start, end, categories, names, firstPage, pages } = this;
+    return inspect({ start, end, categories, names, firstPage, pages }, options);
+  }
 }
 
 /** One frozen names array per category mask, shared by every region that reports it. */

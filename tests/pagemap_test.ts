@@ -254,6 +254,8 @@ Deno.test({
     assert.throws(() => pagemapScan(mem, { require: ["DIRTY" as Category] }), TypeError);
     assert.throws(() => pagemapScan(mem, { require: "WRITTEN" as unknown as Category[] }), TypeError);
     assertUffdError(() => pagemapScan({ address: mem.address + 1n, length: PAGE }), "EINVAL", /page-aligned/);
+    // Above 2^53 (the vsyscall page) the scan still reaches the kernel, which refuses it.
+    assertUffdError(() => pagemapScan({ address: 0xffffffffff600000n, length: PAGE }), "EFAULT", /PAGEMAP_SCAN/);
   },
 });
 
