@@ -23,6 +23,9 @@
  * name and renamed into place, so a crash never leaves a half-written file at the
  * final path.
  *
+ * Deltas contain what the write watch sees: for shared memory, writes made through
+ * another mapping (another process, an alias) after the base are not in them.
+ *
  * A consistent point-in-time image needs the writers paused while `write()` runs;
  * otherwise each page is as recent as the moment it was copied, and every page
  * written meanwhile is in the next delta.

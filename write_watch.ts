@@ -23,6 +23,11 @@
  *   A typed array over a Memory's buffer is detached by growth: watch the Memory.
  * - Pages that can no longer be watched (unmapped, moved away by `mremap`, mapped
  *   over) are reported in `WriteSet.lost`, never dropped silently.
+ * - What is watched is this mapping: for shared memory (a `memfd`, shmem), writes
+ *   made through another mapping of the same memory (an alias, another process)
+ *   are not seen. A page dropped with `MADV_DONTNEED` counts as written where that
+ *   changes its contents (private memory reads back zeros); shared memory keeps its
+ *   contents and the page is not reported.
  *
  * Backends, chosen automatically in this order and reported by `watch.backend`,
  * forcible with `{ backend }`, declinable with `{ decline }`:

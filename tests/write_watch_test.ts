@@ -333,6 +333,24 @@ Deno.test({
   },
 });
 
+Deno.test({
+  name: "shared memory: writes through the watched mapping are seen, writes through another mapping are not",
+  ignore: needsBackend("async"),
+  fn: () => {
+    using shm = Region.map(8 * PAGE, { memfd: true });
+    using alias = shm.alias();
+    using watch = WriteWatch.start(shm);
+    shm.bytes[PAGE] = 1;
+    assert.deepEqual([...watch.collect()], [1]);
+    alias.bytes[3 * PAGE] = 1; // same memory, other mapping: the watched page table never sees it
+    assert.equal(shm.bytes[3 * PAGE], 1);
+    assert.deepEqual([...watch.collect()], [], "documented: only this mapping is watched");
+    shm.zap(shm.pages(1, 1)); // shared memory keeps its contents
+    assert.equal(shm.bytes[PAGE], 1);
+    assert.deepEqual([...watch.collect()], []);
+  },
+});
+
 // ---------------------------------------------------------------------------
 // Pages that cannot be watched any more
 
