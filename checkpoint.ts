@@ -236,33 +236,38 @@ export class Checkpoint implements Disposable {
     let ok = false;
     try {
       writeAll(file, new Uint8Array(P)); // the header's page, filled in at the end
-      let staged = 0;
-      const flush = () => {
-        if (staged > 0) writeAll(file, staging.subarray(0, staged * P));
-        staged = 0;
-      };
       for (let r = 0; r < runs.length; r += 2) {
         const end = runs[r]! + runs[r + 1]!;
-        for (let page = runs[r]!; page < end; page++) {
-          const slot = staging.subarray(staged * P, (staged + 1) * P);
-          copyPage(image, page, head, slot);
-          if (isZero(slot)) {
-            if (base) continue; // a base lists only pages with data: the rest are zero
+        for (let first = runs[r]!; first < end; first += perChunk) {
+          // One copy per batch of consecutive pages (a copy per page out of memory
+          // the library does not own is several times slower), then each page is
+          // checked for zeros and checksummed in the staging buffer, and the runs of
+          // pages with data are written straight from it.
+          const count = Math.min(perChunk, end - first);
+          copyPages(image, first, count, head, staging);
+          let writeFrom = -1;
+          for (let k = 0; k < count; k++) {
+            const page = first + k;
+            if (isZero(staging.subarray(k * P, (k + 1) * P))) {
+              if (writeFrom >= 0) writeAll(file, staging.subarray(writeFrom * P, k * P));
+              writeFrom = -1;
+              if (base) continue; // a base lists only pages with data: the rest are zero
+              entryPages[entries] = page;
+              entryCrcs[entries] = zeroCrc;
+              entryOffsets[entries] = 0;
+              entries++;
+              continue;
+            }
+            if (writeFrom < 0) writeFrom = k;
             entryPages[entries] = page;
-            entryCrcs[entries] = zeroCrc;
-            entryOffsets[entries] = 0;
+            entryCrcs[entries] = crc32cWords(words, (k * P) / 4, P / 4);
+            entryOffsets[entries] = P * (1 + slots);
             entries++;
-            continue;
+            slots++;
           }
-          entryPages[entries] = page;
-          entryCrcs[entries] = crc32cWords(words, (staged * P) / 4, P / 4);
-          entryOffsets[entries] = P * (1 + slots);
-          entries++;
-          slots++;
-          if (++staged === perChunk) flush();
+          if (writeFrom >= 0) writeAll(file, staging.subarray(writeFrom * P, count * P));
         }
       }
-      flush();
       const tableOffset = P * (1 + slots);
       writeAll(
         file,
@@ -313,14 +318,19 @@ export class Checkpoint implements Disposable {
   }
 }
 
-/** Copies image page `page` into a page-sized slot; bytes outside the image are zero. */
-function copyPage(image: Uint8Array, page: number, head: number, slot: Uint8Array): void {
-  const P = slot.length;
-  const from = Math.max(0, page * P - head);
-  const to = Math.min(image.length, (page + 1) * P - head);
-  const at = page === 0 ? head : 0;
-  if (at > 0 || to - from < P) slot.fill(0);
-  if (to > from) slot.set(image.subarray(from, to), at);
+/**
+ * Copies `count` consecutive image pages from page `first` into `into` (one page per
+ * `P` bytes) with a single copy; bytes outside the image are zero.
+ */
+function copyPages(image: Uint8Array, first: number, count: number, head: number, into: Uint8Array): void {
+  const P = PAGE_SIZE;
+  const from = Math.max(0, first * P - head);
+  const to = Math.min(image.length, (first + count) * P - head);
+  const at = first === 0 ? head : 0;
+  if (at > 0) into.fill(0, 0, at);
+  into.set(image.subarray(from, to), at);
+  const filled = at + (to - from);
+  if (filled < count * P) into.fill(0, filled, count * P);
 }
 
 function writeAll(file: Deno.FsFile, bytes: Uint8Array): void {

@@ -341,7 +341,13 @@ export class CheckpointReader implements Disposable {
       const flush = () => {
         if (run.length === 0) return;
         preadAll(f.fd, bounce.subarray(0, run.length * P), offsets[run[0]!]!, f.info.path, f.info.sequence);
-        for (let j = 0; j < run.length; j++) this.#place(bytes, pages[run[j]!]!, bounce.subarray(j * P, (j + 1) * P));
+        // One copy per run of consecutive pages (their image bytes are contiguous too).
+        for (let j = 0; j < run.length;) {
+          let k = j + 1;
+          while (k < run.length && pages[run[k]!] === pages[run[k - 1]!]! + 1) k++;
+          this.#place(bytes, pages[run[j]!]!, k - j, bounce.subarray(j * P, k * P));
+          j = k;
+        }
         written += run.length;
         run = [];
       };
@@ -385,10 +391,12 @@ export class CheckpointReader implements Disposable {
     return [from, to];
   }
 
-  #place(bytes: Uint8Array, page: number, slot: Uint8Array): void {
-    const [from, to] = this.#imageRange(page);
+  /** Copies `count` consecutive page slots, from page `page` on, to their image bytes. */
+  #place(bytes: Uint8Array, page: number, count: number, slots: Uint8Array): void {
+    const from = this.#imageRange(page)[0];
+    const to = this.#imageRange(page + count - 1)[1];
     const skip = page === 0 ? this.head : 0;
-    bytes.set(slot.subarray(skip, skip + (to - from)), from);
+    bytes.set(slots.subarray(skip, skip + (to - from)), from);
   }
 
   #checkIndex(index: number): void {
