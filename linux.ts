@@ -96,6 +96,13 @@ export const MREMAP_FIXED = 2;
 /** `MREMAP_DONTUNMAP` */
 export const MREMAP_DONTUNMAP = 4;
 
+/** `MS_ASYNC` (`msync`) */
+export const MS_ASYNC = 1;
+/** `MS_INVALIDATE` (`msync`) */
+export const MS_INVALIDATE = 2;
+/** `MS_SYNC` (`msync`) */
+export const MS_SYNC = 4;
+
 /** `MFD_CLOEXEC` */
 export const MFD_CLOEXEC = 1;
 /** `MFD_HUGETLB` */

@@ -1,9 +1,17 @@
 /**
  * Which pages of a process are present, swapped, written since protection, …:
  * {@linkcode pagemapScan} drives the PAGEMAP_SCAN ioctl (Linux 6.7) on
- * `/proc/<pid>/pagemap`, resuming from `walk_end` until the range is covered;
- * {@linkcode readPagemap} decodes the classic 64-bit pagemap entries for kernels
- * without it and for inspection.
+ * `/proc/<pid>/pagemap`, resuming from `walk_end` until the range is covered, with
+ * every option of the ioctl; {@linkcode PagemapScanner} keeps the pagemap file and
+ * the output vector open across calls and can hand regions to a callback without
+ * allocating; {@linkcode readPagemap} decodes the classic 64-bit pagemap entries for
+ * kernels without PAGEMAP_SCAN and for inspection.
+ *
+ * Categories the kernel does not accept (older than the category, or built without
+ * it) are probed once ({@linkcode acceptedCategories}) and refused before the ioctl
+ * with a clear error. `SOFT_DIRTY` is special: a kernel built without
+ * `CONFIG_MEM_SOFT_DIRTY` accepts the category but never sets it, so it is refused
+ * unless {@linkcode softDirtySupported} measured that soft-dirty really works.
  *
  * @example
  * ```ts
@@ -31,6 +39,7 @@ import {
   categoryMask,
   categoryNames,
   PAGE_IS_KNOWN,
+  PAGE_IS_SOFT_DIRTY,
   PM_FILE,
   PM_GUARD_REGION,
   PM_MMAP_EXCLUSIVE,
@@ -46,25 +55,36 @@ import {
 /** Whose pagemap: this process (`"self"`, the default) or a pid. */
 export type Pid = number | "self";
 
-/** Options of {@linkcode pagemapScan}. */
-export interface ScanOptions {
-  /** The process (default `"self"`). */
-  pid?: Pid;
+/** What to look for in a PAGEMAP_SCAN walk: the ioctl's masks and flags, by category name. */
+export interface ScanQuery {
   /** Categories that must all be set (`category_mask`). */
   require?: Iterable<Category>;
-  /** Categories whose meaning is inverted before matching (`category_inverted`). */
+  /**
+   * Categories whose meaning is inverted before matching (`category_inverted`):
+   * `{ require: ["PRESENT"], invert: ["PRESENT"] }` matches pages that are not present.
+   */
   invert?: Iterable<Category>;
   /** Categories of which at least one must be set (`category_anyof_mask`). */
   anyOf?: Iterable<Category>;
-  /** Categories to report per region (`return_mask`); default: those named in `require` and `anyOf`, or all. */
+  /**
+   * Categories to report per region (`return_mask`); default: those named in
+   * `require`, `anyOf` and `invert`, or every category this kernel can answer when
+   * none is named. Regions with equal reported categories are merged.
+   */
   report?: Iterable<Category>;
-  /** Stop after this many matching pages (`max_pages`); default no limit. */
+  /** Stop after this many matching pages (`max_pages`); default no limit. The result's `walkEnd` says where to resume. */
   maxPages?: number;
   /** `PM_SCAN_WP_MATCHING`: write-protect the matching pages in the same walk (get-and-clear). */
   writeProtect?: boolean;
   /** `PM_SCAN_CHECK_WPASYNC`: fail with EPERM where async write-protect is not set up, instead of skipping. */
   checkWpAsync?: boolean;
-  /** Regions per ioctl (the output vector's length, default 1024). */
+}
+
+/** Options of {@linkcode pagemapScan}: a query, whose pagemap, and the output vector's length. */
+export interface ScanOptions extends ScanQuery {
+  /** The process (default `"self"`). */
+  pid?: Pid;
+  /** Regions per ioctl (the output vector's length, default 1024). The vector is reused across calls. */
   vectorLength?: number;
 }
 
@@ -84,41 +104,320 @@ export interface PageRange {
   readonly pages: number;
 }
 
-/** A cached `/proc/<pid>/pagemap` fd per pid, and the scan buffers, reused across calls. */
-const pagemapFds = new Map<string, number>();
-let buffers: ScanBuffers | undefined;
-const PAGE = BigInt(libc.PAGE_SIZE);
+/**
+ * The regions a scan found (an array), with where the walk ended and how many
+ * ioctls it took as extra, non-enumerable properties.
+ */
+export interface ScanResult extends Array<PageRange> {
+  /**
+   * Where the walk ended (`walk_end`): the range's end when it was covered, or the
+   * first page not looked at when `maxPages` stopped it — scan again from there to
+   * resume.
+   */
+  readonly walkEnd: bigint;
+  /** Number of PAGEMAP_SCAN ioctls made (more than one when the output vector filled up). */
+  readonly calls: number;
+}
 
-function pagemapFd(pid: Pid, operation: string): number {
-  const key = String(pid);
-  const cached = pagemapFds.get(key);
-  if (cached !== undefined) return cached;
-  if (pid !== "self" && (!Number.isSafeInteger(pid) || pid <= 0)) {
+/** What {@linkcode PagemapScanner.visit} did. */
+export interface VisitSummary {
+  /** Regions handed to the visitor (after merging across ioctls). */
+  regions: number;
+  /** Pages in those regions. */
+  pages: number;
+  /** PAGEMAP_SCAN ioctls made. */
+  calls: number;
+  /** Where the walk ended, as an address (see {@linkcode ScanResult.walkEnd}). */
+  walkEnd: bigint;
+}
+
+/**
+ * Receives one region of a {@linkcode PagemapScanner.visit} walk: the first page
+ * (relative to the scanned range), the number of pages and the reported
+ * `PAGE_IS_*` bits, all plain numbers.
+ */
+export type RegionVisitor = (firstPage: number, pages: number, categories: number) => void;
+
+/** A {@linkcode ScanQuery} checked and turned into the ioctl's masks once, for scans repeated many times. */
+export interface PreparedQuery {
+  /** `PM_SCAN_*` flags. */
+  readonly flags: bigint;
+  /** `category_inverted` */
+  readonly inverted: bigint;
+  /** `category_mask` */
+  readonly required: bigint;
+  /** `category_anyof_mask` */
+  readonly anyOf: bigint;
+  /** `return_mask` */
+  readonly report: bigint;
+  /** `max_pages` (0: no limit). */
+  readonly maxPages: number;
+}
+
+const PAGE_SIZE = libc.PAGE_SIZE;
+const PAGE = BigInt(PAGE_SIZE);
+const DEFAULT_VECTOR = 1024;
+/** User-space addresses on x86_64 and aarch64 stay below 2^53, so they are exact as numbers (the fast path). */
+const ADDRESS_LIMIT = BigInt(Number.MAX_SAFE_INTEGER);
+
+/** The `/proc/self/pagemap` fd, opened once for the process. */
+let selfFd: number | undefined;
+
+function openPagemap(pid: Pid, operation: string): number {
+  if (pid === "self" && selfFd !== undefined) return selfFd;
+  if (pid !== "self" && (typeof pid !== "number" || !Number.isSafeInteger(pid) || pid <= 0)) {
+    if (typeof pid !== "number") throw new TypeError(`${operation}: pid must be a number or "self", not ${typeof pid}`);
     throw invalid(operation, 'pid must be a positive integer or "self"', { pid }, ERRNO.ESRCH);
   }
   const path = `/proc/${pid}/pagemap`;
   const fd = libc.open(path, O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
-    const hint = fd === -ERRNO.ENOENT
-      ? `no process ${pid} (it does not exist or has exited)`
-      : fd === -ERRNO.EACCES || fd === -ERRNO.EPERM
-      ? `no permission to read ${path}: it needs the same user with ptrace access, or CAP_SYS_PTRACE`
-      : undefined;
-    throw new UffdError({ errno: fd === -ERRNO.ENOENT ? ERRNO.ESRCH : -fd, operation, args: { path }, hint });
+    if (fd === -ERRNO.ENOENT) {
+      throw new UffdError({
+        errno: ERRNO.ESRCH,
+        operation,
+        args: { pid },
+        detail: `no process ${pid}`,
+        hint: "it does not exist or has exited",
+      });
+    }
+    throw new UffdError({
+      errno: -fd,
+      operation,
+      args: { path },
+      hint: fd === -ERRNO.EACCES || fd === -ERRNO.EPERM
+        ? `no permission to read another process's pagemap: it takes ptrace read access to process ${pid} ` +
+          "(the same user and a ptrace_scope that allows it, or CAP_SYS_PTRACE)"
+        : undefined,
+    });
   }
-  // Only keep our own; another process's fd goes stale when it exits.
-  if (pid === "self") pagemapFds.set(key, fd);
+  if (pid === "self") selfFd = fd;
   return fd;
 }
 
-function mask(names: Iterable<Category> | undefined): bigint {
-  return names === undefined ? 0n : categoryMask(names);
+function mask(names: Iterable<Category> | undefined, option: string): bigint {
+  if (names === undefined) return 0n;
+  if (typeof names !== "object" || names === null || !(Symbol.iterator in names)) {
+    throw new TypeError(`PAGEMAP_SCAN: ${option} must be a list of category names`);
+  }
+  return categoryMask(names);
 }
+
+/**
+ * Checks a query once and turns it into the ioctl's masks: unknown names are a
+ * `TypeError`; categories this kernel refuses (and `SOFT_DIRTY` where soft-dirty
+ * does not work) a `UffdError` before any ioctl.
+ *
+ * @example
+ * ```ts
+ * import { prepareQuery } from "@uffd/uffd";
+ * const q = prepareQuery({ require: ["WRITTEN"], writeProtect: true });
+ * console.log(q.required, q.flags); // 2n 1n
+ * ```
+ */
+export function prepareQuery(query: ScanQuery = {}): PreparedQuery {
+  const operation = "PAGEMAP_SCAN";
+  if (query === null || typeof query !== "object") throw new TypeError(`${operation}: the query must be an object`);
+  const required = mask(query.require, "require");
+  const anyOf = mask(query.anyOf, "anyOf");
+  const inverted = mask(query.invert, "invert");
+  const named = required | anyOf | inverted;
+  const answerable = answerableCategoryMask();
+  const report = query.report !== undefined ? mask(query.report, "report") : named === 0n ? answerable : named;
+  const refused = (named | report) & ~acceptedCategoryMask();
+  if (refused !== 0n) {
+    const names = categoryNames(refused);
+    throw invalid(
+      operation,
+      `this kernel does not accept the categor${names.length > 1 ? "ies" : "y"} ${names.join(", ")}`,
+      { kernel: Deno.osRelease(), accepted: acceptedCategories().join("|") },
+    );
+  }
+  if (((named | report) & ~answerable) !== 0n) {
+    throw invalid(
+      operation,
+      "SOFT_DIRTY is accepted by this kernel but never set: it was built without CONFIG_MEM_SOFT_DIRTY " +
+        "(see softDirtySupported())",
+      { kernel: Deno.osRelease() },
+      ERRNO.EOPNOTSUPP,
+    );
+  }
+  const maxPages = query.maxPages ?? 0;
+  if (typeof maxPages !== "number") throw new TypeError(`${operation}: maxPages must be a number`);
+  if (!Number.isSafeInteger(maxPages) || maxPages < 0) {
+    throw invalid(operation, "maxPages must be a non-negative integer", { maxPages });
+  }
+  const flags = (query.writeProtect ? PM_SCAN_WP_MATCHING : 0n) | (query.checkWpAsync ? PM_SCAN_CHECK_WPASYNC : 0n);
+  return Object.freeze({ flags, inverted, required, anyOf, report, maxPages });
+}
+
+function isPrepared(query: ScanQuery | PreparedQuery): query is PreparedQuery {
+  return typeof (query as PreparedQuery).flags === "bigint";
+}
+
+/**
+ * A pagemap file and a PAGEMAP_SCAN output vector kept open for repeated scans:
+ * of this process, or of another one (`pid`), which needs ptrace read access to it.
+ * {@linkcode scan} returns region objects; {@linkcode visit} hands each region to a
+ * callback as plain numbers and allocates nothing per region or per ioctl.
+ *
+ * @example
+ * ```ts
+ * import { PagemapScanner, prepareQuery, Region } from "@uffd/uffd";
+ * using mem = Region.map(8 * Region.pageSize);
+ * mem.bytes[2 * Region.pageSize] = 1;
+ * using scanner = new PagemapScanner();
+ * const present = prepareQuery({ require: ["PRESENT"] });
+ * scanner.visit(mem, present, (first, pages) => console.log(first, pages)); // 2 1
+ * ```
+ */
+export class PagemapScanner implements Disposable {
+  /** Whose pagemap. */
+  readonly pid: Pid;
+  /** Regions per ioctl. */
+  readonly vectorLength: number;
+  readonly #buffers: ScanBuffers;
+  #fd: number;
+
+  /** Opens `/proc/<pid>/pagemap` (`"self"` by default); fails with ESRCH for a missing process, EACCES without access. */
+  constructor(options: { pid?: Pid; vectorLength?: number } = {}) {
+    const pid = options.pid ?? "self";
+    const vectorLength = options.vectorLength ?? DEFAULT_VECTOR;
+    if (typeof vectorLength !== "number") throw new TypeError("PAGEMAP_SCAN: vectorLength must be a number");
+    if (!Number.isSafeInteger(vectorLength) || vectorLength < 1 || vectorLength > 1 << 20) {
+      throw invalid("PAGEMAP_SCAN", "vectorLength must be an integer in [1, 2^20]", { vectorLength });
+    }
+    this.#fd = openPagemap(pid, "PAGEMAP_SCAN");
+    this.pid = pid;
+    this.vectorLength = vectorLength;
+    this.#buffers = new ScanBuffers(vectorLength);
+  }
+
+  /**
+   * Scans a page-aligned range (a `Region` over memory it does not own is widened
+   * to its `pageSpan`) and returns the matching regions.
+   */
+  scan(range: Range, query: ScanQuery | PreparedQuery = {}): ScanResult {
+    const out = [] as PageRange[] as ScanResult;
+    const { start } = pageRange(range, "PAGEMAP_SCAN");
+    const summary = this.visit(range, query, (first, pages, categories) => {
+      out.push(new ScannedRange(start, first, pages, categories));
+    });
+    // Not enumerable: the result still compares and prints like a plain array.
+    Object.defineProperty(out, "walkEnd", { value: summary.walkEnd, enumerable: false });
+    Object.defineProperty(out, "calls", { value: summary.calls, enumerable: false });
+    return out;
+  }
+
+  /**
+   * Scans a page-aligned range and calls `visitor(firstPage, pages, categories)`
+   * for each matching region, in address order; regions split by a full output
+   * vector are merged back. Nothing is allocated per region or per ioctl.
+   */
+  visit(range: Range, query: ScanQuery | PreparedQuery, visitor: RegionVisitor): VisitSummary {
+    const operation = "PAGEMAP_SCAN";
+    if (this.#fd < 0) throw invalid(operation, "the scanner is closed", {}, ERRNO.EBADF);
+    const q = isPrepared(query) ? query : prepareQuery(query);
+    const { start: base, len } = pageRange(range, operation);
+    // Offsets from `base` are plain numbers; so are addresses below 2^53 (all of user
+    // space on x86_64 and aarch64), which keeps the loop free of bigints. Above that
+    // (the vsyscall page), each ioctl and region converts.
+    const high = base + len > ADDRESS_LIMIT;
+    const start = high ? 0 : Number(base);
+    const length = Number(len);
+    const scan = this.#buffers;
+    scan.setQuery(q.flags, q.inverted, q.required, q.anyOf, q.report);
+    const limited = q.maxPages > 0;
+    let remaining = q.maxPages;
+    let regions = 0;
+    let pages = 0;
+    let calls = 0;
+    // One region held back, so that a region split by a full vector is reported once.
+    let heldFirst = -1;
+    let heldPages = 0;
+    let heldCategories = 0;
+    let at = 0; // offset from base
+    let walkEnd = 0;
+    while (at < length) {
+      const n = high
+        ? scan.scan(
+          this.#fd,
+          base + BigInt(at),
+          base + len,
+          q.flags,
+          BigInt(limited ? remaining : 0),
+          q.inverted,
+          q.required,
+          q.anyOf,
+          q.report,
+        )
+        : scan.scanFrom(this.#fd, start + at, start + length, limited ? remaining : 0);
+      calls++;
+      if (n < 0) throw scanError(n, base, base + len, q.flags, this.pid);
+      for (let i = 0; i < n; i++) {
+        const rs = high ? Number(scan.regionStart(i) - base) : scan.startOf(i) - start;
+        const count = (high ? Number(scan.regionEnd(i) - scan.regionStart(i)) : scan.endOf(i) - scan.startOf(i)) /
+          PAGE_SIZE;
+        const first = rs / PAGE_SIZE;
+        const categories = scan.categoriesOf(i);
+        if (heldFirst >= 0 && heldFirst + heldPages === first && heldCategories === categories) {
+          heldPages += count;
+        } else {
+          if (heldFirst >= 0) {
+            visitor(heldFirst, heldPages, heldCategories);
+            regions++;
+          }
+          heldFirst = first;
+          heldPages = count;
+          heldCategories = categories;
+        }
+        pages += count;
+        if (limited) remaining -= count;
+      }
+      walkEnd = high ? Number(scan.walkEnd - base) : scan.walkEndNumber - start;
+      if (limited && remaining <= 0) break;
+      // The kernel stops early only when the vector is full (or max_pages is reached,
+      // handled above): fewer regions mean the range is covered. Its walk_end is then
+      // not to be trusted: the kernel fills the vector in chunks of 512 and leaves
+      // walk_end at the previous chunk's stop when the last chunk completes (seen on
+      // 6.18), and resuming from there would report regions twice.
+      if (n < this.vectorLength) {
+        walkEnd = length;
+        break;
+      }
+      const lastEnd = high ? Number(scan.regionEnd(n - 1) - base) : scan.endOf(n - 1) - start;
+      const next = walkEnd > lastEnd ? walkEnd : lastEnd;
+      if (next <= at) break; // no progress: nothing more to report
+      at = next;
+    }
+    if (heldFirst >= 0) {
+      visitor(heldFirst, heldPages, heldCategories);
+      regions++;
+    }
+    return { regions, pages, calls, walkEnd: base + BigInt(walkEnd) };
+  }
+
+  /** Closes the pagemap file of another process (this process's stays open for everyone). */
+  close(): void {
+    if (this.#fd >= 0 && this.pid !== "self") libc.close(this.#fd);
+    this.#fd = -1;
+  }
+
+  /** Same as {@linkcode close}. */
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}
+
+/** One scanner per vector length for this process, reused by `pagemapScan`. */
+const selfScanners = new Map<number, PagemapScanner>();
 
 /**
  * Runs PAGEMAP_SCAN over a page-aligned range and returns the matching regions,
  * coalesced as the kernel reports them. The walk resumes from `walk_end` whenever
- * the output vector fills, until the range is covered or `maxPages` is reached.
+ * the output vector fills, until the range is covered or `maxPages` is reached
+ * (`result.walkEnd` says where it stopped). For this process the output vector is
+ * reused across calls; for another (`pid`) the pagemap file is opened per call.
  *
  * @example
  * ```ts
@@ -128,94 +427,96 @@ function mask(names: Iterable<Category> | undefined): bigint {
  * console.log(pagemapScan(mem, { require: ["PRESENT"] }).length); // 1
  * ```
  */
-export function pagemapScan(range: Range, options: ScanOptions = {}): PageRange[] {
-  const operation = "PAGEMAP_SCAN";
-  const { start, len } = pageRange(range, operation);
-  const end = start + len;
-  const required = mask(options.require);
-  const anyof = mask(options.anyOf);
-  const inverted = mask(options.invert);
-  const named = required | anyof;
-  const report = options.report !== undefined ? mask(options.report) : named === 0n ? PAGE_IS_KNOWN : named;
-  const refused = (required | anyof | inverted | report) & ~acceptedCategoryMask();
-  if (refused !== 0n) {
-    throw invalid(
-      operation,
-      `this kernel does not accept categor${categoryNames(refused).length > 1 ? "ies" : "y"} ` +
-        categoryNames(refused).join(", "),
-      { kernel: Deno.osRelease() },
-    );
-  }
-  const flags = (options.writeProtect ? PM_SCAN_WP_MATCHING : 0n) |
-    (options.checkWpAsync ? PM_SCAN_CHECK_WPASYNC : 0n);
-  let remaining = options.maxPages ?? 0;
-  if (!Number.isSafeInteger(remaining) || remaining < 0) {
-    throw invalid(operation, "maxPages must be a non-negative integer", { maxPages: options.maxPages });
-  }
-  const limited = remaining > 0;
-  const capacity = options.vectorLength ?? 1024;
-  const scan = capacity === 1024 ? (buffers ??= new ScanBuffers(1024)) : new ScanBuffers(capacity);
-  const fd = pagemapFd(options.pid ?? "self", operation);
-  const out: PageRange[] = [];
-  let at = start;
-  try {
-    while (at < end) {
-      const n = scan.scan(fd, at, end, flags, BigInt(remaining), inverted, required, anyof, report);
-      if (n < 0) throw scanError(n, at, end, flags);
-      for (let i = 0; i < n; i++) {
-        const r = scan.region(i);
-        const pages = Number((r.end - r.start) / PAGE);
-        const last = out[out.length - 1];
-        if (last && last.end === r.start && last.categories === r.categories) {
-          out[out.length - 1] = region(last.start, r.end, r.categories, start);
-        } else out.push(region(r.start, r.end, r.categories, start));
-        if (limited) remaining -= pages;
-      }
-      const walkEnd = scan.walkEnd;
-      if (limited && remaining <= 0) break;
-      if (walkEnd <= at) break; // no progress: nothing more to report
-      at = walkEnd;
+export function pagemapScan(range: Range, options: ScanOptions = {}): ScanResult {
+  const pid = options.pid ?? "self";
+  const vectorLength = options.vectorLength ?? DEFAULT_VECTOR;
+  if (pid === "self") {
+    let scanner = selfScanners.get(vectorLength);
+    if (scanner === undefined) {
+      scanner = new PagemapScanner({ vectorLength });
+      if (selfScanners.size < 8) selfScanners.set(vectorLength, scanner);
     }
-  } finally {
-    if ((options.pid ?? "self") !== "self") libc.close(fd);
+    return scanner.scan(range, options);
   }
-  return out;
+  using scanner = new PagemapScanner({ pid, vectorLength });
+  return scanner.scan(range, options);
 }
 
-const namesByMask = new Map<bigint, readonly Category[]>();
+/**
+ * A region of a scan result. The addresses and the category mask are bigints made
+ * on first use: a scan of fragmented memory creates thousands of these, and most
+ * callers only look at `firstPage`, `pages` and `names`.
+ */
+class ScannedRange implements PageRange {
+  readonly firstPage: number;
+  readonly pages: number;
+  readonly names: readonly Category[];
+  readonly #base: bigint;
+  readonly #categories: number;
 
-function region(start: bigint, end: bigint, categories: bigint, base: bigint): PageRange {
+  constructor(base: bigint, firstPage: number, pages: number, categories: number) {
+    this.firstPage = firstPage;
+    this.pages = pages;
+    this.names = namesOf(categories);
+    this.#base = base;
+    this.#categories = categories;
+  }
+
+  get start(): bigint {
+    return this.#base + BigInt(this.firstPage * PAGE_SIZE);
+  }
+
+  get end(): bigint {
+    return this.#base + BigInt((this.firstPage + this.pages) * PAGE_SIZE);
+  }
+
+  get categories(): bigint {
+    return BigInt(this.#categories);
+  }
+
+  /** Prints like the plain record it stands for. */
+  [Symbol.for("Deno.customInspect")](inspect: (value: unknown, options: unknown) => string, options: unknown): string {
+    const { start, end, categories, names, firstPage, pages } = this;
+    return inspect({ start, end, categories, names, firstPage, pages }, options);
+  }
+}
+
+/** One frozen names array per category mask, shared by every region that reports it. */
+const namesByMask = new Map<number, readonly Category[]>();
+
+function namesOf(categories: number): readonly Category[] {
   let names = namesByMask.get(categories);
-  if (names === undefined) namesByMask.set(categories, names = Object.freeze(categoryNames(categories)));
-  return {
-    start,
-    end,
-    categories,
-    names,
-    firstPage: Number((start - base) / PAGE),
-    pages: Number((end - start) / PAGE),
-  };
+  if (names === undefined) namesByMask.set(categories, names = Object.freeze(categoryNames(BigInt(categories))));
+  return names;
 }
 
-function scanError(rc: number, start: bigint, end: bigint, flags: bigint): UffdError {
+function scanError(rc: number, start: bigint, end: bigint, flags: bigint, pid: Pid): UffdError {
   const errno = -rc;
   const hint = errno === ERRNO.EPERM
-    ? "PM_SCAN_WP_MATCHING with checkWpAsync needs the range registered { wp: true } on a WP_ASYNC userfaultfd"
+    ? "checkWpAsync: part of the range is not registered { wp: true } on a userfaultfd with WP_ASYNC"
     : errno === ERRNO.EINVAL
     ? "the range must be page-aligned and the categories and flags known to this kernel"
     : errno === ERRNO.ENOTTY
     ? "this kernel has no PAGEMAP_SCAN (Linux 6.7+)"
     : errno === ERRNO.ESRCH
-    ? "the process has exited"
+    ? `process ${pid} has exited`
     : undefined;
-  return new UffdError({ errno, operation: "PAGEMAP_SCAN", args: { start, end, flags }, hint });
+  return new UffdError({ errno, operation: "PAGEMAP_SCAN", args: { start, end, flags, pid }, hint });
 }
 
 let acceptedCache: bigint | undefined;
 let scanAvailableCache: boolean | undefined;
 
+/** An empty scan of one page of our own memory with the given masks: the ioctl's result. */
+function probe(categories: bigint): number {
+  const buffers = new ScanBuffers(0);
+  const fd = openPagemap("self", "PAGEMAP_SCAN");
+  const here = libc.addressOf(new Uint8Array(1)) / PAGE * PAGE;
+  return buffers.scan(fd, here, here + PAGE, 0n, 0n, 0n, categories, 0n, categories, 0);
+}
+
 /**
- * Whether this kernel has PAGEMAP_SCAN (an empty scan of our own stack page is
+ * Whether this kernel has PAGEMAP_SCAN (an empty scan of our own memory is
  * accepted), probed once.
  *
  * @example
@@ -225,20 +526,13 @@ let scanAvailableCache: boolean | undefined;
  * ```
  */
 export function hasPagemapScan(): boolean {
-  if (scanAvailableCache === undefined) {
-    const probe = new ScanBuffers(0);
-    const fd = pagemapFd("self", "PAGEMAP_SCAN");
-    const here = libc.addressOf(new Uint8Array(1)) / PAGE * PAGE;
-    const rc = probe.scan(fd, here, here + PAGE, 0n, 0n, 0n, 0n, 0n, 0n, 0);
-    scanAvailableCache = rc >= 0;
-  }
-  return scanAvailableCache;
+  return scanAvailableCache ??= probe(0n) >= 0;
 }
 
 /**
  * The categories this kernel accepts, each probed once with a scan that uses it
- * alone (a kernel built without soft-dirty, or older than a category, refuses it
- * with EINVAL).
+ * alone (a kernel older than a category refuses it with EINVAL). Accepted is not
+ * the same as answered: see {@linkcode softDirtySupported}.
  *
  * @example
  * ```ts
@@ -253,14 +547,15 @@ export function acceptedCategories(): Category[] {
 function acceptedCategoryMask(): bigint {
   if (acceptedCache !== undefined) return acceptedCache;
   if (!hasPagemapScan()) return acceptedCache = 0n;
-  const probe = new ScanBuffers(0);
-  const fd = pagemapFd("self", "PAGEMAP_SCAN");
-  const here = libc.addressOf(new Uint8Array(1)) / PAGE * PAGE;
   let accepted = 0n;
-  for (const c of CATEGORIES) {
-    if (probe.scan(fd, here, here + PAGE, 0n, 0n, 0n, c.mask, 0n, c.mask, 0) >= 0) accepted |= c.mask;
-  }
+  for (const c of CATEGORIES) if (probe(c.mask) >= 0) accepted |= c.mask;
   return acceptedCache = accepted;
+}
+
+/** Accepted categories minus SOFT_DIRTY where soft-dirty is compiled out. */
+function answerableCategoryMask(): bigint {
+  const accepted = acceptedCategoryMask() & PAGE_IS_KNOWN;
+  return (accepted & PAGE_IS_SOFT_DIRTY) !== 0n && !softDirtySupported() ? accepted & ~PAGE_IS_SOFT_DIRTY : accepted;
 }
 
 /** One decoded `/proc/<pid>/pagemap` entry. */
@@ -287,9 +582,58 @@ export interface PagemapEntry {
   readonly pfn: bigint | undefined;
 }
 
+const RAW_CHUNK = 65536;
+
 /**
- * Reads and decodes the pagemap entries of every page in a range (one `pread` per
- * 64 Ki pages).
+ * Reads the raw 64-bit pagemap entries of every page in a page-aligned range into
+ * `into` (allocated when not given; it must hold one entry per page), one `pread`
+ * per 64 Ki pages, and returns it. The fastest way to look at pagemap bits without
+ * PAGEMAP_SCAN.
+ *
+ * @example
+ * ```ts
+ * import { PM_PRESENT, readPagemapRaw, Region } from "@uffd/uffd";
+ * using mem = Region.map(2 * Region.pageSize);
+ * mem.bytes[0] = 1;
+ * const raw = readPagemapRaw(mem);
+ * console.log((raw[0]! & PM_PRESENT) !== 0n, (raw[1]! & PM_PRESENT) !== 0n); // true false
+ * ```
+ */
+export function readPagemapRaw(range: Range, options: { pid?: Pid; into?: BigUint64Array } = {}): BigUint64Array {
+  const operation = "pagemap";
+  const { start, len } = pageRange(range, operation);
+  const pages = Number(len / PAGE);
+  const into = options.into ?? new BigUint64Array(pages);
+  if (!(into instanceof BigUint64Array)) throw new TypeError(`${operation}: into must be a BigUint64Array`);
+  if (into.length < pages) {
+    throw invalid(operation, `into holds ${into.length} entries; the range has ${pages} pages`, { pages });
+  }
+  const pid = options.pid ?? "self";
+  const fd = openPagemap(pid, operation);
+  try {
+    for (let done = 0; done < pages;) {
+      const want = Math.min(RAW_CHUNK, pages - done);
+      const address = start + BigInt(done) * PAGE;
+      const got = readPagemapEntries(fd, address, PAGE_SIZE, into.subarray(done, done + want));
+      if (got < 0) {
+        throw new UffdError({
+          errno: -got,
+          operation,
+          args: { start: address, pages: want, pid },
+          hint: got === -ERRNO.ESRCH ? `process ${pid} has exited` : undefined,
+        });
+      }
+      if (got === 0) break;
+      done += got;
+    }
+  } finally {
+    if (pid !== "self") libc.close(fd);
+  }
+  return into;
+}
+
+/**
+ * Reads and decodes the pagemap entries of every page in a range.
  *
  * @example
  * ```ts
@@ -301,27 +645,10 @@ export interface PagemapEntry {
  * ```
  */
 export function readPagemap(range: Range, options: { pid?: Pid } = {}): PagemapEntry[] {
-  const operation = "pagemap";
-  const { start, len } = pageRange(range, operation);
-  const pages = Number(len / PAGE);
-  const pid = options.pid ?? "self";
-  const fd = pagemapFd(pid, operation);
-  const out: PagemapEntry[] = [];
-  const chunk = new BigUint64Array(Math.min(pages, 65536));
-  try {
-    for (let done = 0; done < pages;) {
-      const want = Math.min(chunk.length, pages - done);
-      const view = chunk.subarray(0, want);
-      const address = start + BigInt(done) * PAGE;
-      const got = readPagemapEntries(fd, address, libc.PAGE_SIZE, view);
-      if (got < 0) throw new UffdError({ errno: -got, operation, args: { start: address, pages: want } });
-      if (got === 0) break;
-      for (let i = 0; i < got; i++) out.push(decodeEntry(address + BigInt(i) * PAGE, view[i]!));
-      done += got;
-    }
-  } finally {
-    if (pid !== "self") libc.close(fd);
-  }
+  const { start } = pageRange(range, "pagemap");
+  const raw = readPagemapRaw(range, options);
+  const out: PagemapEntry[] = new Array(raw.length);
+  for (let i = 0; i < raw.length; i++) out[i] = decodeEntry(start + BigInt(i) * PAGE, raw[i]!);
   return out;
 }
 
@@ -372,7 +699,7 @@ let softDirtyCache: boolean | undefined;
  */
 export function softDirtySupported(): boolean {
   if (softDirtyCache === undefined) {
-    const length = BigInt(libc.PAGE_SIZE);
+    const length = BigInt(PAGE_SIZE);
     const address = libc.mmap(0n, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0n);
     if (address < 0n) throw new UffdError({ errno: -Number(address), operation: "mmap", args: { length } });
     try {

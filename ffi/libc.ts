@@ -35,6 +35,7 @@ const symbols = {
   mmap: { parameters: ["u64", "usize", "i32", "i32", "i32", "i64"], result: "u64" },
   munmap: { parameters: ["u64", "usize"], result: "i32" },
   madvise: { parameters: ["u64", "usize", "i32"], result: "i32" },
+  msync: { parameters: ["u64", "usize", "i32"], result: "i32" },
   mprotect: { parameters: ["u64", "usize", "i32"], result: "i32" },
   mremap: { parameters: ["u64", "usize", "usize", "i32", "u64"], result: "u64" },
   memfd_create: { parameters: ["buffer", "u32"], result: "i32" },
@@ -165,6 +166,15 @@ export function munmap(address: bigint, length: bigint): number {
 /** `madvise(address, length, advice)`: 0, or `-errno`. */
 export function madvise(address: bigint, length: bigint, advice: number): number {
   return orErrno(libc.madvise(address, length, advice));
+}
+
+/**
+ * `msync(address, length, flags)`: 0, or `-errno`. With `MS_ASYNC` it does nothing
+ * to the memory, which makes it a cheap test of whether a range is mapped from end
+ * to end (`-ENOMEM` when part of it is not), in O(mappings).
+ */
+export function msync(address: bigint, length: bigint, flags: number): number {
+  return orErrno(libc.msync(address, length, flags));
 }
 
 /** `mprotect(address, length, prot)`: 0, or `-errno`. */

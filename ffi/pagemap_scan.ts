@@ -13,7 +13,9 @@ import { type PageRegion, SIZEOF_PM_SCAN_ARG } from "./structs.ts";
 export class ScanBuffers {
   readonly #arg = new BigUint64Array(SIZEOF_PM_SCAN_ARG / 8);
   readonly #argBytes = new Uint8Array(this.#arg.buffer);
+  readonly #arg32 = new Uint32Array(this.#arg.buffer);
   readonly #vec: BigUint64Array;
+  readonly #vec32: Uint32Array;
   readonly #vecAddress: bigint;
   /** How many `page_region`s one ioctl can return. */
   readonly capacity: number;
@@ -22,7 +24,9 @@ export class ScanBuffers {
   constructor(capacity: number) {
     this.capacity = capacity;
     this.#vec = new BigUint64Array(Math.max(capacity, 1) * 3);
+    this.#vec32 = new Uint32Array(this.#vec.buffer);
     this.#vecAddress = addressOf(this.#vec);
+    this.#arg[0] = BigInt(SIZEOF_PM_SCAN_ARG);
   }
 
   /**
@@ -57,6 +61,64 @@ export class ScanBuffers {
     return ioctl(fd, PAGEMAP_SCAN, this.#argBytes);
   }
 
+  /**
+   * Sets the query of the following {@linkcode scanFrom} calls (flags and category
+   * masks), so that a walk over many ioctls converts no bigint per call.
+   */
+  setQuery(
+    flags: bigint,
+    categoryInverted: bigint,
+    categoryMask: bigint,
+    categoryAnyofMask: bigint,
+    returnMask: bigint,
+  ): void {
+    const a = this.#arg;
+    a[0] = BigInt(SIZEOF_PM_SCAN_ARG);
+    a[1] = flags;
+    a[8] = categoryInverted;
+    a[9] = categoryMask;
+    a[10] = categoryAnyofMask;
+    a[11] = returnMask;
+  }
+
+  /**
+   * Runs one PAGEMAP_SCAN over `[start, end)` with the query set by
+   * {@linkcode setQuery}. Addresses and `maxPages` are plain numbers (below 2^53,
+   * which every user-space address on x86_64 and aarch64 is): nothing is allocated.
+   * Returns the number of regions written, or `-errno`.
+   */
+  scanFrom(fd: number, start: number, end: number, maxPages: number, vecLen: number = this.capacity): number {
+    const a = this.#arg32;
+    setU64(a, 4, start);
+    setU64(a, 6, end);
+    setU64(a, 8, 0);
+    if (vecLen === 0) setU64(a, 10, 0);
+    else this.#arg[5] = this.#vecAddress;
+    setU64(a, 12, vecLen);
+    setU64(a, 14, maxPages);
+    return ioctl(fd, PAGEMAP_SCAN, this.#argBytes);
+  }
+
+  /** `walk_end` of the last walk as a number. */
+  get walkEndNumber(): number {
+    return this.#arg32[9]! * 4294967296 + this.#arg32[8]!;
+  }
+
+  /** Start address of region `i` of the last scan, as a number. */
+  startOf(i: number): number {
+    return this.#vec32[i * 6 + 1]! * 4294967296 + this.#vec32[i * 6]!;
+  }
+
+  /** End address (exclusive) of region `i` of the last scan, as a number. */
+  endOf(i: number): number {
+    return this.#vec32[i * 6 + 3]! * 4294967296 + this.#vec32[i * 6 + 2]!;
+  }
+
+  /** Categories of region `i` of the last scan, as a number (every `PAGE_IS_*` bit fits in 32 bits). */
+  categoriesOf(i: number): number {
+    return this.#vec32[i * 6 + 4]!;
+  }
+
   /** Where the last walk ended (`walk_end`). */
   get walkEnd(): bigint {
     return this.#arg[4]!;
@@ -81,6 +143,12 @@ export class ScanBuffers {
   region(i: number): PageRegion {
     return { start: this.regionStart(i), end: this.regionEnd(i), categories: this.regionCategories(i) };
   }
+}
+
+/** Writes a non-negative number below 2^53 as the u64 at u32 index `i` (little-endian). */
+function setU64(words: Uint32Array, i: number, value: number): void {
+  words[i] = value % 4294967296;
+  words[i + 1] = Math.floor(value / 4294967296);
 }
 
 /**

@@ -1,0 +1,196 @@
+/**
+ * The `async` write-watch backend (Linux 6.7+): the span is registered for
+ * write-protect on a userfaultfd with `WP_ASYNC` (which implies `WP_UNPOPULATED`),
+ * so the kernel resolves every write fault itself and only clears the page's
+ * uffd-wp bit — no fault ever reaches user space. `PAGEMAP_SCAN` reports the pages
+ * without the bit (`PAGE_IS_WRITTEN`); with `PM_SCAN_WP_MATCHING` the same walk
+ * protects them again, page by page under the page-table lock, so a concurrent
+ * write is reported by this walk or the next one.
+ *
+ * Kernel behaviour it relies on (measured on 6.18, see `docs/kernel-notes.md`):
+ * never-touched pages carry a uffd-wp marker after protection and are not written;
+ * a page zapped by `MADV_DONTNEED` loses its marker and reports written (the
+ * conservative answer we want); a range moved away by `mremap` or unmapped stops
+ * being registered. The last case is detected on every scan — one scan for pages
+ * no longer `WPALLOWED` (the kernel skips registered mappings at the VMA level, so
+ * it costs O(mappings)) and one `msync(MS_ASYNC)` for holes — and reported as lost.
+ *
+ * @example
+ * ```ts
+ * import { Region, WriteWatch } from "@uffd/uffd";
+ * using mem = Region.map(4 * Region.pageSize);
+ * using watch = WriteWatch.start(mem, { backend: "async" });
+ * mem.bytes[0] = 1;
+ * console.log(watch.backend, [...watch.collect()]); // async [0]
+ * ```
+ *
+ * @module
+ */
+
+import { ERRNO, UffdError } from "./errors.ts";
+import * as libc from "./ffi/libc.ts";
+import { MS_ASYNC } from "./linux.ts";
+import { unmappedParts } from "./maps.ts";
+import { hasPagemapScan, PagemapScanner, type PreparedQuery, prepareQuery } from "./pagemap.ts";
+import { Feature } from "./uapi.ts";
+import { Userfaultfd } from "./userfaultfd.ts";
+import type { BackendProvider, WatchedSpan, WriteWatchBackend } from "./watch_backend.ts";
+import type { RunList } from "./write_set.ts";
+
+const PAGE_SIZE = libc.PAGE_SIZE;
+const PAGE = BigInt(PAGE_SIZE);
+/** Regions per PAGEMAP_SCAN ioctl: 4096 × 24 bytes. */
+const VECTOR_LENGTH = 4096;
+
+let queries: { collect: PreparedQuery; written: PreparedQuery; notAllowed: PreparedQuery; data: PreparedQuery };
+
+function prepared(): typeof queries {
+  return queries ??= {
+    // Exactly WRITTEN/WRITTEN: the kernel's fast path for get-and-clear.
+    collect: prepareQuery({ require: ["WRITTEN"], report: ["WRITTEN"], writeProtect: true }),
+    // Without WP_MATCHING the kernel walks unregistered mappings too (every page
+    // there is "written"): require WPALLOWED so they are skipped like in collect.
+    written: prepareQuery({ require: ["WRITTEN", "WPALLOWED"], report: ["WRITTEN"] }),
+    notAllowed: prepareQuery({ require: ["WPALLOWED"], invert: ["WPALLOWED"], report: ["WPALLOWED"] }),
+    // Resident and not the shared zero page: holds data someone wrote.
+    data: prepareQuery({ require: ["PRESENT", "PFNZERO"], invert: ["PFNZERO"], report: ["PRESENT"] }),
+  };
+}
+
+class AsyncBackend implements WriteWatchBackend {
+  readonly name = "async" as const;
+  #pages: number;
+  readonly #address: bigint;
+  #range: { address: bigint; length: number };
+  readonly #uffd: Userfaultfd;
+  readonly #scanner: PagemapScanner;
+  #written: RunList | undefined;
+  #lost: RunList | undefined;
+  readonly #toWritten = (first: number, pages: number) => this.#written!.add(first, pages);
+  readonly #toLost = (first: number, pages: number) => this.#lost!.add(first, pages);
+  #closed = false;
+
+  constructor(span: WatchedSpan) {
+    prepared();
+    this.#address = span.address;
+    this.#pages = span.pages;
+    this.#range = { address: span.address, length: span.pages * PAGE_SIZE };
+    this.#uffd = Userfaultfd.open({
+      require: [Feature.WP_ASYNC, Feature.WP_UNPOPULATED],
+      features: [Feature.WP_HUGETLBFS_SHMEM],
+    });
+    try {
+      this.#scanner = new PagemapScanner({ vectorLength: VECTOR_LENGTH });
+      this.#uffd.register(this.#range, { wp: true });
+      this.#uffd.writeProtect(this.#range);
+    } catch (e) {
+      this.#uffd.close();
+      throw e;
+    }
+  }
+
+  get pages(): number {
+    return this.#pages;
+  }
+
+  extend(pages: number, written: RunList): void {
+    this.#check();
+    if (pages <= this.#pages) return;
+    const tail = { address: this.#address + BigInt(this.#pages) * PAGE, length: (pages - this.#pages) * PAGE_SIZE };
+    this.#uffd.register(tail, { wp: true });
+    this.#uffd.writeProtect(tail);
+    // After protection, a page that holds data was written before (or just after,
+    // which the next scan reports too): report it now.
+    const offset = this.#pages;
+    this.#scanner.visit(tail, queries.data, (first, count) => written.add(offset + first, count));
+    this.#pages = pages;
+    this.#range = { address: this.#address, length: pages * PAGE_SIZE };
+  }
+
+  scan(reset: boolean, written: RunList, lost: RunList): void {
+    this.#check();
+    this.#written = written;
+    try {
+      this.#scanner.visit(this.#range, reset ? queries.collect : queries.written, this.#toWritten);
+    } finally {
+      this.#written = undefined;
+    }
+    this.#findLost(lost);
+  }
+
+  reset(): void {
+    this.#check();
+    this.#uffd.writeProtect(this.#range);
+  }
+
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#scanner.close();
+    this.#uffd.close(); // unregisters the span and clears every uffd-wp bit
+  }
+
+  [Symbol.dispose](): void {
+    this.close();
+  }
+
+  /** Pages no longer registered (VMA-level scan) and holes (`msync` says ENOMEM). */
+  #findLost(lost: RunList): void {
+    this.#lost = lost;
+    try {
+      this.#scanner.visit(this.#range, queries.notAllowed, this.#toLost);
+    } finally {
+      this.#lost = undefined;
+    }
+    const rc = libc.msync(this.#address, BigInt(this.#range.length), MS_ASYNC);
+    if (rc === 0) return;
+    if (rc !== -ERRNO.ENOMEM) throw new UffdError({ errno: -rc, operation: "msync", args: { start: this.#address } });
+    const end = this.#address + BigInt(this.#range.length);
+    const holes = unmappedParts(this.#address, end);
+    if (holes === undefined) {
+      // The maps cannot be read (no --allow-read): the whole span is in doubt.
+      lost.add(0, this.#pages);
+      return;
+    }
+    for (const h of holes) lost.add(Number((h.start - this.#address) / PAGE), Number((h.end - h.start) / PAGE));
+  }
+
+  #check(): void {
+    if (this.#closed) {
+      throw new UffdError({ errno: ERRNO.EBADF, operation: "WriteWatch", detail: "the watch is stopped" });
+    }
+  }
+}
+
+/**
+ * The `async` backend: available where userfaultfd has `WP_ASYNC` and
+ * `WP_UNPOPULATED` and the kernel has `PAGEMAP_SCAN` (Linux 6.7+); shared memory
+ * also needs `WP_HUGETLBFS_SHMEM`.
+ *
+ * @example
+ * ```ts
+ * import { asyncBackend, Region } from "@uffd/uffd";
+ * console.log(asyncBackend.unavailable({ address: 0n, pages: 1, shared: false }) ?? "available");
+ * ```
+ */
+export const asyncBackend: BackendProvider = Object.freeze({
+  name: "async" as const,
+  unavailable(span: WatchedSpan): string | undefined {
+    let features: ReadonlySet<Feature>;
+    try {
+      features = Userfaultfd.supported().features;
+    } catch (e) {
+      return `no userfaultfd here: ${e instanceof Error ? e.message : String(e)}`;
+    }
+    const missing: Feature[] = [Feature.WP_ASYNC, Feature.WP_UNPOPULATED].filter((f) => !features.has(f));
+    if (span.shared && !features.has(Feature.WP_HUGETLBFS_SHMEM)) missing.push(Feature.WP_HUGETLBFS_SHMEM);
+    if (missing.length > 0) {
+      return `userfaultfd on this kernel (${Deno.osRelease()}) lacks ${missing.join(", ")} (Linux 6.7+)`;
+    }
+    if (!hasPagemapScan()) return `this kernel (${Deno.osRelease()}) has no PAGEMAP_SCAN (Linux 6.7+)`;
+    return undefined;
+  },
+  create(span: WatchedSpan): WriteWatchBackend {
+    return new AsyncBackend(span);
+  },
+});

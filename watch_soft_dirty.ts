@@ -1,0 +1,161 @@
+/**
+ * The `soft-dirty` write-watch backend: `echo 4 > /proc/self/clear_refs` clears
+ * the soft-dirty bit of every page of the process, and bit 55 of
+ * `/proc/self/pagemap` says which pages were written since. It needs a kernel built
+ * with `CONFIG_MEM_SOFT_DIRTY`; a kernel without it accepts `clear_refs` 4 and the
+ * `SOFT_DIRTY` category and never sets the bit, so availability is measured
+ * ({@linkcode softDirtySupported}), never inferred, and this backend is never chosen
+ * where the measurement fails.
+ *
+ * Weaker than `async`, and documented as such: `clear_refs` acts on the whole
+ * process (two soft-dirty watches reset each other, and so does anything else that
+ * writes it), and reading the bits then clearing them is two steps — a write that
+ * lands between them is lost, so `collect()` is only exact while no other thread
+ * writes (CRIU freezes the task for this reason). A page zapped by `MADV_DONTNEED`
+ * has no soft-dirty bit; it is reported written when it was resident at the last
+ * reset and is not any more.
+ *
+ * @example
+ * ```ts
+ * import { softDirtyBackend } from "@uffd/uffd";
+ * console.log(softDirtyBackend.unavailable({ address: 0n, pages: 1, shared: false }) ?? "available");
+ * ```
+ *
+ * @module
+ */
+
+import { ERRNO, UffdError } from "./errors.ts";
+import * as libc from "./ffi/libc.ts";
+import { MS_ASYNC } from "./linux.ts";
+import { unmappedParts } from "./maps.ts";
+import { readPagemapRaw, softDirtySupported } from "./pagemap.ts";
+import { PM_PRESENT, PM_SOFT_DIRTY, PM_SWAP } from "./uapi.ts";
+import type { BackendProvider, WatchedSpan, WriteWatchBackend } from "./watch_backend.ts";
+import type { RunList } from "./write_set.ts";
+
+const PAGE_SIZE = libc.PAGE_SIZE;
+const PAGE = BigInt(PAGE_SIZE);
+
+function clearRefs(): void {
+  try {
+    Deno.writeTextFileSync("/proc/self/clear_refs", "4");
+  } catch (e) {
+    throw new UffdError({
+      errno: e instanceof Deno.errors.PermissionDenied || e instanceof Deno.errors.NotCapable
+        ? ERRNO.EACCES
+        : ERRNO.EIO,
+      operation: "clear_refs",
+      detail: `writing 4 to /proc/self/clear_refs failed: ${e instanceof Error ? e.message : String(e)}`,
+      hint: "the soft-dirty backend needs --allow-write=/proc/self/clear_refs",
+      cause: e,
+    });
+  }
+}
+
+class SoftDirtyBackend implements WriteWatchBackend {
+  readonly name = "soft-dirty" as const;
+  readonly #address: bigint;
+  #pages: number;
+  #entries: BigUint64Array;
+  /** Pages resident at the last reset: one that is not any more was zapped, which counts as written. */
+  #resident: Uint8Array;
+  #closed = false;
+
+  constructor(span: WatchedSpan) {
+    this.#address = span.address;
+    this.#pages = span.pages;
+    this.#entries = new BigUint64Array(span.pages);
+    this.#resident = new Uint8Array(span.pages);
+    this.reset();
+  }
+
+  get pages(): number {
+    return this.#pages;
+  }
+
+  extend(pages: number, _written: RunList): void {
+    this.#check();
+    if (pages <= this.#pages) return;
+    const entries = new BigUint64Array(pages);
+    const resident = new Uint8Array(pages);
+    resident.set(this.#resident);
+    this.#entries = entries;
+    this.#resident = resident;
+    this.#pages = pages;
+    // A new mapping is soft-dirty as a whole (VM_SOFTDIRTY) until the next
+    // clear_refs: the next scan reports every new page, which is conservative.
+  }
+
+  scan(reset: boolean, written: RunList, lost: RunList): void {
+    this.#check();
+    const range = { address: this.#address, length: this.#pages * PAGE_SIZE };
+    const entries = readPagemapRaw(range, { into: this.#entries });
+    for (let i = 0; i < this.#pages; i++) {
+      const e = entries[i]!;
+      const zapped = this.#resident[i] === 1 && (e & (PM_PRESENT | PM_SWAP)) === 0n;
+      if ((e & PM_SOFT_DIRTY) !== 0n || zapped) written.add(i, 1);
+    }
+    if (reset) this.#clear(entries);
+    this.#findLost(lost);
+  }
+
+  reset(): void {
+    this.#check();
+    const range = { address: this.#address, length: this.#pages * PAGE_SIZE };
+    this.#clear(readPagemapRaw(range, { into: this.#entries }));
+  }
+
+  #clear(entries: BigUint64Array): void {
+    clearRefs();
+    for (let i = 0; i < this.#pages; i++) this.#resident[i] = (entries[i]! & (PM_PRESENT | PM_SWAP)) !== 0n ? 1 : 0;
+  }
+
+  close(): void {
+    this.#closed = true;
+  }
+
+  [Symbol.dispose](): void {
+    this.close();
+  }
+
+  #findLost(lost: RunList): void {
+    const length = BigInt(this.#pages) * PAGE;
+    const rc = libc.msync(this.#address, length, MS_ASYNC);
+    if (rc === 0) return;
+    const holes = unmappedParts(this.#address, this.#address + length);
+    if (holes === undefined) return lost.add(0, this.#pages);
+    for (const h of holes) lost.add(Number((h.start - this.#address) / PAGE), Number((h.end - h.start) / PAGE));
+  }
+
+  #check(): void {
+    if (this.#closed) {
+      throw new UffdError({ errno: ERRNO.EBADF, operation: "WriteWatch", detail: "the watch is stopped" });
+    }
+  }
+}
+
+/**
+ * The `soft-dirty` backend: available only where {@linkcode softDirtySupported}
+ * measured that the kernel sets the soft-dirty bit.
+ *
+ * @example
+ * ```ts
+ * import { softDirtyBackend, softDirtySupported } from "@uffd/uffd";
+ * console.log(softDirtySupported() === (softDirtyBackend.unavailable({ address: 0n, pages: 1, shared: false }) === undefined)); // true
+ * ```
+ */
+export const softDirtyBackend: BackendProvider = Object.freeze({
+  name: "soft-dirty" as const,
+  unavailable(_span: WatchedSpan): string | undefined {
+    if (softDirtySupported()) return undefined;
+    return `this kernel (${Deno.osRelease()}) was built without CONFIG_MEM_SOFT_DIRTY: it accepts clear_refs 4 ` +
+      "and the SOFT_DIRTY category but never sets the soft-dirty bit (softDirtySupported() is false)";
+  },
+  create(span: WatchedSpan): WriteWatchBackend {
+    const why = softDirtyBackend.unavailable(span);
+    if (why !== undefined) {
+      throw new UffdError({ errno: ERRNO.EOPNOTSUPP, operation: "WriteWatch", detail: `soft-dirty backend: ${why}` });
+    }
+    return new SoftDirtyBackend(span);
+  },
+});

@@ -1,0 +1,475 @@
+/**
+ * {@linkcode WriteWatch}: "which pages of this memory were written since I last
+ * asked?" — the `GetWriteWatch` model, for a `Region`, an `ArrayBuffer` (or
+ * `SharedArrayBuffer`), a typed array or `DataView`, or a `WebAssembly.Memory`.
+ * Writes by JavaScript, by WebAssembly code and by native code (FFI, other
+ * threads) are all seen: the kernel tracks them, not the writer.
+ *
+ * - `written()` answers without resetting; `reset()` marks every page clean;
+ *   `collect()` does both in one atomic step (one `PAGEMAP_SCAN` walk with
+ *   `PM_SCAN_WP_MATCHING` on the `async` backend): a write that races with it is
+ *   reported by this call or the next one, never lost.
+ * - Answers are {@linkcode WriteSet}s: page indices, coalesced page runs, byte
+ *   ranges of the watched memory.
+ * - Page `i` is the `i`-th page of the smallest page-aligned span covering the
+ *   memory. Memory that is not page-aligned (an `ArrayBuffer` of 1 MiB or more
+ *   starts 16 bytes into a page, after glibc's chunk header) shares its first and
+ *   last pages with other data: writes to those bytes mark the page too (reported
+ *   conservatively), and `WriteSet.byteRanges()` clips pages to the memory.
+ * - A `WebAssembly.Memory` is followed through `memory.grow()`: the new pages are
+ *   watched from the next call on, and those the program already wrote are reported
+ *   in that call (`WriteSet.grewFrom`). If the buffer moved, the memory is watched at
+ *   its new address and every page is reported written once (`WriteSet.relocated`).
+ *   A typed array over a Memory's buffer is detached by growth: watch the Memory.
+ * - Pages that can no longer be watched (unmapped, moved away by `mremap`, mapped
+ *   over) are reported in `WriteSet.lost`, never dropped silently.
+ * - What is watched is this mapping: for shared memory (a `memfd`, shmem), writes
+ *   made through another mapping of the same memory (an alias, another process)
+ *   are not seen. A page dropped with `MADV_DONTNEED` counts as written where that
+ *   changes its contents (private memory reads back zeros); shared memory keeps its
+ *   contents and the page is not reported.
+ *
+ * Backends, chosen automatically in this order and reported by `watch.backend`,
+ * forcible with `{ backend }`, declinable with `{ decline }`:
+ * - `async` — `WP_ASYNC` userfaultfd + `PAGEMAP_SCAN` (Linux 6.7+): the kernel
+ *   resolves every write itself, no fault reaches user space.
+ * - `sync` — write-protect faults served by a handler Worker (not available in this
+ *   build yet: it needs the fault queue's `FaultHandler`).
+ * - `soft-dirty` — `clear_refs` + pagemap bit 55, only where the kernel really sets
+ *   the bit (never chosen where `softDirtySupported()` is false); process-wide and
+ *   not atomic, see `watch_soft_dirty.ts`.
+ *
+ * @example
+ * ```ts
+ * import { WriteWatch } from "@uffd/uffd";
+ * const memory = new WebAssembly.Memory({ initial: 4, maximum: 16 }); // 64 KiB wasm pages
+ * using watch = WriteWatch.start(memory);
+ * new Uint8Array(memory.buffer)[70_000] = 1;
+ * console.log([...watch.collect()]); // [17]: byte 70000 is in 4 KiB page 17
+ * memory.grow(1);
+ * new Uint8Array(memory.buffer)[4 * 65536 + 5] = 1; // written before the watch saw the growth
+ * const set = watch.collect();
+ * console.log(set.grewFrom, [...set]); // 64 [64]
+ * ```
+ *
+ * @module
+ */
+
+import { ERRNO, UffdError } from "./errors.ts";
+import * as libc from "./ffi/libc.ts";
+import { readMaps } from "./maps.ts";
+import { pageCeil, pageFloor } from "./range.ts";
+import { Region } from "./region.ts";
+import { asyncBackend } from "./watch_async.ts";
+import type { BackendProvider, WatchedSpan, WriteWatchBackend, WriteWatchBackendName } from "./watch_backend.ts";
+import { softDirtyBackend } from "./watch_soft_dirty.ts";
+import { syncBackend } from "./watch_sync.ts";
+import { RunList, WriteSet } from "./write_set.ts";
+
+/** What a {@linkcode WriteWatch} can watch. */
+export type WriteWatchTarget = Region | ArrayBufferLike | ArrayBufferView | WebAssembly.Memory;
+
+/** Options of {@linkcode WriteWatch.start}. */
+export interface WriteWatchOptions {
+  /** The backend to use; `"auto"` (default) picks the best one available: async, then sync, then soft-dirty. */
+  backend?: WriteWatchBackendName | "auto";
+  /** Backends automatic selection must not use (to exercise fallbacks). */
+  decline?: Iterable<WriteWatchBackendName>;
+}
+
+/** Whether a backend can run here, and why not. */
+export interface BackendAvailability {
+  /** The backend. */
+  readonly name: WriteWatchBackendName;
+  /** `true` when it can watch private anonymous memory on this machine. */
+  readonly available: boolean;
+  /** Why not, when it cannot. */
+  readonly reason: string | undefined;
+}
+
+/** The backends in the order automatic selection tries them. */
+const PROVIDERS: readonly BackendProvider[] = [asyncBackend, syncBackend, softDirtyBackend];
+const NAMES: readonly WriteWatchBackendName[] = PROVIDERS.map((p) => p.name);
+const PAGE_SIZE = libc.PAGE_SIZE;
+
+/** Where the watched memory's bytes are right now. */
+interface Location {
+  address: bigint;
+  length: number;
+}
+
+function locate(target: WriteWatchTarget): Location {
+  if (target instanceof Region) {
+    if (!target.mapped) return { address: 0n, length: 0 };
+    return { address: target.address, length: target.length };
+  }
+  if (target instanceof WebAssembly.Memory) {
+    return { address: libc.addressOf(target.buffer), length: target.buffer.byteLength };
+  }
+  if (ArrayBuffer.isView(target)) {
+    return { address: target.byteLength === 0 ? 0n : libc.addressOf(target), length: target.byteLength };
+  }
+  return { address: target.byteLength === 0 ? 0n : libc.addressOf(target), length: target.byteLength };
+}
+
+function checkTarget(target: unknown): asserts target is WriteWatchTarget {
+  if (
+    target instanceof Region || target instanceof WebAssembly.Memory || ArrayBuffer.isView(target) ||
+    target instanceof ArrayBuffer || (typeof SharedArrayBuffer !== "undefined" && target instanceof SharedArrayBuffer)
+  ) return;
+  throw new TypeError(
+    "WriteWatch.start: expected a Region, an ArrayBuffer, a SharedArrayBuffer, a typed array, a DataView " +
+      `or a WebAssembly.Memory, not ${target === null ? "null" : typeof target}`,
+  );
+}
+
+/** Whether any mapping under the span is shared (`s` in `/proc/self/maps`). */
+function isShared(target: WriteWatchTarget, start: bigint, end: bigint): boolean {
+  if (target instanceof Region && target.kind !== "external") return target.kind !== "private";
+  try {
+    return readMaps().some((m) => m.start < end && start < m.end && m.perms[3] === "s");
+  } catch {
+    return false;
+  }
+}
+
+function span(location: Location): { address: bigint; head: number; pages: number } {
+  const address = pageFloor(location.address);
+  const end = pageCeil(location.address + BigInt(location.length));
+  return { address, head: Number(location.address - address), pages: Number(end - address) / PAGE_SIZE };
+}
+
+function refuse(name: WriteWatchBackendName, why: string, errno: number): UffdError {
+  return new UffdError({ errno, operation: "WriteWatch", detail: `the ${name} backend cannot be used: ${why}` });
+}
+
+/**
+ * Watches memory for writes: see the module documentation.
+ *
+ * @example
+ * ```ts
+ * import { Region, WriteWatch } from "@uffd/uffd";
+ * using mem = Region.map(64 * Region.pageSize);
+ * using watch = WriteWatch.start(mem);
+ * mem.bytes[5 * Region.pageSize] = 1;
+ * console.log([...watch.written()]); // [5]   (not reset)
+ * console.log([...watch.collect()]); // [5]   (reset)
+ * console.log([...watch.collect()]); // []
+ * ```
+ */
+export class WriteWatch implements Disposable {
+  readonly #target: WriteWatchTarget;
+  readonly #provider: BackendProvider;
+  readonly #shared: boolean;
+  #backend: WriteWatchBackend;
+  #address: bigint;
+  #head: number;
+  #byteLength: number;
+  #pages: number;
+  readonly #written = new RunList();
+  readonly #lost = new RunList();
+  /** Pages found written by growth, reported by `written()` until the next reset. */
+  readonly #pending = new RunList();
+  /** The memory moved: every page counts as written until the next reset. */
+  #relocatedPending = false;
+  /** The page count before the first growth since the last reset. */
+  #grewFrom: number | undefined;
+  #stopped = false;
+
+  private constructor(
+    target: WriteWatchTarget,
+    provider: BackendProvider,
+    backend: WriteWatchBackend,
+    location: Location,
+    shared: boolean,
+  ) {
+    const s = span(location);
+    this.#target = target;
+    this.#provider = provider;
+    this.#backend = backend;
+    this.#shared = shared;
+    this.#address = s.address;
+    this.#head = s.head;
+    this.#byteLength = location.length;
+    this.#pages = s.pages;
+  }
+
+  /**
+   * Starts watching `target`: from now on every write to it is recorded. Fails with
+   * a `UffdError` saying why when the forced backend (or, with `"auto"`, every
+   * backend) cannot run here.
+   *
+   * @example
+   * ```ts
+   * import { WriteWatch } from "@uffd/uffd";
+   * const bytes = new Uint8Array(1 << 20);
+   * using watch = WriteWatch.start(bytes);
+   * bytes[0] = 1;
+   * console.log(watch.backend, watch.collect().count); // async 1
+   * ```
+   */
+  static start(target: WriteWatchTarget, options: WriteWatchOptions = {}): WriteWatch {
+    checkTarget(target);
+    if (options === null || typeof options !== "object") {
+      throw new TypeError("WriteWatch.start: options must be an object");
+    }
+    const wanted = options.backend ?? "auto";
+    if (wanted !== "auto" && !NAMES.includes(wanted)) {
+      throw new TypeError(`WriteWatch.start: unknown backend ${JSON.stringify(wanted)} (${NAMES.join(", ")} or auto)`);
+    }
+    const declined = new Set<string>();
+    for (const name of options.decline ?? []) {
+      if (!NAMES.includes(name)) {
+        throw new TypeError(`WriteWatch.start: unknown backend ${JSON.stringify(name)} in decline`);
+      }
+      declined.add(name);
+    }
+    const location = locate(target);
+    if (location.length === 0) {
+      throw new UffdError({
+        errno: ERRNO.EINVAL,
+        operation: "WriteWatch.start",
+        detail: "the memory is empty, detached or unmapped",
+        beforeSyscall: true,
+      });
+    }
+    const s = span(location);
+    const watched: WatchedSpan = {
+      address: s.address,
+      pages: s.pages,
+      shared: isShared(target, s.address, s.address + BigInt(s.pages * PAGE_SIZE)),
+    };
+    const candidates = wanted === "auto" ? PROVIDERS : PROVIDERS.filter((p) => p.name === wanted);
+    const reasons: string[] = [];
+    for (const provider of candidates) {
+      if (declined.has(provider.name)) {
+        if (wanted !== "auto") throw refuse(provider.name, "declined by the caller's options", ERRNO.EINVAL);
+        reasons.push(`${provider.name}: declined`);
+        continue;
+      }
+      const why = provider.unavailable(watched);
+      if (why !== undefined) {
+        if (wanted !== "auto") throw refuse(provider.name, why, ERRNO.EOPNOTSUPP);
+        reasons.push(`${provider.name}: ${why}`);
+        continue;
+      }
+      return new WriteWatch(target, provider, provider.create(watched), location, watched.shared);
+    }
+    throw new UffdError({
+      errno: ERRNO.EOPNOTSUPP,
+      operation: "WriteWatch",
+      detail: `no write-watch backend can run here (${reasons.join("; ")})`,
+    });
+  }
+
+  /**
+   * Which backends can watch private anonymous memory on this machine, in the order
+   * automatic selection tries them.
+   *
+   * @example
+   * ```ts
+   * import { WriteWatch } from "@uffd/uffd";
+   * for (const b of WriteWatch.backends()) console.log(b.name, b.available, b.reason ?? "");
+   * ```
+   */
+  static backends(): BackendAvailability[] {
+    const probe: WatchedSpan = { address: 0n, pages: 1, shared: false };
+    return PROVIDERS.map((p) => {
+      const reason = p.unavailable(probe);
+      return { name: p.name, available: reason === undefined, reason };
+    });
+  }
+
+  /** The backend in use. */
+  get backend(): WriteWatchBackendName {
+    return this.#backend.name;
+  }
+
+  /** Address of page 0 (the page holding the memory's first byte). */
+  get address(): bigint {
+    return this.#address;
+  }
+
+  /** Offset of the memory's first byte inside page 0 (0 when page-aligned). */
+  get head(): number {
+    return this.#head;
+  }
+
+  /** Length of the watched memory in bytes, as of the last call. */
+  get byteLength(): number {
+    return this.#byteLength;
+  }
+
+  /** Pages in the watched span, as of the last call. */
+  get pageCount(): number {
+    return this.#pages;
+  }
+
+  /** The page size (the base page size). */
+  get pageSize(): number {
+    return PAGE_SIZE;
+  }
+
+  /** `true` once stopped. */
+  get stopped(): boolean {
+    return this.#stopped;
+  }
+
+  /**
+   * The pages written since the last reset, without resetting.
+   *
+   * @example
+   * ```ts
+   * import { Region, WriteWatch } from "@uffd/uffd";
+   * using mem = Region.map(4 * Region.pageSize);
+   * using watch = WriteWatch.start(mem);
+   * mem.bytes[3 * Region.pageSize] = 1;
+   * console.log(watch.written().ranges()); // [{ firstPage: 3, pages: 1 }]
+   * ```
+   */
+  written(): WriteSet {
+    return this.#answer(false);
+  }
+
+  /**
+   * The pages written since the last reset, and the reset, in one atomic step: a
+   * write racing with it is reported by this call or the next one.
+   *
+   * @example
+   * ```ts
+   * import { Region, WriteWatch } from "@uffd/uffd";
+   * using mem = Region.map(4 * Region.pageSize);
+   * using watch = WriteWatch.start(mem);
+   * mem.bytes[0] = 1;
+   * console.log(watch.collect().count, watch.collect().count); // 1 0
+   * ```
+   */
+  collect(): WriteSet {
+    return this.#answer(true);
+  }
+
+  /**
+   * Marks every page clean: later answers report only writes made after this.
+   *
+   * @example
+   * ```ts
+   * import { Region, WriteWatch } from "@uffd/uffd";
+   * using mem = Region.map(4 * Region.pageSize);
+   * using watch = WriteWatch.start(mem);
+   * mem.bytes[0] = 1;
+   * watch.reset();
+   * console.log(watch.written().count); // 0
+   * ```
+   */
+  reset(): void {
+    this.#check();
+    this.#follow(this.#pending);
+    this.#backend.reset();
+    this.#pending.clear();
+    this.#relocatedPending = false;
+    this.#grewFrom = undefined;
+  }
+
+  /**
+   * Stops watching: the memory is no longer write-protected, and the kernel
+   * resources are released. Harmless to call twice.
+   *
+   * @example
+   * ```ts
+   * import { Region, WriteWatch } from "@uffd/uffd";
+   * using mem = Region.map(Region.pageSize);
+   * const watch = WriteWatch.start(mem);
+   * watch.stop();
+   * console.log(watch.stopped); // true
+   * ```
+   */
+  stop(): void {
+    if (this.#stopped) return;
+    this.#stopped = true;
+    this.#backend.close();
+  }
+
+  /** Same as {@linkcode stop}. */
+  [Symbol.dispose](): void {
+    this.stop();
+  }
+
+  #answer(reset: boolean): WriteSet {
+    this.#check();
+    const written = this.#written;
+    const lost = this.#lost;
+    written.clear();
+    lost.clear();
+    const before = this.#pages;
+    const change = this.#follow(this.#pending);
+    if (change === "grew" && this.#pages > before) this.#grewFrom ??= before;
+    written.addAll(this.#pending);
+    this.#backend.scan(reset, written, lost);
+    const relocated = this.#relocatedPending;
+    if (relocated) {
+      written.clear();
+      written.add(0, this.#pages);
+    }
+    const grewFrom = this.#grewFrom;
+    if (reset) {
+      this.#pending.clear();
+      this.#relocatedPending = false;
+      this.#grewFrom = undefined;
+    }
+    return new WriteSet({
+      runs: written.freeze(),
+      lost: lost.freeze(),
+      pageCount: this.#pages,
+      pageSize: PAGE_SIZE,
+      head: this.#head,
+      byteLength: this.#byteLength,
+      relocated,
+      grewFrom,
+    });
+  }
+
+  /**
+   * Follows the memory: a grown memory is extended (new pages holding data are added
+   * to `written`, which is the pending list reported until the next reset), a moved or shrunk one is watched again from scratch at its new
+   * place (every page counts as written until the next reset).
+   */
+  #follow(written: RunList): "same" | "grew" | "moved" {
+    if (this.#target instanceof Region) return "same";
+    const location = locate(this.#target);
+    if (location.length === 0) {
+      throw new UffdError({
+        errno: ERRNO.EINVAL,
+        operation: "WriteWatch",
+        detail: this.#target instanceof WebAssembly.Memory
+          ? "the memory's buffer is gone"
+          : "the watched memory was detached (a typed array over a WebAssembly.Memory is detached when it grows: " +
+            "watch the Memory itself)",
+      });
+    }
+    const s = span(location);
+    if (s.address === this.#address && s.head === this.#head && location.length === this.#byteLength) return "same";
+    if (s.address === this.#address && s.head === this.#head && s.pages >= this.#pages) {
+      this.#backend.extend(s.pages, written);
+      this.#pages = s.pages;
+      this.#byteLength = location.length;
+      return "grew";
+    }
+    // Moved (or shrunk): watch the new place from scratch; what happened in between is unknown.
+    this.#backend.close();
+    this.#backend = this.#provider.create({ address: s.address, pages: s.pages, shared: this.#shared });
+    this.#address = s.address;
+    this.#head = s.head;
+    this.#pages = s.pages;
+    this.#byteLength = location.length;
+    this.#pending.clear();
+    this.#grewFrom = undefined;
+    this.#relocatedPending = true;
+    return "moved";
+  }
+
+  #check(): void {
+    if (this.#stopped) {
+      throw new UffdError({ errno: ERRNO.EBADF, operation: "WriteWatch", detail: "the watch is stopped" });
+    }
+  }
+}
