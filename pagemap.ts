@@ -20,6 +20,7 @@
  * @module
  */
 
+import { kernelRelease } from "./access.ts";
 import { ERRNO, invalid, UffdError } from "./errors.ts";
 import * as libc from "./ffi/libc.ts";
 import { readPagemapEntries, ScanBuffers } from "./ffi/pagemap_scan.ts";
@@ -143,7 +144,7 @@ export function pagemapScan(range: Range, options: ScanOptions = {}): PageRange[
       operation,
       `this kernel does not accept categor${categoryNames(refused).length > 1 ? "ies" : "y"} ` +
         categoryNames(refused).join(", "),
-      { kernel: Deno.osRelease() },
+      { kernel: kernelRelease() },
     );
   }
   const flags = (options.writeProtect ? PM_SCAN_WP_MATCHING : 0n) |

@@ -65,10 +65,9 @@ let hugePageSizeCache: number | undefined;
 function hugePageSize(): number {
   if (hugePageSizeCache === undefined) {
     hugePageSizeCache = 2 * 1024 * 1024;
-    try {
-      const match = /^Hugepagesize:\s+(\d+) kB/m.exec(Deno.readTextFileSync("/proc/meminfo"));
-      if (match) hugePageSizeCache = Number(match[1]) * 1024;
-    } catch { /* no read permission: keep the common default */ }
+    const meminfo = libc.readTextFile("/proc/meminfo");
+    const match = typeof meminfo === "string" ? /^Hugepagesize:\s+(\d+) kB/m.exec(meminfo) : null;
+    if (match) hugePageSizeCache = Number(match[1]) * 1024;
   }
   return hugePageSizeCache;
 }

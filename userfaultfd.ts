@@ -19,7 +19,7 @@
  * @module
  */
 
-import { diagnoseAccess, explainAccess } from "./access.ts";
+import { diagnoseAccess, explainAccess, kernelRelease } from "./access.ts";
 import { ERRNO, invalid, UffdError } from "./errors.ts";
 import { unmappedParts } from "./maps.ts";
 import type { UffdEvent } from "./events.ts";
@@ -363,7 +363,7 @@ export class Userfaultfd implements Disposable {
         detail: `required feature${names.length > 1 ? "s" : ""} not available: ${needs}`,
         hint: (missing & declined) !== 0n
           ? "declined by the caller's options"
-          : `this kernel (${Deno.osRelease()}) does not offer ${names.length > 1 ? "them" : "it"}`,
+          : `this kernel (${kernelRelease()}) does not offer ${names.length > 1 ? "them" : "it"}`,
         args: { required: names.join("|") },
         beforeSyscall: true,
       });
@@ -749,12 +749,8 @@ function toEvent(msg: UffdMsg, threadIds: boolean, adopt: (fd: number) => Userfa
  * that was unmapped behind our back. Unreadable smaps counts as registered.
  */
 function stillRegistered(start: bigint, end: bigint): boolean {
-  let smaps: string;
-  try {
-    smaps = Deno.readTextFileSync("/proc/self/smaps");
-  } catch {
-    return true;
-  }
+  const smaps = libc.readTextFile("/proc/self/smaps");
+  if (typeof smaps !== "string") return true;
   let inside = false;
   for (const line of smaps.split("\n")) {
     const header = /^([0-9a-f]+)-([0-9a-f]+) /.exec(line);
