@@ -113,6 +113,9 @@ export function diagnoseAccess(): AccessDiagnosis {
  * ```
  */
 export function explainAccess(a: AccessDiagnosis): string {
+  if (a === null || typeof a !== "object" || a.device === null || typeof a.device !== "object") {
+    throw new TypeError("explainAccess: expected what diagnoseAccess() returns");
+  }
   const parts: string[] = [];
   if (a.capSysPtrace) parts.push("this process has CAP_SYS_PTRACE, so the userfaultfd syscall is allowed");
   else if (a.unprivilegedSysctl === 1) parts.push("vm.unprivileged_userfaultfd=1 allows unprivileged userfaultfds");

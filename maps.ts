@@ -70,6 +70,7 @@ export function readMaps(pid: number | "self" = "self"): Mapping[] {
  * ```
  */
 export function parseMaps(text: string): Mapping[] {
+  if (typeof text !== "string") throw new TypeError(`parseMaps: text must be a string, not ${typeof text}`);
   const out: Mapping[] = [];
   for (const line of text.split("\n")) {
     const m = /^([0-9a-f]+)-([0-9a-f]+)\s+(\S+)\s+([0-9a-f]+)\s+(\S+)\s+(\d+)\s*(.*)$/.exec(line);
@@ -99,6 +100,9 @@ export function parseMaps(text: string): Mapping[] {
  * ```
  */
 export function unmappedParts(start: bigint, end: bigint): { start: bigint; end: bigint }[] | undefined {
+  if (typeof start !== "bigint" || typeof end !== "bigint") {
+    throw new TypeError("unmappedParts: start and end must be bigints");
+  }
   let maps: Mapping[];
   try {
     maps = readMaps();

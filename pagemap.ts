@@ -26,6 +26,7 @@ import * as libc from "./ffi/libc.ts";
 import { readPagemapEntries, ScanBuffers } from "./ffi/pagemap_scan.ts";
 import { MAP_ANONYMOUS, MAP_PRIVATE, O_CLOEXEC, O_RDONLY, PROT_READ, PROT_WRITE } from "./linux.ts";
 import { pageRange, type Range } from "./range.ts";
+import { bigintArg, optionsBag } from "./validate.ts";
 import {
   CATEGORIES,
   type Category,
@@ -65,7 +66,7 @@ export interface ScanOptions {
   writeProtect?: boolean;
   /** `PM_SCAN_CHECK_WPASYNC`: fail with EPERM where async write-protect is not set up, instead of skipping. */
   checkWpAsync?: boolean;
-  /** Regions per ioctl (the output vector's length, default 1024). */
+  /** Regions per ioctl (the output vector's length, 1 to 2^20, default 1024). */
   vectorLength?: number;
 }
 
@@ -88,6 +89,10 @@ export interface PageRange {
 /** A cached `/proc/<pid>/pagemap` fd per pid, and the scan buffers, reused across calls. */
 const pagemapFds = new Map<string, number>();
 let buffers: ScanBuffers | undefined;
+/** The largest output vector one scan allocates (24 MiB of `page_region`s). */
+const MAX_VECTOR = 1 << 20;
+/** The most entries `readPagemap` returns at once: one object per page, 64 GiB of 4 KiB pages. */
+const MAX_ENTRIES = 1 << 24;
 const PAGE = BigInt(libc.PAGE_SIZE);
 
 function pagemapFd(pid: Pid, operation: string): number {
@@ -129,9 +134,10 @@ function mask(names: Iterable<Category> | undefined): bigint {
  * console.log(pagemapScan(mem, { require: ["PRESENT"] }).length); // 1
  * ```
  */
-export function pagemapScan(range: Range, options: ScanOptions = {}): PageRange[] {
+export function pagemapScan(range: Range, options?: ScanOptions): PageRange[] {
   const operation = "PAGEMAP_SCAN";
   const { start, len } = pageRange(range, operation);
+  options = optionsBag(options, operation);
   const end = start + len;
   const required = mask(options.require);
   const anyof = mask(options.anyOf);
@@ -155,6 +161,9 @@ export function pagemapScan(range: Range, options: ScanOptions = {}): PageRange[
   }
   const limited = remaining > 0;
   const capacity = options.vectorLength ?? 1024;
+  if (!Number.isInteger(capacity) || capacity < 1 || capacity > MAX_VECTOR) {
+    throw invalid(operation, `vectorLength must be an integer in [1, ${MAX_VECTOR}]`, { vectorLength: capacity });
+  }
   const scan = capacity === 1024 ? (buffers ??= new ScanBuffers(1024)) : new ScanBuffers(capacity);
   const fd = pagemapFd(options.pid ?? "self", operation);
   const out: PageRange[] = [];
@@ -204,6 +213,8 @@ function scanError(rc: number, start: bigint, end: bigint, flags: bigint): UffdE
     ? "this kernel has no PAGEMAP_SCAN (Linux 6.7+)"
     : errno === ERRNO.ESRCH
     ? "the process has exited"
+    : errno === ERRNO.EFAULT
+    ? "the range must lie in the user address space (below TASK_SIZE, 0x7ffffffff000 on most x86_64)"
     : undefined;
   return new UffdError({ errno, operation: "PAGEMAP_SCAN", args: { start, end, flags }, hint });
 }
@@ -297,10 +308,20 @@ export interface PagemapEntry {
  * console.log(first.present, second.present); // true false
  * ```
  */
-export function readPagemap(range: Range, options: { pid?: Pid } = {}): PagemapEntry[] {
+export function readPagemap(range: Range, options?: { pid?: Pid }): PagemapEntry[] {
   const operation = "pagemap";
   const { start, len } = pageRange(range, operation);
+  options = optionsBag(options, operation);
   const pages = Number(len / PAGE);
+  if (pages > MAX_ENTRIES) {
+    throw invalid(
+      operation,
+      `${pages} pages is more than readPagemap returns at once (${MAX_ENTRIES}): read the range in parts, ` +
+        "or ask pagemapScan",
+      { start, len },
+      ERRNO.E2BIG,
+    );
+  }
   const pid = options.pid ?? "self";
   const fd = pagemapFd(pid, operation);
   const out: PagemapEntry[] = [];
@@ -332,6 +353,8 @@ export function readPagemap(range: Range, options: { pid?: Pid } = {}): PagemapE
  * ```
  */
 export function decodePagemapEntry(address: bigint, raw: bigint): PagemapEntry {
+  bigintArg(address, "decodePagemapEntry", "address");
+  bigintArg(raw, "decodePagemapEntry", "raw");
   return decodeEntry(address, raw);
 }
 
