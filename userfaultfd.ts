@@ -184,6 +184,7 @@ const HINTS: Record<string, Record<string, string>> = {
   UFFDIO_POISON: {
     EEXIST: "the page is already mapped",
     ENOENT: "the range is not registered for missing faults",
+    EAGAIN: "the address space is changing: read pending events (remove/remap/unmap/fork), then retry",
   },
   UFFDIO_MOVE: {
     EINVAL: "move needs private anonymous memory on both sides, page-aligned and registered for missing faults",
