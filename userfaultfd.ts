@@ -702,9 +702,13 @@ export class Userfaultfd implements Disposable {
   #refuseOverlap(start: bigint, end: bigint, operation: string): void {
     const clash = this.#registrations.find((r) => r.start < end && start < r.end);
     if (!clash) return;
-    if (!stillRegistered(clash.start, clash.end)) {
-      // The mapping went away (munmap without EVENT_UNMAP): forget it.
-      this.#forget(clash.start, clash.end);
+    // Only the part that overlaps matters: the rest of an old registration may be gone while this part is not,
+    // or the other way round (a MAP_FIXED mapping over part of it).
+    const overlapStart = clash.start > start ? clash.start : start;
+    const overlapEnd = clash.end < end ? clash.end : end;
+    if (!stillRegistered(overlapStart, overlapEnd)) {
+      // The mapping there went away (munmap, or a new mapping over it, without EVENT_UNMAP): forget that part.
+      this.#forget(overlapStart, overlapEnd);
       return this.#refuseOverlap(start, end, operation);
     }
     throw invalid(
