@@ -683,12 +683,18 @@ Deno.test({
     assert.ok(count(true) > 0);
     assert.equal(count(true), 0);
     const sync = new Int32Array(new SharedArrayBuffer(8));
+    const ready: Promise<unknown>[] = [];
     const workers = Array.from({ length: threads }, (_, i) => {
       const w = new Worker(new URL("./workers/transact.ts", import.meta.url), { type: "module" });
+      ready.push(new Promise((resolve) => w.onmessage = resolve));
       w.postMessage({ address: mem.address + BigInt(i * perThread * PAGE), access, sync: sync.buffer });
       return w;
     });
     try {
+      await Promise.race([
+        Promise.all(ready),
+        new Promise((_, reject) => setTimeout(() => reject(new Error("the writers did not start")), 20_000)),
+      ]);
       let extra = 0;
       for (let round = 0; round < rounds; round++) {
         // Start the round, collect while the writers write, wait for them, collect the rest.
@@ -696,7 +702,7 @@ Deno.test({
         Atomics.add(sync, 0, 1);
         Atomics.notify(sync, 0);
         let seen = count(true);
-        const deadline = Date.now() + 5000;
+        const deadline = Date.now() + 10_000;
         while (Atomics.load(sync, 1) < threads) {
           assert.ok(Date.now() < deadline, `round ${round}: the writers did not finish`);
           await new Promise((r) => setTimeout(r, 0));

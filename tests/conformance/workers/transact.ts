@@ -13,6 +13,7 @@ self.onmessage = (e: MessageEvent<{ address: bigint; access: number; sync: Share
   const s = new Int32Array(sync);
   const words = new Int32Array(bufferAt(address, access * PAGE_SIZE));
   let round = 0;
+  self.postMessage("ready");
   for (;;) {
     Atomics.wait(s, 0, round, 10_000);
     const next = Atomics.load(s, 0);
