@@ -4,14 +4,23 @@
  * `--allow-ffi` and nothing else: it reads `/proc` and `/dev/userfaultfd` through
  * libc, because Deno's own file APIs refuse those paths without `--allow-all`
  * (so `--allow-read` would add nothing). The CLI's commands need
- * `--allow-ffi --allow-sys=osRelease`; `--help` needs nothing.
+ * `--allow-ffi --allow-sys=osRelease`; `--help` needs nothing; colors need no
+ * `--allow-env` (Deno lets every program read `NO_COLOR`).
  */
 
 import assert from "node:assert/strict";
-import { isRoot } from "./helpers.ts";
+import { isRoot, skipUnless } from "./helpers.ts";
 import { describeChild, ROOT, runChild } from "./conformance/helpers.ts";
 
 const CLI = new URL("cli.ts", ROOT).pathname;
+
+function scriptAvailable(): boolean {
+  try {
+    return new Deno.Command("script", { args: ["-V"], stdout: "null", stderr: "null" }).outputSync().success;
+  } catch {
+    return false;
+  }
+}
 
 /** A library smoke run: everything the library reads or does, reported as JSON. */
 const LIBRARY = `
@@ -120,8 +129,26 @@ Deno.test("permissions: the CLI's --help needs nothing; its commands need --allo
 });
 
 Deno.test({
+  name: "permissions: the CLI colors a terminal and honours NO_COLOR without --allow-env",
+  ignore: skipUnless(scriptAvailable(), "script (util-linux) is needed for a pseudo-terminal"),
+  async fn() {
+    const inTerminal = async (env: Record<string, string>) => {
+      const command = `${Deno.execPath()} run --no-prompt --allow-ffi --allow-sys=osRelease ${CLI} features`;
+      const out = await new Deno.Command("script", { args: ["-qec", command, "/dev/null"], env, clearEnv: true })
+        .output();
+      assert.equal(out.code, 0, new TextDecoder().decode(out.stderr));
+      return new TextDecoder().decode(out.stdout);
+    };
+    const path = { PATH: Deno.env.get("PATH") ?? "/usr/bin:/bin", TERM: "xterm" };
+    const ESC = "\u001b[";
+    assert.ok((await inTerminal(path)).includes(`${ESC}1mkernel`), "bold in a terminal");
+    assert.ok(!(await inTerminal({ ...path, NO_COLOR: "1" })).includes(ESC), "plain with NO_COLOR");
+  },
+});
+
+Deno.test({
   name: "permissions: an unprivileged user with --allow-ffi alone gets the user-mode-only fallback",
-  ignore: !isRoot,
+  ignore: skipUnless(isRoot, "dropping to nobody needs root"),
   async fn() {
     const denoDir = Deno.makeTempDirSync({ prefix: "uffd-perm-" });
     Deno.chmodSync(denoDir, 0o777);

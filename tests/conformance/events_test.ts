@@ -14,7 +14,18 @@ import assert from "node:assert/strict";
 import { Feature, MADV_DONTNEED, MADV_REMOVE, Region, UffdError, type UffdEvent, Userfaultfd } from "../../mod.ts";
 import * as libc from "../../ffi/libc.ts";
 import { needs, within } from "../helpers.ts";
-import { assertUffdError, collectEvents, P, PAGE, serveUntil, sleep, SyscallThread } from "./helpers.ts";
+import {
+  assertUffdError,
+  collectEvents,
+  mapMemory,
+  needsHugetlbSetup,
+  P,
+  PAGE,
+  serveUntil,
+  sleep,
+  SyscallThread,
+  withHugePages,
+} from "./helpers.ts";
 
 function only<T extends UffdEvent["type"]>(events: UffdEvent[], type: T): Extract<UffdEvent, { type: T }>[] {
   return events.filter((e) => e.type === type) as Extract<UffdEvent, { type: T }>[];
@@ -87,6 +98,31 @@ for (const kind of ["anon", "shmem"] as const) {
     },
   });
 }
+
+Deno.test({
+  name: "uffd-unit-tests.c events on hugetlb and hugetlb-private: EVENT_REMOVE when the pages are released",
+  ignore: needs(Feature.EVENT_REMOVE) || needsHugetlbSetup(),
+  async fn(t) {
+    await withHugePages(4, async () => {
+      for (const type of ["hugetlb", "hugetlb-private"] as const) {
+        await t.step(type, async () => {
+          using thread = new SyscallThread();
+          using mem = mapMemory(type, 2);
+          using uffd = Userfaultfd.open({ require: [Feature.EVENT_REMOVE], features: [Feature.MISSING_HUGETLBFS] });
+          mem.bytes.fill(0);
+          uffd.register(mem.range, { missing: true });
+          // uffd-common.c hugetlb_release_pages: MADV_REMOVE when shared, MADV_DONTNEED when private.
+          const advice = type === "hugetlb" ? MADV_REMOVE : MADV_DONTNEED;
+          const length = BigInt(mem.pageSize);
+          const released = thread.call({ op: "madvise", address: mem.range.address, length, advice });
+          const events = await collectEvents(uffd, (es) => es.length > 0, "the remove event");
+          assert.deepEqual(events, [{ type: "remove", start: mem.range.address, end: mem.range.address + length }]);
+          assert.equal(await within(released, 5000, "madvise"), 0);
+        });
+      }
+    });
+  },
+});
 
 Deno.test({
   name: "uffd-unit-tests.c events on anon: EVENT_UNMAP reports the unmapped range and registrations forget it",

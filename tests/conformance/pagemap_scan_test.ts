@@ -566,6 +566,25 @@ Deno.test({
       const r = pagemapScan(mem, { require: ["PFNZERO"], report: ["PFNZERO"], maxPages: 10 });
       assert.deepEqual(r.map((x) => [x.firstPage, x.pages, x.categories]), [[0, 10, PAGE_IS_PFNZERO]]);
     });
+    await t.step("zeropfn_tests: transparent huge pages only read map the huge zero page", () => {
+      let useZeroPage = "0";
+      try {
+        useZeroPage = Deno.readTextFileSync("/sys/kernel/mm/transparent_hugepage/use_zero_page").trim();
+      } catch { /* no THP */ }
+      if (useZeroPage !== "1") {
+        console.log("%cskip: transparent_hugepage/use_zero_page is not 1", "color: yellow");
+        return;
+      }
+      const huge = 2 << 20;
+      using thp = Region.map(11 * huge, { prot: PROT_READ });
+      const address = (thp.address + BigInt(huge - 1)) / BigInt(huge) * BigInt(huge);
+      const range = { address, length: 10 * huge };
+      thp.advise(MADV_HUGEPAGE, range);
+      const bytes = new Uint8Array(libc.bufferAt(address, 10 * huge));
+      for (let i = 0; i < 10; i++) void bytes[i * huge];
+      const r = pagemapScan(range, { require: ["PFNZERO"], report: ["PFNZERO"], maxPages: 10 * huge / PAGE });
+      assert.deepEqual(r.map((x) => [x.firstPage, x.pages]), [[0, 10 * huge / PAGE]]);
+    });
   },
 });
 
