@@ -14,6 +14,10 @@
  * @module
  */
 
+import { ERRNO } from "./errors.ts";
+import { close, open, readTextFile } from "./ffi/libc.ts";
+import { O_CLOEXEC, O_RDWR } from "./linux.ts";
+
 const CAP_SYS_PTRACE = 19n;
 
 /** What the machine says about creating userfaultfds. `undefined` where it could not be read. */
@@ -30,21 +34,33 @@ export interface AccessDiagnosis {
   readonly device: {
     /** The device node exists. */
     readonly exists: boolean;
-    /** Its permission bits, e.g. `"0600"`. */
+    /** Its permission bits, e.g. `"0600"` (only when Deno may stat it: `--allow-all`). */
     readonly mode: string | undefined;
-    /** Its owner's uid. */
+    /** Its owner's uid (only when Deno may stat it). */
     readonly uid: number | undefined;
-    /** This process can open it read-write (by the permission bits). */
+    /** This process can open it read-write: measured by opening it. */
     readonly accessible: boolean | undefined;
   };
 }
 
+/** A `/proc` file's text through libc (Deno's file APIs need `--allow-all` for `/proc`). */
 function readText(path: string): string | undefined {
-  try {
-    return Deno.readTextFileSync(path);
-  } catch {
-    return undefined;
-  }
+  const text = readTextFile(path);
+  return typeof text === "string" ? text : undefined;
+}
+
+/**
+ * The running kernel's release (`uname -r`), from `/proc/sys/kernel/osrelease`;
+ * `"unknown"` when it cannot be read.
+ *
+ * @example
+ * ```ts
+ * import { kernelRelease } from "@uffd/uffd";
+ * console.log(kernelRelease()); // e.g. "6.18.0"
+ * ```
+ */
+export function kernelRelease(): string {
+  return readText("/proc/sys/kernel/osrelease")?.trim() || "unknown";
 }
 
 /**
@@ -61,31 +77,29 @@ export function diagnoseAccess(): AccessDiagnosis {
   const status = readText("/proc/self/status") ?? "";
   const capEff = /^CapEff:\s*([0-9a-f]+)/m.exec(status);
   const seccomp = /^Seccomp:\s*(\d+)/m.exec(status);
-  let uid: number | undefined;
-  try {
-    uid = Deno.uid() ?? undefined;
-  } catch { /* no permission */ }
-  let device: AccessDiagnosis["device"] = { exists: false, mode: undefined, uid: undefined, accessible: undefined };
+  // Uid: real effective saved fs
+  const uid = /^Uid:\s*\d+\s+(\d+)/m.exec(status);
+  // Opening the device is the only true answer (modes, groups and ACLs all count).
+  const fd = open("/dev/userfaultfd", O_RDWR | O_CLOEXEC);
+  if (fd >= 0) close(fd);
+  let mode: string | undefined;
+  let owner: number | undefined;
   try {
     const st = Deno.statSync("/dev/userfaultfd");
-    const mode = (st.mode ?? 0) & 0o777;
-    const gid = Deno.gid();
-    const accessible = uid === 0 ||
-      (st.uid === uid && (mode & 0o600) === 0o600) ||
-      (st.gid === gid && (mode & 0o060) === 0o060) ||
-      (mode & 0o006) === 0o006;
-    device = { exists: true, mode: `0${mode.toString(8)}`, uid: st.uid ?? undefined, accessible };
-  } catch (e) {
-    if (!(e instanceof Deno.errors.NotFound)) {
-      device = { exists: true, mode: undefined, uid: undefined, accessible: undefined };
-    }
-  }
+    mode = `0${((st.mode ?? 0) & 0o777).toString(8)}`;
+    owner = st.uid ?? undefined;
+  } catch { /* Deno may stat /dev only with --allow-all */ }
   return {
     unprivilegedSysctl: sysctl === undefined ? undefined : Number(sysctl.trim()),
     capSysPtrace: capEff ? ((BigInt(`0x${capEff[1]}`) >> CAP_SYS_PTRACE) & 1n) === 1n : undefined,
-    uid,
+    uid: uid ? Number(uid[1]) : undefined,
     seccomp: seccomp ? Number(seccomp[1]) : undefined,
-    device,
+    device: {
+      exists: fd !== -ERRNO.ENOENT && fd !== -ERRNO.ENXIO && fd !== -ERRNO.ENODEV,
+      mode,
+      uid: owner,
+      accessible: fd >= 0 ? true : fd === -ERRNO.EACCES || fd === -ERRNO.EPERM ? false : undefined,
+    },
   };
 }
 
@@ -99,24 +113,32 @@ export function diagnoseAccess(): AccessDiagnosis {
  * ```
  */
 export function explainAccess(a: AccessDiagnosis): string {
+  if (a === null || typeof a !== "object" || a.device === null || typeof a.device !== "object") {
+    throw new TypeError("explainAccess: expected what diagnoseAccess() returns");
+  }
   const parts: string[] = [];
   if (a.capSysPtrace) parts.push("this process has CAP_SYS_PTRACE, so the userfaultfd syscall is allowed");
   else if (a.unprivilegedSysctl === 1) parts.push("vm.unprivileged_userfaultfd=1 allows unprivileged userfaultfds");
   else {
+    const sysctl = a.unprivilegedSysctl === undefined
+      ? "vm.unprivileged_userfaultfd could not be read"
+      : `vm.unprivileged_userfaultfd=${a.unprivilegedSysctl}`;
+    const cap = a.capSysPtrace === undefined ? "CAP_SYS_PTRACE unknown" : "no CAP_SYS_PTRACE";
     parts.push(
-      `vm.unprivileged_userfaultfd=${a.unprivilegedSysctl ?? "?"} and no CAP_SYS_PTRACE: only user-mode faults ` +
-        "can be handled (UFFD_USER_MODE_ONLY); for full use run as root, grant CAP_SYS_PTRACE, " +
-        "or set sysctl vm.unprivileged_userfaultfd=1",
+      `${sysctl} and ${cap}: only user-mode faults can be handled (UFFD_USER_MODE_ONLY); for full use run as ` +
+        "root, grant CAP_SYS_PTRACE, or set sysctl vm.unprivileged_userfaultfd=1",
     );
   }
-  if (a.device.exists) {
-    parts.push(
-      a.device.accessible
-        ? `/dev/userfaultfd (mode ${a.device.mode}) is usable by this user`
-        : `/dev/userfaultfd (mode ${a.device.mode ?? "?"}, owner uid ${a.device.uid ?? "?"}) is not writable by ` +
-          "this user: add the user to its group or chmod it",
-    );
-  } else parts.push("/dev/userfaultfd does not exist (Linux 6.1+)");
+  const details = [
+    a.device.mode === undefined ? undefined : `mode ${a.device.mode}`,
+    a.device.uid === undefined ? undefined : `owner uid ${a.device.uid}`,
+  ].filter((d) => d !== undefined).join(", ");
+  const device = details ? `/dev/userfaultfd (${details})` : "/dev/userfaultfd";
+  if (!a.device.exists) parts.push("/dev/userfaultfd does not exist (Linux 6.1+)");
+  else if (a.device.accessible === true) parts.push(`${device} is usable by this user`);
+  else if (a.device.accessible === false) {
+    parts.push(`${device} cannot be opened by this user: add the user to its group or chmod it`);
+  } else parts.push(`${device} could not be checked`);
   if (a.seccomp === 2) parts.push("a seccomp filter is active and may refuse userfaultfd(2)");
   if (a.seccomp === 1) parts.push("seccomp strict mode refuses userfaultfd(2)");
   return parts.join("; ");

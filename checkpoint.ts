@@ -351,9 +351,6 @@ function privateAnonymous(target: WriteWatchTarget, start: bigint, end: bigint):
 
 /** Whether any swap device is on (`/proc/swaps` lists more than its header); unknown counts as on. */
 function swapActive(): boolean {
-  try {
-    return Deno.readTextFileSync("/proc/swaps").trim().split("\n").length > 1;
-  } catch {
-    return true;
-  }
+  const swaps = libc.readTextFile("/proc/swaps");
+  return typeof swaps !== "string" || swaps.trim().split("\n").length > 1;
 }

@@ -100,6 +100,7 @@ const DESCRIPTIONS: Record<string, string> = {
  * ```
  */
 export function errnoName(errno: number): string {
+  if (typeof errno !== "number") throw new TypeError(`errnoName: errno must be a number, not ${typeof errno}`);
   return NAMES[errno] ?? `E${errno}`;
 }
 
@@ -148,6 +149,15 @@ export class UffdError extends Error {
 
   /** Builds an error from its parts; the message is composed from them. */
   constructor(init: UffdErrorInit) {
+    if (init === null || typeof init !== "object") {
+      throw new TypeError("UffdError: expected { errno, operation, … }");
+    }
+    if (!Number.isInteger(init.errno) || init.errno <= 0) {
+      throw new TypeError(`UffdError: errno must be a positive integer, not ${String(init.errno)}`);
+    }
+    if (typeof init.operation !== "string") {
+      throw new TypeError(`UffdError: operation must be a string, not ${typeof init.operation}`);
+    }
     const code = errnoName(init.errno);
     const what = init.detail === undefined
       ? `${code} (${DESCRIPTIONS[code] ?? "unknown error"})`

@@ -13,6 +13,9 @@
  * @module
  */
 
+import { ERRNO, invalid, UffdError } from "./errors.ts";
+import { readTextFile } from "./ffi/libc.ts";
+
 /** One line of `/proc/<pid>/maps`. */
 export interface Mapping {
   /** Start address. */
@@ -41,7 +44,19 @@ export interface Mapping {
  * ```
  */
 export function readMaps(pid: number | "self" = "self"): Mapping[] {
-  return parseMaps(Deno.readTextFileSync(`/proc/${pid}/maps`));
+  if (pid !== "self" && (!Number.isSafeInteger(pid) || pid <= 0)) {
+    throw invalid("readMaps", 'pid must be a positive integer or "self"', { pid }, ERRNO.ESRCH);
+  }
+  const text = readTextFile(`/proc/${pid}/maps`);
+  if (typeof text === "number") {
+    throw new UffdError({
+      errno: text === -ERRNO.ENOENT ? ERRNO.ESRCH : -text,
+      operation: "readMaps",
+      args: { path: `/proc/${pid}/maps` },
+      hint: text === -ERRNO.ENOENT ? `no process ${pid}` : undefined,
+    });
+  }
+  return parseMaps(text);
 }
 
 /**
@@ -55,6 +70,7 @@ export function readMaps(pid: number | "self" = "self"): Mapping[] {
  * ```
  */
 export function parseMaps(text: string): Mapping[] {
+  if (typeof text !== "string") throw new TypeError(`parseMaps: text must be a string, not ${typeof text}`);
   const out: Mapping[] = [];
   for (const line of text.split("\n")) {
     const m = /^([0-9a-f]+)-([0-9a-f]+)\s+(\S+)\s+([0-9a-f]+)\s+(\S+)\s+(\d+)\s*(.*)$/.exec(line);
@@ -74,7 +90,7 @@ export function parseMaps(text: string): Mapping[] {
 
 /**
  * The parts of `[start, end)` that no mapping covers, from this process's maps
- * (`undefined` when the maps cannot be read, for example without `--allow-read`).
+ * (`undefined` when the maps cannot be read).
  *
  * @example
  * ```ts
@@ -84,6 +100,9 @@ export function parseMaps(text: string): Mapping[] {
  * ```
  */
 export function unmappedParts(start: bigint, end: bigint): { start: bigint; end: bigint }[] | undefined {
+  if (typeof start !== "bigint" || typeof end !== "bigint") {
+    throw new TypeError("unmappedParts: start and end must be bigints");
+  }
   let maps: Mapping[];
   try {
     maps = readMaps();

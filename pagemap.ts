@@ -28,11 +28,13 @@
  * @module
  */
 
+import { kernelRelease } from "./access.ts";
 import { ERRNO, invalid, UffdError } from "./errors.ts";
 import * as libc from "./ffi/libc.ts";
 import { readPagemapEntries, ScanBuffers } from "./ffi/pagemap_scan.ts";
 import { MAP_ANONYMOUS, MAP_PRIVATE, O_CLOEXEC, O_RDONLY, PROT_READ, PROT_WRITE } from "./linux.ts";
 import { pageRange, type Range } from "./range.ts";
+import { optionsBag } from "./validate.ts";
 import {
   CATEGORIES,
   type Category,
@@ -88,6 +90,8 @@ export interface ScanOptions extends ScanQuery {
   vectorLength?: number;
 }
 
+/** The most entries `readPagemap` returns at once: one per page, 64 GiB of 4 KiB pages. */
+const MAX_ENTRIES = 1 << 24;
 /** Pages `[start, end)` that share the reported categories. */
 export interface PageRange {
   /** Start address. */
@@ -230,7 +234,7 @@ export function prepareQuery(query: ScanQuery = {}): PreparedQuery {
     throw invalid(
       operation,
       `this kernel does not accept the categor${names.length > 1 ? "ies" : "y"} ${names.join(", ")}`,
-      { kernel: Deno.osRelease(), accepted: acceptedCategories().join("|") },
+      { kernel: kernelRelease(), accepted: acceptedCategories().join("|") },
     );
   }
   if (((named | report) & ~answerable) !== 0n) {
@@ -238,7 +242,7 @@ export function prepareQuery(query: ScanQuery = {}): PreparedQuery {
       operation,
       "SOFT_DIRTY is accepted by this kernel but never set: it was built without CONFIG_MEM_SOFT_DIRTY " +
         "(see softDirtySupported())",
-      { kernel: Deno.osRelease() },
+      { kernel: kernelRelease() },
       ERRNO.EOPNOTSUPP,
     );
   }
@@ -427,7 +431,8 @@ const selfScanners = new Map<number, PagemapScanner>();
  * console.log(pagemapScan(mem, { require: ["PRESENT"] }).length); // 1
  * ```
  */
-export function pagemapScan(range: Range, options: ScanOptions = {}): ScanResult {
+export function pagemapScan(range: Range, options?: ScanOptions): ScanResult {
+  options = optionsBag(options, "PAGEMAP_SCAN");
   const pid = options.pid ?? "self";
   const vectorLength = options.vectorLength ?? DEFAULT_VECTOR;
   if (pid === "self") {
@@ -500,6 +505,8 @@ function scanError(rc: number, start: bigint, end: bigint, flags: bigint, pid: P
     ? "this kernel has no PAGEMAP_SCAN (Linux 6.7+)"
     : errno === ERRNO.ESRCH
     ? `process ${pid} has exited`
+    : errno === ERRNO.EFAULT
+    ? "the range must lie in the user address space (below TASK_SIZE, 0x7ffffffff000 on most x86_64)"
     : undefined;
   return new UffdError({ errno, operation: "PAGEMAP_SCAN", args: { start, end, flags, pid }, hint });
 }
@@ -599,10 +606,20 @@ const RAW_CHUNK = 65536;
  * console.log((raw[0]! & PM_PRESENT) !== 0n, (raw[1]! & PM_PRESENT) !== 0n); // true false
  * ```
  */
-export function readPagemapRaw(range: Range, options: { pid?: Pid; into?: BigUint64Array } = {}): BigUint64Array {
+export function readPagemapRaw(range: Range, options?: { pid?: Pid; into?: BigUint64Array }): BigUint64Array {
   const operation = "pagemap";
   const { start, len } = pageRange(range, operation);
+  options = optionsBag(options, operation);
   const pages = Number(len / PAGE);
+  if (pages > MAX_ENTRIES) {
+    throw invalid(
+      operation,
+      `${pages} pages is more than readPagemap returns at once (${MAX_ENTRIES}): read the range in parts, ` +
+        "or ask pagemapScan",
+      { start, len },
+      ERRNO.E2BIG,
+    );
+  }
   const into = options.into ?? new BigUint64Array(pages);
   if (!(into instanceof BigUint64Array)) throw new TypeError(`${operation}: into must be a BigUint64Array`);
   if (into.length < pages) {
@@ -644,7 +661,7 @@ export function readPagemapRaw(range: Range, options: { pid?: Pid; into?: BigUin
  * console.log(first.present, second.present); // true false
  * ```
  */
-export function readPagemap(range: Range, options: { pid?: Pid } = {}): PagemapEntry[] {
+export function readPagemap(range: Range, options?: { pid?: Pid }): PagemapEntry[] {
   const { start } = pageRange(range, "pagemap");
   const raw = readPagemapRaw(range, options);
   const out: PagemapEntry[] = new Array(raw.length);

@@ -101,11 +101,13 @@ export function pageRange(range: Range | (Range & PageSpanned), operation: strin
 
 /** Rounds an address down to its page. */
 export function pageFloor(address: bigint): bigint {
+  if (typeof address !== "bigint") throw new TypeError(`pageFloor: address must be a bigint, not ${typeOf(address)}`);
   return address - (address % PAGE);
 }
 
 /** Rounds an address up to the next page boundary. */
 export function pageCeil(address: bigint): bigint {
+  if (typeof address !== "bigint") throw new TypeError(`pageCeil: address must be a bigint, not ${typeOf(address)}`);
   const rest = address % PAGE;
   return rest === 0n ? address : address + PAGE - rest;
 }

@@ -36,6 +36,7 @@ import {
   PROT_WRITE,
 } from "./linux.ts";
 import { pageCeil, pageFloor, pageRange, type Range, toLength } from "./range.ts";
+import { cInt, optionsBag } from "./validate.ts";
 
 /** How {@linkcode Region.map} maps memory. */
 export interface MapOptions {
@@ -65,10 +66,9 @@ let hugePageSizeCache: number | undefined;
 function hugePageSize(): number {
   if (hugePageSizeCache === undefined) {
     hugePageSizeCache = 2 * 1024 * 1024;
-    try {
-      const match = /^Hugepagesize:\s+(\d+) kB/m.exec(Deno.readTextFileSync("/proc/meminfo"));
-      if (match) hugePageSizeCache = Number(match[1]) * 1024;
-    } catch { /* no read permission: keep the common default */ }
+    const meminfo = libc.readTextFile("/proc/meminfo");
+    const match = typeof meminfo === "string" ? /^Hugepagesize:\s+(\d+) kB/m.exec(meminfo) : null;
+    if (match) hugePageSizeCache = Number(match[1]) * 1024;
   }
   return hugePageSizeCache;
 }
@@ -147,14 +147,15 @@ export class Region implements Range, Disposable {
    * console.log(shm.kind, shm.fd !== undefined); // memfd true
    * ```
    */
-  static map(length: number, options: MapOptions = {}): Region {
+  static map(length: number, options?: MapOptions): Region {
     const operation = "Region.map";
     const len = toLength(length, operation);
+    options = optionsBag(options, operation);
     const pageSize = options.hugetlb ? hugePageSize() : libc.PAGE_SIZE;
     if (len === 0n || len % BigInt(pageSize) !== 0n) {
       throw invalid(operation, `length must be a non-zero multiple of the page size (${pageSize})`, { length });
     }
-    const prot = options.prot ?? (PROT_READ | PROT_WRITE);
+    const prot = options.prot === undefined ? PROT_READ | PROT_WRITE : cInt(options.prot, operation, "prot");
     const populate = options.populate ? MAP_POPULATE : 0;
     let fd: number | undefined;
     let flags: number;
@@ -202,6 +203,10 @@ export class Region implements Range, Disposable {
   static of(memory: ExternalMemory): Region {
     let address: bigint;
     let length: number;
+    const buffer = ArrayBuffer.isView(memory) ? memory.buffer : memory;
+    if (buffer instanceof ArrayBuffer && buffer.detached) {
+      throw invalid("Region.of", "the memory is empty or detached", { length: 0 });
+    }
     if (memory instanceof WebAssembly.Memory) {
       address = libc.addressOf(memory.buffer);
       length = memory.buffer.byteLength;
@@ -273,8 +278,11 @@ export class Region implements Range, Disposable {
     return this.bytes.subarray(from, to);
   }
 
-  /** The address of base page `index` of `pageSpan`. */
+  /** The address of base page `index` of `pageSpan` (`pageCount` gives the end address). */
   pageAddress(index: number): bigint {
+    if (!Number.isInteger(index) || index < 0 || index > this.pageCount) {
+      throw new RangeError(`page index ${index} is outside [0, ${this.pageCount}]`);
+    }
     return this.pageSpan.address + BigInt(index) * BigInt(libc.PAGE_SIZE);
   }
 
@@ -290,6 +298,7 @@ export class Region implements Range, Disposable {
 
   /** `madvise(advice)` on the region, or on a page-aligned range inside it. */
   advise(advice: number, range: Range = this.pageSpan): void {
+    cInt(advice, "madvise", "advice");
     const { start, len } = this.#inside(range, "madvise");
     const rc = libc.madvise(start, len, advice);
     if (rc < 0) fail(rc, "madvise", { start, len, advice });
@@ -297,6 +306,7 @@ export class Region implements Range, Disposable {
 
   /** `mprotect(prot)` on the region, or on a page-aligned range inside it. */
   protect(prot: number, range: Range = this.pageSpan): void {
+    cInt(prot, "mprotect", "prot");
     const { start, len } = this.#inside(range, "mprotect");
     const rc = libc.mprotect(start, len, prot);
     if (rc < 0) fail(rc, "mprotect", { start, len, prot });
@@ -306,7 +316,8 @@ export class Region implements Range, Disposable {
    * Faults pages in without touching their contents: `MADV_POPULATE_READ` (zero
    * pages for untouched anonymous memory), or `MADV_POPULATE_WRITE` with `write`.
    */
-  populate(options: { write?: boolean; range?: Range } = {}): void {
+  populate(options?: { write?: boolean; range?: Range }): void {
+    options = optionsBag(options, "Region.populate");
     const advice = options.write ? MADV_POPULATE_WRITE : MADV_POPULATE_READ;
     const { start, len } = this.#inside(options.range ?? this.pageSpan, "madvise");
     const rc = libc.madvise(start, len, advice);

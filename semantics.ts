@@ -23,6 +23,7 @@
  * @module
  */
 
+import { kernelRelease } from "./access.ts";
 import { UffdError } from "./errors.ts";
 import * as libc from "./ffi/libc.ts";
 import { PROT_READ, PROT_WRITE } from "./linux.ts";
@@ -241,7 +242,7 @@ export async function measureWpSemantics(options: WpSemanticsOptions = {}): Prom
     why: lostWhy(c),
   }));
   return {
-    kernel: Deno.osRelease(),
+    kernel: kernelRelease(),
     arch: Deno.build.arch,
     pageSize: Region.pageSize,
     cells,
@@ -259,7 +260,7 @@ function unavailable(mode: (typeof WP_MODES)[number], decline: readonly Feature[
   if (missing.length === 0) return undefined;
   const names = missing.map((f) => `${f} (Linux ${FEATURES.find((x) => x.name === f)!.since}+)`).join(", ");
   const declined = missing.every((f) => decline.includes(f));
-  return `needs ${names}, ${declined ? "declined by the caller" : `which kernel ${Deno.osRelease()} lacks`}`;
+  return `needs ${names}, ${declined ? "declined by the caller" : `which kernel ${kernelRelease()} lacks`}`;
 }
 
 function describe(e: unknown): string {
@@ -390,7 +391,7 @@ export async function measureWpCell(
     return {
       ...base,
       status: "unsupported",
-      error: `needs PAGEMAP_SCAN (Linux 6.7+), which ${Deno.osRelease()} lacks`,
+      error: `needs PAGEMAP_SCAN (Linux 6.7+), which ${kernelRelease()} lacks`,
     };
   }
 

@@ -17,6 +17,15 @@
  * @module
  */
 
+import { bigintArg, describe } from "./validate.ts";
+
+/** A list of names: any iterable but a string (whose characters are not names). */
+function iterableArg(names: unknown, operation: string): void {
+  if (typeof names !== "object" || names === null || !(Symbol.iterator in names)) {
+    throw new TypeError(`${operation}: names must be a list of names, not ${describe(names)}`);
+  }
+}
+
 /** `UFFD_API`: the only API version the kernel knows (`struct uffdio_api.api`). */
 export const UFFD_API = 0xaan;
 
@@ -167,6 +176,7 @@ export const UFFD_KNOWN_FEATURES: bigint = (1n << 17n) - 1n;
  * ```
  */
 export function featureNames(mask: bigint): Feature[] {
+  bigintArg(mask, "featureNames", "mask");
   return FEATURES.filter((f) => (mask & f.mask) !== 0n).map((f) => f.name);
 }
 
@@ -180,6 +190,7 @@ export function featureNames(mask: bigint): Feature[] {
  * ```
  */
 export function featureMask(names: Iterable<Feature>): bigint {
+  iterableArg(names, "featureMask");
   let mask = 0n;
   for (const name of names) {
     const bit = FEATURE_MASK[name];
@@ -275,6 +286,7 @@ export const IOCTLS: readonly IoctlInfo[] = Object.freeze([
  * ```
  */
 export function ioctlNames(mask: bigint): Ioctl[] {
+  bigintArg(mask, "ioctlNames", "mask");
   return IOCTLS.filter((i) => (mask & (1n << BigInt(i.number))) !== 0n).map((i) => i.name);
 }
 
@@ -418,6 +430,7 @@ export const PAGE_IS_KNOWN: bigint = 0x1ffn;
  * ```
  */
 export function categoryNames(mask: bigint): Category[] {
+  bigintArg(mask, "categoryNames", "mask");
   return CATEGORIES.filter((c) => (mask & c.mask) !== 0n).map((c) => c.name);
 }
 
@@ -431,6 +444,7 @@ export function categoryNames(mask: bigint): Category[] {
  * ```
  */
 export function categoryMask(names: Iterable<Category>): bigint {
+  iterableArg(names, "categoryMask");
   let mask = 0n;
   for (const name of names) {
     const info = CATEGORIES.find((c) => c.name === name);

@@ -19,7 +19,7 @@
  * @module
  */
 
-import { diagnoseAccess, explainAccess } from "./access.ts";
+import { diagnoseAccess, explainAccess, kernelRelease } from "./access.ts";
 import { ERRNO, invalid, UffdError } from "./errors.ts";
 import { unmappedParts } from "./maps.ts";
 import type { UffdEvent } from "./events.ts";
@@ -29,6 +29,7 @@ import { sysUserfaultfd } from "./ffi/syscalls.ts";
 import * as ops from "./ffi/uffd_ioctls.ts";
 import { O_CLOEXEC, O_NONBLOCK, O_RDWR } from "./linux.ts";
 import { pageRange, type Range, toAddress } from "./range.ts";
+import { describe, optionsBag } from "./validate.ts";
 import {
   type Feature,
   featureNames,
@@ -183,6 +184,7 @@ const HINTS: Record<string, Record<string, string>> = {
   UFFDIO_POISON: {
     EEXIST: "the page is already mapped",
     ENOENT: "the range is not registered for missing faults",
+    EAGAIN: "the address space is changing: read pending events (remove/remap/unmap/fork), then retry",
   },
   UFFDIO_MOVE: {
     EINVAL: "move needs private anonymous memory on both sides, page-aligned and registered for missing faults",
@@ -348,7 +350,15 @@ export class Userfaultfd implements Disposable {
    * console.log(uffd.features.has(Feature.THREAD_ID));
    * ```
    */
-  static open(options: OpenOptions = {}): Userfaultfd {
+  static open(options?: OpenOptions): Userfaultfd {
+    options = optionsBag(options, "Userfaultfd.open");
+    if (options.via !== undefined && !["auto", "syscall", "device"].includes(options.via)) {
+      throw invalid("Userfaultfd.open", 'via must be "auto", "syscall" or "device"', { via: String(options.via) });
+    }
+    const umo = options.userModeOnly;
+    if (umo !== undefined && umo !== true && umo !== false && umo !== "auto") {
+      throw new TypeError(`Userfaultfd.open: userModeOnly must be true, false or "auto", not ${describe(umo)}`);
+    }
     const declined = namedFeatures(options.decline, "decline");
     const wanted = namedFeatures(options.features, "features");
     const required = namedFeatures(options.require, "require");
@@ -363,7 +373,7 @@ export class Userfaultfd implements Disposable {
         detail: `required feature${names.length > 1 ? "s" : ""} not available: ${needs}`,
         hint: (missing & declined) !== 0n
           ? "declined by the caller's options"
-          : `this kernel (${Deno.osRelease()}) does not offer ${names.length > 1 ? "them" : "it"}`,
+          : `this kernel (${kernelRelease()}) does not offer ${names.length > 1 ? "them" : "it"}`,
         args: { required: names.join("|") },
         beforeSyscall: true,
       });
@@ -397,7 +407,19 @@ export class Userfaultfd implements Disposable {
   static adopt(fd: number, featureMask: bigint, nonblocking?: boolean): Userfaultfd;
   static adopt(from: SharedUserfaultfd | number, featureMask = 0n, nonblocking = true): Userfaultfd {
     if (typeof from === "number") {
+      if (!Number.isInteger(from) || from < 0) {
+        throw invalid("Userfaultfd.adopt", "fd must be a non-negative integer", { fd: from }, ERRNO.EBADF);
+      }
+      if (typeof featureMask !== "bigint") {
+        throw new TypeError(`Userfaultfd.adopt: featureMask must be a bigint, not ${describe(featureMask)}`);
+      }
       return new Userfaultfd(from, featureMask, 0n, nonblocking, "syscall", new Int32Array(new SharedArrayBuffer(4)));
+    }
+    if (
+      from === null || typeof from !== "object" || !Number.isInteger(from.fd) || from.fd < 0 ||
+      typeof from.featureMask !== "bigint" || !(from.state instanceof SharedArrayBuffer) || from.state.byteLength < 4
+    ) {
+      throw new TypeError("Userfaultfd.adopt: expected an fd number or what share() returns");
     }
     return new Userfaultfd(
       from.fd,
@@ -486,18 +508,20 @@ export class Userfaultfd implements Disposable {
    * Write-protects a range registered with `{ wp: true }` (`UFFDIO_WRITEPROTECT_MODE_WP`).
    * Protecting never wakes anyone, so `dontWake` changes nothing here.
    */
-  writeProtect(range: Range, _options: WakeOptions = {}): void {
+  writeProtect(range: Range, options?: WakeOptions): void {
     const operation = "UFFDIO_WRITEPROTECT";
     this.#check(operation);
+    options = optionsBag(options, operation);
     const { start, len } = pageRange(range, operation);
     const rc = ops.uffdioWriteprotect(this.fd, start, len, UFFDIO_WRITEPROTECT_MODE_WP);
     if (rc < 0) throw kernelError(operation, rc, { start, len, mode: "wp" });
   }
 
   /** Removes write protection and wakes the threads waiting on the range (unless `dontWake`). */
-  unprotect(range: Range, options: WakeOptions = {}): void {
+  unprotect(range: Range, options?: WakeOptions): void {
     const operation = "UFFDIO_WRITEPROTECT";
     this.#check(operation);
+    options = optionsBag(options, operation);
     const { start, len } = pageRange(range, operation);
     const mode = options.dontWake ? UFFDIO_WRITEPROTECT_MODE_DONTWAKE : 0n;
     const rc = ops.uffdioWriteprotect(this.fd, start, len, mode);
@@ -520,9 +544,10 @@ export class Userfaultfd implements Disposable {
    * console.log(uffd.copy(mem, page), mem.bytes[0]); // 4096 90
    * ```
    */
-  copy(destination: Range, source: Uint8Array | bigint, options: WakeOptions & { wp?: boolean } = {}): number {
+  copy(destination: Range, source: Uint8Array | bigint, options?: WakeOptions & { wp?: boolean }): number {
     const operation = "UFFDIO_COPY";
     this.#check(operation);
+    options = optionsBag(options, operation);
     const { start, len } = pageRange(destination, operation);
     const src = this.#source(source, len, operation);
     const mode = (options.dontWake ? UFFDIO_COPY_MODE_DONTWAKE : 0n) | (options.wp ? UFFDIO_COPY_MODE_WP : 0n);
@@ -532,9 +557,10 @@ export class Userfaultfd implements Disposable {
   }
 
   /** Maps the zero page over a missing range (`UFFDIO_ZEROPAGE`); returns bytes mapped. */
-  zeropage(range: Range, options: WakeOptions = {}): number {
+  zeropage(range: Range, options?: WakeOptions): number {
     const operation = "UFFDIO_ZEROPAGE";
     this.#check(operation);
+    options = optionsBag(options, operation);
     const { start, len } = pageRange(range, operation);
     const done = ops.uffdioZeropage(this.fd, start, len, options.dontWake ? UFFDIO_ZEROPAGE_MODE_DONTWAKE : 0n);
     if (done < 0) throw kernelError(operation, done, { start, len });
@@ -545,9 +571,10 @@ export class Userfaultfd implements Disposable {
    * Resolves minor faults by mapping the pages already in the page cache
    * (`UFFDIO_CONTINUE`); `wp` maps them write-protected. Returns bytes mapped.
    */
-  continue(range: Range, options: WakeOptions & { wp?: boolean } = {}): number {
+  continue(range: Range, options?: WakeOptions & { wp?: boolean }): number {
     const operation = "UFFDIO_CONTINUE";
     this.#check(operation);
+    options = optionsBag(options, operation);
     const { start, len } = pageRange(range, operation);
     const mode = (options.dontWake ? UFFDIO_CONTINUE_MODE_DONTWAKE : 0n) |
       (options.wp ? UFFDIO_CONTINUE_MODE_WP : 0n);
@@ -560,9 +587,10 @@ export class Userfaultfd implements Disposable {
    * Poisons missing pages (`UFFDIO_POISON`, Linux 6.6): a later access raises
    * SIGBUS in user space, or EFAULT/EIO from a system call. Returns bytes poisoned.
    */
-  poison(range: Range, options: WakeOptions = {}): number {
+  poison(range: Range, options?: WakeOptions): number {
     const operation = "UFFDIO_POISON";
     this.#check(operation);
+    options = optionsBag(options, operation);
     const { start, len } = pageRange(range, operation);
     const done = ops.uffdioPoison(this.fd, start, len, options.dontWake ? UFFDIO_POISON_MODE_DONTWAKE : 0n);
     if (done < 0) throw kernelError(operation, done, { start, len });
@@ -577,10 +605,11 @@ export class Userfaultfd implements Disposable {
   move(
     destination: Range,
     source: bigint | Range,
-    options: WakeOptions & { allowSrcHoles?: boolean } = {},
+    options?: WakeOptions & { allowSrcHoles?: boolean },
   ): number {
     const operation = "UFFDIO_MOVE";
     this.#check(operation);
+    options = optionsBag(options, operation);
     const { start, len } = pageRange(destination, operation);
     const src = typeof source === "bigint" ? source : pageRange(source, operation).start;
     const srcChecked = pageRange({ address: src, length: len }, operation).start;
@@ -673,9 +702,13 @@ export class Userfaultfd implements Disposable {
   #refuseOverlap(start: bigint, end: bigint, operation: string): void {
     const clash = this.#registrations.find((r) => r.start < end && start < r.end);
     if (!clash) return;
-    if (!stillRegistered(clash.start, clash.end)) {
-      // The mapping went away (munmap without EVENT_UNMAP): forget it.
-      this.#forget(clash.start, clash.end);
+    // Only the part that overlaps matters: the rest of an old registration may be gone while this part is not,
+    // or the other way round (a MAP_FIXED mapping over part of it).
+    const overlapStart = clash.start > start ? clash.start : start;
+    const overlapEnd = clash.end < end ? clash.end : end;
+    if (!stillRegistered(overlapStart, overlapEnd)) {
+      // The mapping there went away (munmap, or a new mapping over it, without EVENT_UNMAP): forget that part.
+      this.#forget(overlapStart, overlapEnd);
       return this.#refuseOverlap(start, end, operation);
     }
     throw invalid(
@@ -749,12 +782,8 @@ function toEvent(msg: UffdMsg, threadIds: boolean, adopt: (fd: number) => Userfa
  * that was unmapped behind our back. Unreadable smaps counts as registered.
  */
 function stillRegistered(start: bigint, end: bigint): boolean {
-  let smaps: string;
-  try {
-    smaps = Deno.readTextFileSync("/proc/self/smaps");
-  } catch {
-    return true;
-  }
+  const smaps = libc.readTextFile("/proc/self/smaps");
+  if (typeof smaps !== "string") return true;
   let inside = false;
   for (const line of smaps.split("\n")) {
     const header = /^([0-9a-f]+)-([0-9a-f]+) /.exec(line);

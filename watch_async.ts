@@ -27,6 +27,7 @@
  * @module
  */
 
+import { kernelRelease } from "./access.ts";
 import { ERRNO, UffdError } from "./errors.ts";
 import * as libc from "./ffi/libc.ts";
 import { MS_ASYNC } from "./linux.ts";
@@ -185,9 +186,9 @@ export const asyncBackend: BackendProvider = Object.freeze({
     const missing: Feature[] = [Feature.WP_ASYNC, Feature.WP_UNPOPULATED].filter((f) => !features.has(f));
     if (span.shared && !features.has(Feature.WP_HUGETLBFS_SHMEM)) missing.push(Feature.WP_HUGETLBFS_SHMEM);
     if (missing.length > 0) {
-      return `userfaultfd on this kernel (${Deno.osRelease()}) lacks ${missing.join(", ")} (Linux 6.7+)`;
+      return `userfaultfd on this kernel (${kernelRelease()}) lacks ${missing.join(", ")} (Linux 6.7+)`;
     }
-    if (!hasPagemapScan()) return `this kernel (${Deno.osRelease()}) has no PAGEMAP_SCAN (Linux 6.7+)`;
+    if (!hasPagemapScan()) return `this kernel (${kernelRelease()}) has no PAGEMAP_SCAN (Linux 6.7+)`;
     return undefined;
   },
   create(span: WatchedSpan): WriteWatchBackend {

@@ -9,6 +9,7 @@
  */
 
 import { parseArgs } from "node:util";
+import { kernelRelease } from "../access.ts";
 import { type AccessDiagnosis, diagnoseAccess, explainAccess } from "../access.ts";
 import { UffdError } from "../errors.ts";
 import { acceptedCategories, hasPagemapScan, softDirtySupported } from "../pagemap.ts";
@@ -16,6 +17,7 @@ import { Region } from "../region.ts";
 import { CATEGORIES, type Category, FEATURES, type Ioctl } from "../uapi.ts";
 import { type Origin, type RegisterOptions, Userfaultfd } from "../userfaultfd.ts";
 import { bold, dim, EXIT, green, printJson, red, table, yellow } from "./output.ts";
+import * as libc from "../ffi/libc.ts";
 
 /** One way of creating a userfaultfd, tried for real. */
 export interface CreationWay {
@@ -130,12 +132,10 @@ function tryWays(): CreationWay[] {
   });
 }
 
+/** Reads a /proc or /sys file through libc (Deno's file APIs refuse them without --allow-all). */
 function readText(path: string): string | undefined {
-  try {
-    return Deno.readTextFileSync(path);
-  } catch {
-    return undefined;
-  }
+  const text = libc.readTextFile(path);
+  return typeof text === "string" ? text : undefined;
 }
 
 /** The bracketed choice of a sysfs selector like `always [madvise] never`. */
@@ -234,7 +234,7 @@ export function featuresReport(): FeaturesReport {
   const softDirtyAccepted = accepted.includes("SOFT_DIRTY");
   const softDirtyWorks = softDirtySupported();
   return {
-    kernel: Deno.osRelease(),
+    kernel: kernelRelease(),
     arch: Deno.build.arch,
     pageSize: Region.pageSize,
     available: support !== undefined,

@@ -11,6 +11,7 @@
  */
 
 import { parseArgs } from "node:util";
+import { kernelRelease } from "../access.ts";
 import { UffdError } from "../errors.ts";
 import { type Mapping, readMaps } from "../maps.ts";
 import { hasPagemapScan, pagemapScan, type Pid } from "../pagemap.ts";
@@ -24,6 +25,7 @@ import {
   PAGE_IS_SWAPPED,
 } from "../uapi.ts";
 import { bold, bytes, cyan, dim, EXIT, printJson, red, table, UsageError, yellow } from "./output.ts";
+import * as libc from "../ffi/libc.ts";
 
 /** Cells in a residency bar. */
 export const BAR_CELLS = 32;
@@ -169,11 +171,8 @@ export function residencyBar(residency: number[]): string {
 }
 
 function readComm(pid: Pid): string {
-  try {
-    return Deno.readTextFileSync(`/proc/${pid}/comm`).trim();
-  } catch {
-    return "?";
-  }
+  const comm = libc.readTextFile(`/proc/${pid}/comm`);
+  return typeof comm === "string" ? comm.trim() : "?";
 }
 
 /** A refusal to read the process, with what to change (exit 3). */
@@ -303,7 +302,7 @@ export function run(args: string[]): number {
   const pid = parsePid(positionals[0]);
   const range = values.range === undefined ? undefined : parseRange(values.range);
   if (!hasPagemapScan()) {
-    console.error(red(`uffd pagemap: this kernel (${Deno.osRelease()}) has no PAGEMAP_SCAN (Linux 6.7+)`));
+    console.error(red(`uffd pagemap: this kernel (${kernelRelease()}) has no PAGEMAP_SCAN (Linux 6.7+)`));
     return EXIT.refused;
   }
   let report: PagemapReport;

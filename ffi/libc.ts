@@ -126,6 +126,38 @@ export function open(path: string, flags: number, mode = 0): number {
   return orErrno(libc.open(name, flags, BigInt(mode)));
 }
 
+const O_RDONLY_CLOEXEC = 0o2000000;
+const readChunk = new Uint8Array(65536);
+
+/**
+ * The whole text of a file read with `open`/`read`/`close`, or `-errno`. For the
+ * `/proc` and `/sys` files the library reads: Deno's own file APIs refuse those
+ * without `--allow-all`, while `--allow-ffi` (which the library needs anyway)
+ * is enough here.
+ */
+export function readTextFile(path: string): string | number {
+  const fd = open(path, O_RDONLY_CLOEXEC);
+  if (fd < 0) return fd;
+  const parts: Uint8Array[] = [];
+  try {
+    for (;;) {
+      const got = read(fd, readChunk, readChunk.byteLength);
+      if (got < 0) return got;
+      if (got === 0) break;
+      parts.push(readChunk.slice(0, got));
+    }
+  } finally {
+    close(fd);
+  }
+  const all = new Uint8Array(parts.reduce((n, p) => n + p.byteLength, 0));
+  let at = 0;
+  for (const p of parts) {
+    all.set(p, at);
+    at += p.byteLength;
+  }
+  return new TextDecoder().decode(all);
+}
+
 /** `dup(fd)`: a new descriptor, or `-errno`. */
 export function dup(fd: number): number {
   return orErrno(libc.dup(fd));
