@@ -34,7 +34,7 @@ import * as libc from "./ffi/libc.ts";
 import { readPagemapEntries, ScanBuffers } from "./ffi/pagemap_scan.ts";
 import { MAP_ANONYMOUS, MAP_PRIVATE, O_CLOEXEC, O_RDONLY, PROT_READ, PROT_WRITE } from "./linux.ts";
 import { pageRange, type Range } from "./range.ts";
-import { optionsBag } from "./validate.ts";
+import { bigintArg, optionsBag } from "./validate.ts";
 import {
   CATEGORIES,
   type Category,
@@ -679,6 +679,8 @@ export function readPagemap(range: Range, options?: { pid?: Pid }): PagemapEntry
  * ```
  */
 export function decodePagemapEntry(address: bigint, raw: bigint): PagemapEntry {
+  bigintArg(address, "decodePagemapEntry", "address");
+  bigintArg(raw, "decodePagemapEntry", "raw");
   return decodeEntry(address, raw);
 }
 

@@ -185,8 +185,9 @@ function mapsOf(pid: Pid): Mapping[] {
   try {
     return readMaps(pid);
   } catch (e) {
-    if (e instanceof Deno.errors.NotFound) throw new Gone(`no process ${pid} (it does not exist or has exited)`);
-    if (e instanceof Deno.errors.PermissionDenied) {
+    if (!(e instanceof UffdError)) throw e;
+    if (e.code === "ESRCH") throw new Gone(`no process ${pid} (it does not exist or has exited)`);
+    if (e.code === "EACCES" || e.code === "EPERM") {
       let uid = "?";
       try {
         uid = String(Deno.uid());

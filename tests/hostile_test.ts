@@ -320,8 +320,12 @@ Deno.test("hostile input: pagemapScan and readPagemap", async (t) => {
   using mem = Region.map(4 * PAGE);
   await t.step("options", () => {
     refuses(() => u.pagemapScan(mem, X(null)), "TypeError", /^PAGEMAP_SCAN: options/);
-    refuses(() => u.pagemapScan(mem, X({ require: "WRITTEN" })), "TypeError", /categoryMask/);
-    refuses(() => u.pagemapScan(mem, X({ anyOf: 5 })), "TypeError", /categoryMask/);
+    refuses(
+      () => u.pagemapScan(mem, X({ require: "WRITTEN" })),
+      "TypeError",
+      /require must be a list of category names/,
+    );
+    refuses(() => u.pagemapScan(mem, X({ anyOf: 5 })), "TypeError", /anyOf must be a list of category names/);
     refuses(() => u.pagemapScan(mem, X({ invert: ["DIRTY"] })), "TypeError", /unknown PAGEMAP_SCAN category: DIRTY/);
     for (const maxPages of [-1, NaN, 1.5, Infinity]) {
       refuses(() => u.pagemapScan(mem, { maxPages }), "EINVAL", /maxPages/);
@@ -329,7 +333,8 @@ Deno.test("hostile input: pagemapScan and readPagemap", async (t) => {
     for (const vectorLength of [0, -1, NaN, 1.5, 2 ** 40]) {
       refuses(() => u.pagemapScan(mem, { vectorLength }), "EINVAL", /vectorLength must be an integer/);
     }
-    for (const pid of [0, -5, 1.5, X("x")]) refuses(() => u.pagemapScan(mem, { pid }), "ESRCH", /pid must be/);
+    for (const pid of [0, -5, 1.5]) refuses(() => u.pagemapScan(mem, { pid }), "ESRCH", /pid must be/);
+    refuses(() => u.pagemapScan(mem, { pid: X("x") }), "TypeError", /pid must be a number or "self", not string/);
     refuses(() => u.pagemapScan(mem, { pid: 2 ** 30 }), "ESRCH", /no process/);
   });
   await t.step("ranges outside the user address space: EFAULT with a hint", () => {
