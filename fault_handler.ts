@@ -169,6 +169,7 @@ export class FaultHandler implements AsyncDisposable {
   #rejectDone!: (error: FaultHandlerError) => void;
   #ready: PromiseWithResolvers<void> = Promise.withResolvers();
   #failure: FaultHandlerError | undefined;
+  #stopped = false;
   #settled = false;
   #exited = false;
   #stopping: Promise<HandlerStats> | undefined;
@@ -340,9 +341,10 @@ export class FaultHandler implements AsyncDisposable {
   }
 
   /**
-   * Settles when the handler ends: the final statistics once it stopped (by
-   * `stop()`, or because the userfaultfd was closed), a `FaultHandlerError` with
-   * the cause if it failed. Waiting on it keeps the process alive until then.
+   * Settles when the handler has ended and its Worker has exited (every fd it used
+   * is closed by then): the final statistics once it stopped (by `stop()`, or
+   * because the userfaultfd was closed), a `FaultHandlerError` with the cause if it
+   * failed. Waiting on it keeps the process alive until then.
    */
   get done(): Promise<HandlerStats> {
     if (!this.#settled && !this.#exited) this.#worker.ref();
@@ -516,11 +518,18 @@ export class FaultHandler implements AsyncDisposable {
         this.#ready.resolve();
         return;
       case "stopped":
-        this.#settle();
+        this.#stopped = true;
+        this.#worker.terminate(); // its work is done; do not wait for what a policy may have left running
         return;
-      case "failed":
-        this.#fail(deserializeError(message.error), `the fault handler failed: ${message.error.message}`);
+      case "failed": {
+        // The Worker closed the userfaultfd before reporting; closing again is harmless.
+        const cause = deserializeError(message.error);
+        this.#failure = new FaultHandlerError(`the fault handler failed: ${cause.message}`, { cause });
+        this.uffd.close();
+        this.#ready.reject(this.#failure);
+        this.#worker.terminate();
         return;
+      }
       case "event": {
         const event = message.event;
         this.#onEvent?.(event.type === "fork" ? { type: "fork", uffd: Userfaultfd.adopt(event.uffd) } : event);
@@ -529,37 +538,32 @@ export class FaultHandler implements AsyncDisposable {
     }
   }
 
-  /** The handler failed: make sure nothing stays blocked, then reject. */
+  /** The handler failed without a report from the Worker: make sure nothing stays blocked, then reject. */
   #fail(cause: unknown, message: string): void {
     if (this.#settled) return;
-    this.#failure = cause instanceof FaultHandlerError ? cause : new FaultHandlerError(message, { cause });
+    this.#failure ??= cause instanceof FaultHandlerError ? cause : new FaultHandlerError(message, { cause });
     this.uffd.close();
     this.#own.close();
     this.#ready.reject(this.#failure);
-    this.#ready.promise.catch(() => {});
-    this.#settled = true;
-    this.#unwatch();
-    this.#rejectDone(this.#failure);
+    this.#settle();
   }
 
   #settle(): void {
     if (this.#settled) return;
     this.#settled = true;
     this.#unwatch();
-    this.#resolveDone(this.stats);
+    this.#ready.promise.catch(() => {});
+    if (this.#failure) this.#rejectDone(this.#failure);
+    else this.#resolveDone(this.stats);
   }
 
+  /** The Worker has exited: release what it used, and settle with what it reported. */
   #exit(code: number): void {
     this.#exited = true;
-    // The Worker is gone: nothing polls the eventfd or uses the handler's reference any more.
     libc.close(this.#eventFd);
     this.#own.close();
-    if (!this.#settled) {
-      if (Atomics.load(this.#control, CTRL.STATE) === STATE.STOPPED) this.#settle();
-      else {this.#fail(
-          new Error(`the Worker exited with code ${code}`),
-          "the fault handler's Worker exited without reporting",
-        );}
-    }
+    if (this.#failure || this.#stopped) return this.#settle();
+    if (Atomics.load(this.#control, CTRL.STATE) === STATE.STOPPED) return this.#settle();
+    this.#fail(new Error(`the Worker exited with code ${code}`), "the fault handler's Worker exited without reporting");
   }
 }

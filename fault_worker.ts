@@ -13,6 +13,7 @@
  * @module
  */
 
+import process from "node:process";
 import { parentPort, workerData } from "node:worker_threads";
 import { FaultLoop } from "./fault_loop.ts";
 import { CTRL, type HandlerWorkerData, serializeError, STATE, type WorkerMessage } from "./handler_protocol.ts";
@@ -23,6 +24,7 @@ const control = new Int32Array(data.control);
 const post = (message: WorkerMessage) => parentPort!.postMessage(message);
 let loop: FaultLoop | undefined;
 let failed = false;
+let finished = false;
 
 function fail(error: unknown): void {
   if (failed) return;
@@ -50,12 +52,25 @@ globalThis.addEventListener("unhandledrejection", (e) => {
   e.preventDefault();
   fail(e.reason);
 });
+// A policy that ends the Worker itself: close first, while this thread still runs.
+process.on("exit", (code: number) => {
+  if (!finished) fail(new Error(`the Worker exited (process.exit(${code})) while serving faults`));
+});
+const scope = globalThis as unknown as { close?: () => void };
+const closeWorker = scope.close;
+if (typeof closeWorker === "function") {
+  scope.close = () => {
+    if (!finished) fail(new Error("the Worker was closed (close()) while serving faults"));
+    closeWorker.call(globalThis);
+  };
+}
 
 try {
   loop = await FaultLoop.create(data, post);
   Atomics.store(control, CTRL.STATE, STATE.RUNNING);
   post({ type: "ready" });
   const reason = await loop.run();
+  finished = true;
   loop.close();
   if (!failed) {
     Atomics.store(control, CTRL.STATE, STATE.STOPPED);
@@ -63,6 +78,7 @@ try {
     post({ type: "stopped", reason });
   }
 } catch (e) {
+  finished = true;
   fail(e);
   try {
     loop?.close();
