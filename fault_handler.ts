@@ -64,6 +64,13 @@ export interface FaultHandlerOptions {
    * the handler has processed them, on the main isolate. With it, the child
    * userfaultfd of a fork event belongs to the listener (close it when done);
    * without it, the handler closes it, and the child's faults are no longer held.
+   *
+   * With `EVENT_FORK`, glibc's `fork()` in this process deadlocks: glibc holds its
+   * malloc locks across the system call, which waits until the handler has read
+   * the fork event, and the handler's JavaScript needs those locks. Fork with the
+   * raw system call, and run no JavaScript in the child (V8's heap is mapped
+   * `MADV_DONTFORK`: the child has none); `posix_spawn` (`Deno.Command`) raises no
+   * fork event.
    */
   onEvent?: (event: UffdEvent) => void;
   /** Messages per `read()` (default 64). */

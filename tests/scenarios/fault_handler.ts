@@ -80,8 +80,8 @@ const scenarios: Record<string, () => Promise<Observations>> = {
     await using handler = await FaultHandler.start(uffd, policies.unprotect());
     const bytes = mem.bytes;
     for (const p of pages) bytes[p * PAGE + (p % PAGE)] = (p % 251) + 1;
-    const stats = handler.stats;
     const reported = runsToPages(handler.collect());
+    const stats = handler.stats; // after collect(): the Worker is between batches, every counter final
     const landed = pages.every((p) => bytes[p * PAGE + (p % PAGE)] === (p % 251) + 1);
     const again = handler.collect();
     // Re-protected by collect(): the next write faults again and is reported by the next collect.
