@@ -8,7 +8,9 @@
  * once → decode each page fault into one reused {@linkcode Fault} record (numbers,
  * no allocation) → the policy resolves it with the number-taking ioctl wrappers of
  * `ffi/resolve_ops.ts` → statistics in shared memory → next batch, until `read`
- * says `EAGAIN`.
+ * says `EAGAIN`. This path is synchronous — no promise per fault or per wake-up;
+ * only a policy that returns a promise switches to an async path, which resumes
+ * the batch where the promise appeared.
  *
  * Address-space events (remap, remove, unmap, fork) update the view of the
  * tracked ranges and go to the policy and, when asked, to the main side. While
@@ -132,10 +134,24 @@ export class FaultLoop implements PolicyContext {
   #handled = 0;
   #deferFlag = false;
   #aborted = false;
+  /** Faults to retry after the next events (`EAGAIN`), and the round being retried. */
   #deferredAddress = new Float64Array(64);
   #deferredFlags = new Int32Array(64);
   #deferredThread = new Int32Array(64);
   #deferred = 0;
+  #retryAddress = new Float64Array(64);
+  #retryFlags = new Int32Array(64);
+  #retryThread = new Int32Array(64);
+  #retryNext = 0;
+  #retryCount = 0;
+  #retryT0 = 0;
+  /** The batch being handled: next message, message count, read time, whether it held events. */
+  #next = 0;
+  #count = 0;
+  #t0 = 0;
+  #batchEvents = false;
+  /** A policy's promise that the async path awaits before resuming. */
+  #pending: Promise<void> | undefined;
 
   private constructor(data: HandlerWorkerData, post: (message: WorkerMessage) => void) {
     this.#original = Userfaultfd.adopt(data.uffd);
@@ -215,13 +231,16 @@ export class FaultLoop implements PolicyContext {
         });
       }
       if ((revents & POLLIN) || this.#deferred > 0) {
-        let served = await this.#serve(true);
+        // The synchronous path allocates nothing; only a policy that returns a promise takes the async one.
+        let served = this.#serveSync(true, true);
+        if (served < 0) served = await this.#serveAsync(true);
         if (this.#spinMs > 0) {
           // Keep reading for a while: the next fault often comes within microseconds,
           // and catching it here saves this thread's sleep and wake-up.
           let until = performance.now() + this.#spinMs;
-          while (served >= 0 && performance.now() < until && !this.#wanted()) {
-            served = await this.#serve(true);
+          while (performance.now() < until && !this.#wanted()) {
+            served = this.#serveSync(true, true);
+            if (served < 0) served = await this.#serveAsync(true);
             if (served > 0) until = performance.now() + this.#spinMs;
           }
         }
@@ -319,9 +338,11 @@ export class FaultLoop implements PolicyContext {
 
   /**
    * Reads and handles batches until the queue is empty (or, with `yieldToControl`,
-   * until a stop or a control request is waiting). Returns the messages handled.
+   * until a stop or a control request is waiting), then retries deferred faults once
+   * (with `retryTail`). Returns the messages handled — or -1 when a policy returned a
+   * promise: the position is saved and {@linkcode #serveAsync} takes over.
    */
-  async #serve(yieldToControl: boolean): Promise<number> {
+  #serveSync(yieldToControl: boolean, retryTail: boolean): number {
     const batch = this.#batch;
     const stats = this.#stats;
     let handled = 0;
@@ -335,28 +356,96 @@ export class FaultLoop implements PolicyContext {
       stats[STAT.messages] += n;
       if (n > stats[STAT.largestBatch]!) stats[STAT.largestBatch] = n;
       handled += n;
-      const t0 = performance.now();
-      let events = false;
-      for (let i = 0; i < n; i++) {
-        if (batch.event(i) === UFFD_EVENT_PAGEFAULT) {
-          const flags = batch.flags(i);
-          stats[STAT.faults]++;
-          stats[(flags & FLAG_MINOR) ? STAT.minor : (flags & FLAG_WP) ? STAT.wp : STAT.missing]++;
-          if (!this.#setFault(batch.address(i), flags, batch.ptid(i))) stats[STAT.untracked]++;
-          const pending = this.#resolve(t0);
-          if (pending !== undefined) await pending;
-        } else {
-          events = true;
-          await this.#event(batch.message(i));
-        }
-        this.#checkAborted();
-      }
-      if (events && this.#deferred > 0) await this.#retry();
+      this.#t0 = performance.now();
+      this.#next = 0;
+      this.#count = n;
+      this.#batchEvents = false;
+      if (!this.#runBatch()) return -1;
       if (n < batch.capacity) break;
       if (yieldToControl && this.#wanted()) break;
     }
-    if (this.#deferred > 0) await this.#retry();
+    if (retryTail && this.#deferred > 0 && !this.#runRetries()) return -1;
     return handled;
+  }
+
+  /** Finishes what `#serveSync` left when a policy returned a promise, then serves on. */
+  async #serveAsync(yieldToControl: boolean): Promise<number> {
+    for (;;) {
+      const pending = this.#pending!;
+      this.#pending = undefined;
+      await pending;
+      this.#checkAborted();
+      // Resume where the promise appeared: the rest of a retry round, then the rest of the batch.
+      if (this.#retryNext < this.#retryCount && !this.#runRetries()) continue;
+      if (this.#next < this.#count && !this.#runBatch()) continue;
+      const served = this.#serveSync(yieldToControl, false);
+      if (served >= 0) return served;
+    }
+  }
+
+  /**
+   * Handles messages `#next`…`#count` of the current batch, then (when the batch held
+   * events) retries the deferred faults. `false` when a policy returned a promise
+   * (kept in `#pending`; `#next` is already past its message).
+   */
+  #runBatch(): boolean {
+    const batch = this.#batch;
+    const stats = this.#stats;
+    while (this.#next < this.#count) {
+      const i = this.#next++;
+      let pending: Promise<void> | undefined;
+      if (batch.event(i) === UFFD_EVENT_PAGEFAULT) {
+        const flags = batch.flags(i);
+        stats[STAT.faults]++;
+        stats[(flags & FLAG_MINOR) ? STAT.minor : (flags & FLAG_WP) ? STAT.wp : STAT.missing]++;
+        if (!this.#setFault(batch.address(i), flags, batch.ptid(i))) stats[STAT.untracked]++;
+        pending = this.#resolve(this.#t0);
+      } else {
+        this.#batchEvents = true;
+        pending = this.#event(batch.message(i));
+      }
+      this.#checkAborted();
+      if (pending !== undefined) {
+        this.#pending = pending;
+        return false;
+      }
+    }
+    if (this.#batchEvents && this.#deferred > 0) {
+      // The events that made them fail are read now: retry.
+      this.#batchEvents = false;
+      return this.#runRetries();
+    }
+    return true;
+  }
+
+  /**
+   * Retries the deferred faults once (those that fail with `EAGAIN` again are deferred
+   * again). `false` when a policy returned a promise (the round resumes later).
+   */
+  #runRetries(): boolean {
+    if (this.#retryNext >= this.#retryCount) {
+      // Start a round: swap the deferred list with the (finished) retry list.
+      const n = this.#deferred;
+      [this.#retryAddress, this.#deferredAddress] = [this.#deferredAddress, this.#retryAddress];
+      [this.#retryFlags, this.#deferredFlags] = [this.#deferredFlags, this.#retryFlags];
+      [this.#retryThread, this.#deferredThread] = [this.#deferredThread, this.#retryThread];
+      this.#retryNext = 0;
+      this.#retryCount = n;
+      this.#deferred = 0;
+      this.#retryT0 = performance.now();
+    }
+    while (this.#retryNext < this.#retryCount) {
+      const k = this.#retryNext++;
+      this.#stats[STAT.retried]++;
+      this.#setFault(this.#retryAddress[k]!, this.#retryFlags[k]!, this.#retryThread[k]!);
+      const pending = this.#resolve(this.#retryT0);
+      this.#checkAborted();
+      if (pending !== undefined) {
+        this.#pending = pending;
+        return false;
+      }
+    }
+    return true;
   }
 
   /** Fills the fault record; returns whether the fault is on a tracked page. */
@@ -439,14 +528,16 @@ export class FaultLoop implements PolicyContext {
 
   #defer(): void {
     if (this.#deferred === this.#deferredAddress.length) {
-      const grow = <T extends Float64Array | Int32Array>(a: T, make: (n: number) => T): T => {
-        const b = make(a.length * 2);
-        b.set(a);
-        return b;
-      };
-      this.#deferredAddress = grow(this.#deferredAddress, (n) => new Float64Array(n));
-      this.#deferredFlags = grow(this.#deferredFlags, (n) => new Int32Array(n));
-      this.#deferredThread = grow(this.#deferredThread, (n) => new Int32Array(n));
+      const n = this.#deferredAddress.length * 2;
+      const address = new Float64Array(n);
+      const flags = new Int32Array(n);
+      const thread = new Int32Array(n);
+      address.set(this.#deferredAddress);
+      flags.set(this.#deferredFlags);
+      thread.set(this.#deferredThread);
+      this.#deferredAddress = address;
+      this.#deferredFlags = flags;
+      this.#deferredThread = thread;
     }
     const f = this.#fault;
     this.#deferredAddress[this.#deferred] = f.address;
@@ -455,24 +546,8 @@ export class FaultLoop implements PolicyContext {
     this.#deferred++;
   }
 
-  /** Retries the deferred faults once (those that fail with `EAGAIN` again stay deferred). */
-  async #retry(): Promise<void> {
-    const n = this.#deferred;
-    const address = this.#deferredAddress.slice(0, n);
-    const flags = this.#deferredFlags.slice(0, n);
-    const thread = this.#deferredThread.slice(0, n);
-    this.#deferred = 0;
-    const t0 = performance.now();
-    for (let k = 0; k < n; k++) {
-      this.#stats[STAT.retried]++;
-      this.#setFault(address[k]!, flags[k]!, thread[k]!);
-      const pending = this.#resolve(t0);
-      if (pending !== undefined) await pending;
-      this.#checkAborted();
-    }
-  }
-
-  async #event(msg: UffdMsg): Promise<void> {
+  /** Handles an address-space event; a promise when the policy's `event` returned one. */
+  #event(msg: UffdMsg): Promise<void> | undefined {
     const stats = this.#stats;
     let event: UffdEvent;
     let child: Userfaultfd | undefined;
@@ -497,16 +572,26 @@ export class FaultLoop implements PolicyContext {
     } else {
       throw new Error("unreachable: a page fault decoded as an event");
     }
-    try {
-      if (this.#policy!.event) {
-        const pending = this.#policy!.event(event, this);
-        if (pending !== undefined) await pending;
-      }
-    } finally {
+    const finish = () => {
       if (this.#forward) {
         this.#post({ type: "event", event: child ? { type: "fork", uffd: child.share() } : event as never });
       } else child?.close();
+    };
+    let pending: void | Promise<void> = undefined;
+    try {
+      pending = this.#policy!.event?.(event, this);
+    } catch (e) {
+      finish();
+      throw e;
     }
+    if (pending !== undefined && pending !== null && typeof (pending as Promise<void>).then === "function") {
+      return (pending as Promise<void>).then(finish, (e) => {
+        finish();
+        throw e;
+      });
+    }
+    finish();
+    return undefined;
   }
 
   /** Moves the tracked pages in `[from, end)` to `to` (mremap), or forgets them (`to` = -1, munmap). */
@@ -636,7 +721,7 @@ export class FaultLoop implements PolicyContext {
               detail: `the address space kept changing for ${COLLECT_EAGAIN_MS} ms`,
             });
           }
-          if ((await this.#serve(false)) === 0) this.#poll.poll(1);
+          if ((await this.#serveAny(false)) === 0) this.#poll.poll(1);
           continue;
         }
         if (rc < 0 && rc !== -ENOENT) {
@@ -659,11 +744,17 @@ export class FaultLoop implements PolicyContext {
     return count;
   }
 
+  /** `#serveSync` with its retry round, and the async path when a policy needs it (for rare callers). */
+  async #serveAny(retryTail: boolean): Promise<number> {
+    const served = this.#serveSync(false, retryTail);
+    return served >= 0 ? served : await this.#serveAsync(false);
+  }
+
   /** After a stop request: serves what is already queued (bounded), so no waiting writer is left behind. */
   async #drain(): Promise<void> {
     const deadline = performance.now() + DRAIN_MS;
     do {
-      await this.#serve(false);
+      await this.#serveAny(true);
       if (this.#deferred === 0) return;
       this.#poll.poll(1);
     } while (performance.now() < deadline);

@@ -7,6 +7,7 @@
 
 import assert from "node:assert/strict";
 import { ERRNO, FaultHandler, FaultHandlerError, Feature, policies, Region, UffdError, Userfaultfd } from "../mod.ts";
+import { memsetOffThread } from "../ffi/libc.ts";
 import { needs, within } from "./helpers.ts";
 
 const SCENARIOS = new URL("./scenarios/fault_handler.ts", import.meta.url);
@@ -359,4 +360,29 @@ Deno.test("stats, collect() and written() follow a Worker's writes; the latency 
   assert.ok(stats.batches >= 1 && stats.batches <= stats.messages);
   assert.equal(stats.collected, PAGES);
   assert.equal(stats.collects, 1);
+});
+
+Deno.test("a policy whose fault() returns a promise: faults of 8 concurrent blocking-pool writers all served", async () => {
+  const WRITERS = 8;
+  const PAGES_EACH = 6;
+  using mem = Region.map(WRITERS * PAGES_EACH * PAGE);
+  using uffd = Userfaultfd.open();
+  uffd.register(mem, { missing: true });
+  await using handler = await FaultHandler.start(
+    uffd,
+    policies.module(new URL("./policies/async_zerofill.ts", import.meta.url)),
+  );
+  const writes = Array.from(
+    { length: WRITERS },
+    (_, w) => memsetOffThread(mem.address + BigInt(w * PAGES_EACH * PAGE), 0x20 + w, BigInt(PAGES_EACH * PAGE)),
+  );
+  await within(Promise.all(writes), 10_000, "the writers");
+  for (let w = 0; w < WRITERS; w++) {
+    assert.equal(mem.bytes[(w * PAGES_EACH + PAGES_EACH - 1) * PAGE + 9], 0x20 + w);
+  }
+  handler.collect(); // between batches: the counters are final
+  const stats = handler.stats;
+  assert.equal(stats.missing, WRITERS * PAGES_EACH);
+  assert.equal(stats.resolved, WRITERS * PAGES_EACH);
+  assert.ok(stats.largestBatch >= 2, "some batch held several faults: the async path resumed in the middle of it");
 });
