@@ -409,9 +409,23 @@ export class FaultHandler implements AsyncDisposable {
    * Synchronous, like `collect()`; a policy error is thrown here, and the handler
    * keeps running.
    *
-   * @example
-   * ```ts ignore
-   * const perThread = handler.control("perThread") as Record<string, number>;
+   * @example A policy module (here inline, as a `data:` URL) with a control operation
+   * ```ts
+   * import { FaultHandler, policies, Region, Userfaultfd } from "@uffd/uffd";
+   * const source = `export default (options, context) => {
+   *   let served = 0;
+   *   return {
+   *     fault(fault) { served++; context.zeropage(fault.page, fault.pageSize); },
+   *     control(op) { if (op === "served") return served; throw new Error("unknown " + op); },
+   *   };
+   * };`;
+   * using mem = Region.map(4 * Region.pageSize);
+   * using uffd = Userfaultfd.open();
+   * uffd.register(mem, { missing: true });
+   * await using handler = await FaultHandler.start(uffd, policies.module(`data:text/javascript,${encodeURIComponent(source)}`));
+   * mem.bytes[0] = 1;
+   * mem.bytes[2 * Region.pageSize] = 1;
+   * console.log(handler.control("served")); // 2
    * ```
    */
   control(op: string, arg?: unknown): unknown {

@@ -280,7 +280,8 @@ export const policies: Policies = Object.freeze({
         `policies.module: ${String(url)} is not an absolute URL (use new URL("./x.ts", import.meta.url))`,
       );
     }
-    return Object.freeze({ name: href.slice(href.lastIndexOf("/") + 1), module: href, export: exportName, options });
+    const name = href.startsWith("data:") ? "inline module" : href.slice(href.lastIndexOf("/") + 1);
+    return Object.freeze({ name, module: href, export: exportName, options });
   },
 });
 

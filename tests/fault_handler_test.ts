@@ -386,3 +386,25 @@ Deno.test("a policy whose fault() returns a promise: faults of 8 concurrent bloc
   assert.equal(stats.resolved, WRITERS * PAGES_EACH);
   assert.ok(stats.largestBatch >= 2, "some batch held several faults: the async path resumed in the middle of it");
 });
+
+Deno.test("spinMicros: faults that follow each other closely are read without going back to poll()", async () => {
+  const PAGES = 300;
+  using mem = Region.map(PAGES * PAGE, { populate: true });
+  using uffd = Userfaultfd.open();
+  uffd.register(mem, { wp: true });
+  uffd.writeProtect(mem);
+  await using handler = await FaultHandler.start(uffd, policies.unprotect(), { spinMicros: 2_000 });
+  const worker = new Worker(new URL("./workers/tid_writer.ts", import.meta.url), { type: "module" });
+  try {
+    const done = new Promise((resolve) => worker.onmessage = resolve);
+    const offsets = Array.from({ length: PAGES }, (_, i) => i * PAGE);
+    worker.postMessage({ type: "write", address: mem.address, length: mem.length, offsets, value: 1 });
+    await within(done, 10_000, "the Worker's writes");
+  } finally {
+    worker.terminate();
+  }
+  assert.deepEqual(handler.collect(), [{ firstPage: 0, pages: PAGES }]);
+  const stats = handler.stats;
+  assert.equal(stats.resolved, PAGES);
+  assert.ok(stats.batches > stats.wakeups, `${stats.batches} batches, ${stats.wakeups} wake-ups`);
+});
