@@ -313,11 +313,9 @@ function refuse(policy: string, fault: Fault, serves: string): never {
  * console.log(handler.collect()); // [{ firstPage: 4, pages: 4 }]
  * ```
  */
-export function unprotectPolicy(
-  options: { chunk: number; removedAsWritten: boolean },
-  context: PolicyContext,
-): FaultPolicy {
-  const chunk = options.chunk;
+export function unprotectPolicy(options: UnprotectOptions, context: PolicyContext): FaultPolicy {
+  const chunk = options.chunk ?? 1;
+  const removedAsWritten = options.removedAsWritten === true;
   const page = context.pageSize;
   return {
     fault(fault: Fault): void {
@@ -348,7 +346,7 @@ export function unprotectPolicy(
       context.unprotect(context.pageAddress(first), (end - first) * page);
     },
     event(event: UffdEvent): void {
-      if (options.removedAsWritten && event.type === "remove") {
+      if (removedAsWritten && event.type === "remove") {
         context.markWrittenAt(Number(event.start), Number(event.end));
       }
     },
@@ -396,7 +394,7 @@ export function zerofillPolicy(_options: unknown, context: PolicyContext): Fault
  * console.log(mem.bytes[Region.pageSize + 1]); // 171
  * ```
  */
-export function copyPolicy(options: { source: CopySourceSpec; wp: boolean }, context: PolicyContext): FaultPolicy {
+export function copyPolicy(options: MapPagesOptions & { source: CopySourceSpec }, context: PolicyContext): FaultPolicy {
   const source = options.source;
   const path = source.kind === "file" ? source.path : "";
   let scratch = new Uint8Array(context.pageSize);
@@ -464,11 +462,11 @@ export function copyPolicy(options: { source: CopySourceSpec; wp: boolean }, con
  * console.log(mem.bytes[0]); // 42
  * ```
  */
-export function continuePolicy(options: { wp: boolean }, context: PolicyContext): FaultPolicy {
+export function continuePolicy(options: MapPagesOptions, context: PolicyContext): FaultPolicy {
   return {
     fault(fault: Fault): void {
       if (!fault.minor) refuse("continue", fault, "minor faults (register a shmem range with { minor: true })");
-      context.continue(fault.page, fault.pageSize, options.wp);
+      context.continue(fault.page, fault.pageSize, options.wp === true);
     },
   };
 }

@@ -13,7 +13,7 @@ import { PollSet } from "../../ffi/pollset.ts";
 
 /** The factory the handler's Worker calls. */
 export default function gated(_options: unknown, context: PolicyContext): FaultPolicy {
-  const inner = unprotectPolicy({ chunk: 1, removedAsWritten: true }, context);
+  const inner = unprotectPolicy({ removedAsWritten: true }, context);
   const queue = new PollSet([context.uffd.fd]);
   let held = false;
   return {

@@ -20,7 +20,7 @@ export interface SeenFault {
 
 /** The factory the handler's Worker calls. */
 export default function recording(_options: unknown, context: PolicyContext): FaultPolicy {
-  const inner = unprotectPolicy({ chunk: 1, removedAsWritten: false }, context);
+  const inner = unprotectPolicy({}, context);
   const seen: SeenFault[] = [];
   return {
     fault(fault: Fault) {

@@ -11,7 +11,7 @@ import { unprotectPolicy } from "../../mod.ts";
 
 /** The factory the handler's Worker calls. */
 export default function throwAt(options: { at: number }, context: PolicyContext): FaultPolicy {
-  const inner = unprotectPolicy({ chunk: 1, removedAsWritten: false }, context);
+  const inner = unprotectPolicy({}, context);
   let faults = 0;
   return {
     fault(fault: Fault) {
