@@ -89,5 +89,11 @@ export interface UnknownEvent {
   readonly raw: Uint8Array;
 }
 
+/** Options of `Userfaultfd.events()`. */
+export interface EventsOptions {
+  /** Ends the iteration (without an error) when aborted. */
+  signal?: AbortSignal;
+}
+
 /** Any event a userfaultfd can deliver. */
 export type UffdEvent = PagefaultEvent | ForkEvent | RemapEvent | RemoveEvent | UnmapEvent | UnknownEvent;

@@ -22,12 +22,14 @@
 import { diagnoseAccess, explainAccess, kernelRelease } from "./access.ts";
 import { ERRNO, invalid, UffdError } from "./errors.ts";
 import { unmappedParts } from "./maps.ts";
-import type { UffdEvent } from "./events.ts";
+import { eventStream } from "./event_stream.ts";
+import type { EventsOptions, UffdEvent } from "./events.ts";
 import * as libc from "./ffi/libc.ts";
 import { decodeUffdMsg, SIZEOF_UFFD_MSG, type UffdMsg } from "./ffi/structs.ts";
 import { sysUserfaultfd } from "./ffi/syscalls.ts";
 import * as ops from "./ffi/uffd_ioctls.ts";
 import { O_CLOEXEC, O_NONBLOCK, O_RDWR } from "./linux.ts";
+import { notifyClosed } from "./on_close.ts";
 import { pageRange, type Range, toAddress } from "./range.ts";
 import { describe, optionsBag } from "./validate.ts";
 import {
@@ -667,14 +669,55 @@ export class Userfaultfd implements Disposable {
   }
 
   /**
+   * The events of this userfaultfd as an `AsyncIterable` of batches: every message
+   * queued at a wake-up is read (many per `read(2)`) and yielded as one array of
+   * typed events. It waits with `poll()` on one of Deno's blocking-pool threads
+   * (at most one at a time), so the main isolate keeps running: use it to serve
+   * faults raised by other threads — `nonblocking` FFI calls, Workers, native code
+   * — never by the main isolate itself (that needs a `FaultHandler`). The
+   * iteration ends, without an error, when `signal` aborts or the userfaultfd is
+   * closed. Needs a non-blocking fd (the default of `open`).
+   *
+   * @example
+   * ```ts
+   * import { Region, Userfaultfd } from "@uffd/uffd";
+   * const libc = Deno.dlopen("libc.so.6", {
+   *   memset: { parameters: ["pointer", "i32", "usize"], result: "pointer", nonblocking: true },
+   * });
+   * using mem = Region.map(4 * Region.pageSize);
+   * using uffd = Userfaultfd.open();
+   * uffd.register(mem, { missing: true });
+   * // memset runs on a blocking-pool thread, which blocks in each missing fault
+   * const writing = libc.symbols.memset(Deno.UnsafePointer.create(mem.address), 7, BigInt(mem.length));
+   * const stop = new AbortController();
+   * let served = 0;
+   * for await (const batch of uffd.events({ signal: stop.signal })) {
+   *   for (const event of batch) {
+   *     if (event.type !== "pagefault") continue;
+   *     uffd.zeropage({ address: event.address, length: Region.pageSize });
+   *     if (++served === 4) stop.abort();
+   *   }
+   * }
+   * await writing;
+   * libc.close();
+   * console.log(served, mem.bytes[3 * Region.pageSize]); // 4 7
+   * ```
+   */
+  events(options: EventsOptions = {}): AsyncIterableIterator<UffdEvent[]> {
+    return eventStream(this, options);
+  }
+
+  /**
    * Closes the fd: the kernel unregisters every range, clears write protection and
    * wakes every thread blocked in a fault here. Harmless to call twice, or after a
-   * thread this fd was shared with closed it.
+   * thread this fd was shared with closed it. An `events()` stream or a
+   * `FaultHandler` waiting on it is woken and ends.
    */
   close(): void {
     if (Atomics.compareExchange(this.#state, 0, 0, 1) !== 0) return;
     this.#registrations.length = 0;
     libc.close(this.fd);
+    notifyClosed(this);
   }
 
   /** Same as {@linkcode close}. */

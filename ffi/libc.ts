@@ -32,6 +32,7 @@ const symbols = {
   close: { parameters: ["i32"], result: "i32" },
   open: { parameters: ["buffer", "i32", "u64"], result: "i32" },
   dup: { parameters: ["i32"], result: "i32" },
+  fcntl: { parameters: ["i32", "i32", "i64"], result: "i32" },
   mmap: { parameters: ["u64", "usize", "i32", "i32", "i32", "i64"], result: "u64" },
   munmap: { parameters: ["u64", "usize"], result: "i32" },
   madvise: { parameters: ["u64", "usize", "i32"], result: "i32" },
@@ -161,6 +162,16 @@ export function readTextFile(path: string): string | number {
 /** `dup(fd)`: a new descriptor, or `-errno`. */
 export function dup(fd: number): number {
   return orErrno(libc.dup(fd));
+}
+
+const F_DUPFD_CLOEXEC = 1030;
+
+/**
+ * `fcntl(fd, F_DUPFD_CLOEXEC, 0)`: a new descriptor for the same open file, closed on
+ * `exec` (a plain `dup` would leak into every child process), or `-errno`.
+ */
+export function dupCloexec(fd: number): number {
+  return orErrno(libc.fcntl(fd, F_DUPFD_CLOEXEC, 0n));
 }
 
 /** `poll(fds, nfds, timeout)` on this thread: ready count, 0 on timeout, or `-errno`. */

@@ -1,0 +1,95 @@
+/**
+ * The implementation of `Userfaultfd.events()`: typed events in batches, waiting
+ * with `poll()` on one of Deno's blocking-pool threads so that the main isolate's
+ * event loop keeps running. Each wait polls the userfaultfd and an `eventfd`
+ * that an `AbortSignal` or `close()` writes, so the stream ends promptly; at most
+ * one pool thread is held per stream at any time. Internal: use `uffd.events()`.
+ *
+ * @module
+ */
+
+import { ERRNO, invalid, UffdError } from "./errors.ts";
+import type { EventsOptions, UffdEvent } from "./events.ts";
+import * as libc from "./ffi/libc.ts";
+import { PollSet } from "./ffi/pollset.ts";
+import { EFD_CLOEXEC, EFD_NONBLOCK, POLLERR, POLLNVAL } from "./linux.ts";
+import { onClose } from "./on_close.ts";
+import type { Userfaultfd } from "./userfaultfd.ts";
+
+const ONE = new Uint8Array(new BigUint64Array([1n]).buffer);
+
+/** Validates the arguments now, and returns the stream (which starts polling on the first `next()`). */
+export function eventStream(uffd: Userfaultfd, options: EventsOptions): AsyncIterableIterator<UffdEvent[]> {
+  const operation = "Userfaultfd.events";
+  if (options === null || typeof options !== "object") {
+    throw new TypeError(`${operation}: options must be an object like { signal }`);
+  }
+  const signal = options.signal;
+  if (signal !== undefined && !(signal instanceof AbortSignal)) {
+    throw new TypeError(`${operation}: signal must be an AbortSignal`);
+  }
+  if (uffd.closed) throw invalid(operation, "the userfaultfd is closed", { fd: uffd.fd }, ERRNO.EBADF);
+  if (!uffd.nonblocking) {
+    throw invalid(
+      operation,
+      "the userfaultfd is blocking: poll() reports POLLERR on it; open it with { nonblocking: true } (the default)",
+      { fd: uffd.fd },
+    );
+  }
+  return stream(uffd, signal);
+}
+
+async function* stream(uffd: Userfaultfd, signal: AbortSignal | undefined): AsyncGenerator<UffdEvent[], void> {
+  if (signal?.aborted || uffd.closed) return;
+  const efd = libc.eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (efd < 0) throw new UffdError({ errno: -efd, operation: "eventfd" });
+  const set = new PollSet([uffd.fd, efd]);
+  let woken = false;
+  const wake = () => {
+    if (woken) return;
+    woken = true;
+    libc.write(efd, ONE);
+  };
+  signal?.addEventListener("abort", wake);
+  const unwatch = onClose(uffd, wake);
+  const ended = () => woken || signal?.aborted === true || uffd.closed;
+  try {
+    for (;;) {
+      if (ended()) return;
+      let batch: UffdEvent[];
+      try {
+        batch = uffd.readEvents();
+      } catch (e) {
+        if (uffd.closed) return; // closed between the check and the read
+        throw e;
+      }
+      if (batch.length > 0) {
+        yield batch;
+        continue;
+      }
+      const ready = await set.pollOffThread(-1);
+      if (ended()) return;
+      if (ready < 0) {
+        throw new UffdError({
+          errno: ERRNO.EIO,
+          operation: "poll",
+          detail: "poll() failed on a blocking-pool thread (its errno is not readable from here)",
+          args: { fd: uffd.fd },
+        });
+      }
+      const revents = set.revents(0);
+      if (revents & (POLLERR | POLLNVAL)) {
+        throw new UffdError({
+          errno: revents & POLLNVAL ? ERRNO.EBADF : ERRNO.EINVAL,
+          operation: "poll",
+          detail: revents & POLLNVAL ? "the fd is not open" : "POLLERR on the userfaultfd",
+          args: { fd: uffd.fd, revents },
+        });
+      }
+    }
+  } finally {
+    signal?.removeEventListener("abort", wake);
+    unwatch();
+    libc.close(efd);
+  }
+}

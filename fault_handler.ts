@@ -1,0 +1,590 @@
+/**
+ * {@linkcode FaultHandler}: serves the faults of a userfaultfd from a Worker (its
+ * own OS thread), so that any thread — the main isolate's own JavaScript
+ * included — can touch write-protected or missing memory and be served. The main
+ * side starts it with a userfaultfd and a policy (see `policies`), reads its
+ * statistics from shared memory at any time, calls it synchronously (`collect()`,
+ * `control()`), and stops it.
+ *
+ * Never hangs: if the policy throws or the Worker dies, the userfaultfd is closed
+ * (which wakes every thread blocked in a fault; their accesses complete against
+ * unprotected memory) and the error reaches the main side through `done` and
+ * `stop()`. A handler that is never stopped does not keep the process alive.
+ *
+ * @example Track the pages the main isolate writes
+ * ```ts
+ * import { FaultHandler, policies, Region, Userfaultfd } from "@uffd/uffd";
+ * using mem = Region.map(256 * Region.pageSize, { populate: true });
+ * using uffd = Userfaultfd.open();
+ * uffd.register(mem, { wp: true });
+ * uffd.writeProtect(mem);
+ * await using handler = await FaultHandler.start(uffd, policies.unprotect());
+ * mem.bytes[3 * Region.pageSize] = 1; // blocks until the Worker unprotects page 3
+ * mem.bytes[9 * Region.pageSize] = 1;
+ * console.log(handler.collect()); // [{ firstPage: 3, pages: 1 }, { firstPage: 9, pages: 1 }] — re-protected
+ * mem.bytes[3 * Region.pageSize] = 2; // faults again
+ * console.log(handler.collect(), handler.stats.wp); // [{ firstPage: 3, pages: 1 }] 3
+ * ```
+ *
+ * @module
+ */
+
+import { Worker } from "node:worker_threads";
+import { ERRNO, invalid, UffdError } from "./errors.ts";
+import type { UffdEvent } from "./events.ts";
+import * as libc from "./ffi/libc.ts";
+import {
+  CTRL,
+  deserializeError,
+  type HandlerWorkerData,
+  OP,
+  PAYLOAD_BYTES,
+  type SerializedError,
+  STATE,
+  type WorkerMessage,
+} from "./handler_protocol.ts";
+import { type HandlerStats, readStats, statsBuffer } from "./handler_stats.ts";
+import { EFD_CLOEXEC, EFD_NONBLOCK } from "./linux.ts";
+import { onClose } from "./on_close.ts";
+import type { PolicySpec } from "./policies.ts";
+import type { Range } from "./range.ts";
+import { bitmapBytes, type PageRun, pageRuns, type TrackedRange, trackRanges } from "./tracked_pages.ts";
+import { type SharedUserfaultfd, Userfaultfd } from "./userfaultfd.ts";
+
+/** Options of {@linkcode FaultHandler.start}. */
+export interface FaultHandlerOptions {
+  /**
+   * The ranges whose pages the handler numbers and tracks (each inside a
+   * registration of `uffd`; a `Region` brings its page size). Default: every range
+   * registered on `uffd` when the handler starts.
+   */
+  ranges?: Iterable<Range>;
+  /**
+   * Receives the address-space events (remap, remove, unmap, fork, unknown) after
+   * the handler has processed them, on the main isolate. With it, the child
+   * userfaultfd of a fork event belongs to the listener (close it when done);
+   * without it, the handler closes it, and the child's faults are no longer held.
+   *
+   * With `EVENT_FORK`, glibc's `fork()` in this process deadlocks: glibc holds its
+   * malloc locks across the system call, which waits until the handler has read
+   * the fork event, and the handler's JavaScript needs those locks. Fork with the
+   * raw system call, and run no JavaScript in the child (V8's heap is mapped
+   * `MADV_DONTFORK`: the child has none); `posix_spawn` (`Deno.Command`) raises no
+   * fork event.
+   */
+  onEvent?: (event: UffdEvent) => void;
+  /** Messages per `read()` (default 64). */
+  batch?: number;
+  /**
+   * After serving a batch, keep reading for this many microseconds before sleeping
+   * in `poll()` (default 0): saves the Worker's wake-up when faults come in quick
+   * succession, at the cost of a busy core.
+   */
+  spinMicros?: number;
+  /** How long `start()` waits for the Worker to load its policy (default 10 000 ms). */
+  startTimeoutMs?: number;
+  /** How long `collect()` and `control()` wait for the Worker (default 5 000 ms). */
+  controlTimeoutMs?: number;
+  /** How long `stop()` waits before terminating the Worker and closing the userfaultfd (default 5 000 ms). */
+  stopTimeoutMs?: number;
+}
+
+/** Where a handler is in its life. */
+export type HandlerState = "starting" | "running" | "stopped" | "failed";
+
+/**
+ * A handler failed: its policy threw, a kernel call failed or its Worker died.
+ * The original error is the `cause`. By then the userfaultfd has been closed.
+ *
+ * @example
+ * ```ts
+ * import { FaultHandlerError } from "@uffd/uffd";
+ * const e = new FaultHandlerError("the fault handler failed", { cause: new Error("policy bug") });
+ * console.log(e.name, (e.cause as Error).message); // FaultHandlerError policy bug
+ * ```
+ */
+export class FaultHandlerError extends Error {
+  /** An error with a message and optionally its cause. */
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.name = "FaultHandlerError";
+  }
+}
+
+const WORKER_URL = new URL("./fault_worker.ts", import.meta.url).href;
+/** `node:worker_threads` takes `file:` and `data:` URLs only: a `data:` module that imports the real one works for both. */
+const BOOTSTRAP = new URL(`data:text/javascript,${encodeURIComponent(`import ${JSON.stringify(WORKER_URL)};`)}`);
+const ONE = new Uint8Array(new BigUint64Array([1n]).buffer);
+const MODES = /^(missing|wp|minor)(\+(missing|wp|minor))*$/;
+
+function nonNegative(value: unknown, name: string, fallback: number): number {
+  if (value === undefined) return fallback;
+  if (typeof value !== "number" || !Number.isFinite(value) || value < 0) {
+    throw new TypeError(`FaultHandler.start: ${name} must be a non-negative number`);
+  }
+  return value;
+}
+
+function checkSpec(policy: PolicySpec): void {
+  if (
+    policy === null || typeof policy !== "object" || typeof policy.module !== "string" ||
+    typeof policy.export !== "string" || typeof policy.name !== "string"
+  ) {
+    throw new TypeError("FaultHandler.start: policy must be a PolicySpec (from policies.unprotect(), …)");
+  }
+}
+
+/**
+ * Serves a userfaultfd's faults from a Worker with a policy. Start it with
+ * {@linkcode FaultHandler.start}; stop it with `stop()` or `await using`.
+ *
+ * @example Missing pages filled from an image, read by the main isolate
+ * ```ts
+ * import { FaultHandler, policies, Region, Userfaultfd } from "@uffd/uffd";
+ * const image = new Uint8Array(4 * Region.pageSize).map((_, i) => i % 251);
+ * using mem = Region.map(image.length);
+ * using uffd = Userfaultfd.open();
+ * uffd.register(mem, { missing: true });
+ * const handler = await FaultHandler.start(uffd, policies.copyFrom(image));
+ * console.log(mem.bytes[Region.pageSize + 7] === image[Region.pageSize + 7]); // true
+ * console.log((await handler.stop()).missing); // 1
+ * ```
+ */
+export class FaultHandler implements AsyncDisposable {
+  /** The userfaultfd served. */
+  readonly uffd: Userfaultfd;
+  /** The policy running. */
+  readonly policy: PolicySpec;
+  /** The tracked ranges and their page numbering (what `collect()` and `written()` number pages by). */
+  readonly ranges: readonly TrackedRange[];
+  /** Number of tracked pages. */
+  readonly pages: number;
+
+  readonly #worker: Worker;
+  readonly #own: Userfaultfd;
+  readonly #eventFd: number;
+  readonly #control: Int32Array;
+  readonly #payload: Uint8Array;
+  readonly #stats: Float64Array;
+  readonly #written: Uint8Array;
+  readonly #collected: Uint8Array;
+  readonly #onEvent: ((event: UffdEvent) => void) | undefined;
+  readonly #controlTimeout: number;
+  readonly #stopTimeout: number;
+  readonly #done: Promise<HandlerStats>;
+  #resolveDone!: (stats: HandlerStats) => void;
+  #rejectDone!: (error: FaultHandlerError) => void;
+  #ready: PromiseWithResolvers<void> = Promise.withResolvers();
+  #failure: FaultHandlerError | undefined;
+  #stopped = false;
+  #settled = false;
+  #exited = false;
+  #stopping: Promise<HandlerStats> | undefined;
+  #unwatch: () => void;
+
+  private constructor(
+    uffd: Userfaultfd,
+    policy: PolicySpec,
+    ranges: TrackedRange[],
+    options: FaultHandlerOptions,
+    own: SharedUserfaultfd,
+    eventFd: number,
+  ) {
+    this.uffd = uffd;
+    this.policy = policy;
+    this.ranges = Object.freeze(ranges);
+    this.pages = ranges.reduce((n, r) => n + r.pages, 0);
+    this.#own = Userfaultfd.adopt(own);
+    this.#eventFd = eventFd;
+    this.#control = new Int32Array(new SharedArrayBuffer(CTRL.SIZE * 4));
+    this.#payload = new Uint8Array(new SharedArrayBuffer(PAYLOAD_BYTES));
+    this.#stats = statsBuffer();
+    this.#written = new Uint8Array(new SharedArrayBuffer(Math.max(1, bitmapBytes(this.pages))));
+    this.#collected = new Uint8Array(new SharedArrayBuffer(Math.max(1, bitmapBytes(this.pages))));
+    this.#onEvent = options.onEvent;
+    this.#controlTimeout = nonNegative(options.controlTimeoutMs, "controlTimeoutMs", 5000);
+    this.#stopTimeout = nonNegative(options.stopTimeoutMs, "stopTimeoutMs", 5000);
+    this.#done = new Promise((resolve, reject) => {
+      this.#resolveDone = resolve;
+      this.#rejectDone = reject;
+    });
+    this.#done.catch(() => {}); // observed through done/stop(); never an unhandled rejection
+    const data: HandlerWorkerData = {
+      uffd: uffd.share(),
+      own,
+      eventFd,
+      control: this.#control.buffer as SharedArrayBuffer,
+      payload: this.#payload.buffer as SharedArrayBuffer,
+      stats: this.#stats.buffer as SharedArrayBuffer,
+      written: this.#written.buffer as SharedArrayBuffer,
+      collected: this.#collected.buffer as SharedArrayBuffer,
+      ranges: ranges.map((r) => ({
+        start: Number(r.address),
+        pages: r.pages,
+        firstPage: r.firstPage,
+        wp: r.mode.split("+").includes("wp"),
+        pageSize: r.pageSize,
+      })),
+      pages: this.pages,
+      policy,
+      forwardEvents: options.onEvent !== undefined,
+      batch: options.batch ?? 64,
+      spinMicros: options.spinMicros ?? 0,
+    };
+    this.#worker = new Worker(BOOTSTRAP, { workerData: data });
+    this.#worker.on("message", (m: WorkerMessage) => this.#message(m));
+    this.#worker.on("error", (e: unknown) => this.#fail(e, "the fault handler's Worker failed"));
+    this.#worker.on("exit", (code: number) => this.#exit(code));
+    this.#unwatch = onClose(uffd, () => this.#wake());
+  }
+
+  /**
+   * Starts a handler for `uffd` (open, non-blocking, with its ranges registered)
+   * running `policy`, and resolves once the Worker is serving. If the Worker
+   * cannot start (the policy module fails to load, its factory throws), the
+   * userfaultfd is closed and the promise rejects with a `FaultHandlerError`.
+   *
+   * @example
+   * ```ts
+   * import { FaultHandler, policies, Region, Userfaultfd } from "@uffd/uffd";
+   * using mem = Region.map(Region.pageSize);
+   * using uffd = Userfaultfd.open();
+   * uffd.register(mem, { missing: true });
+   * await using handler = await FaultHandler.start(uffd, policies.zerofill());
+   * console.log(handler.state, handler.pages); // running 1
+   * ```
+   */
+  static async start(uffd: Userfaultfd, policy: PolicySpec, options: FaultHandlerOptions = {}): Promise<FaultHandler> {
+    const operation = "FaultHandler.start";
+    if (!(uffd instanceof Userfaultfd)) throw new TypeError(`${operation}: uffd must be a Userfaultfd`);
+    checkSpec(policy);
+    if (options === null || typeof options !== "object") throw new TypeError(`${operation}: options must be an object`);
+    if (options.onEvent !== undefined && typeof options.onEvent !== "function") {
+      throw new TypeError(`${operation}: onEvent must be a function`);
+    }
+    const batch = nonNegative(options.batch, "batch", 64);
+    if (!Number.isInteger(batch) || batch < 1 || batch > 4096) {
+      throw invalid(operation, "batch must be an integer in [1, 4096]", { batch });
+    }
+    nonNegative(options.spinMicros, "spinMicros", 0);
+    const startTimeout = nonNegative(options.startTimeoutMs, "startTimeoutMs", 10_000);
+    if (uffd.closed) throw invalid(operation, "the userfaultfd is closed", { fd: uffd.fd }, ERRNO.EBADF);
+    if (!uffd.nonblocking) {
+      throw invalid(operation, "the handler polls the userfaultfd: open it with { nonblocking: true } (the default)", {
+        fd: uffd.fd,
+      });
+    }
+    const registrations = uffd.registrations;
+    const given = options.ranges === undefined
+      ? registrations.map((r) => ({ address: r.start, length: r.end - r.start }))
+      : [...options.ranges];
+    const ranges = trackRanges(given, registrations, operation);
+    for (const r of ranges) {
+      if (!MODES.test(r.mode)) throw invalid(operation, `unexpected registration mode ${r.mode}`);
+    }
+    const ownFd = libc.dupCloexec(uffd.fd);
+    if (ownFd < 0) throw new UffdError({ errno: -ownFd, operation: "fcntl(F_DUPFD_CLOEXEC)", args: { fd: uffd.fd } });
+    const eventFd = libc.eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (eventFd < 0) {
+      libc.close(ownFd);
+      throw new UffdError({ errno: -eventFd, operation: "eventfd" });
+    }
+    const own: SharedUserfaultfd = {
+      fd: ownFd,
+      featureMask: uffd.featureMask,
+      nonblocking: uffd.nonblocking,
+      origin: uffd.origin,
+      state: new SharedArrayBuffer(4),
+    };
+    let handler: FaultHandler;
+    try {
+      handler = new FaultHandler(uffd, policy, ranges, options, own, eventFd);
+    } catch (e) {
+      libc.close(ownFd);
+      libc.close(eventFd);
+      throw e;
+    }
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(
+        () => reject(new FaultHandlerError(`the fault handler did not start within ${startTimeout} ms`)),
+        startTimeout,
+      );
+    });
+    try {
+      await Promise.race([handler.#ready.promise, timeout]);
+    } catch (e) {
+      const error = e instanceof FaultHandlerError ? e : new FaultHandlerError("the fault handler failed to start", {
+        cause: e,
+      });
+      handler.#fail(error, error.message);
+      handler.#worker.terminate();
+      throw error;
+    } finally {
+      clearTimeout(timer);
+    }
+    handler.#worker.unref();
+    return handler;
+  }
+
+  /** The statistics so far, read from shared memory (no round trip; also while the Worker is busy). */
+  get stats(): HandlerStats {
+    return readStats(this.#stats);
+  }
+
+  /** Where the handler is in its life. */
+  get state(): HandlerState {
+    if (this.#failure) return "failed";
+    switch (Atomics.load(this.#control, CTRL.STATE)) {
+      case STATE.STARTING:
+        return "starting";
+      case STATE.RUNNING:
+        return this.#settled ? "stopped" : "running";
+      case STATE.FAILED:
+        return "failed";
+      default:
+        return "stopped";
+    }
+  }
+
+  /**
+   * Settles when the handler has ended and its Worker has exited (every fd it used
+   * is closed by then): the final statistics once it stopped (by `stop()`, or
+   * because the userfaultfd was closed), a `FaultHandlerError` with the cause if it
+   * failed. Waiting on it keeps the process alive until then.
+   */
+  get done(): Promise<HandlerStats> {
+    if (!this.#settled && !this.#exited) this.#worker.ref();
+    return this.#done;
+  }
+
+  /**
+   * Reports the tracked pages recorded as written since the last `collect()`,
+   * write-protects them again and forgets them — in one step of the Worker,
+   * between two fault batches, so that no write is lost: a write that lands
+   * before its page is re-protected is reported now, a later one faults and is
+   * reported by the next call. Synchronous: the main isolate waits (`Atomics.wait`)
+   * for the Worker. Page numbers are those of `ranges`.
+   *
+   * @example
+   * ```ts
+   * import { FaultHandler, policies, Region, Userfaultfd } from "@uffd/uffd";
+   * using mem = Region.map(8 * Region.pageSize, { populate: true });
+   * using uffd = Userfaultfd.open();
+   * uffd.register(mem, { wp: true });
+   * uffd.writeProtect(mem);
+   * await using handler = await FaultHandler.start(uffd, policies.unprotect());
+   * mem.page(2)[0] = 1;
+   * console.log(handler.collect(), handler.collect()); // [{ firstPage: 2, pages: 1 }] []
+   * ```
+   */
+  collect(): PageRun[] {
+    this.#request(OP.COLLECT, "collect");
+    return pageRuns(this.#collected, this.pages);
+  }
+
+  /**
+   * The tracked pages recorded as written since the last `collect()`, without
+   * changing anything (read straight from shared memory).
+   *
+   * @example
+   * ```ts
+   * import { FaultHandler, policies, Region, Userfaultfd } from "@uffd/uffd";
+   * using mem = Region.map(8 * Region.pageSize, { populate: true });
+   * using uffd = Userfaultfd.open();
+   * uffd.register(mem, { wp: true });
+   * uffd.writeProtect(mem);
+   * await using handler = await FaultHandler.start(uffd, policies.unprotect({ chunk: 2 }));
+   * mem.page(5)[0] = 1;
+   * console.log(handler.written()); // [{ firstPage: 4, pages: 2 }]
+   * ```
+   */
+  written(): PageRun[] {
+    return pageRuns(this.#written, this.pages);
+  }
+
+  /**
+   * Calls the policy's `control(op, arg)` in the Worker, between two fault batches,
+   * and returns its result. `arg` and the result travel as JSON (at most 64 KiB).
+   * Synchronous, like `collect()`; a policy error is thrown here, and the handler
+   * keeps running.
+   *
+   * @example A policy module (here inline, as a `data:` URL) with a control operation
+   * ```ts
+   * import { FaultHandler, policies, Region, Userfaultfd } from "@uffd/uffd";
+   * const source = `export default (options, context) => {
+   *   let served = 0;
+   *   return {
+   *     fault(fault) { served++; context.zeropage(fault.page, fault.pageSize); },
+   *     control(op) { if (op === "served") return served; throw new Error("unknown " + op); },
+   *   };
+   * };`;
+   * using mem = Region.map(4 * Region.pageSize);
+   * using uffd = Userfaultfd.open();
+   * uffd.register(mem, { missing: true });
+   * await using handler = await FaultHandler.start(uffd, policies.module(`data:text/javascript,${encodeURIComponent(source)}`));
+   * mem.bytes[0] = 1;
+   * mem.bytes[2 * Region.pageSize] = 1;
+   * console.log(handler.control("served")); // 2
+   * ```
+   */
+  control(op: string, arg?: unknown): unknown {
+    if (typeof op !== "string") throw new TypeError("FaultHandler.control: op must be a string");
+    const request = new TextEncoder().encode(JSON.stringify({ op, arg: arg ?? null }));
+    if (request.length > PAYLOAD_BYTES) {
+      throw new RangeError(
+        `FaultHandler.control: the argument takes ${request.length} bytes; at most ${PAYLOAD_BYTES}`,
+      );
+    }
+    this.#payload.set(request);
+    Atomics.store(this.#control, CTRL.LENGTH, request.length);
+    const length = this.#request(OP.CONTROL, `control(${JSON.stringify(op)})`);
+    const text = new TextDecoder().decode(this.#payload.slice(0, length));
+    if (Atomics.load(this.#control, CTRL.STATUS) !== 0) throw deserializeError(JSON.parse(text) as SerializedError);
+    return JSON.parse(text);
+  }
+
+  /**
+   * Stops the handler: the Worker serves the faults already queued (for up to
+   * 200 ms), closes its own reference to the userfaultfd and exits. The userfaultfd
+   * itself stays open and registered: close it (or unregister) so that later
+   * faults do not wait for a handler that is gone. Resolves to the final
+   * statistics, or rejects with the handler's failure. Calling it again returns the
+   * same promise.
+   *
+   * @example
+   * ```ts
+   * import { FaultHandler, policies, Region, Userfaultfd } from "@uffd/uffd";
+   * using mem = Region.map(Region.pageSize);
+   * using uffd = Userfaultfd.open();
+   * uffd.register(mem, { missing: true });
+   * const handler = await FaultHandler.start(uffd, policies.zerofill());
+   * mem.bytes[0] = 1;
+   * const stats = await handler.stop();
+   * console.log(stats.resolved, handler.state); // 1 stopped
+   * ```
+   */
+  stop(): Promise<HandlerStats> {
+    if (this.#stopping) return this.#stopping;
+    if (this.#settled || this.#exited) return this.#stopping = this.#done;
+    this.#worker.ref();
+    Atomics.store(this.#control, CTRL.STOP, 1);
+    this.#wake();
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const timeout = new Promise<void>((resolve) => timer = setTimeout(resolve, this.#stopTimeout));
+    this.#stopping = Promise.race([this.#done.then(() => {}, () => {}), timeout]).then(() => {
+      clearTimeout(timer);
+      if (!this.#settled) {
+        this.#fail(
+          new FaultHandlerError(`the fault handler did not stop within ${this.#stopTimeout} ms; terminated`),
+          "",
+        );
+        this.#worker.terminate();
+        this.#worker.unref(); // terminate() cannot interrupt a blocked FFI call: do not keep the process alive for it
+      }
+      return this.#done;
+    });
+    return this.#stopping;
+  }
+
+  /** Same as `stop()`, ignoring a failure (already reported through `done`). */
+  async [Symbol.asyncDispose](): Promise<void> {
+    try {
+      await this.stop();
+    } catch { /* reported through done and stop() */ }
+  }
+
+  /** Wakes the Worker through the eventfd (until the Worker has exited and the eventfd is closed). */
+  #wake(): void {
+    if (!this.#exited) libc.write(this.#eventFd, ONE);
+  }
+
+  /** Sends a control request and waits for its answer; returns `CTRL.LENGTH`. */
+  #request(op: number, what: string): number {
+    const ctrl = this.#control;
+    if (this.#failure) throw this.#failure;
+    if (this.#settled || this.#exited || Atomics.load(ctrl, CTRL.STATE) !== STATE.RUNNING) {
+      throw new FaultHandlerError(`${what}: the fault handler is ${this.state}`);
+    }
+    const seq = Atomics.load(ctrl, CTRL.REQUEST) + 1;
+    Atomics.store(ctrl, CTRL.OP, op);
+    Atomics.store(ctrl, CTRL.REQUEST, seq);
+    this.#wake();
+    const deadline = Date.now() + this.#controlTimeout;
+    for (;;) {
+      const answered = Atomics.load(ctrl, CTRL.RESPONSE);
+      if (answered === seq) break;
+      const state = Atomics.load(ctrl, CTRL.STATE);
+      if (state !== STATE.RUNNING) {
+        throw this.#failure ?? new FaultHandlerError(
+          `${what}: the fault handler ${state === STATE.FAILED ? "failed" : "stopped"} before answering`,
+        );
+      }
+      const left = deadline - Date.now();
+      if (left <= 0) {
+        throw new FaultHandlerError(`${what}: no answer from the fault handler within ${this.#controlTimeout} ms`);
+      }
+      Atomics.wait(ctrl, CTRL.RESPONSE, answered, Math.min(left, 100));
+    }
+    if (op === OP.COLLECT && Atomics.load(ctrl, CTRL.STATUS) !== 0) {
+      const text = new TextDecoder().decode(this.#payload.slice(0, Atomics.load(ctrl, CTRL.LENGTH)));
+      throw deserializeError(JSON.parse(text) as SerializedError);
+    }
+    return Atomics.load(ctrl, CTRL.LENGTH);
+  }
+
+  #message(message: WorkerMessage): void {
+    switch (message.type) {
+      case "ready":
+        this.#ready.resolve();
+        return;
+      case "stopped":
+        this.#stopped = true;
+        this.#worker.terminate(); // its work is done; do not wait for what a policy may have left running
+        return;
+      case "failed": {
+        // The Worker closed the userfaultfd before reporting; closing again is harmless.
+        const cause = deserializeError(message.error);
+        this.#failure = new FaultHandlerError(`the fault handler failed: ${cause.message}`, { cause });
+        this.uffd.close();
+        this.#ready.reject(this.#failure);
+        this.#worker.terminate();
+        return;
+      }
+      case "event": {
+        const event = message.event;
+        this.#onEvent?.(event.type === "fork" ? { type: "fork", uffd: Userfaultfd.adopt(event.uffd) } : event);
+        return;
+      }
+    }
+  }
+
+  /** The handler failed without a report from the Worker: make sure nothing stays blocked, then reject. */
+  #fail(cause: unknown, message: string): void {
+    if (this.#settled) return;
+    this.#failure ??= cause instanceof FaultHandlerError ? cause : new FaultHandlerError(message, { cause });
+    this.uffd.close();
+    this.#own.close();
+    this.#ready.reject(this.#failure);
+    this.#settle();
+  }
+
+  #settle(): void {
+    if (this.#settled) return;
+    this.#settled = true;
+    this.#unwatch();
+    this.#ready.promise.catch(() => {});
+    if (this.#failure) this.#rejectDone(this.#failure);
+    else this.#resolveDone(this.stats);
+  }
+
+  /** The Worker has exited: release what it used, and settle with what it reported. */
+  #exit(code: number): void {
+    this.#exited = true;
+    libc.close(this.#eventFd);
+    this.#own.close();
+    if (this.#failure || this.#stopped) return this.#settle();
+    if (Atomics.load(this.#control, CTRL.STATE) === STATE.STOPPED) return this.#settle();
+    this.#fail(new Error(`the Worker exited with code ${code}`), "the fault handler's Worker exited without reporting");
+  }
+}

@@ -1,0 +1,93 @@
+/**
+ * The entry point of a `FaultHandler`'s Worker (a `node:worker_threads` Worker,
+ * started from a `data:` bootstrap that imports this module by its absolute URL,
+ * so it works from a checkout and from a remote package alike). It builds the
+ * {@linkcode FaultLoop}, reports `ready`, runs the loop and reports how it ended.
+ *
+ * Failure handling is the point of this file: whatever goes wrong — the policy
+ * throws, a kernel call fails, an uncaught error or rejection anywhere in the
+ * Worker — the Worker first closes the userfaultfd (the user's reference and its
+ * own), which wakes every thread blocked in a fault, the main isolate included,
+ * and only then reports the error.
+ *
+ * @module
+ */
+
+import process from "node:process";
+import { isMainThread, parentPort, workerData } from "node:worker_threads";
+import { FaultLoop } from "./fault_loop.ts";
+import { CTRL, type HandlerWorkerData, serializeError, STATE, type WorkerMessage } from "./handler_protocol.ts";
+import { Userfaultfd } from "./userfaultfd.ts";
+
+/** Runs the handler in this Worker. */
+async function serve(data: HandlerWorkerData): Promise<void> {
+  const control = new Int32Array(data.control);
+  const post = (message: WorkerMessage) => parentPort!.postMessage(message);
+  let loop: FaultLoop | undefined;
+  let failed = false;
+  let finished = false;
+
+  function fail(error: unknown): void {
+    if (failed) return;
+    failed = true;
+    loop?.abort();
+    // Close before reporting: the main isolate itself may be blocked in a fault.
+    Userfaultfd.adopt(data.uffd).close();
+    Userfaultfd.adopt(data.own).close();
+    Atomics.store(control, CTRL.STATE, STATE.FAILED);
+    Atomics.notify(control, CTRL.RESPONSE);
+    let serialized;
+    try {
+      serialized = serializeError(error);
+    } catch {
+      serialized = { name: "Error", message: String(error) };
+    }
+    post({ type: "failed", error: serialized });
+  }
+
+  globalThis.addEventListener("error", (e) => {
+    e.preventDefault();
+    fail(e.error);
+  });
+  globalThis.addEventListener("unhandledrejection", (e) => {
+    e.preventDefault();
+    fail(e.reason);
+  });
+  // A policy that ends the Worker itself: close first, while this thread still runs.
+  process.on("exit", (code: number) => {
+    if (!finished) fail(new Error(`the Worker exited (process.exit(${code})) while serving faults`));
+  });
+  const scope = globalThis as unknown as { close?: () => void };
+  const closeWorker = scope.close;
+  if (typeof closeWorker === "function") {
+    scope.close = () => {
+      if (!finished) fail(new Error("the Worker was closed (close()) while serving faults"));
+      closeWorker.call(globalThis);
+    };
+  }
+
+  try {
+    loop = await FaultLoop.create(data, post);
+    Atomics.store(control, CTRL.STATE, STATE.RUNNING);
+    post({ type: "ready" });
+    const reason = await loop.run();
+    finished = true;
+    loop.close();
+    if (!failed) {
+      Atomics.store(control, CTRL.STATE, STATE.STOPPED);
+      Atomics.notify(control, CTRL.RESPONSE);
+      post({ type: "stopped", reason });
+    }
+  } catch (e) {
+    finished = true;
+    fail(e);
+    try {
+      loop?.close();
+    } catch { /* already failing */ }
+  }
+}
+
+// Imported anywhere else (a documentation run, a bundler's analysis), this module does nothing.
+if (!isMainThread && workerData !== null && typeof workerData === "object" && "control" in workerData) {
+  await serve(workerData as HandlerWorkerData);
+}

@@ -1,0 +1,472 @@
+/**
+ * How a {@linkcode FaultHandler} resolves faults: a policy. A policy runs inside
+ * the handler's Worker; the main side only names it with a {@linkcode PolicySpec}
+ * (a module URL, an export and cloneable options), built by the functions of
+ * {@linkcode policies}:
+ *
+ * - `policies.unprotect({ chunk })`: write-protect faults → remove protection
+ *   (from the page, or from the aligned chunk of pages around it) and record the
+ *   pages as written, for `handler.collect()`.
+ * - `policies.zerofill()`: missing faults → `UFFDIO_ZEROPAGE`.
+ * - `policies.copyFrom(source)`: missing faults → `UFFDIO_COPY` from a file, bytes
+ *   or another region, at the page's offset.
+ * - `policies.continue()`: minor faults (shmem, hugetlbfs) → `UFFDIO_CONTINUE`.
+ * - `policies.module(url, options)`: your own policy.
+ *
+ * A policy module exports a factory `(options, context) => FaultPolicy` (as its
+ * default export, or under the name given to `policies.module`). The built-ins are
+ * such factories too ({@linkcode unprotectPolicy}, …), so a policy of your own can
+ * wrap one.
+ *
+ * @example A policy of your own: zero-fill, and count faults per thread
+ * ```ts ignore
+ * // count_threads.ts
+ * import type { Fault, FaultPolicy, PolicyContext } from "@uffd/uffd";
+ * export default function (_options: unknown, context: PolicyContext): FaultPolicy {
+ *   const perThread = new Map<number, number>();
+ *   return {
+ *     fault(fault: Fault) {
+ *       perThread.set(fault.threadId, (perThread.get(fault.threadId) ?? 0) + 1);
+ *       context.zeropage(fault.page, context.pageSize);
+ *     },
+ *     control(op: string) {
+ *       if (op === "perThread") return Object.fromEntries(perThread);
+ *       throw new Error(`unknown operation ${op}`);
+ *     },
+ *   };
+ * }
+ * // main.ts
+ * const handler = await FaultHandler.start(uffd, policies.module(new URL("./count_threads.ts", import.meta.url)));
+ * console.log(handler.control("perThread"));
+ * ```
+ *
+ * @module
+ */
+
+import { invalid, UffdError } from "./errors.ts";
+import type { UffdEvent } from "./events.ts";
+import * as libc from "./ffi/libc.ts";
+import { O_CLOEXEC, O_RDONLY } from "./linux.ts";
+import type { Feature } from "./uapi.ts";
+import type { Userfaultfd } from "./userfaultfd.ts";
+
+/**
+ * One page fault, as a policy sees it. The handler reuses this object for the next
+ * fault: copy the fields you keep. Addresses are numbers (every user-space address
+ * fits in one exactly).
+ */
+export interface Fault {
+  /** The faulting address: exact with `EXACT_ADDRESS`, otherwise page-aligned. */
+  readonly address: number;
+  /** The address of the faulting page (aligned to `pageSize`). */
+  readonly page: number;
+  /** The size of the faulting page: the base page size, or the huge page size on hugetlbfs. */
+  readonly pageSize: number;
+  /** The number of the (first base) page among the handler's tracked pages, or -1 outside them. */
+  readonly pageIndex: number;
+  /** The raw `UFFD_PAGEFAULT_FLAG_*` bits. */
+  readonly flags: number;
+  /** The access was a write. */
+  readonly write: boolean;
+  /** A write to a write-protected page. */
+  readonly wp: boolean;
+  /** A minor fault (the page is in the page cache but not mapped). */
+  readonly minor: boolean;
+  /** The faulting thread's id with `THREAD_ID`, otherwise 0. */
+  readonly threadId: number;
+}
+
+/**
+ * What a policy can do, inside the handler's Worker. The resolving helpers take
+ * numbers, allocate nothing, and return `true` when the pages are resolved, or
+ * `false` when the handler will retry the fault itself (the address space was
+ * changing: `EAGAIN`) or the range went away (`ENOENT`: its waiters were already
+ * woken). Other kernel errors throw a `UffdError`, which stops the handler (it
+ * then closes the userfaultfd, so nothing stays blocked).
+ */
+export interface PolicyContext {
+  /** The base page size. */
+  readonly pageSize: number;
+  /** Number of tracked pages. */
+  readonly pages: number;
+  /** The features the userfaultfd negotiated. */
+  readonly features: ReadonlySet<Feature>;
+  /**
+   * The handler's own reference to the userfaultfd, with the whole typed API
+   * (`copy`, `zeropage`, …; they throw `UffdError`s). Do not close it.
+   */
+  readonly uffd: Userfaultfd;
+  /** The number of the tracked page holding `address`, or -1. */
+  pageIndex(address: number): number;
+  /** The current address of tracked page `index` (it moves with `EVENT_REMAP`), or -1 once unmapped. */
+  pageAddress(index: number): number;
+  /** The number of the first page of the tracked range holding page `index`. */
+  rangeFirstPage(index: number): number;
+  /** The number one past the last page of the tracked range holding page `index`. */
+  rangeEndPage(index: number): number;
+  /** Removes write protection from `[address, address + length)` and wakes its waiters. */
+  unprotect(address: number, length: number): boolean;
+  /** Maps the zero page over missing pages and wakes their waiters (`EEXIST` counts as done). */
+  zeropage(address: number, length: number): boolean;
+  /** Copies `length` bytes from `source` (an address in this process) into missing pages, optionally write-protected. */
+  copy(destination: number, source: number, length: number, wp?: boolean): boolean;
+  /** Maps pages already in the page cache (`UFFDIO_CONTINUE`), optionally write-protected. */
+  continue(address: number, length: number, wp?: boolean): boolean;
+  /** Wakes the threads waiting on `[address, address + length)`. */
+  wake(address: number, length: number): void;
+  /**
+   * Records tracked pages `[firstPage, firstPage + pages)` as written (what
+   * `handler.collect()` and `handler.written()` report). Record before resolving:
+   * the woken writer may look at the record at once.
+   */
+  markWritten(firstPage: number, pages: number): void;
+  /** Records every tracked page in the address range `[start, end)` as written. */
+  markWrittenAt(start: number, end: number): void;
+}
+
+/**
+ * A policy: `fault` resolves one page fault; the other members are optional.
+ * `fault` and `event` may return a promise (the handler waits for it before the
+ * next message, which costs a little latency).
+ */
+export interface FaultPolicy {
+  /** Resolves one page fault (through `context`), or throws to stop the handler. */
+  fault(fault: Fault, context: PolicyContext): void | Promise<void>;
+  /**
+   * An address-space event, after the handler updated its view of the ranges. A fork
+   * event's `uffd` belongs to the main side when it listens (`onEvent`); otherwise
+   * the handler closes it after this call.
+   */
+  event?(event: UffdEvent, context: PolicyContext): void | Promise<void>;
+  /** Answers `handler.control(op, arg)` on the main side; the result must survive `JSON.stringify`. */
+  control?(op: string, arg: unknown, context: PolicyContext): unknown;
+  /** Called once when the handler stops or fails. */
+  close?(): void;
+}
+
+/** What a policy module exports: a factory called once in the Worker. */
+export type PolicyFactory<Options = unknown> = (
+  options: Options,
+  context: PolicyContext,
+) => FaultPolicy | Promise<FaultPolicy>;
+
+/** A policy named for the Worker: the module to import, the factory's export name and its options. */
+export interface PolicySpec {
+  /** A short name for messages. */
+  readonly name: string;
+  /** The module's absolute URL. */
+  readonly module: string;
+  /** The factory's export name. */
+  readonly export: string;
+  /** The factory's options (structured-cloneable). */
+  readonly options: unknown;
+}
+
+/** Options of `policies.unprotect`. */
+export interface UnprotectOptions {
+  /**
+   * Pages unprotected per fault (default 1): the aligned chunk of this many pages
+   * around the faulting page, clipped to its tracked range. Every page of the chunk
+   * is recorded as written, since later writes to it no longer fault.
+   */
+  chunk?: number;
+  /**
+   * Record the pages of each `EVENT_REMOVE` range (`MADV_DONTNEED`, `MADV_REMOVE`)
+   * as written (default `false`). Private anonymous pages zapped after protection
+   * raise no write-protect fault afterwards, so a write tracker must count them.
+   */
+  removedAsWritten?: boolean;
+}
+
+/** Options of `policies.copyFrom` and `policies.continue`. */
+export interface MapPagesOptions {
+  /** Map the pages write-protected (`UFFDIO_COPY_MODE_WP`, `UFFDIO_CONTINUE_MODE_WP`), to see later writes. */
+  wp?: boolean;
+}
+
+/**
+ * Where `policies.copyFrom` reads pages: a file (a path or `file:` URL), bytes (a
+ * `Uint8Array`, copied once into shared memory unless it already is shared), or
+ * memory in this process (a `Region`, or any `{ address, length }`). Tracked page
+ * `i` is filled from offset `i * pageSize`; past the end of the source, pages are
+ * zero-filled.
+ */
+export type CopySource = string | URL | Uint8Array | { readonly address: bigint; readonly length: number | bigint };
+
+/** The source of a copy, as the Worker receives it. */
+export type CopySourceSpec =
+  | { kind: "file"; path: string }
+  | { kind: "bytes"; bytes: Uint8Array }
+  | { kind: "memory"; address: bigint; length: number };
+
+const SELF = import.meta.url;
+
+function spec(name: string, exportName: string, options: unknown): PolicySpec {
+  return Object.freeze({ name, module: SELF, export: exportName, options });
+}
+
+function positiveInteger(value: unknown, operation: string, name: string): number {
+  if (typeof value !== "number") throw new TypeError(`${operation}: ${name} must be a number`);
+  if (!Number.isSafeInteger(value) || value < 1) {
+    throw invalid(operation, `${name} must be a positive integer`, { [name]: value });
+  }
+  return value;
+}
+
+function copySourceSpec(source: CopySource): CopySourceSpec {
+  const operation = "policies.copyFrom";
+  if (typeof source === "string") return { kind: "file", path: source };
+  if (source instanceof URL) {
+    if (source.protocol !== "file:") throw invalid(operation, "a URL source must be a file: URL", { url: source.href });
+    return { kind: "file", path: decodeURIComponent(source.pathname) };
+  }
+  if (source instanceof Uint8Array) {
+    if (source.buffer instanceof SharedArrayBuffer) return { kind: "bytes", bytes: source };
+    const shared = new Uint8Array(new SharedArrayBuffer(Math.max(source.byteLength, 1)), 0, source.byteLength);
+    shared.set(source);
+    return { kind: "bytes", bytes: shared };
+  }
+  if (source !== null && typeof source === "object" && typeof source.address === "bigint") {
+    const length = Number(source.length);
+    if (!Number.isSafeInteger(length) || length < 0) throw invalid(operation, "bad source length", { length });
+    return { kind: "memory", address: source.address, length };
+  }
+  throw new TypeError(`${operation}: source must be a path, a file: URL, a Uint8Array or a Region`);
+}
+
+/** The constructors of {@linkcode PolicySpec}s: one per built-in policy, and `module` for yours. */
+export interface Policies {
+  /** Write-protect faults → unprotect (a page or a chunk) and record the pages as written. */
+  unprotect(options?: UnprotectOptions): PolicySpec;
+  /** Missing faults → the zero page. */
+  zerofill(): PolicySpec;
+  /** Missing faults → a copy of the page at the same offset of `source`. */
+  copyFrom(source: CopySource, options?: MapPagesOptions): PolicySpec;
+  /** Minor faults → map the page-cache page (`UFFDIO_CONTINUE`). */
+  continue(options?: MapPagesOptions): PolicySpec;
+  /** Your own policy: the module at `url` exporting a {@linkcode PolicyFactory} (default export unless `exportName`). */
+  module(url: string | URL, options?: unknown, exportName?: string): PolicySpec;
+}
+
+/**
+ * The policies a {@linkcode FaultHandler} can run.
+ *
+ * @example
+ * ```ts
+ * import { policies } from "@uffd/uffd";
+ * console.log(policies.unprotect({ chunk: 16 }).name, policies.zerofill().export); // unprotect zerofillPolicy
+ * ```
+ */
+export const policies: Policies = Object.freeze({
+  unprotect(options: UnprotectOptions = {}): PolicySpec {
+    const chunk = positiveInteger(options.chunk ?? 1, "policies.unprotect", "chunk");
+    return spec("unprotect", "unprotectPolicy", { chunk, removedAsWritten: options.removedAsWritten === true });
+  },
+  zerofill(): PolicySpec {
+    return spec("zerofill", "zerofillPolicy", {});
+  },
+  copyFrom(source: CopySource, options: MapPagesOptions = {}): PolicySpec {
+    return spec("copyFrom", "copyPolicy", { source: copySourceSpec(source), wp: options.wp === true });
+  },
+  continue(options: MapPagesOptions = {}): PolicySpec {
+    return spec("continue", "continuePolicy", { wp: options.wp === true });
+  },
+  module(url: string | URL, options: unknown = {}, exportName = "default"): PolicySpec {
+    let href: string;
+    try {
+      href = new URL(url).href;
+    } catch {
+      throw new TypeError(
+        `policies.module: ${String(url)} is not an absolute URL (use new URL("./x.ts", import.meta.url))`,
+      );
+    }
+    const name = href.startsWith("data:") ? "inline module" : href.slice(href.lastIndexOf("/") + 1);
+    return Object.freeze({ name, module: href, export: exportName, options });
+  },
+});
+
+function kindOf(fault: Fault): string {
+  return fault.minor ? "minor" : fault.wp ? "write-protect" : "missing";
+}
+
+function refuse(policy: string, fault: Fault, serves: string): never {
+  throw new Error(
+    `${policy}: a ${kindOf(fault)} fault at 0x${fault.address.toString(16)}; this policy serves ${serves}`,
+  );
+}
+
+/**
+ * The `unprotect` policy: on a write-protect fault, removes protection from the
+ * page — or from the aligned chunk of `chunk` pages around it, clipped to its
+ * tracked range — wakes the writer, and records those pages as written. Faults
+ * outside the tracked pages are unprotected one page at a time and not recorded.
+ *
+ * @example
+ * ```ts
+ * import { FaultHandler, policies, Region, Userfaultfd } from "@uffd/uffd";
+ * using mem = Region.map(64 * Region.pageSize, { populate: true });
+ * using uffd = Userfaultfd.open();
+ * uffd.register(mem, { wp: true });
+ * uffd.writeProtect(mem);
+ * await using handler = await FaultHandler.start(uffd, policies.unprotect({ chunk: 4 }));
+ * mem.bytes[5 * Region.pageSize] = 1; // the main isolate blocks until the Worker unprotects pages 4–7
+ * console.log(handler.collect()); // [{ firstPage: 4, pages: 4 }]
+ * ```
+ */
+export function unprotectPolicy(options: UnprotectOptions, context: PolicyContext): FaultPolicy {
+  const chunk = options.chunk ?? 1;
+  const removedAsWritten = options.removedAsWritten === true;
+  const page = context.pageSize;
+  return {
+    fault(fault: Fault): void {
+      if (!fault.wp) refuse("unprotect", fault, "write-protect faults (register the range with { wp: true })");
+      const index = fault.pageIndex;
+      if (index < 0) {
+        context.unprotect(fault.page, fault.pageSize);
+        return;
+      }
+      // Record first, then unprotect: the writer resumes the moment it is woken, and
+      // must find its page recorded (a write still pending after EAGAIN is reported early,
+      // never late).
+      if (fault.pageSize !== page) {
+        // A huge page: unprotected and recorded whole.
+        context.markWritten(index, fault.pageSize / page);
+        context.unprotect(fault.page, fault.pageSize);
+        return;
+      }
+      if (chunk === 1) {
+        context.markWritten(index, 1);
+        context.unprotect(fault.page, page);
+        return;
+      }
+      const aligned = index - (index % chunk);
+      const first = Math.max(aligned, context.rangeFirstPage(index));
+      const end = Math.min(aligned + chunk, context.rangeEndPage(index));
+      context.markWritten(first, end - first);
+      context.unprotect(context.pageAddress(first), (end - first) * page);
+    },
+    event(event: UffdEvent): void {
+      if (removedAsWritten && event.type === "remove") {
+        context.markWrittenAt(Number(event.start), Number(event.end));
+      }
+    },
+  };
+}
+
+/**
+ * The `zerofill` policy: maps the zero page over each missing page (a write then
+ * gets a fresh zeroed page, as if the range had never been registered).
+ *
+ * @example
+ * ```ts
+ * import { FaultHandler, policies, Region, Userfaultfd } from "@uffd/uffd";
+ * using mem = Region.map(4 * Region.pageSize);
+ * using uffd = Userfaultfd.open();
+ * uffd.register(mem, { missing: true });
+ * await using handler = await FaultHandler.start(uffd, policies.zerofill());
+ * mem.bytes[0] = 9;
+ * console.log(mem.bytes[0], handler.stats.missing); // 9 1
+ * ```
+ */
+export function zerofillPolicy(_options: unknown, context: PolicyContext): FaultPolicy {
+  return {
+    fault(fault: Fault): void {
+      if (fault.wp || fault.minor) {
+        refuse("zerofill", fault, "missing faults (register the range with { missing: true })");
+      }
+      context.zeropage(fault.page, fault.pageSize);
+    },
+  };
+}
+
+/**
+ * The `copyFrom` policy: fills each missing tracked page with the bytes at the same
+ * offset of its source (`UFFDIO_COPY`), zero-filling past the source's end.
+ *
+ * @example
+ * ```ts
+ * import { FaultHandler, policies, Region, Userfaultfd } from "@uffd/uffd";
+ * using mem = Region.map(2 * Region.pageSize);
+ * using uffd = Userfaultfd.open();
+ * uffd.register(mem, { missing: true });
+ * const image = new Uint8Array(2 * Region.pageSize).fill(0xab);
+ * await using _handler = await FaultHandler.start(uffd, policies.copyFrom(image));
+ * console.log(mem.bytes[Region.pageSize + 1]); // 171
+ * ```
+ */
+export function copyPolicy(options: MapPagesOptions & { source: CopySourceSpec }, context: PolicyContext): FaultPolicy {
+  const source = options.source;
+  const path = source.kind === "file" ? source.path : "";
+  let scratch = new Uint8Array(context.pageSize);
+  let scratchAddress = Number(libc.addressOf(scratch));
+  let base = 0;
+  let length = 0;
+  let fd = -1;
+  if (source.kind === "file") {
+    fd = libc.open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) throw new UffdError({ errno: -fd, operation: "open", args: { path } });
+  } else if (source.kind === "bytes") {
+    base = Number(libc.addressOf(source.bytes));
+    length = source.bytes.byteLength;
+  } else {
+    base = Number(source.address);
+    length = source.length;
+  }
+  const wp = options.wp;
+  return {
+    fault(fault: Fault): void {
+      if (fault.wp || fault.minor) {
+        refuse("copyFrom", fault, "missing faults (register the range with { missing: true })");
+      }
+      const index = fault.pageIndex;
+      if (index < 0) refuse("copyFrom", fault, "tracked pages only (a page's offset in the source is its number)");
+      const size = fault.pageSize;
+      if (scratch.byteLength < size) {
+        scratch = new Uint8Array(size);
+        scratchAddress = Number(libc.addressOf(scratch));
+      }
+      const offset = index * context.pageSize;
+      if (fd >= 0) {
+        const got = libc.pread(fd, scratch, size, BigInt(offset));
+        if (got < 0) throw new UffdError({ errno: -got, operation: "pread", args: { path, offset } });
+        if (got < size) scratch.fill(0, got, size);
+        context.copy(fault.page, scratchAddress, size, wp);
+      } else if (offset + size <= length) {
+        context.copy(fault.page, base + offset, size, wp);
+      } else {
+        scratch.fill(0, 0, size);
+        if (offset < length) libc.memcpy(BigInt(scratchAddress), BigInt(base + offset), BigInt(length - offset));
+        context.copy(fault.page, scratchAddress, size, wp);
+      }
+    },
+    close(): void {
+      if (fd >= 0) libc.close(fd);
+      fd = -1;
+    },
+  };
+}
+
+/**
+ * The `continue` policy: resolves minor faults on shmem or hugetlbfs ranges
+ * registered with `{ minor: true }` by mapping the page already in the page cache.
+ *
+ * @example
+ * ```ts
+ * import { FaultHandler, policies, Region, Userfaultfd } from "@uffd/uffd";
+ * using mem = Region.map(Region.pageSize, { memfd: true });
+ * using filler = mem.alias(); // a second mapping of the same memfd, not registered
+ * filler.bytes[0] = 42; // the page is now in the page cache
+ * using uffd = Userfaultfd.open({ require: ["MINOR_SHMEM"] });
+ * uffd.register(mem, { minor: true });
+ * await using _handler = await FaultHandler.start(uffd, policies.continue());
+ * console.log(mem.bytes[0]); // 42
+ * ```
+ */
+export function continuePolicy(options: MapPagesOptions, context: PolicyContext): FaultPolicy {
+  return {
+    fault(fault: Fault): void {
+      if (!fault.minor) refuse("continue", fault, "minor faults (register a shmem range with { minor: true })");
+      context.continue(fault.page, fault.pageSize, options.wp === true);
+    },
+  };
+}
