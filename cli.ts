@@ -138,7 +138,7 @@ export async function main(args: string[]): Promise<number> {
       return REFUSED.has(e.code) ? EXIT.refused : EXIT.failure;
     }
     if (e instanceof Deno.errors.NotCapable || e instanceof Deno.errors.PermissionDenied) {
-      console.error(red(`uffd ${name}: ${e.message} (run with --allow-ffi --allow-read, or -A)`));
+      console.error(red(`uffd ${name}: ${e.message} (run with --allow-ffi, or -A)`));
       return EXIT.refused;
     }
     console.error(red(`uffd ${name}: ${e instanceof Error ? e.stack ?? e.message : String(e)}`));

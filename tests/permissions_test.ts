@@ -3,9 +3,9 @@
  * with exactly those flags (README, "Permissions"). The library needs
  * `--allow-ffi` and nothing else: it reads `/proc` and `/dev/userfaultfd` through
  * libc, because Deno's own file APIs refuse those paths without `--allow-all`
- * (so `--allow-read` would add nothing). The CLI's commands need
- * `--allow-ffi --allow-sys=osRelease`; `--help` needs nothing; colors need no
- * `--allow-env` (Deno lets every program read `NO_COLOR`).
+ * (so `--allow-read` would add nothing). The CLI's commands need `--allow-ffi`
+ * too and nothing else; `--help` needs nothing; colors need no `--allow-env`
+ * (Deno lets every program read `NO_COLOR`).
  */
 
 import assert from "node:assert/strict";
@@ -108,23 +108,18 @@ Deno.test("permissions: --allow-ffi alone runs everything in the library; --allo
   assert.match(all.deviceMode, /^0[0-7]{3}$/);
 });
 
-Deno.test("permissions: the CLI's --help needs nothing; its commands need --allow-ffi --allow-sys=osRelease", async () => {
+Deno.test("permissions: the CLI's --help needs nothing; every command needs --allow-ffi and nothing else", async () => {
   const help = await cli([], "--help");
   assert.equal(help.code, 0, help.stderr);
   assert.match(help.stdout, /commands:/);
   const none = await cli([], "features", "--json");
   assert.equal(none.code, 3, "refused: exit 3");
   assert.match(none.stderr, /--allow-ffi/);
-  const ffiOnly = await cli(["--allow-ffi"], "features", "--json");
-  if (ffiOnly.code !== 0) {
-    // Today the report's kernel line asks Deno for the release: the refusal must say which permission.
-    assert.equal(ffiOnly.code, 3, ffiOnly.stderr);
-    assert.match(ffiOnly.stderr, /--allow-sys/);
-  }
-  for (const command of ["features", "demo"]) {
-    const r = await cli(["--allow-ffi", "--allow-sys=osRelease"], command, "--json");
-    assert.equal(r.code, 0, `${command}: ${r.stderr}`);
-    assert.equal(JSON.parse(r.stdout).kernel, Deno.osRelease());
+  for (const args of [["features"], ["demo"], ["semantics"], ["pagemap", "self"]]) {
+    const r = await cli(["--allow-ffi"], ...args, "--json");
+    assert.equal(r.code, 0, `${args.join(" ")}: ${r.stderr}`);
+    const report = JSON.parse(r.stdout);
+    if ("kernel" in report) assert.equal(report.kernel, Deno.osRelease());
   }
 });
 
@@ -133,7 +128,7 @@ Deno.test({
   ignore: skipUnless(scriptAvailable(), "script (util-linux) is needed for a pseudo-terminal"),
   async fn() {
     const inTerminal = async (env: Record<string, string>) => {
-      const command = `${Deno.execPath()} run --no-prompt --allow-ffi --allow-sys=osRelease ${CLI} features`;
+      const command = `${Deno.execPath()} run --no-prompt --allow-ffi ${CLI} features`;
       const out = await new Deno.Command("script", { args: ["-qec", command, "/dev/null"], env, clearEnv: true })
         .output();
       assert.equal(out.code, 0, new TextDecoder().decode(out.stderr));
