@@ -29,10 +29,15 @@ interface Command {
 
 const COMMANDS: Record<string, Command> = {
   demo: {
-    summary: "a short guided run: the feature summary, then a live write watch",
-    usage: "uffd demo [--json]",
-    details: "Prints what this kernel offers, then tracks writes to 64 pages in rounds with WP_ASYNC and\n" +
-      "PAGEMAP_SCAN and prints a heat map of the written pages per round.",
+    summary: "a short guided run: the feature summary, then a live write watch over running wasm",
+    usage: "uffd demo [--json] [--backend NAME] [--decline NAME,...]",
+    details: "Prints what this kernel offers, then watches a shared WebAssembly.Memory that a wasm module in a\n" +
+      "Worker keeps writing to: every 150 ms one WriteWatch.collect() (WP_ASYNC + PAGEMAP_SCAN), printed as a\n" +
+      "page heat map and checked against the writer's own log. Under 2 seconds.\n" +
+      "--backend NAME   use this write-watch backend (async, sync, soft-dirty; default: the best available)\n" +
+      "--decline NAME   let automatic selection skip this backend (repeatable, or comma-separated)\n" +
+      "Exits 0 when the watch ran (or this kernel lacks what it needs: it says so), 1 when a check failed,\n" +
+      "3 when the permissions or a forced backend refuse it.",
     load: () => import("./cli/demo.ts"),
   },
   features: {

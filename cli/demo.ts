@@ -1,76 +1,184 @@
 /**
- * `uffd demo`: a short guided run on this machine — the feature summary, then a
- * live write watch: memory that is written in rounds while the kernel tracks the
- * writes (WP_ASYNC), printed as a page heat map per round.
+ * `uffd demo`: a short guided run on this machine, in steps. Each step prints as
+ * it goes (text) or contributes one key to the single JSON document (`--json`):
+ *
+ * 1. `features` — the feature summary: kernel, architecture, page size, the
+ *    userfaultfd features, the ones this demo needs, and access.
+ * 2. `writeWatch` — a live write watch ({@link ./demo_watch.ts}) over a shared
+ *    `WebAssembly.Memory` that a wasm module keeps writing to from a Worker
+ *    ({@link ./demo_writer.ts}), as a page heat map per round, each round checked
+ *    against the writer's own log.
+ * 3. (to come, issue 5) a live snapshot of that memory while the writer runs: see
+ *    `STEPS` below.
+ *
+ * The writer is shared by the steps: {@linkcode DemoContext.writer} starts it on
+ * first use, and the demo stops it at the end.
+ *
+ * Exit codes: 0 when every step ran or was skipped because this kernel lacks what
+ * it needs; 1 when a step failed (a check did not hold, the writer died); 3 when
+ * the permissions (or a forced `--backend`) refuse it, with what to change.
+ *
+ * @example
+ * ```ts
+ * import { run } from "./demo.ts";
+ * console.log(typeof run); // "function"
+ * ```
  *
  * @module
  */
 
 import { parseArgs } from "node:util";
-import { pagemapScan } from "../pagemap.ts";
-import { Region } from "../region.ts";
-import { Feature } from "../uapi.ts";
-import { Userfaultfd } from "../userfaultfd.ts";
-import { featuresReport } from "./features.ts";
-import { bold, cyan, dim, EXIT, green, printJson, red } from "./output.ts";
+import type { WriteWatchBackendName } from "../watch_backend.ts";
+import type { WriteWatchOptions } from "../write_watch.ts";
+import { type FeaturesReport, featuresReport } from "./features.ts";
+import { bold, dim, EXIT, green, printJson, red, UsageError } from "./output.ts";
+import { WasmWriter } from "./demo_writer.ts";
+import { liveWriteWatch, wrap } from "./demo_watch.ts";
 
-const PAGES = 64;
-const ROUNDS = 4;
+/** What every step gets. */
+export interface DemoContext {
+  /** `--json`: steps print nothing; their data goes into the one JSON document. */
+  readonly json: boolean;
+  /** Prints a line on stdout in text mode (nothing with `--json`). */
+  say(line?: string): void;
+  /** The measured feature report (taken once). */
+  readonly features: FeaturesReport;
+  /** The options for `WriteWatch.start` (`--backend`, `--decline`). */
+  readonly watchOptions: WriteWatchOptions;
+  /** The running wasm writer: started on first use, stopped when the demo ends. */
+  writer(): Promise<WasmWriter>;
+}
 
-/** Runs `uffd demo [--json]`. */
-export function run(args: string[]): number {
-  const { values } = parseArgs({ args, options: { json: { type: "boolean" } }, strict: true });
-  const report = featuresReport();
-  if (!report.available) {
-    console.error(red(`uffd demo: no userfaultfd can be created by this process. To change: ${report.access.summary}`));
-    return EXIT.refused;
-  }
-  const missing = [Feature.WP_ASYNC, Feature.WP_UNPOPULATED].filter((f) =>
-    !report.features.find((x) => x.name === f)?.supported
+/** How a step ended. */
+export interface StepResult {
+  /** `skipped`: this kernel lacks what the step needs (not an error); `refused`: permissions or a forced choice. */
+  status: "ok" | "skipped" | "refused" | "failed";
+  /** The step's part of the JSON document (with `status` and `reason` added). */
+  data: Record<string, unknown>;
+  /** Why it was skipped, refused or failed (printed on stderr when refused or failed). */
+  reason?: string;
+}
+
+/** One step of the demo. */
+export interface DemoStep {
+  /** Its key in the JSON document. */
+  key: string;
+  /** Runs it. */
+  run(ctx: DemoContext): Promise<StepResult>;
+}
+
+/** The feature summary: one short paragraph. */
+function featureSummary(ctx: DemoContext): Promise<StepResult> {
+  const r = ctx.features;
+  const supported = r.features.filter((f) => f.supported).length;
+  const has = (name: string) => r.features.find((f) => f.name === name)?.supported ?? false;
+  const needed: Record<string, boolean> = {
+    WP_ASYNC: has("WP_ASYNC"),
+    WP_UNPOPULATED: has("WP_UNPOPULATED"),
+    PAGEMAP_SCAN: r.pagemapScan.available,
+  };
+  const mark = (ok: boolean) => ok ? green("✓") : red("✗");
+  ctx.say(bold("uffd demo") + dim(` — Linux ${r.kernel} ${r.arch}, page size ${r.pageSize}`));
+  ctx.say(
+    r.available
+      ? `userfaultfd: ${supported} of ${r.features.length} features (${r.featureMask}), created via ${r.origin}`
+      : `userfaultfd: ${red("cannot be created by this process")}`,
   );
-  const rounds: { round: number; wrote: number[]; reported: number[] }[] = [];
-  if (missing.length === 0) {
-    using mem = Region.map(PAGES * Region.pageSize);
-    using uffd = Userfaultfd.open({ require: [Feature.WP_ASYNC, Feature.WP_UNPOPULATED] });
-    uffd.register(mem, { wp: true });
-    uffd.writeProtect(mem);
-    let seed = 7;
-    const random = () => (seed = (seed * 1103515245 + 12345) % 2147483648) / 2147483648;
-    for (let round = 1; round <= ROUNDS; round++) {
-      const wrote = new Set<number>();
-      const count = 2 + Math.floor(random() * 10);
-      for (let i = 0; i < count; i++) {
-        const page = Math.floor(random() * PAGES);
-        mem.bytes[page * Region.pageSize + Math.floor(random() * Region.pageSize)] = round;
-        wrote.add(page);
+  ctx.say(`this demo uses: ${Object.entries(needed).map(([name, ok]) => `${name} ${mark(ok)}`).join("  ")}`);
+  for (const line of wrap(`access: ${r.access.summary}`)) ctx.say(dim(line));
+  return Promise.resolve({
+    status: "ok",
+    data: {
+      userfaultfd: r.available,
+      origin: r.origin,
+      featureMask: r.featureMask,
+      supported,
+      known: r.features.length,
+      used: needed,
+      access: r.access.summary,
+    },
+  });
+}
+
+/**
+ * The steps, in order. The live snapshot (issue 5) goes in as the third:
+ *
+ * ```ts ignore
+ * { key: "snapshot", run: liveSnapshot },
+ * ```
+ *
+ * where `liveSnapshot(ctx)` (in `cli/demo_snapshot.ts`) takes `await ctx.writer()`
+ * — the same writer, still running — snapshots `writer.memory` inside
+ * `writer.mark(...)` (so the writer's log can tell which pages it wrote while the
+ * snapshot was taken), prints what it took, and returns its `StepResult`.
+ */
+const STEPS: readonly DemoStep[] = [
+  { key: "features", run: featureSummary },
+  { key: "writeWatch", run: liveWriteWatch },
+  // { key: "snapshot", run: liveSnapshot }, // issue 5: then a live snapshot of the memory while the writer runs
+];
+
+const BACKENDS: readonly WriteWatchBackendName[] = ["async", "sync", "soft-dirty"];
+
+function backendName(value: string, option: string): WriteWatchBackendName {
+  if (!(BACKENDS as readonly string[]).includes(value)) {
+    throw new UsageError(`--${option}: unknown backend "${value}" (${BACKENDS.join(", ")})`);
+  }
+  return value as WriteWatchBackendName;
+}
+
+/** Runs `uffd demo [--json] [--backend NAME] [--decline NAME,…]`. */
+export async function run(args: string[]): Promise<number> {
+  const { values } = parseArgs({
+    args,
+    options: { json: { type: "boolean" }, backend: { type: "string" }, decline: { type: "string", multiple: true } },
+    strict: true,
+  });
+  const watchOptions: WriteWatchOptions = {};
+  if (values.backend !== undefined && values.backend !== "auto") {
+    watchOptions.backend = backendName(values.backend, "backend");
+  }
+  const declined = (values.decline ?? []).flatMap((d) => d.split(",")).filter((d) => d !== "");
+  if (declined.length > 0) watchOptions.decline = declined.map((d) => backendName(d, "decline"));
+
+  const json = values.json ?? false;
+  let writer: Promise<WasmWriter> | undefined;
+  const ctx: DemoContext = {
+    json,
+    say: json ? () => {} : (line = "") => console.log(line),
+    features: featuresReport(),
+    watchOptions,
+    writer: () => writer ??= WasmWriter.start(),
+  };
+  const document: Record<string, unknown> = {
+    kernel: ctx.features.kernel,
+    arch: ctx.features.arch,
+    pageSize: ctx.features.pageSize,
+  };
+  const results: StepResult[] = [];
+  try {
+    for (const step of STEPS) {
+      let result: StepResult;
+      try {
+        result = await step.run(ctx);
+      } catch (e) {
+        result = { status: "failed", data: {}, reason: `${step.key}: ${e instanceof Error ? e.message : String(e)}` };
       }
-      // One walk reports the written pages and write-protects them again.
-      const reported = pagemapScan(mem, { require: ["WRITTEN"], writeProtect: true })
-        .flatMap((r) => Array.from({ length: r.pages }, (_, i) => r.firstPage + i));
-      rounds.push({ round, wrote: [...wrote].sort((a, b) => a - b), reported });
+      results.push(result);
+      document[step.key] = {
+        status: result.status,
+        ...(result.reason ? { reason: result.reason } : {}),
+        ...result.data,
+      };
     }
+  } finally {
+    if (writer) await (await writer.catch(() => undefined))?.stop();
   }
-  if (values.json) {
-    printJson({ kernel: report.kernel, features: report.features, writeWatch: { pages: PAGES, rounds, missing } });
-    return EXIT.ok;
+  if (json) printJson(document);
+  for (const r of results) {
+    if (r.status === "failed" || r.status === "refused") console.error(red(`uffd demo: ${r.reason}`));
   }
-  const have = report.features.filter((f) => f.supported).length;
-  console.log(bold("uffd demo") + dim(` — Linux ${report.kernel} ${report.arch}, page size ${report.pageSize}`));
-  console.log(`userfaultfd: ${have}/${report.features.length} features (${report.featureMask}), via ${report.origin}`);
-  console.log(dim(`access: ${report.access.summary}`));
-  console.log();
-  if (missing.length > 0) {
-    console.log(red(`live write watch skipped: this kernel lacks ${missing.join(", ")} (Linux 6.7+)`));
-    return EXIT.ok;
-  }
-  console.log(bold(`live write watch over ${PAGES} pages (WP_ASYNC + PAGEMAP_SCAN, no fault reaches user space)`));
-  console.log(dim("each round writes a few random pages; one PAGEMAP_SCAN reports and re-protects them"));
-  for (const r of rounds) {
-    const map = Array.from({ length: PAGES }, (_, p) => r.reported.includes(p) ? cyan("█") : dim("·")).join("");
-    const exact = r.reported.join() === r.wrote.join();
-    console.log(
-      `round ${r.round}  ${map}  ${r.reported.length} written ${exact ? green("✓ exact") : red("✗ differs")}`,
-    );
-  }
+  if (results.some((r) => r.status === "failed")) return EXIT.failure;
+  if (results.some((r) => r.status === "refused")) return EXIT.refused;
   return EXIT.ok;
 }

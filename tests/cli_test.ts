@@ -7,7 +7,7 @@
 import assert from "node:assert/strict";
 import { acceptedCategories, hasPagemapScan, softDirtySupported, Userfaultfd } from "../mod.ts";
 import { isRoot, reserveHugePages, skipUnless } from "./helpers.ts";
-import { hasStackTrace, onPath, runCli, runCliOnTerminal } from "./cli_run.ts";
+import { onPath, runCli, runCliOnTerminal } from "./cli_run.ts";
 
 Deno.test("features --json is one JSON document that matches Userfaultfd.supported() and the pagemap probes", async () => {
   const { code, stdout, stderr } = await runCli(["features", "--json"]);
@@ -178,15 +178,4 @@ Deno.test("colors: on a terminal unless NO_COLOR is set; never when stdout is a 
   const noColor = await runCliOnTerminal(["features"]);
   assert.equal(noColor.code, 0);
   assert.doesNotMatch(noColor.stdout, escape, "NO_COLOR");
-});
-
-Deno.test("demo still runs: features summary and an exact write watch heat map", async () => {
-  const { code, stdout } = await runCli(["demo"]);
-  assert.equal(code, 0);
-  const support = Userfaultfd.supported();
-  if (support.features.has("WP_ASYNC")) {
-    assert.equal(stdout.match(/^round \d/gm)?.length, 4);
-    assert.doesNotMatch(stdout, /differs/);
-  }
-  assert.ok(!hasStackTrace(stdout));
 });

@@ -1,0 +1,80 @@
+/**
+ * What the demo's wasm writer writes: a layout of regions in its memory, and the
+ * runs of pages one pass writes ({@linkcode passRuns}). Pure functions, shared by
+ * the main thread (to draw the regions) and the Worker (to write them).
+ *
+ * @example
+ * ```ts
+ * import { demoLayout, passRuns } from "./demo_pattern.ts";
+ * const layout = demoLayout(256, 900);
+ * console.log(passRuns(layout, 0, 1).length / 3); // 3 (runs: globals, hot spot, stripes)
+ * ```
+ *
+ * @module
+ */
+
+/** Where the writer writes, in pages of the memory. */
+export interface WriterLayout {
+  /** Pages in the memory. */
+  pages: number;
+  /** Written on every pass: the program's hot state. */
+  globals: { first: number; pages: number };
+  /** A band of `width` pages whose last page moves `pagesPerMs` pages per millisecond along the lane (and wraps). */
+  hotSpot: { first: number; pages: number; width: number; pagesPerMs: number };
+  /** Every `stride`-th page of the lane, the stride taken in turn from `strides` at each mark (see {@linkcode passRuns}). */
+  stripes: { first: number; pages: number; strides: number[] };
+}
+
+/**
+ * The demo's layout for `pages` pages (a multiple of 64): globals in the first
+ * 64th, the hot spot's lane over the next 44 64ths, stripes in the last quarter,
+ * with one empty 64th between them. The hot spot crosses its lane in `crossMs`.
+ *
+ * @example
+ * ```ts
+ * import { demoLayout } from "./demo_pattern.ts";
+ * const layout = demoLayout(256, 750);
+ * console.log(layout.globals, layout.stripes.first); // { first: 0, pages: 4 } 192
+ * ```
+ */
+export function demoLayout(pages: number, crossMs: number): WriterLayout {
+  const unit = pages / 64;
+  const lane = 44 * unit;
+  const width = 3 * unit;
+  return {
+    pages,
+    globals: { first: 0, pages: unit },
+    hotSpot: { first: 2 * unit, pages: lane, width, pagesPerMs: (lane - width) / crossMs },
+    stripes: { first: 48 * unit, pages: 16 * unit, strides: [1, 2, 4, 8, 16] },
+  };
+}
+
+/**
+ * The runs one pass writes, `[firstPage, count, stepPages, …]`, `elapsedMs` after
+ * the writer started, when the main thread has made `marks` marks: the stripes
+ * change stride at every mark (the first stride before the first two), so that in
+ * the demo each round of the watch has its own.
+ *
+ * @example
+ * ```ts
+ * import { demoLayout, passRuns } from "./demo_pattern.ts";
+ * console.log(passRuns(demoLayout(64, 100), 0, 2)); // [0, 1, 1, 2, 3, 1, 48, 8, 2]
+ * ```
+ */
+export function passRuns(layout: WriterLayout, elapsedMs: number, marks: number): number[] {
+  const { globals, hotSpot, stripes } = layout;
+  const travel = hotSpot.pages - hotSpot.width + 1;
+  const offset = Math.floor(elapsedMs * hotSpot.pagesPerMs) % travel;
+  const stride = stripes.strides[(Math.max(marks, 1) - 1) % stripes.strides.length]!;
+  return [
+    globals.first,
+    globals.pages,
+    1,
+    hotSpot.first + offset,
+    hotSpot.width,
+    1,
+    stripes.first,
+    Math.ceil(stripes.pages / stride),
+    stride,
+  ];
+}

@@ -1,0 +1,255 @@
+/**
+ * `uffd demo` as a user runs it (a subprocess: exit code, stdout, stderr, time),
+ * its JSON checked independently of the demo's own check, its fallbacks forced
+ * with `--decline` and `--backend`; and the round check itself on the real kernel,
+ * shown to fail when a write is really lost or a page really was not written by
+ * the writer.
+ */
+
+import assert from "node:assert/strict";
+import { type WriteSet, WriteWatch } from "../mod.ts";
+import { checkRound, ROUNDS } from "../cli/demo_watch.ts";
+import { WasmWriter } from "../cli/demo_writer.ts";
+import { wasmStrideWriter } from "../cli/demo_wasm.ts";
+import { hasStackTrace, onPath, runCli, runCliOnTerminal } from "./cli_run.ts";
+import { skipUnless } from "./helpers.ts";
+
+const backends = WriteWatch.backends();
+const best = backends.find((b) => b.available);
+
+/** `ignore:` for tests that need some write-watch backend. */
+function needsAnyBackend(): boolean {
+  return skipUnless(best !== undefined, `no write-watch backend here: ${backends.map((b) => b.reason).join("; ")}`);
+}
+
+interface Round {
+  round: number;
+  count: number;
+  pages: number[];
+  writer: { passes: number; stores: number };
+  check: { ok: boolean; writtenBefore: number; missed: number[]; neverWritten: number[]; lost: number };
+  log: { due: [number, number][]; may: number[] };
+}
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+Deno.test({
+  name: "demo --json: under 10 s, one document, every round reports what the writer wrote before it and nothing else",
+  ignore: needsAnyBackend(),
+  async fn() {
+    const t0 = performance.now();
+    const { code, stdout, stderr } = await runCli(["demo", "--json"]);
+    const seconds = (performance.now() - t0) / 1000;
+    assert.equal(code, 0, stderr);
+    assert.equal(stderr, "");
+    assert.ok(seconds < 10, `demo --json took ${seconds.toFixed(1)} s`);
+    const doc = JSON.parse(stdout);
+    assert.equal(doc.kernel, Deno.osRelease());
+    assert.equal(doc.features.status, "ok");
+    assert.equal(typeof doc.features.used.WP_ASYNC, "boolean");
+    const watch = doc.writeWatch;
+    assert.equal(watch.status, "ok", watch.reason);
+    assert.equal(watch.backend, best!.name, "automatic selection picks the best backend available");
+    assert.equal(watch.ok, true);
+    const rounds: Round[] = watch.rounds;
+    assert.ok(rounds.length >= ROUNDS, `${rounds.length} rounds`);
+    const { stripes, globals } = watch.layout;
+    for (const r of rounds) {
+      assert.deepEqual(r.pages, [...new Set(r.pages)].sort((a, b) => a - b), "pages ascending, once each");
+      assert.equal(r.count, r.pages.length);
+      // Independently of the demo's check: each page the writer wrote before this
+      // collect() began is reported by a round from `from` to this one...
+      for (const [page, from] of r.log.due) {
+        assert.ok(from >= 1 && from <= r.round, `round ${r.round}: page ${page} due from round ${from}`);
+        const seen = rounds.slice(from - 1, r.round).some((earlier) => earlier.pages.includes(page));
+        assert.ok(seen, `round ${r.round}: page ${page}, written before the collect, was never reported`);
+      }
+      // ...and each reported page was written by a pass that could land in this round.
+      const may = new Set(r.log.may);
+      for (const page of r.pages) assert.ok(may.has(page), `round ${r.round}: page ${page} reported, never written`);
+      assert.equal(r.check.ok, true);
+      assert.equal(r.check.writtenBefore, r.log.due.length);
+      // The writer's pattern is there: its globals in every round, this round's stripes.
+      const dueNow = new Set(r.log.due.filter(([, from]) => from === r.round).map(([page]) => page));
+      assert.ok(dueNow.has(globals.first), `round ${r.round}: the writer's globals were written`);
+      const stride = stripes.strides[(r.round - 1) % stripes.strides.length];
+      const stripePages = [...dueNow].filter((p) => p >= stripes.first && p < stripes.first + stripes.pages);
+      assert.ok(stripePages.length > 0 && stripePages.every((p) => (p - stripes.first) % stride === 0));
+      assert.equal(stripePages.length, stripes.pages / stride, `round ${r.round}: every ${stride}th stripe page`);
+    }
+    assert.ok(rounds[rounds.length - 1]!.writer.passes > rounds[0]!.writer.passes, "the writer kept writing");
+    // The hot spot moves: its highest page in the last round is past the first round's.
+    const hot = (r: Round) =>
+      Math.max(...r.pages.filter((p) => p >= watch.layout.hotSpot.first && p < stripes.first - 8));
+    assert.ok(hot(rounds[rounds.length - 1]!) > hot(rounds[0]!), "the hot spot moved");
+  },
+});
+
+Deno.test({
+  name: "demo (text): feature summary, then a heat map per round that fits 80 columns, each round checked",
+  ignore: needsAnyBackend(),
+  async fn() {
+    const { code, stdout, stderr } = await runCli(["demo"]);
+    assert.equal(code, 0, stderr);
+    assert.ok(!hasStackTrace(stdout + stderr));
+    assert.match(stdout, new RegExp(`^uffd demo — Linux ${Deno.osRelease().replaceAll(".", "\\.")} `));
+    assert.match(stdout, /this demo uses: WP_ASYNC [✓✗] {2}WP_UNPOPULATED [✓✗] {2}PAGEMAP_SCAN [✓✗]/);
+    assert.match(stdout, /1 cell = 4 pages/);
+    const maps = stdout.split("\n").filter((line) => /^\s+\d+\s{4}[·░▒▓█]{64}\s+\d+$/.test(line));
+    assert.equal(maps.length, ROUNDS, stdout);
+    for (const line of maps) assert.ok(line.length <= 80, `${line.length} columns: ${line}`);
+    const checks = stdout.split("\n").filter((line) => / written before .* spurious/.test(line));
+    assert.equal(checks.length, ROUNDS);
+    for (const line of checks) {
+      assert.match(line, /^\s+✓ (\d+)\/\1 written before.* · ✓ 0 spurious · writer \+\d+ passes$/);
+    }
+    assert.doesNotMatch(stdout, /✗/);
+    // deno-lint-ignore no-control-regex
+    assert.doesNotMatch(stdout, /\x1b\[/, "NO_COLOR: no escapes");
+  },
+});
+
+Deno.test({
+  name: "demo on a terminal: colors, and none with NO_COLOR",
+  ignore: needsAnyBackend() || skipUnless(onPath("script"), "no `script` to give the CLI a terminal"),
+  async fn() {
+    const colored = await runCliOnTerminal(["demo"], { color: true });
+    assert.equal(colored.code, 0, colored.stdout);
+    assert.ok(colored.stdout.includes("\x1b[36m█\x1b[0m"), "heat map cells are colored");
+    const plain = await runCliOnTerminal(["demo"]);
+    assert.equal(plain.code, 0, plain.stdout);
+    assert.ok(!plain.stdout.includes("\x1b["), "NO_COLOR");
+    assert.match(plain.stdout, /[░▒▓█]{4}/);
+  },
+});
+
+Deno.test("demo --decline async: falls back to the next backend, or says why the watch is skipped and exits 0", async () => {
+  const { code, stdout, stderr } = await runCli(["demo", "--json", "--decline", "async"]);
+  assert.equal(code, 0, stderr);
+  const watch = JSON.parse(stdout).writeWatch;
+  const fallback = backends.find((b) => b.name !== "async" && b.available);
+  if (fallback) {
+    assert.equal(watch.status, "ok");
+    assert.equal(watch.backend, fallback.name);
+  } else {
+    assert.equal(watch.status, "skipped");
+    assert.match(watch.reason, /async: declined/);
+    for (const b of backends.filter((b) => b.name !== "async")) assert.ok(watch.reason.includes(b.reason!), b.name);
+    const text = await runCli(["demo", "--decline=async,sync"]);
+    assert.equal(text.code, 0);
+    assert.match(text.stdout, /live write watch skipped: .*async: declined/s);
+    assert.doesNotMatch(text.stdout, /^\s+1\s{4}/m, "no rounds");
+  }
+});
+
+Deno.test("demo --backend NAME: a backend that cannot run here is refused (exit 3) with its reason", async () => {
+  const unavailable = backends.find((b) => !b.available);
+  if (skipUnless(unavailable !== undefined, "every write-watch backend can run here")) return;
+  const { code, stdout, stderr } = await runCli(["demo", "--json", "--backend", unavailable!.name]);
+  assert.equal(code, 3, stderr);
+  const watch = JSON.parse(stdout).writeWatch;
+  assert.equal(watch.status, "refused");
+  assert.equal(stderr.trim().split("\n").length, 1);
+  assert.ok(stderr.includes(unavailable!.reason!), stderr);
+});
+
+Deno.test("demo usage: --help lists the options; bad options exit 2 with one line", async () => {
+  const help = await runCli(["demo", "--help"]);
+  assert.equal(help.code, 0);
+  assert.match(help.stdout, /^usage: uffd demo \[--json\] \[--backend NAME\] \[--decline NAME,\.\.\.\]/);
+  assert.match(help.stdout, /--decline NAME/);
+  for (const args of [["demo", "--backend", "bogus"], ["demo", "--decline", "nope"], ["demo", "--backend"]]) {
+    const r = await runCli(args);
+    assert.equal(r.code, 2, args.join(" "));
+    assert.equal(r.stdout, "");
+    assert.equal(r.stderr.trim().split("\n").length, 1, r.stderr);
+  }
+});
+
+// ---------------------------------------------------------------------------
+// The round check, on the real kernel
+
+/** Starts a writer and a watch marked as mark 1, and returns a function that runs one marked, checked round. */
+async function session(options: Parameters<typeof WasmWriter.start>[0] = {}) {
+  const writer = await WasmWriter.start(options);
+  const start = writer.mark(() => WriteWatch.start(writer.memory));
+  const watch = start.result;
+  const reported: WriteSet[] = [];
+  const round = async () => {
+    const collected = writer.mark(() => watch.collect());
+    reported.push(collected.result);
+    await writer.settled(collected.index);
+    const log = {
+      due: Array.from(writer.dueAt(collected.index), (m) => m - start.index),
+      may: writer.mayAt(collected.index),
+    };
+    return checkRound(reported.length, reported, log, watch.backend !== "soft-dirty");
+  };
+  return {
+    writer,
+    watch,
+    round,
+    async [Symbol.asyncDispose]() {
+      watch.stop();
+      await writer.stop();
+    },
+  };
+}
+
+Deno.test({
+  name: "round check: 20 quick rounds against a writer racing every collect(): nothing missed, nothing spurious",
+  ignore: needsAnyBackend(),
+  async fn() {
+    await using s = await session({ pauseMs: 0.2 });
+    let boundary = 0;
+    for (let i = 1; i <= 20; i++) {
+      await sleep(10);
+      const c = await s.round();
+      assert.deepEqual(c.missed, [], `round ${i}`);
+      assert.deepEqual(c.neverWritten, [], `round ${i}`);
+      assert.ok(c.writtenBefore > 0, `round ${i}: the writer wrote`);
+      boundary += c.racing + c.reportedEarlier;
+    }
+    console.log(`${s.writer.passes} passes; ${boundary} pages written while a collect() ran`);
+  },
+});
+
+Deno.test({
+  name: "round check: a reset the log does not know of loses writes, and the check reports them missed",
+  ignore: needsAnyBackend(),
+  async fn() {
+    await using s = await session();
+    await sleep(30);
+    assert.equal((await s.round()).ok, true);
+    const passes = s.writer.passes;
+    while (s.writer.passes < passes + 5) await sleep(1);
+    await sleep(150); // the hot spot moves on by ~30 pages: the pages it left are not written again
+    s.watch.reset(); // not a mark: the writes before it are gone
+    await sleep(5);
+    const c = await s.round();
+    assert.equal(c.ok, false);
+    assert.ok(c.missed.length > 0, "the check saw the lost writes");
+    const { hotSpot } = s.writer.layout;
+    for (const page of c.missed) {
+      assert.ok(page >= hotSpot.first && page < hotSpot.first + hotSpot.pages, `missed page ${page} is the hot spot's`);
+    }
+    assert.deepEqual(c.neverWritten, []);
+  },
+});
+
+Deno.test({
+  name: "round check: a page written by someone else than the writer is reported spurious",
+  ignore: needsAnyBackend(),
+  async fn() {
+    await using s = await session();
+    await sleep(20);
+    assert.equal((await s.round()).ok, true);
+    const gap = s.writer.layout.globals.pages + 1; // between the globals and the hot spot's lane
+    wasmStrideWriter(s.writer.memory)(gap * s.writer.pageSize, 1, 1, 0x5a); // from the main thread
+    await sleep(20);
+    const c = await s.round();
+    assert.equal(c.ok, false);
+    assert.deepEqual(c.neverWritten, [gap]);
+    assert.deepEqual(c.missed, []);
+  },
+});
