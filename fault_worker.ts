@@ -105,5 +105,9 @@ async function serve(data: HandlerWorkerData): Promise<void> {
 
 // Imported anywhere else (a documentation run, a bundler's analysis), this module does nothing.
 if (!isMainThread && workerData !== null && typeof workerData === "object" && "control" in workerData) {
-  await serve(workerData as HandlerWorkerData);
+  // Not awaited at the top level: in Deno 2.9.6 a Worker terminated while its module's
+  // top-level await is pending (a policy whose promise never settles, stop() gives up)
+  // leaves its event loop's fds behind. A timer keeps the Worker alive while it serves.
+  const keepAlive = setInterval(() => {}, 1 << 30);
+  serve(workerData as HandlerWorkerData).finally(() => clearInterval(keepAlive));
 }
