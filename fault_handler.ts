@@ -117,12 +117,25 @@ const BOOTSTRAP = new URL(`data:text/javascript,${encodeURIComponent(`import ${J
 const ONE = new Uint8Array(new BigUint64Array([1n]).buffer);
 const MODES = /^(missing|wp|minor)(\+(missing|wp|minor))*$/;
 
+/** The longest timer delay (setTimeout fires at once beyond it). */
+const MAX_DELAY_MS = 2 ** 31 - 1;
+
 function nonNegative(value: unknown, name: string, fallback: number): number {
   if (value === undefined) return fallback;
   if (typeof value !== "number" || !Number.isFinite(value) || value < 0) {
     throw new TypeError(`FaultHandler.start: ${name} must be a non-negative number`);
   }
   return value;
+}
+
+/** A timeout option, at most `MAX_DELAY_MS` (about 24.8 days: longer ones wait that long). */
+function delay(value: unknown, name: string, fallback: number): number {
+  return Math.min(nonNegative(value, name, fallback), MAX_DELAY_MS);
+}
+
+function isIterable(value: unknown): value is Iterable<unknown> {
+  return value !== null && typeof value === "object" &&
+    typeof (value as Iterable<unknown>)[Symbol.iterator] === "function";
 }
 
 function checkSpec(policy: PolicySpec): void {
@@ -202,8 +215,8 @@ export class FaultHandler implements AsyncDisposable {
     this.#written = new Uint8Array(new SharedArrayBuffer(Math.max(1, bitmapBytes(this.pages))));
     this.#collected = new Uint8Array(new SharedArrayBuffer(Math.max(1, bitmapBytes(this.pages))));
     this.#onEvent = options.onEvent;
-    this.#controlTimeout = nonNegative(options.controlTimeoutMs, "controlTimeoutMs", 5000);
-    this.#stopTimeout = nonNegative(options.stopTimeoutMs, "stopTimeoutMs", 5000);
+    this.#controlTimeout = delay(options.controlTimeoutMs, "controlTimeoutMs", 5000);
+    this.#stopTimeout = delay(options.stopTimeoutMs, "stopTimeoutMs", 5000);
     this.#done = new Promise((resolve, reject) => {
       this.#resolveDone = resolve;
       this.#rejectDone = reject;
@@ -267,7 +280,21 @@ export class FaultHandler implements AsyncDisposable {
       throw invalid(operation, "batch must be an integer in [1, 4096]", { batch });
     }
     nonNegative(options.spinMicros, "spinMicros", 0);
-    const startTimeout = nonNegative(options.startTimeoutMs, "startTimeoutMs", 10_000);
+    const startTimeout = delay(options.startTimeoutMs, "startTimeoutMs", 10_000);
+    delay(options.controlTimeoutMs, "controlTimeoutMs", 5000);
+    delay(options.stopTimeoutMs, "stopTimeoutMs", 5000);
+    if (options.ranges !== undefined && !isIterable(options.ranges)) {
+      throw new TypeError(`${operation}: ranges must be an iterable of ranges`);
+    }
+    try {
+      structuredClone(policy.options);
+    } catch (e) {
+      throw new TypeError(
+        `${operation}: the options of the ${policy.name} policy must be structured-cloneable (they go to a Worker): ${
+          (e as Error).message
+        }`,
+      );
+    }
     if (uffd.closed) throw invalid(operation, "the userfaultfd is closed", { fd: uffd.fd }, ERRNO.EBADF);
     if (!uffd.nonblocking) {
       throw invalid(operation, "the handler polls the userfaultfd: open it with { nonblocking: true } (the default)", {
@@ -430,7 +457,13 @@ export class FaultHandler implements AsyncDisposable {
    */
   control(op: string, arg?: unknown): unknown {
     if (typeof op !== "string") throw new TypeError("FaultHandler.control: op must be a string");
-    const request = new TextEncoder().encode(JSON.stringify({ op, arg: arg ?? null }));
+    let json: string;
+    try {
+      json = JSON.stringify({ op, arg: arg ?? null });
+    } catch (e) {
+      throw new TypeError(`FaultHandler.control: arg must be JSON-serializable: ${(e as Error).message}`);
+    }
+    const request = new TextEncoder().encode(json);
     if (request.length > PAYLOAD_BYTES) {
       throw new RangeError(
         `FaultHandler.control: the argument takes ${request.length} bytes; at most ${PAYLOAD_BYTES}`,
