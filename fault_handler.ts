@@ -46,7 +46,8 @@ import {
 import { type HandlerStats, readStats, statsBuffer } from "./handler_stats.ts";
 import { EFD_CLOEXEC, EFD_NONBLOCK } from "./linux.ts";
 import { onClose } from "./on_close.ts";
-import type { PolicySpec } from "./policies.ts";
+import type { CopySourceSpec, PolicySpec } from "./policies.ts";
+import { unmappedParts } from "./maps.ts";
 import type { Range } from "./range.ts";
 import { bitmapBytes, type PageRun, pageRuns, type TrackedRange, trackRanges } from "./tracked_pages.ts";
 import { type SharedUserfaultfd, Userfaultfd } from "./userfaultfd.ts";
@@ -112,6 +113,7 @@ export class FaultHandlerError extends Error {
 }
 
 const WORKER_URL = new URL("./fault_worker.ts", import.meta.url).href;
+const POLICIES_URL = new URL("./policies.ts", import.meta.url).href;
 /** `node:worker_threads` takes `file:` and `data:` URLs only: a `data:` module that imports the real one works for both. */
 const BOOTSTRAP = new URL(`data:text/javascript,${encodeURIComponent(`import ${JSON.stringify(WORKER_URL)};`)}`);
 const ONE = new Uint8Array(new BigUint64Array([1n]).buffer);
@@ -136,6 +138,43 @@ function delay(value: unknown, name: string, fallback: number): number {
 function isIterable(value: unknown): value is Iterable<unknown> {
   return value !== null && typeof value === "object" &&
     typeof (value as Iterable<unknown>)[Symbol.iterator] === "function";
+}
+
+/**
+ * The built-in `copyFrom` policy reading from memory in this process: that memory
+ * must be mapped, and must not be registered for missing faults on this
+ * userfaultfd — the handler's own `UFFDIO_COPY` would fault on it and wait for
+ * itself (a freed source whose addresses the destination reused does exactly that).
+ */
+function checkCopySource(
+  policy: PolicySpec,
+  registrations: readonly { start: bigint; end: bigint; mode: string }[],
+  operation: string,
+): void {
+  if (policy.module !== POLICIES_URL || policy.export !== "copyPolicy") return;
+  const source = (policy.options as { source?: CopySourceSpec } | null)?.source;
+  if (source?.kind !== "memory" || source.length === 0) return;
+  const start = source.address;
+  const end = start + BigInt(source.length);
+  for (const r of registrations) {
+    if (r.start < end && start < r.end && r.mode.split("+").includes("missing")) {
+      throw invalid(
+        operation,
+        "the copyFrom source overlaps memory registered for missing faults on this userfaultfd: the handler would " +
+          "fault on its own source and wait for itself",
+        { source: start, length: source.length, registered: r.start },
+      );
+    }
+  }
+  const holes = unmappedParts(start, end);
+  if (holes && holes.length > 0) {
+    throw invalid(
+      operation,
+      "the copyFrom source is not mapped (freed?)",
+      { source: start, hole: holes[0]!.start },
+      ERRNO.EFAULT,
+    );
+  }
 }
 
 function checkSpec(policy: PolicySpec): void {
@@ -305,6 +344,7 @@ export class FaultHandler implements AsyncDisposable {
     const given = options.ranges === undefined
       ? registrations.map((r) => ({ address: r.start, length: r.end - r.start }))
       : [...options.ranges];
+    checkCopySource(policy, registrations, operation);
     const ranges = trackRanges(given, registrations, operation);
     for (const r of ranges) {
       if (!MODES.test(r.mode)) throw invalid(operation, `unexpected registration mode ${r.mode}`);

@@ -190,7 +190,10 @@ export interface MapPagesOptions {
  * `Uint8Array`, copied once into shared memory unless it already is shared), or
  * memory in this process (a `Region`, or any `{ address, length }`). Tracked page
  * `i` is filled from offset `i * pageSize`; past the end of the source, pages are
- * zero-filled.
+ * zero-filled. Memory must stay mapped while the handler runs (a `UFFDIO_COPY` from
+ * unmapped memory fails the handler with `EFAULT`), and must not be registered for
+ * missing faults on the same userfaultfd: the handler would fault on its own source
+ * and wait for itself (`FaultHandler.start` refuses both when it starts).
  */
 export type CopySource = string | URL | Uint8Array | { readonly address: bigint; readonly length: number | bigint };
 
