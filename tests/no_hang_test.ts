@@ -86,13 +86,18 @@ for (const kind of ["missing", "wp", "minor"] as const) {
         if (kind === "wp") uffd.writeProtect(mem);
         let done = false;
         const writer = libc.memsetOffThread(mem.address + P + 10n, 0x7e, 20n).then(() => done = true);
-        const fault = await nextFault(uffd, `the ${kind} fault`);
-        assert.equal(fault.wp, kind === "wp");
-        assert.equal(fault.minor, kind === "minor");
-        assert.equal(threadsInFault(), 1, "the writer sleeps in handle_userfault");
-        assert.equal(done, false);
-        uffd.close();
-        await within(writer, 5000, "the writer after close()");
+        try {
+          const fault = await nextFault(uffd, `the ${kind} fault`);
+          assert.equal(fault.wp, kind === "wp");
+          assert.equal(fault.minor, kind === "minor");
+          // The message is queued before the writer goes to sleep: under load it may be read first.
+          await waitFor(() => threadsInFault() === 1, 5000, "the writer asleep in handle_userfault");
+          assert.equal(done, false);
+        } finally {
+          // Whatever failed, release the writer before its memory goes away.
+          uffd.close();
+          await within(writer, 5000, "the writer after close()");
+        }
       }
       assert.equal(mem.bytes[PAGE + 10], 0x7e, "the write landed once the fault was released");
       assert.equal(mem.bytes[PAGE + 30], kind === "missing" ? 0 : kind === "minor" ? 3 : 4);
