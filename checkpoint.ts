@@ -114,6 +114,8 @@ export class Checkpoint implements Disposable {
   readonly #files: string[] = [];
   #parentCrc = 0;
   #staging: Uint8Array<ArrayBuffer> | undefined;
+  /** The pages of a delta that failed to be written (a bad path, a full disk): kept for the next one. */
+  #unwritten: Uint32Array | undefined;
 
   private constructor(target: WriteWatchTarget, watch: WriteWatch, durable: boolean) {
     this.#target = target;
@@ -163,7 +165,8 @@ export class Checkpoint implements Disposable {
    * Writes the next file of the chain to `path`: the base image the first time,
    * then a delta of the pages written since the previous file. Fails without
    * writing anything when pages can no longer be watched (`WriteSet.lost`): start
-   * a new chain then.
+   * a new chain then. A write that fails otherwise (a bad path, a full disk)
+   * leaves the chain as it was: the next delta also holds the pages this one would have.
    */
   write(path: string): CheckpointWritten {
     if (typeof path !== "string" || path.length === 0) throw new TypeError("Checkpoint.write: path must be a string");
@@ -180,8 +183,17 @@ export class Checkpoint implements Disposable {
         hint: "start a new chain with Checkpoint.start",
       });
     }
-    const pages = base ? this.#basePages() : set.runs;
-    const written = this.#stream(path, sequence, pages, set.pageCount, set.head);
+    let pages = base ? this.#basePages() : set.runs;
+    if (!base && this.#unwritten) pages = mergeRuns(this.#unwritten, pages);
+    let written: CheckpointWritten;
+    try {
+      written = this.#stream(path, sequence, pages, set.pageCount, set.head);
+    } catch (e) {
+      // The watch has forgotten these pages already: the next delta must include them.
+      if (!base) this.#unwritten = pages;
+      throw e;
+    }
+    this.#unwritten = undefined;
     this.#files.push(path);
     return written;
   }
@@ -316,6 +328,14 @@ export class Checkpoint implements Disposable {
       }
     }
   }
+}
+
+/** The union of two run lists (`[first, count, …]`), sorted and merged. */
+function mergeRuns(a: Uint32Array, b: Uint32Array): Uint32Array {
+  const runs = new RunList();
+  for (let i = 0; i < a.length; i += 2) runs.add(a[i]!, a[i + 1]!);
+  for (let i = 0; i < b.length; i += 2) runs.add(b[i]!, b[i + 1]!);
+  return runs.freeze();
 }
 
 /**

@@ -401,6 +401,11 @@ export class CheckpointReader implements Disposable {
 
   #checkIndex(index: number): void {
     this.#check();
+    if (typeof index !== "number") {
+      throw new TypeError(
+        `CheckpointReader: a page index must be a number, not ${index === null ? "null" : typeof index}`,
+      );
+    }
     if (!Number.isInteger(index) || index < 0 || index >= this.pageCount) {
       throw new RangeError(`page index ${index} is outside [0, ${this.pageCount})`);
     }
@@ -488,7 +493,10 @@ export function imageBytes(target: WriteWatchTarget): Uint8Array {
   ) {
     return target.byteLength === 0 ? new Uint8Array(0) : Region.of(target).bytes;
   }
-  throw new TypeError("expected a Region, an ArrayBuffer, a typed array, a DataView or a WebAssembly.Memory");
+  throw new TypeError(
+    "imageBytes: expected a Region, an ArrayBuffer, a typed array, a DataView or a WebAssembly.Memory, not " +
+      (target === null ? "null" : typeof target),
+  );
 }
 
 /**

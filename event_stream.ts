@@ -17,6 +17,12 @@ import { onClose } from "./on_close.ts";
 import type { Userfaultfd } from "./userfaultfd.ts";
 
 const ONE = new Uint8Array(new BigUint64Array([1n]).buffer);
+/**
+ * How long one wait lasts before the stream looks at the closed flag again: a close
+ * by another thread holding a `share()` of the userfaultfd does not wake the poll,
+ * and while the poll holds the file the kernel does not release its waiting faults.
+ */
+const POLL_MS = 100;
 
 /** Validates the arguments now, and returns the stream (which starts polling on the first `next()`). */
 export function eventStream(uffd: Userfaultfd, options: EventsOptions): AsyncIterableIterator<UffdEvent[]> {
@@ -67,7 +73,7 @@ async function* stream(uffd: Userfaultfd, signal: AbortSignal | undefined): Asyn
         yield batch;
         continue;
       }
-      const ready = await set.pollOffThread(-1);
+      const ready = await set.pollOffThread(POLL_MS);
       if (ended()) return;
       if (ready < 0) {
         throw new UffdError({

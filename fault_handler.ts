@@ -46,7 +46,8 @@ import {
 import { type HandlerStats, readStats, statsBuffer } from "./handler_stats.ts";
 import { EFD_CLOEXEC, EFD_NONBLOCK } from "./linux.ts";
 import { onClose } from "./on_close.ts";
-import type { PolicySpec } from "./policies.ts";
+import type { CopySourceSpec, PolicySpec } from "./policies.ts";
+import { unmappedParts } from "./maps.ts";
 import type { Range } from "./range.ts";
 import { bitmapBytes, type PageRun, pageRuns, type TrackedRange, trackRanges } from "./tracked_pages.ts";
 import { type SharedUserfaultfd, Userfaultfd } from "./userfaultfd.ts";
@@ -112,10 +113,14 @@ export class FaultHandlerError extends Error {
 }
 
 const WORKER_URL = new URL("./fault_worker.ts", import.meta.url).href;
+const POLICIES_URL = new URL("./policies.ts", import.meta.url).href;
 /** `node:worker_threads` takes `file:` and `data:` URLs only: a `data:` module that imports the real one works for both. */
 const BOOTSTRAP = new URL(`data:text/javascript,${encodeURIComponent(`import ${JSON.stringify(WORKER_URL)};`)}`);
 const ONE = new Uint8Array(new BigUint64Array([1n]).buffer);
 const MODES = /^(missing|wp|minor)(\+(missing|wp|minor))*$/;
+
+/** The longest timer delay (setTimeout fires at once beyond it). */
+const MAX_DELAY_MS = 2 ** 31 - 1;
 
 function nonNegative(value: unknown, name: string, fallback: number): number {
   if (value === undefined) return fallback;
@@ -123,6 +128,53 @@ function nonNegative(value: unknown, name: string, fallback: number): number {
     throw new TypeError(`FaultHandler.start: ${name} must be a non-negative number`);
   }
   return value;
+}
+
+/** A timeout option, at most `MAX_DELAY_MS` (about 24.8 days: longer ones wait that long). */
+function delay(value: unknown, name: string, fallback: number): number {
+  return Math.min(nonNegative(value, name, fallback), MAX_DELAY_MS);
+}
+
+function isIterable(value: unknown): value is Iterable<unknown> {
+  return value !== null && typeof value === "object" &&
+    typeof (value as Iterable<unknown>)[Symbol.iterator] === "function";
+}
+
+/**
+ * The built-in `copyFrom` policy reading from memory in this process: that memory
+ * must be mapped, and must not be registered for missing faults on this
+ * userfaultfd — the handler's own `UFFDIO_COPY` would fault on it and wait for
+ * itself (a freed source whose addresses the destination reused does exactly that).
+ */
+function checkCopySource(
+  policy: PolicySpec,
+  registrations: readonly { start: bigint; end: bigint; mode: string }[],
+  operation: string,
+): void {
+  if (policy.module !== POLICIES_URL || policy.export !== "copyPolicy") return;
+  const source = (policy.options as { source?: CopySourceSpec } | null)?.source;
+  if (source?.kind !== "memory" || source.length === 0) return;
+  const start = source.address;
+  const end = start + BigInt(source.length);
+  for (const r of registrations) {
+    if (r.start < end && start < r.end && r.mode.split("+").includes("missing")) {
+      throw invalid(
+        operation,
+        "the copyFrom source overlaps memory registered for missing faults on this userfaultfd: the handler would " +
+          "fault on its own source and wait for itself",
+        { source: start, length: source.length, registered: r.start },
+      );
+    }
+  }
+  const holes = unmappedParts(start, end);
+  if (holes && holes.length > 0) {
+    throw invalid(
+      operation,
+      "the copyFrom source is not mapped (freed?)",
+      { source: start, hole: holes[0]!.start },
+      ERRNO.EFAULT,
+    );
+  }
 }
 
 function checkSpec(policy: PolicySpec): void {
@@ -202,8 +254,8 @@ export class FaultHandler implements AsyncDisposable {
     this.#written = new Uint8Array(new SharedArrayBuffer(Math.max(1, bitmapBytes(this.pages))));
     this.#collected = new Uint8Array(new SharedArrayBuffer(Math.max(1, bitmapBytes(this.pages))));
     this.#onEvent = options.onEvent;
-    this.#controlTimeout = nonNegative(options.controlTimeoutMs, "controlTimeoutMs", 5000);
-    this.#stopTimeout = nonNegative(options.stopTimeoutMs, "stopTimeoutMs", 5000);
+    this.#controlTimeout = delay(options.controlTimeoutMs, "controlTimeoutMs", 5000);
+    this.#stopTimeout = delay(options.stopTimeoutMs, "stopTimeoutMs", 5000);
     this.#done = new Promise((resolve, reject) => {
       this.#resolveDone = resolve;
       this.#rejectDone = reject;
@@ -267,7 +319,21 @@ export class FaultHandler implements AsyncDisposable {
       throw invalid(operation, "batch must be an integer in [1, 4096]", { batch });
     }
     nonNegative(options.spinMicros, "spinMicros", 0);
-    const startTimeout = nonNegative(options.startTimeoutMs, "startTimeoutMs", 10_000);
+    const startTimeout = delay(options.startTimeoutMs, "startTimeoutMs", 10_000);
+    delay(options.controlTimeoutMs, "controlTimeoutMs", 5000);
+    delay(options.stopTimeoutMs, "stopTimeoutMs", 5000);
+    if (options.ranges !== undefined && !isIterable(options.ranges)) {
+      throw new TypeError(`${operation}: ranges must be an iterable of ranges`);
+    }
+    try {
+      structuredClone(policy.options);
+    } catch (e) {
+      throw new TypeError(
+        `${operation}: the options of the ${policy.name} policy must be structured-cloneable (they go to a Worker): ${
+          (e as Error).message
+        }`,
+      );
+    }
     if (uffd.closed) throw invalid(operation, "the userfaultfd is closed", { fd: uffd.fd }, ERRNO.EBADF);
     if (!uffd.nonblocking) {
       throw invalid(operation, "the handler polls the userfaultfd: open it with { nonblocking: true } (the default)", {
@@ -278,6 +344,7 @@ export class FaultHandler implements AsyncDisposable {
     const given = options.ranges === undefined
       ? registrations.map((r) => ({ address: r.start, length: r.end - r.start }))
       : [...options.ranges];
+    checkCopySource(policy, registrations, operation);
     const ranges = trackRanges(given, registrations, operation);
     for (const r of ranges) {
       if (!MODES.test(r.mode)) throw invalid(operation, `unexpected registration mode ${r.mode}`);
@@ -430,7 +497,13 @@ export class FaultHandler implements AsyncDisposable {
    */
   control(op: string, arg?: unknown): unknown {
     if (typeof op !== "string") throw new TypeError("FaultHandler.control: op must be a string");
-    const request = new TextEncoder().encode(JSON.stringify({ op, arg: arg ?? null }));
+    let json: string;
+    try {
+      json = JSON.stringify({ op, arg: arg ?? null });
+    } catch (e) {
+      throw new TypeError(`FaultHandler.control: arg must be JSON-serializable: ${(e as Error).message}`);
+    }
+    const request = new TextEncoder().encode(json);
     if (request.length > PAYLOAD_BYTES) {
       throw new RangeError(
         `FaultHandler.control: the argument takes ${request.length} bytes; at most ${PAYLOAD_BYTES}`,

@@ -74,6 +74,13 @@ const BUILTINS_URL = new URL("./policies.ts", import.meta.url).href;
 /** How long `stop()` keeps serving what is already queued, and how long a collect waits out `EAGAIN`. */
 const DRAIN_MS = 200;
 const COLLECT_EAGAIN_MS = 5000;
+/**
+ * How long an idle loop sleeps in `poll()` before it looks at the closed flag again.
+ * A close on the main isolate wakes the loop through the eventfd; a close by another
+ * thread holding a `share()` of the userfaultfd wakes nothing — and while this loop
+ * keeps its own reference, the kernel does not release the faults waiting on it.
+ */
+const IDLE_POLL_MS = 100;
 
 /** The fault record handed to the policy, reused for every fault. */
 class FaultRecord implements Fault {
@@ -208,8 +215,8 @@ export class FaultLoop implements PolicyContext {
     const ctrl = this.#ctrl;
     const poll = this.#poll;
     for (;;) {
-      const ready = poll.poll(this.#deferred > 0 ? 1 : -1);
-      this.#stats[STAT.wakeups]++;
+      const ready = poll.poll(this.#deferred > 0 ? 1 : IDLE_POLL_MS);
+      if (ready !== 0 || this.#deferred > 0) this.#stats[STAT.wakeups]++;
       if (ready < 0 && ready !== -EINTR) {
         throw new UffdError({ errno: -ready, operation: "poll", args: { fd: this.#fd } });
       }

@@ -19,6 +19,13 @@ import { FaultLoop } from "./fault_loop.ts";
 import { CTRL, type HandlerWorkerData, serializeError, STATE, type WorkerMessage } from "./handler_protocol.ts";
 import { Userfaultfd } from "./userfaultfd.ts";
 
+/** Thrown by `process.exit()` in a policy: unwinds the policy; the failure is already reported. */
+class WorkerExit extends Error {
+  constructor() {
+    super("process.exit() in the fault handler's Worker");
+  }
+}
+
 /** Runs the handler in this Worker. */
 async function serve(data: HandlerWorkerData): Promise<void> {
   const control = new Int32Array(data.control);
@@ -53,16 +60,25 @@ async function serve(data: HandlerWorkerData): Promise<void> {
     e.preventDefault();
     fail(e.reason);
   });
-  // A policy that ends the Worker itself: close first, while this thread still runs.
+  // A policy that ends the Worker itself: close first, while this thread still runs. While
+  // serving, process.exit() and close() do not end the Worker themselves — the main side
+  // terminates it once the failure is reported: a node Worker that ends itself in Deno
+  // 2.9.6 leaves its event loop's fds and its thread behind; a terminated idle one does not.
   process.on("exit", (code: number) => {
     if (!finished) fail(new Error(`the Worker exited (process.exit(${code})) while serving faults`));
   });
+  const exit = process.exit.bind(process);
+  process.exit = ((code?: number) => {
+    if (finished) return exit(code);
+    fail(new Error(`the Worker exited (process.exit(${code ?? ""})) while serving faults`));
+    throw new WorkerExit();
+  }) as typeof process.exit;
   const scope = globalThis as unknown as { close?: () => void };
   const closeWorker = scope.close;
   if (typeof closeWorker === "function") {
     scope.close = () => {
       if (!finished) fail(new Error("the Worker was closed (close()) while serving faults"));
-      closeWorker.call(globalThis);
+      else closeWorker.call(globalThis);
     };
   }
 
@@ -89,5 +105,9 @@ async function serve(data: HandlerWorkerData): Promise<void> {
 
 // Imported anywhere else (a documentation run, a bundler's analysis), this module does nothing.
 if (!isMainThread && workerData !== null && typeof workerData === "object" && "control" in workerData) {
-  await serve(workerData as HandlerWorkerData);
+  // Not awaited at the top level: in Deno 2.9.6 a Worker terminated while its module's
+  // top-level await is pending (a policy whose promise never settles, stop() gives up)
+  // leaves its event loop's fds behind. A timer keeps the Worker alive while it serves.
+  const keepAlive = setInterval(() => {}, 1 << 30);
+  serve(workerData as HandlerWorkerData).finally(() => clearInterval(keepAlive));
 }

@@ -44,6 +44,7 @@
  */
 
 import { invalid, UffdError } from "./errors.ts";
+import { toAddress } from "./range.ts";
 import type { UffdEvent } from "./events.ts";
 import * as libc from "./ffi/libc.ts";
 import { O_CLOEXEC, O_RDONLY } from "./linux.ts";
@@ -189,7 +190,10 @@ export interface MapPagesOptions {
  * `Uint8Array`, copied once into shared memory unless it already is shared), or
  * memory in this process (a `Region`, or any `{ address, length }`). Tracked page
  * `i` is filled from offset `i * pageSize`; past the end of the source, pages are
- * zero-filled.
+ * zero-filled. Memory must stay mapped while the handler runs (a `UFFDIO_COPY` from
+ * unmapped memory fails the handler with `EFAULT`), and must not be registered for
+ * missing faults on the same userfaultfd: the handler would fault on its own source
+ * and wait for itself (`FaultHandler.start` refuses both when it starts).
  */
 export type CopySource = string | URL | Uint8Array | { readonly address: bigint; readonly length: number | bigint };
 
@@ -213,9 +217,26 @@ function positiveInteger(value: unknown, operation: string, name: string): numbe
   return value;
 }
 
+/** `options` as an object (`{}` when omitted); anything else is a `TypeError`. */
+function optionsOf<T extends object>(options: T | undefined, operation: string): Partial<T> {
+  if (options === undefined) return {};
+  if (options === null || typeof options !== "object") throw new TypeError(`${operation}: options must be an object`);
+  return options;
+}
+
+/** An optional boolean option: `false` when omitted. */
+function flag(value: unknown, operation: string, name: string): boolean {
+  if (value === undefined) return false;
+  if (typeof value !== "boolean") throw new TypeError(`${operation}: ${name} must be a boolean`);
+  return value;
+}
+
 function copySourceSpec(source: CopySource): CopySourceSpec {
   const operation = "policies.copyFrom";
-  if (typeof source === "string") return { kind: "file", path: source };
+  if (typeof source === "string") {
+    if (source.length === 0) throw invalid(operation, "the source path is empty");
+    return { kind: "file", path: source };
+  }
   if (source instanceof URL) {
     if (source.protocol !== "file:") throw invalid(operation, "a URL source must be a file: URL", { url: source.href });
     return { kind: "file", path: decodeURIComponent(source.pathname) };
@@ -227,9 +248,13 @@ function copySourceSpec(source: CopySource): CopySourceSpec {
     return { kind: "bytes", bytes: shared };
   }
   if (source !== null && typeof source === "object" && typeof source.address === "bigint") {
+    const address = toAddress(source.address, operation);
     const length = Number(source.length);
     if (!Number.isSafeInteger(length) || length < 0) throw invalid(operation, "bad source length", { length });
-    return { kind: "memory", address: source.address, length };
+    if (address + BigInt(length) > 1n << 64n) {
+      throw invalid(operation, "the source range overflows 2^64", { address, length });
+    }
+    return { kind: "memory", address, length };
   }
   throw new TypeError(`${operation}: source must be a path, a file: URL, a Uint8Array or a Region`);
 }
@@ -258,20 +283,29 @@ export interface Policies {
  * ```
  */
 export const policies: Policies = Object.freeze({
-  unprotect(options: UnprotectOptions = {}): PolicySpec {
-    const chunk = positiveInteger(options.chunk ?? 1, "policies.unprotect", "chunk");
-    return spec("unprotect", "unprotectPolicy", { chunk, removedAsWritten: options.removedAsWritten === true });
+  unprotect(options?: UnprotectOptions): PolicySpec {
+    const operation = "policies.unprotect";
+    const o = optionsOf(options, operation);
+    const chunk = positiveInteger(o.chunk ?? 1, operation, "chunk");
+    return spec("unprotect", "unprotectPolicy", {
+      chunk,
+      removedAsWritten: flag(o.removedAsWritten, operation, "removedAsWritten"),
+    });
   },
   zerofill(): PolicySpec {
     return spec("zerofill", "zerofillPolicy", {});
   },
-  copyFrom(source: CopySource, options: MapPagesOptions = {}): PolicySpec {
-    return spec("copyFrom", "copyPolicy", { source: copySourceSpec(source), wp: options.wp === true });
+  copyFrom(source: CopySource, options?: MapPagesOptions): PolicySpec {
+    const wp = flag(optionsOf(options, "policies.copyFrom").wp, "policies.copyFrom", "wp");
+    return spec("copyFrom", "copyPolicy", { source: copySourceSpec(source), wp });
   },
-  continue(options: MapPagesOptions = {}): PolicySpec {
-    return spec("continue", "continuePolicy", { wp: options.wp === true });
+  continue(options?: MapPagesOptions): PolicySpec {
+    return spec("continue", "continuePolicy", {
+      wp: flag(optionsOf(options, "policies.continue").wp, "policies.continue", "wp"),
+    });
   },
   module(url: string | URL, options: unknown = {}, exportName = "default"): PolicySpec {
+    if (typeof exportName !== "string") throw new TypeError("policies.module: exportName must be a string");
     let href: string;
     try {
       href = new URL(url).href;

@@ -219,6 +219,7 @@ function lostWhy(cell: WpCell): string {
  * ```
  */
 export async function measureWpSemantics(options: WpSemanticsOptions = {}): Promise<WpMatrix> {
+  checkOptions(options, "measureWpSemantics");
   const started = performance.now();
   Userfaultfd.supported(); // throws (EPERM, with what to change) when no userfaultfd can be created
   const memories = options.memory ?? WP_MEMORY_KINDS.map((m) => m.id);
@@ -249,6 +250,33 @@ export async function measureWpSemantics(options: WpSemanticsOptions = {}): Prom
     lostWrites,
     elapsedMs: Math.round(performance.now() - started),
   };
+}
+
+/** Refuses options of the wrong shape before anything is measured (a `TypeError` naming the option). */
+function checkOptions(options: unknown, operation: string): void {
+  if (options === null || typeof options !== "object") throw new TypeError(`${operation}: options must be an object`);
+  const o = options as Record<string, unknown>;
+  const lists: [string, string, readonly { readonly id: string }[]][] = [
+    ["memory", "memory", WP_MEMORY_KINDS],
+    ["scenarios", "scenario", WP_SCENARIOS],
+    ["modes", "mode", WP_MODES],
+    ["decline", "feature", FEATURES.map((f) => ({ id: f.name }))],
+  ];
+  for (const [name, what, known] of lists) {
+    const list = o[name];
+    if (list === undefined) continue;
+    if (!Array.isArray(list)) throw new TypeError(`${operation}: ${name} must be a list`);
+    for (const id of list) {
+      if (!known.some((k) => k.id === id)) throw new TypeError(`${operation}: unknown ${what} ${JSON.stringify(id)}`);
+    }
+  }
+  const timeoutMs = o.timeoutMs;
+  if (timeoutMs !== undefined && (typeof timeoutMs !== "number" || !Number.isFinite(timeoutMs) || timeoutMs < 0)) {
+    throw new TypeError(`${operation}: timeoutMs must be a non-negative number`);
+  }
+  if (o.onCell !== undefined && typeof o.onCell !== "function") {
+    throw new TypeError(`${operation}: onCell must be a function`);
+  }
 }
 
 /** Why a mode cannot run here, or `undefined` when it can. */
@@ -370,6 +398,7 @@ export async function measureWpCell(
   mode: WpMode,
   options: Pick<WpSemanticsOptions, "decline" | "timeoutMs"> = {},
 ): Promise<WpCell> {
+  checkOptions(options, "measureWpCell");
   const modeInfo = WP_MODES.find((m) => m.id === mode);
   if (!modeInfo) throw new TypeError(`unknown mode ${JSON.stringify(mode)}`);
   if (!WP_SCENARIOS.some((s) => s.id === scenario)) throw new TypeError(`unknown scenario ${JSON.stringify(scenario)}`);

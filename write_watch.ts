@@ -218,7 +218,11 @@ export class WriteWatch implements Disposable {
       throw new TypeError(`WriteWatch.start: unknown backend ${JSON.stringify(wanted)} (${NAMES.join(", ")} or auto)`);
     }
     const declined = new Set<string>();
-    for (const name of options.decline ?? []) {
+    const decline = options.decline ?? [];
+    if (typeof decline === "string" || typeof (decline as Iterable<unknown>)[Symbol.iterator] !== "function") {
+      throw new TypeError("WriteWatch.start: decline must be a list of backend names");
+    }
+    for (const name of decline) {
       if (!NAMES.includes(name)) {
         throw new TypeError(`WriteWatch.start: unknown backend ${JSON.stringify(name)} in decline`);
       }

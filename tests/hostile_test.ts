@@ -11,6 +11,7 @@ import assert from "node:assert/strict";
 import * as u from "../mod.ts";
 import { Feature, readPagemap, Region, UffdError, Userfaultfd } from "../mod.ts";
 import * as libc from "../ffi/libc.ts";
+import { within } from "./helpers.ts";
 
 const PAGE = Region.pageSize;
 const P = BigInt(PAGE);
@@ -349,4 +350,370 @@ Deno.test("hostile input: pagemapScan and readPagemap", async (t) => {
     // A range with nothing mapped reads as empty entries.
     assert.ok(readPagemap({ address: 0n, length: 4 * PAGE }).every((e) => !e.present));
   });
+});
+
+// --- The API that came with the fault handler, write tracking and checkpoints ---
+
+/** `refuses` for a promise: the expected kind of error, whose message matches `message`. */
+async function refusesAsync(fn: () => Promise<unknown>, expect: Expect | "FaultHandlerError", message: RegExp) {
+  let caught: unknown;
+  try {
+    await within(fn(), 20_000, "the call");
+  } catch (e) {
+    caught = e;
+  }
+  assert.ok(caught instanceof Error, `expected ${expect}, got ${String(caught)} (no error)`);
+  if (expect === "TypeError" || expect === "RangeError" || expect === "FaultHandlerError") {
+    assert.equal(caught.name, expect, caught.message);
+  } else {
+    assert.ok(caught instanceof UffdError, `expected UffdError ${expect}, got ${caught.name}: ${caught.message}`);
+    assert.equal(caught.code, expect, caught.message);
+  }
+  assert.match(caught.message, message);
+  assert.doesNotMatch(caught.message, /Cannot (read|mix)|is not (iterable|a function)|Invalid FFI/, "a native message");
+  return caught;
+}
+
+const HOLD = new URL("./no_hang/hold_policy.ts", import.meta.url);
+
+Deno.test("hostile input: FaultHandler.start — wrong types, bad options and ranges, closed or blocking userfaultfds", async (t) => {
+  using mem = Region.map(4 * PAGE);
+  using uffd = Userfaultfd.open();
+  uffd.register(mem, { missing: true });
+  const Z = u.policies.zerofill();
+  await t.step("the userfaultfd and the policy", async () => {
+    for (const [, v] of [...WRONG_TYPES, ["undefined", undefined]]) {
+      await refusesAsync(() => u.FaultHandler.start(X(v), Z), "TypeError", /^FaultHandler\.start: uffd must be/);
+      await refusesAsync(() => u.FaultHandler.start(uffd, X(v)), "TypeError", /^FaultHandler\.start: policy must be/);
+    }
+    await refusesAsync(
+      () => u.FaultHandler.start(uffd, { ...Z, module: X(5) }),
+      "TypeError",
+      /policy must be a PolicySpec/,
+    );
+    const closed = Userfaultfd.open();
+    closed.close();
+    await refusesAsync(() => u.FaultHandler.start(closed, Z), "EBADF", /the userfaultfd is closed/);
+    using blocking = Userfaultfd.open({ nonblocking: false });
+    await refusesAsync(() => u.FaultHandler.start(blocking, Z), "EINVAL", /nonblocking/);
+  });
+  await t.step("options", async () => {
+    const bad: [unknown, Expect, RegExp][] = [
+      [null, "TypeError", /options must be an object/],
+      [5, "TypeError", /options must be an object/],
+      [{ batch: "64" }, "TypeError", /batch must be a non-negative number/],
+      [{ batch: NaN }, "TypeError", /batch/],
+      [{ batch: -1 }, "TypeError", /batch/],
+      [{ batch: 1.5 }, "EINVAL", /batch must be an integer in \[1, 4096\]/],
+      [{ batch: 0 }, "EINVAL", /batch/],
+      [{ batch: 5000 }, "EINVAL", /batch/],
+      [{ batch: Infinity }, "TypeError", /batch/],
+      [{ spinMicros: -1 }, "TypeError", /spinMicros/],
+      [{ spinMicros: "1" }, "TypeError", /spinMicros/],
+      [{ startTimeoutMs: NaN }, "TypeError", /startTimeoutMs/],
+      [{ controlTimeoutMs: "x" }, "TypeError", /controlTimeoutMs/],
+      [{ stopTimeoutMs: -5 }, "TypeError", /stopTimeoutMs/],
+      [{ onEvent: 5 }, "TypeError", /onEvent must be a function/],
+      [{ ranges: 5 }, "TypeError", /ranges must be an iterable/],
+      [{ ranges: null }, "TypeError", /ranges must be an iterable/],
+      [{ ranges: [null] }, "TypeError", /a range must be an object/],
+      [{ ranges: [{ address: Number(mem.address), length: PAGE }] }, "TypeError", /address must be a bigint/],
+      [{ ranges: [{ address: mem.address + 8n, length: PAGE }] }, "EINVAL", /page-aligned/],
+      [{ ranges: [{ address: mem.address, length: 5 * PAGE }] }, "EINVAL", /not registered/],
+      [{ ranges: [{ address: TOP - P, length: 2 * PAGE }] }, "EINVAL", /overflows 2\^64/],
+      [{ ranges: [mem, mem] }, "EINVAL", /overlap/],
+    ];
+    for (const [options, expect, message] of bad) {
+      await refusesAsync(() => u.FaultHandler.start(uffd, Z, X(options)), expect, message);
+    }
+    assert.equal(uffd.closed, false, "refused options leave the userfaultfd alone");
+  });
+  await t.step("policy options that cannot go to a Worker; copy sources it would wait on or cannot read", async () => {
+    await refusesAsync(
+      () => u.FaultHandler.start(uffd, u.policies.module(HOLD, { callback: () => 1 })),
+      "TypeError",
+      /options of the hold_policy\.ts policy must be structured-cloneable/,
+    );
+    // A copy source inside the registered range: the handler's own COPY would fault on it and wait for itself.
+    await refusesAsync(
+      () => u.FaultHandler.start(uffd, u.policies.copyFrom(mem)),
+      "EINVAL",
+      /overlaps memory registered for missing faults/,
+    );
+    const freed = Region.map(PAGE);
+    const spec = u.policies.copyFrom(freed);
+    freed.unmap();
+    if (u.unmappedParts(freed.address, freed.address + P)?.length) {
+      await refusesAsync(() => u.FaultHandler.start(uffd, spec), "EFAULT", /source is not mapped/);
+    }
+    assert.equal(uffd.closed, false);
+  });
+  await t.step("a timeout longer than a timer can wait is capped, not an instant failure", async () => {
+    const handler = await u.FaultHandler.start(uffd, Z, { startTimeoutMs: 1e20, stopTimeoutMs: 1e20 });
+    assert.equal(handler.state, "running");
+    await handler.stop();
+  });
+});
+
+Deno.test("hostile input: policies", () => {
+  for (const make of [u.policies.unprotect, u.policies.continue] as ((o?: unknown) => unknown)[]) {
+    for (const v of [null, 5, "x"]) refuses(() => make(X(v)), "TypeError", /^policies\.\w+: options must be an object/);
+  }
+  for (const chunk of [NaN, -1, 0, 1.5, 2 ** 60]) {
+    refuses(() => u.policies.unprotect({ chunk }), "EINVAL", /^policies\.unprotect.*chunk must be a positive integer/);
+  }
+  refuses(() => u.policies.unprotect({ chunk: X("4") }), "TypeError", /chunk must be a number/);
+  refuses(
+    () => u.policies.unprotect({ removedAsWritten: X("yes") }),
+    "TypeError",
+    /removedAsWritten must be a boolean/,
+  );
+  refuses(() => u.policies.continue({ wp: X(1) }), "TypeError", /^policies\.continue: wp must be a boolean/);
+  for (const v of [null, undefined, 5, {}, [], { address: 1, length: PAGE }]) {
+    refuses(() => u.policies.copyFrom(X(v)), "TypeError", /^policies\.copyFrom: source must be a path/);
+  }
+  refuses(() => u.policies.copyFrom(""), "EINVAL", /the source path is empty/);
+  refuses(() => u.policies.copyFrom(new URL("https://example.com/x")), "EINVAL", /file: URL/);
+  refuses(() => u.policies.copyFrom({ address: -1n, length: PAGE }), "EINVAL", /\[0, 2\^64\)/);
+  refuses(() => u.policies.copyFrom({ address: TOP, length: PAGE }), "EINVAL", /\[0, 2\^64\)/);
+  refuses(() => u.policies.copyFrom({ address: TOP - P, length: 2 * PAGE }), "EINVAL", /overflows 2\^64/);
+  for (const length of [-1, NaN, 2 ** 60]) {
+    refuses(() => u.policies.copyFrom({ address: 0n, length }), "EINVAL", /bad source length/);
+  }
+  refuses(() => u.policies.copyFrom(new Uint8Array(1), X(null)), "TypeError", /^policies\.copyFrom: options/);
+  refuses(() => u.policies.copyFrom(new Uint8Array(1), { wp: X("no") }), "TypeError", /wp must be a boolean/);
+  for (const v of [null, 5, "", "relative.ts", {}]) {
+    refuses(() => u.policies.module(X(v)), "TypeError", /^policies\.module: .* is not an absolute URL/);
+  }
+  refuses(() => u.policies.module(HOLD, {}, X(5)), "TypeError", /exportName must be a string/);
+  // An empty source is fine: every page is zero-filled.
+  assert.equal(u.policies.copyFrom(new Uint8Array(0)).name, "copyFrom");
+});
+
+Deno.test("hostile input: a running FaultHandler — control() arguments, stop and dispose twice, calls after the end, a source freed while it runs", async (t) => {
+  await t.step("control(), collect(), stop(), [Symbol.asyncDispose]()", async () => {
+    using mem = Region.map(4 * PAGE);
+    using uffd = Userfaultfd.open();
+    uffd.register(mem, { missing: true });
+    const handler = await u.FaultHandler.start(uffd, u.policies.module(HOLD));
+    for (const [, v] of WRONG_TYPES) {
+      if (typeof v !== "string") refuses(() => handler.control(X(v)), "TypeError", /^FaultHandler\.control: op/);
+    }
+    refuses(() => handler.control("held", 1n), "TypeError", /arg must be JSON-serializable.*BigInt/);
+    const cyclic: Record<string, unknown> = {};
+    cyclic.self = cyclic;
+    refuses(() => handler.control("held", cyclic), "TypeError", /arg must be JSON-serializable/);
+    refuses(() => handler.control("held", "x".repeat(70_000)), "RangeError", /at most 65536/);
+    assert.throws(() => handler.control("nope"), /hold: unknown operation nope/, "a policy's error, rethrown");
+    assert.equal(handler.control("held"), 0, "and the handler keeps running");
+    const first = handler.stop();
+    assert.equal(handler.stop(), first, "stop() twice: the same promise");
+    await first;
+    await handler[Symbol.asyncDispose]();
+    assert.equal(handler.state, "stopped");
+    for (const call of [() => handler.collect(), () => handler.control("held")]) {
+      assert.throws(call, (e) => e instanceof u.FaultHandlerError && /the fault handler is stopped/.test(e.message));
+    }
+    assert.deepEqual(handler.written(), []);
+    assert.equal(handler.stats.faults, 0);
+    assert.equal(uffd.closed, false, "stop() leaves the userfaultfd open");
+  });
+  await t.step("a copy source freed while the handler runs: EFAULT ends it, the writer is released", async () => {
+    const mem = Region.map(4 * PAGE);
+    const source = Region.map(4 * PAGE);
+    source.bytes.fill(3);
+    const uffd = Userfaultfd.open();
+    uffd.register(mem, { missing: true });
+    const handler = await u.FaultHandler.start(uffd, u.policies.copyFrom(source));
+    source.unmap();
+    const writer = libc.memsetOffThread(mem.address, 1, 8n);
+    const error = await within(handler.done.then(() => undefined, (e) => e), 10_000, "the handler's end");
+    await within(writer, 5_000, "the writer");
+    assert.ok(error instanceof u.FaultHandlerError, String(error));
+    assert.ok(error.cause instanceof UffdError && error.cause.code === "EFAULT", String(error.cause));
+    assert.equal(uffd.closed, true);
+    assert.equal(mem.bytes[0], 1, "the write landed after the close");
+    mem.unmap();
+  });
+});
+
+Deno.test("hostile input: Userfaultfd.events()", async () => {
+  using uffd = Userfaultfd.open();
+  for (const v of [null, 5, "x"]) refuses(() => uffd.events(X(v)), "TypeError", /^Userfaultfd\.events: options/);
+  for (const signal of [5, {}, "abort"]) {
+    refuses(() => uffd.events(X({ signal })), "TypeError", /signal must be an AbortSignal/);
+  }
+  using blocking = Userfaultfd.open({ nonblocking: false });
+  refuses(() => blocking.events(), "EINVAL", /blocking: poll\(\) reports POLLERR/);
+  const closed = Userfaultfd.open();
+  closed.close();
+  refuses(() => closed.events(), "EBADF", /the userfaultfd is closed/);
+  // An aborted signal, or a close between creating the stream and reading it: it just ends.
+  const aborted = new AbortController();
+  aborted.abort();
+  assert.equal((await uffd.events({ signal: aborted.signal }).next()).done, true);
+  const later = Userfaultfd.open();
+  const stream = later.events();
+  later.close();
+  assert.equal((await within(stream.next(), 5_000, "the stream")).done, true);
+});
+
+Deno.test("hostile input: WriteWatch", async (t) => {
+  const buffer = new ArrayBuffer(4 * PAGE);
+  await t.step("targets and options", () => {
+    for (const [, v] of [...WRONG_TYPES, ["undefined", undefined]]) {
+      refuses(() => u.WriteWatch.start(X(v)), "TypeError", /^WriteWatch\.start: expected a Region/);
+    }
+    const detached = new ArrayBuffer(PAGE);
+    detached.transfer();
+    using freed = Region.map(PAGE);
+    freed.unmap();
+    for (const empty of [new ArrayBuffer(0), detached, new Uint8Array(0), freed]) {
+      refuses(() => u.WriteWatch.start(empty), "EINVAL", /empty, detached or unmapped/);
+    }
+    for (const v of [null, 5, "x"]) {
+      refuses(() => u.WriteWatch.start(buffer, X(v)), "TypeError", /options must be an object/);
+    }
+    refuses(() => u.WriteWatch.start(buffer, X({ backend: "nope" })), "TypeError", /unknown backend "nope"/);
+    refuses(() => u.WriteWatch.start(buffer, X({ backend: 5 })), "TypeError", /unknown backend 5/);
+    for (const decline of [5, "async", {}]) {
+      refuses(() => u.WriteWatch.start(buffer, X({ decline })), "TypeError", /decline must be a list of backend names/);
+    }
+    refuses(
+      () => u.WriteWatch.start(buffer, X({ decline: ["nope"] })),
+      "TypeError",
+      /unknown backend "nope" in decline/,
+    );
+    refuses(() => u.WriteWatch.start(buffer, { backend: "async", decline: ["async"] }), "EINVAL", /declined/);
+  });
+  await t.step("stopped twice, then used", () => {
+    const watch = u.WriteWatch.start(buffer);
+    watch.stop();
+    watch.stop();
+    watch[Symbol.dispose]();
+    for (const call of [() => watch.written(), () => watch.collect(), () => watch.reset()]) {
+      refuses(call, "EBADF", /the watch is stopped/);
+    }
+  });
+  await t.step("the region unmapped under the watch: its pages are reported lost, not a crash", () => {
+    const mem = Region.map(4 * PAGE);
+    using watch = u.WriteWatch.start(mem);
+    mem.unmap();
+    assert.equal(watch.collect().lost.reduce((n, r) => n + r.pages, 0), 4);
+  });
+});
+
+Deno.test("hostile input: Checkpoint and CheckpointReader", async (t) => {
+  const dir = Deno.makeTempDirSync({ prefix: "uffd-hostile-" });
+  try {
+    const buffer = new ArrayBuffer(8 * PAGE);
+    const bytes = new Uint8Array(buffer);
+    bytes.fill(9);
+    await t.step("Checkpoint: targets, paths, a write after stop", () => {
+      for (const [, v] of WRONG_TYPES) refuses(() => u.Checkpoint.start(X(v)), "TypeError", /expected a Region/);
+      using ckpt = u.Checkpoint.start(buffer);
+      for (const path of [null, 5, "", {}]) refuses(() => ckpt.write(X(path)), "TypeError", /^Checkpoint\.write: path/);
+      // File-system failures are Deno's typed errors, with the errno's code.
+      assert.throws(() => ckpt.write(dir), (e) => e instanceof Deno.errors.IsADirectory);
+      assert.throws(() => ckpt.write(`${dir}/no/such/dir/base`), (e) => e instanceof Deno.errors.NotFound);
+      assert.deepEqual([...Deno.readDirSync(dir)], [], "no temporary file left behind");
+      ckpt.stop();
+      refuses(() => ckpt.write(`${dir}/late`), "EBADF", /the watch is stopped/);
+    });
+    await t.step("Checkpoint: a delta that fails to be written loses nothing", () => {
+      using ckpt = u.Checkpoint.start(buffer);
+      const base = ckpt.write(`${dir}/base`).path;
+      const page = ckpt.watch.head === 0 ? 3 * PAGE : 3 * PAGE - ckpt.watch.head;
+      bytes[page] = 7;
+      assert.throws(() => ckpt.write(`${dir}/no/such/dir/d1`), Deno.errors.NotFound);
+      const delta = ckpt.write(`${dir}/d1`);
+      assert.equal(delta.sequence, 1);
+      const restored = new ArrayBuffer(8 * PAGE);
+      u.Checkpoint.restore(restored, [base, delta.path]);
+      assert.equal(new Uint8Array(restored)[page], 7, "the write made before the failed delta is in the next one");
+      bytes[page] = 9;
+    });
+    await t.step("CheckpointReader.open: paths and files that are not a chain", () => {
+      for (const v of [null, 5, "x", [5], [null]]) {
+        refuses(() => u.CheckpointReader.open(X(v)), "TypeError", /^CheckpointReader\.open: expected an array/);
+      }
+      refuses(() => u.CheckpointReader.open([]), "EINVAL", /no files: a chain starts with its base/);
+      refuses(() => u.CheckpointReader.open([`${dir}/missing`]), "ENOENT", /^open/);
+      refuses(() => u.CheckpointReader.open([dir]), "EISDIR", /^pread/);
+      refuses(() => u.CheckpointReader.open(["/dev/null"]), "EIO", /too short for a header/);
+      Deno.writeFileSync(`${dir}/garbage`, new Uint8Array(5 * PAGE).map((_, i) => (i * 131) % 251));
+      refuses(() => u.CheckpointReader.open([`${dir}/garbage`]), "EIO", /not a checkpoint file/);
+      const base = Deno.readFileSync(`${dir}/base`);
+      Deno.writeFileSync(`${dir}/truncated`, base.slice(0, base.length - 100));
+      refuses(() => u.CheckpointReader.open([`${dir}/truncated`]), "EIO", /header says/);
+      refuses(() => u.CheckpointReader.open([`${dir}/base`, `${dir}/base`]), "EINVAL", /a base where delta 1 belongs/);
+      refuses(() => u.CheckpointReader.open([`${dir}/d1`]), "EINVAL", /must start with its base/);
+    });
+    await t.step("CheckpointReader: indexes, buffers, targets; a file truncated or damaged after opening", () => {
+      const reader = u.CheckpointReader.open([`${dir}/base`, `${dir}/d1`]);
+      for (const index of [-1, NaN, 1.5, reader.pageCount, 2 ** 53, Infinity]) {
+        refuses(() => reader.source(index), "RangeError", /page index .* is outside/);
+        refuses(() => reader.readPage(index), "RangeError", /page index .* is outside/);
+      }
+      for (const index of ["0", null, 0n]) {
+        refuses(() => reader.source(X(index)), "TypeError", /a page index must be a number/);
+      }
+      for (const into of [null, new Uint8Array(PAGE - 1), new Uint16Array(PAGE), []]) {
+        refuses(() => reader.readPage(0, X(into)), "TypeError", /^readPage: into must be a Uint8Array/);
+      }
+      for (const [, v] of WRONG_TYPES) {
+        refuses(() => reader.restore(X(v)), "TypeError", /^imageBytes: expected a Region/);
+      }
+      refuses(() => reader.restore(new ArrayBuffer(PAGE)), "EINVAL", /the target has 4096 bytes/);
+      reader.close();
+      reader.close();
+      for (const call of [() => reader.source(0), () => reader.readPage(0), () => reader.verify()]) {
+        refuses(call, "EBADF", /the reader is closed/);
+      }
+      // Damaged after opening: found when read, before the target is touched.
+      Deno.copyFileSync(`${dir}/base`, `${dir}/base2`);
+      const damaged = u.CheckpointReader.open([`${dir}/base2`]);
+      const file = Deno.readFileSync(`${dir}/base2`);
+      file[PAGE + 5] ^= 1;
+      Deno.writeFileSync(`${dir}/base2`, file);
+      const target = new ArrayBuffer(8 * PAGE);
+      refuses(() => damaged.restore(target), "EIO", /checksum mismatch/);
+      assert.ok(new Uint8Array(target).every((b) => b === 0), "the target is untouched");
+      Deno.truncateSync(`${dir}/base2`, 2 * PAGE);
+      refuses(() => damaged.verify(), "EIO", /unexpected end of file/);
+      damaged.close();
+    });
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
+
+Deno.test("hostile input: measureWpSemantics and measureWpCell options", async () => {
+  const refused: [unknown, RegExp][] = [
+    [null, /options must be an object/],
+    [5, /options must be an object/],
+    [{ memory: "anon" }, /memory must be a list/],
+    [{ memory: ["nope"] }, /unknown memory "nope"/],
+    [{ scenarios: 5 }, /scenarios must be a list/],
+    [{ scenarios: ["nope"] }, /unknown scenario "nope"/],
+    [{ modes: ["nope"] }, /unknown mode "nope"/],
+    [{ decline: "WP_ASYNC" }, /decline must be a list/],
+    [{ decline: ["NOPE"] }, /unknown feature "NOPE"/],
+    [{ timeoutMs: -1 }, /timeoutMs must be a non-negative number/],
+    [{ timeoutMs: NaN }, /timeoutMs/],
+    [{ timeoutMs: "5" }, /timeoutMs/],
+    [{ onCell: 5 }, /onCell must be a function/],
+  ];
+  for (const [options, message] of refused) {
+    await refusesAsync(() => u.measureWpSemantics(X(options)), "TypeError", message);
+  }
+  await refusesAsync(
+    () => u.measureWpCell("anon", "populated", "sync", X(null)),
+    "TypeError",
+    /^measureWpCell: options/,
+  );
+  for (const args of [["nope", "populated", "sync"], ["anon", "nope", "sync"], ["anon", "populated", "nope"]]) {
+    await refusesAsync(() => u.measureWpCell(X(args[0]), X(args[1]), X(args[2])), "TypeError", /unknown/);
+  }
+  assert.deepEqual((await u.measureWpSemantics({ memory: [] })).cells, [], "nothing asked, nothing measured");
 });

@@ -90,11 +90,11 @@ for (const kind of ["missing", "wp", "minor"] as const) {
           const fault = await nextFault(uffd, `the ${kind} fault`);
           assert.equal(fault.wp, kind === "wp");
           assert.equal(fault.minor, kind === "minor");
-          // The message is queued just before the writer goes to sleep: wait for the sleep itself.
+          // The message is queued before the writer goes to sleep: under load it may be read first.
           await waitFor(() => threadsInFault() === 1, 5000, "the writer asleep in handle_userfault");
           assert.equal(done, false);
         } finally {
-          // Also when an assertion failed: a writer left blocked would hang the tests that follow.
+          // Whatever failed, release the writer before its memory goes away.
           uffd.close();
           await within(writer, 5000, "the writer after close()");
         }
