@@ -255,7 +255,90 @@ export class FaultHandler implements AsyncDisposable {
    * ```
    */
   static async start(uffd: Userfaultfd, policy: PolicySpec, options: FaultHandlerOptions = {}): Promise<FaultHandler> {
-    const operation = "FaultHandler.start";
+    const { handler, startTimeout } = FaultHandler.#launch(uffd, policy, options, "FaultHandler.start");
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(
+        () => reject(new FaultHandlerError(`the fault handler did not start within ${startTimeout} ms`)),
+        startTimeout,
+      );
+    });
+    try {
+      await Promise.race([handler.#ready.promise, timeout]);
+    } catch (e) {
+      const error = e instanceof FaultHandlerError ? e : new FaultHandlerError("the fault handler failed to start", {
+        cause: e,
+      });
+      handler.#fail(error, error.message);
+      handler.#worker.terminate();
+      throw error;
+    } finally {
+      clearTimeout(timer);
+    }
+    handler.#worker.unref();
+    return handler;
+  }
+
+  /**
+   * Same as {@linkcode FaultHandler.start}, for callers that cannot await (a
+   * synchronous API that must not return before its memory is served): the main
+   * isolate waits with `Atomics.wait` until the Worker serves (bounded by
+   * `startTimeoutMs`). The Worker loads without the main isolate's event loop, so
+   * this does not deadlock; it blocks the main isolate for the Worker's start-up
+   * (tens of milliseconds). On failure the userfaultfd is closed and a
+   * `FaultHandlerError` is thrown, with the Worker's error as its cause.
+   *
+   * @example
+   * ```ts
+   * import { FaultHandler, policies, Region, Userfaultfd } from "@uffd/uffd";
+   * using mem = Region.map(4 * Region.pageSize, { populate: true });
+   * using uffd = Userfaultfd.open();
+   * uffd.register(mem, { wp: true });
+   * const handler = FaultHandler.startSync(uffd, policies.unprotect());
+   * uffd.writeProtect(mem);
+   * mem.bytes[0] = 1;
+   * console.log(handler.collect()); // [{ firstPage: 0, pages: 1 }]
+   * handler.stopSync();
+   * ```
+   */
+  static startSync(uffd: Userfaultfd, policy: PolicySpec, options: FaultHandlerOptions = {}): FaultHandler {
+    const { handler, startTimeout } = FaultHandler.#launch(uffd, policy, options, "FaultHandler.startSync");
+    const ctrl = handler.#control;
+    const deadline = Date.now() + startTimeout;
+    let error: FaultHandlerError | undefined;
+    for (;;) {
+      const state = Atomics.load(ctrl, CTRL.STATE);
+      if (state === STATE.RUNNING) break;
+      if (state !== STATE.STARTING) {
+        const cause = handler.#workerError();
+        error = new FaultHandlerError(`the fault handler failed to start${cause ? `: ${cause.message}` : ""}`, {
+          cause,
+        });
+        break;
+      }
+      const left = deadline - Date.now();
+      if (left <= 0) {
+        error = new FaultHandlerError(`the fault handler did not start within ${startTimeout} ms`);
+        break;
+      }
+      Atomics.wait(ctrl, CTRL.STATE, STATE.STARTING, Math.min(left, 100));
+    }
+    if (error) {
+      handler.#fail(error, error.message);
+      handler.#worker.terminate();
+      throw error;
+    }
+    handler.#worker.unref();
+    return handler;
+  }
+
+  /** What `start` and `startSync` share: checks, the fds, the Worker. */
+  static #launch(
+    uffd: Userfaultfd,
+    policy: PolicySpec,
+    options: FaultHandlerOptions,
+    operation: string,
+  ): { handler: FaultHandler; startTimeout: number } {
     if (!(uffd instanceof Userfaultfd)) throw new TypeError(`${operation}: uffd must be a Userfaultfd`);
     checkSpec(policy);
     if (options === null || typeof options !== "object") throw new TypeError(`${operation}: options must be an object`);
@@ -296,35 +379,13 @@ export class FaultHandler implements AsyncDisposable {
       origin: uffd.origin,
       state: new SharedArrayBuffer(4),
     };
-    let handler: FaultHandler;
     try {
-      handler = new FaultHandler(uffd, policy, ranges, options, own, eventFd);
+      return { handler: new FaultHandler(uffd, policy, ranges, options, own, eventFd), startTimeout };
     } catch (e) {
       libc.close(ownFd);
       libc.close(eventFd);
       throw e;
     }
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    const timeout = new Promise<never>((_, reject) => {
-      timer = setTimeout(
-        () => reject(new FaultHandlerError(`the fault handler did not start within ${startTimeout} ms`)),
-        startTimeout,
-      );
-    });
-    try {
-      await Promise.race([handler.#ready.promise, timeout]);
-    } catch (e) {
-      const error = e instanceof FaultHandlerError ? e : new FaultHandlerError("the fault handler failed to start", {
-        cause: e,
-      });
-      handler.#fail(error, error.message);
-      handler.#worker.terminate();
-      throw error;
-    } finally {
-      clearTimeout(timer);
-    }
-    handler.#worker.unref();
-    return handler;
   }
 
   /** The statistics so far, read from shared memory (no round trip; also while the Worker is busy). */
@@ -485,6 +546,66 @@ export class FaultHandler implements AsyncDisposable {
       return this.#done;
     });
     return this.#stopping;
+  }
+
+  /**
+   * Same as `stop()`, for callers that cannot await: asks the Worker to stop and
+   * waits with `Atomics.wait` (at most `timeoutMs`, default `stopTimeoutMs`) until
+   * it has served the faults already queued and closed its reference to the
+   * userfaultfd. The rest of the ending — the Worker's exit, its eventfd, `done` —
+   * follows on the event loop. If the Worker does not stop in time, the
+   * userfaultfd is closed (waking every waiter) and the Worker terminated. Returns
+   * the statistics; throws the handler's failure, if it failed. As with `stop()`,
+   * the userfaultfd itself stays open: close it.
+   *
+   * @example
+   * ```ts
+   * import { FaultHandler, policies, Region, Userfaultfd } from "@uffd/uffd";
+   * using mem = Region.map(Region.pageSize);
+   * using uffd = Userfaultfd.open();
+   * uffd.register(mem, { missing: true });
+   * const handler = FaultHandler.startSync(uffd, policies.zerofill());
+   * mem.bytes[0] = 1;
+   * console.log(handler.stopSync().resolved, handler.state); // 1 stopped
+   * ```
+   */
+  stopSync(timeoutMs: number = this.#stopTimeout): HandlerStats {
+    const ctrl = this.#control;
+    if (!this.#settled && !this.#exited && Atomics.load(ctrl, CTRL.STATE) === STATE.RUNNING) {
+      Atomics.store(ctrl, CTRL.STOP, 1);
+      this.#wake();
+      const deadline = Date.now() + timeoutMs;
+      for (;;) {
+        if (Atomics.load(ctrl, CTRL.STATE) !== STATE.RUNNING) break;
+        const left = deadline - Date.now();
+        if (left <= 0) {
+          this.#fail(new FaultHandlerError(`the fault handler did not stop within ${timeoutMs} ms; terminated`), "");
+          this.#worker.terminate();
+          break;
+        }
+        Atomics.wait(ctrl, CTRL.STATE, STATE.RUNNING, Math.min(left, 100));
+      }
+    }
+    this.#stopping ??= this.#done;
+    if (this.#failure) throw this.#failure;
+    if (Atomics.load(ctrl, CTRL.STATE) === STATE.FAILED) {
+      // The Worker failed; its message has not reached this side yet.
+      const cause = this.#workerError();
+      throw new FaultHandlerError(`the fault handler failed${cause ? `: ${cause.message}` : ""}`, { cause });
+    }
+    return this.stats;
+  }
+
+  /** The error a failed Worker left in the payload (see `fault_worker.ts`), if any. */
+  #workerError(): Error | undefined {
+    const ctrl = this.#control;
+    if (Atomics.load(ctrl, CTRL.STATE) !== STATE.FAILED || Atomics.load(ctrl, CTRL.STATUS) === 0) return undefined;
+    try {
+      const text = new TextDecoder().decode(this.#payload.slice(0, Atomics.load(ctrl, CTRL.LENGTH)));
+      return deserializeError(JSON.parse(text) as SerializedError);
+    } catch {
+      return undefined;
+    }
   }
 
   /** Same as `stop()`, ignoring a failure (already reported through `done`). */
