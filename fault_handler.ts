@@ -73,6 +73,13 @@ export interface FaultHandlerOptions {
    * fork event.
    */
   onEvent?: (event: UffdEvent) => void;
+  /**
+   * The most pages the handler may track, counting those added later with
+   * `addRanges()` (default: the pages it starts with, so that nothing can be
+   * added). The page bitmaps are reserved for this many pages and grow as ranges
+   * are added.
+   */
+  maxPages?: number;
   /** Messages per `read()` (default 64). */
   batch?: number;
   /**
@@ -155,10 +162,9 @@ export class FaultHandler implements AsyncDisposable {
   readonly uffd: Userfaultfd;
   /** The policy running. */
   readonly policy: PolicySpec;
-  /** The tracked ranges and their page numbering (what `collect()` and `written()` number pages by). */
-  readonly ranges: readonly TrackedRange[];
-  /** Number of tracked pages. */
-  readonly pages: number;
+  #ranges: readonly TrackedRange[];
+  #pages: number;
+  readonly #maxPages: number;
 
   readonly #worker: Worker;
   readonly #own: Userfaultfd;
@@ -192,15 +198,21 @@ export class FaultHandler implements AsyncDisposable {
   ) {
     this.uffd = uffd;
     this.policy = policy;
-    this.ranges = Object.freeze(ranges);
-    this.pages = ranges.reduce((n, r) => n + r.pages, 0);
+    this.#ranges = Object.freeze(ranges);
+    this.#pages = ranges.reduce((n, r) => n + r.pages, 0);
+    this.#maxPages = Math.max(this.#pages, options.maxPages ?? 0);
     this.#own = Userfaultfd.adopt(own);
     this.#eventFd = eventFd;
     this.#control = new Int32Array(new SharedArrayBuffer(CTRL.SIZE * 4));
     this.#payload = new Uint8Array(new SharedArrayBuffer(PAYLOAD_BYTES));
     this.#stats = statsBuffer();
-    this.#written = new Uint8Array(new SharedArrayBuffer(Math.max(1, bitmapBytes(this.pages))));
-    this.#collected = new Uint8Array(new SharedArrayBuffer(Math.max(1, bitmapBytes(this.pages))));
+    // Growable: addRanges() grows them; views without a length follow the growth on both sides.
+    const bitmap = () =>
+      new SharedArrayBuffer(Math.max(1, bitmapBytes(this.#pages)), {
+        maxByteLength: Math.max(1, bitmapBytes(this.#maxPages)),
+      });
+    this.#written = new Uint8Array(bitmap());
+    this.#collected = new Uint8Array(bitmap());
     this.#onEvent = options.onEvent;
     this.#controlTimeout = nonNegative(options.controlTimeoutMs, "controlTimeoutMs", 5000);
     this.#stopTimeout = nonNegative(options.stopTimeoutMs, "stopTimeoutMs", 5000);
@@ -350,6 +362,8 @@ export class FaultHandler implements AsyncDisposable {
       throw invalid(operation, "batch must be an integer in [1, 4096]", { batch });
     }
     nonNegative(options.spinMicros, "spinMicros", 0);
+    const maxPages = nonNegative(options.maxPages, "maxPages", 0);
+    if (!Number.isSafeInteger(maxPages)) throw invalid(operation, "maxPages must be an integer", { maxPages });
     const startTimeout = nonNegative(options.startTimeoutMs, "startTimeoutMs", 10_000);
     if (uffd.closed) throw invalid(operation, "the userfaultfd is closed", { fd: uffd.fd }, ERRNO.EBADF);
     if (!uffd.nonblocking) {
@@ -386,6 +400,21 @@ export class FaultHandler implements AsyncDisposable {
       libc.close(eventFd);
       throw e;
     }
+  }
+
+  /** The tracked ranges and their page numbering (what `collect()` and `written()` number pages by). */
+  get ranges(): readonly TrackedRange[] {
+    return this.#ranges;
+  }
+
+  /** Number of tracked pages. */
+  get pages(): number {
+    return this.#pages;
+  }
+
+  /** The most pages the handler can track (`maxPages`): room for `addRanges()`. */
+  get maxPages(): number {
+    return this.#maxPages;
   }
 
   /** The statistics so far, read from shared memory (no round trip; also while the Worker is busy). */
@@ -503,6 +532,69 @@ export class FaultHandler implements AsyncDisposable {
     const text = new TextDecoder().decode(this.#payload.slice(0, length));
     if (Atomics.load(this.#control, CTRL.STATUS) !== 0) throw deserializeError(JSON.parse(text) as SerializedError);
     return JSON.parse(text);
+  }
+
+  /**
+   * Tracks more ranges while the handler runs (a region that grew, a new mapping):
+   * each must already be registered on the userfaultfd, and their pages are
+   * numbered after the current ones, in order. Synchronous, like `collect()`: when
+   * it returns, the Worker records faults in the new ranges. Register a range
+   * first, add it, and only then write-protect it — a fault the handler cannot
+   * place in a tracked range is resolved but not recorded. Fails with `EINVAL` when
+   * the handler would track more than `maxPages` pages.
+   *
+   * @example
+   * ```ts
+   * import { FaultHandler, policies, Region, Userfaultfd } from "@uffd/uffd";
+   * using a = Region.map(2 * Region.pageSize, { populate: true });
+   * using b = Region.map(2 * Region.pageSize, { populate: true });
+   * using uffd = Userfaultfd.open();
+   * uffd.register(a, { wp: true });
+   * uffd.writeProtect(a);
+   * await using handler = await FaultHandler.start(uffd, policies.unprotect(), { maxPages: 4 });
+   * uffd.register(b, { wp: true });
+   * handler.addRanges([b]); // b's pages are 2 and 3
+   * uffd.writeProtect(b);
+   * b.bytes[Region.pageSize] = 1;
+   * console.log(handler.pages, handler.collect()); // 4 [{ firstPage: 3, pages: 1 }]
+   * ```
+   */
+  addRanges(ranges: Iterable<Range>): readonly TrackedRange[] {
+    const operation = "FaultHandler.addRanges";
+    if (ranges === null || typeof ranges !== "object" || !(Symbol.iterator in ranges)) {
+      throw new TypeError(`${operation}: ranges must be an iterable of ranges`);
+    }
+    const added = trackRanges(ranges, this.uffd.registrations, operation, this.#pages, this.#ranges);
+    for (const r of added) {
+      if (!MODES.test(r.mode)) throw invalid(operation, `unexpected registration mode ${r.mode}`);
+    }
+    const total = this.#pages + added.reduce((n, r) => n + r.pages, 0);
+    if (total > this.#maxPages) {
+      throw invalid(
+        operation,
+        `the handler would track ${total} pages; it was started with room for ${this.#maxPages} (maxPages)`,
+        { pages: total },
+      );
+    }
+    const request = new TextEncoder().encode(JSON.stringify(added.map((r) => ({
+      start: Number(r.address),
+      pages: r.pages,
+      firstPage: r.firstPage,
+      wp: r.mode.split("+").includes("wp"),
+      pageSize: r.pageSize,
+    }))));
+    if (request.length > PAYLOAD_BYTES) throw new RangeError(`${operation}: too many ranges at once`);
+    const bytes = Math.max(1, bitmapBytes(total));
+    for (const bitmap of [this.#written, this.#collected]) {
+      const buffer = bitmap.buffer as SharedArrayBuffer;
+      if (buffer.byteLength < bytes) buffer.grow(bytes);
+    }
+    this.#payload.set(request);
+    Atomics.store(this.#control, CTRL.LENGTH, request.length);
+    this.#request(OP.ADD_RANGES, "addRanges");
+    this.#ranges = Object.freeze([...this.#ranges, ...added]);
+    this.#pages = total;
+    return added;
   }
 
   /**
@@ -647,7 +739,7 @@ export class FaultHandler implements AsyncDisposable {
       }
       Atomics.wait(ctrl, CTRL.RESPONSE, answered, Math.min(left, 100));
     }
-    if (op === OP.COLLECT && Atomics.load(ctrl, CTRL.STATUS) !== 0) {
+    if (op !== OP.CONTROL && Atomics.load(ctrl, CTRL.STATUS) !== 0) {
       const text = new TextDecoder().decode(this.#payload.slice(0, Atomics.load(ctrl, CTRL.LENGTH)));
       throw deserializeError(JSON.parse(text) as SerializedError);
     }

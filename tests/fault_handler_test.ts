@@ -408,3 +408,32 @@ Deno.test("spinMicros: faults that follow each other closely are read without go
   assert.equal(stats.resolved, PAGES);
   assert.ok(stats.batches > stats.wakeups, `${stats.batches} batches, ${stats.wakeups} wake-ups`);
 });
+
+Deno.test("addRanges(): pages numbered after the others and recorded; beyond maxPages, unregistered or overlapping refused", async () => {
+  using a = Region.map(4 * PAGE, { populate: true });
+  using b = Region.map(2 * PAGE, { populate: true });
+  using c = Region.map(8 * PAGE, { populate: true });
+  using uffd = Userfaultfd.open();
+  uffd.register(a, { wp: true });
+  uffd.writeProtect(a);
+  await using handler = await FaultHandler.start(uffd, policies.unprotect(), { maxPages: 8 });
+  assert.equal(handler.maxPages, 8);
+  assert.throws(() => handler.addRanges([b]), (e) => e instanceof UffdError && /not registered/.test(e.message));
+  uffd.register(b, { wp: true });
+  assert.throws(() => handler.addRanges([a]), (e) => e instanceof UffdError && /overlap/.test(e.message));
+  const added = handler.addRanges([b]);
+  assert.deepEqual(added.map((r) => [r.address, r.firstPage, r.pages]), [[b.address, 4, 2]]);
+  assert.equal(handler.pages, 6);
+  assert.equal(handler.ranges.length, 2);
+  uffd.writeProtect(b);
+  await memsetOffThread(b.address + BigInt(PAGE), 7, 1n);
+  await memsetOffThread(a.address, 7, 1n);
+  assert.deepEqual(handler.collect(), [{ firstPage: 0, pages: 1 }, { firstPage: 5, pages: 1 }]);
+  uffd.register(c, { wp: true });
+  assert.throws(
+    () => handler.addRanges([c]),
+    (e) => e instanceof UffdError && e.code === "EINVAL" && /room for 8 \(maxPages\)/.test(e.message),
+  );
+  assert.equal(handler.pages, 6, "a refused range changes nothing");
+  assert.equal(handler.stats.untracked, 0);
+});
