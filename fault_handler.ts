@@ -664,6 +664,8 @@ export class FaultHandler implements AsyncDisposable {
   stopSync(timeoutMs: number = this.#stopTimeout): HandlerStats {
     const ctrl = this.#control;
     if (!this.#settled && !this.#exited && Atomics.load(ctrl, CTRL.STATE) === STATE.RUNNING) {
+      // Kept alive until the Worker has exited and `done` settled (moments later), as with stop().
+      this.#worker.ref();
       Atomics.store(ctrl, CTRL.STOP, 1);
       this.#wake();
       const deadline = Date.now() + timeoutMs;
@@ -673,6 +675,7 @@ export class FaultHandler implements AsyncDisposable {
         if (left <= 0) {
           this.#fail(new FaultHandlerError(`the fault handler did not stop within ${timeoutMs} ms; terminated`), "");
           this.#worker.terminate();
+          this.#worker.unref(); // terminate() cannot interrupt a blocked FFI call
           break;
         }
         Atomics.wait(ctrl, CTRL.STATE, STATE.RUNNING, Math.min(left, 100));
