@@ -62,6 +62,7 @@
  * @module
  */
 
+import type { Feature } from "./uapi.ts";
 import type { RunList } from "./write_set.ts";
 
 /** The ways to track writes: see {@linkcode WriteWatch}. */
@@ -75,6 +76,12 @@ export interface WatchedSpan {
   readonly pages: number;
   /** Shared memory (shmem, memfd, hugetlb) rather than private anonymous memory, when known. */
   readonly shared: boolean;
+  /**
+   * Userfaultfd features the backend must do without even where the kernel has
+   * them (the caller's `decline`, to exercise fallbacks): passed on to
+   * `Userfaultfd.open`, and a backend that needs one of them says it is unavailable.
+   */
+  readonly decline?: readonly Feature[];
 }
 
 /** One running backend: see the module documentation for the contract. */
