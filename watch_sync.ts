@@ -216,6 +216,10 @@ class SyncBackend implements WriteWatchBackend {
   scan(reset: boolean, written: RunList, lost: RunList): void {
     this.#check();
     if (reset) this.#prepare();
+    // The kernel lets a thread's madvise/munmap return as soon as the handler has
+    // read its event, before the policy has recorded it. collect() runs between two
+    // batches, after that; the shared bitmap must wait for it with a round trip.
+    else this.#handler.control("barrier");
     const runs = reset ? this.#handler.collect() : this.#handler.written();
     const lostRuns = this.#lostNow();
     addExcept(written, runs, lostRuns);

@@ -15,6 +15,10 @@
  *   `control("populate")` before the next re-protection, which maps the zero page
  *   back (`MADV_POPULATE_READ`) so that re-protecting the range protects something.
  *
+ * - `control("barrier")` does nothing: its answer tells the main side that the
+ *   batch in progress when it asked — with any event whose caller has already
+ *   returned — has been handled.
+ *
  * Internal: the backend starts it with `policies.module(new URL(import.meta.url),
  * options, "syncWatchPolicy")`.
  *
@@ -106,6 +110,8 @@ export function syncWatchPolicy(options: SyncWatchPolicyOptions, context: Policy
       }
     },
     control(op: string): unknown {
+      // A round trip that returns once the batch being handled is done (see `written()` in watch_sync.ts).
+      if (op === "barrier") return null;
       if (op !== "populate") throw new Error(`syncWatchPolicy: unknown operation ${op}`);
       let populated = 0;
       for (let i = 0; i < removed.length; i += 2) {
