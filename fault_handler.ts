@@ -119,8 +119,27 @@ export class FaultHandlerError extends Error {
 }
 
 const WORKER_URL = new URL("./fault_worker.ts", import.meta.url).href;
-/** `node:worker_threads` takes `file:` and `data:` URLs only: a `data:` module that imports the real one works for both. */
-const BOOTSTRAP = new URL(`data:text/javascript,${encodeURIComponent(`import ${JSON.stringify(WORKER_URL)};`)}`);
+/**
+ * `node:worker_threads` takes `file:` and `data:` URLs only: a `data:` module that
+ * imports the real one works for both. When the import fails (no read permission,
+ * a network error), the bootstrap says so in the control block, where `startSync`
+ * — which cannot receive the Worker's error event while it waits — sees it.
+ */
+const BOOTSTRAP = new URL(`data:text/javascript,${
+  encodeURIComponent(`import { workerData } from "node:worker_threads";
+import(${JSON.stringify(WORKER_URL)}).catch((e) => {
+  const control = new Int32Array(workerData.control);
+  const text = new TextEncoder().encode(JSON.stringify({ name: String(e?.name ?? "Error"), message: String(e?.message ?? e) }));
+  if (text.length <= workerData.payload.byteLength) {
+    new Uint8Array(workerData.payload).set(text);
+    Atomics.store(control, ${CTRL.LENGTH}, text.length);
+    Atomics.store(control, ${CTRL.STATUS}, 1);
+  }
+  Atomics.store(control, ${CTRL.STATE}, ${STATE.FAILED});
+  Atomics.notify(control, ${CTRL.STATE});
+  throw e;
+});`)
+}`);
 const ONE = new Uint8Array(new BigUint64Array([1n]).buffer);
 const MODES = /^(missing|wp|minor)(\+(missing|wp|minor))*$/;
 
