@@ -33,9 +33,8 @@
  *   bounded) before it protects anything: the main thread must never block in a
  *   fault nobody serves.
  *
- * Plugging in the sync backend means implementing {@linkcode BackendProvider} and
- * putting it in `PROVIDERS` (in `write_watch.ts`) instead of the placeholder in
- * `watch_sync.ts`: automatic selection already tries it after `async` and before
+ * A backend is a {@linkcode BackendProvider} listed in `PROVIDERS` (in
+ * `write_watch.ts`): automatic selection tries `async`, then `sync`, then
  * `soft-dirty`.
  *
  * @example

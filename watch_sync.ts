@@ -32,6 +32,11 @@
  *   userfaultfd, which unregisters the span: after it returns, nothing waits for a
  *   handler that is gone.
  *
+ * The handler's Worker loads this package's modules itself, which takes read
+ * permission on the package's directory (the rest of the library needs only
+ * `--allow-ffi`): without it the backend says it is unavailable, and automatic
+ * selection moves on.
+ *
  * One limit that the `async` backend does not have: the kernel zaps a removed range
  * only after the handler has read the event, so if another thread's
  * `MADV_DONTNEED` races with `collect()` and the zap lands after the re-protection,
@@ -84,6 +89,26 @@ const NEEDED: readonly Feature[] = [
 
 let dataQuery: PreparedQuery | undefined;
 let populateRead: boolean | undefined;
+
+/**
+ * Why the handler's Worker could not load this package's modules, if it could not:
+ * a Worker reads its modules from disk with the read permission, which the
+ * library itself does not need (`--allow-ffi` alone runs everything else).
+ */
+function workerCannotLoad(): string | undefined {
+  const home = new URL(".", import.meta.url);
+  if (home.protocol !== "file:") return undefined;
+  const path = decodeURIComponent(home.pathname).replace(/\/$/, "");
+  let state: string;
+  try {
+    state = Deno.permissions.querySync({ name: "read", path }).state;
+  } catch {
+    return undefined;
+  }
+  if (state === "granted") return undefined;
+  return `its fault handler runs in a Worker that loads this package's modules from ${path}, ` +
+    `which needs read permission there (--allow-read=${path})`;
+}
 
 /** Whether `MADV_POPULATE_READ` works here (Linux 5.14), tried once on a page of its own. */
 function populateReadSupported(): boolean {
@@ -299,6 +324,8 @@ export const syncBackend: BackendProvider = Object.freeze({
       return `userfaultfd on this kernel (${kernelRelease()}) lacks ${missing.join(", ")} ` +
         "(write-protect faults work from Linux 5.7)";
     }
+    const load = workerCannotLoad();
+    if (load !== undefined) return load;
     const unpopulated = features.has(Feature.WP_UNPOPULATED) && !span.decline?.includes(Feature.WP_UNPOPULATED);
     if (!span.shared && !unpopulated && !populateReadSupported()) {
       return `without WP_UNPOPULATED (Linux 6.4) untouched pages must be populated with MADV_POPULATE_READ, ` +

@@ -242,3 +242,50 @@ Deno.test({
     assert.deepEqual(watch.written().lost, [{ firstPage: 510, pages: 2 }]);
   },
 });
+
+Deno.test({
+  name:
+    "permissions: with --allow-ffi alone the sync backend says it needs read access to the package; with it, it runs",
+  ignore: noSync,
+  fn: async () => {
+    const root = new URL("../", import.meta.url);
+    const script = `
+      import { Region, WriteWatch } from ${JSON.stringify(new URL("mod.ts", root).href)};
+      using mem = Region.map(4 * Region.pageSize);
+      const sync = WriteWatch.backends().find((b) => b.name === "sync");
+      let backend = "none";
+      let written = [];
+      try {
+        using watch = WriteWatch.start(mem, { decline: ["WP_ASYNC"] });
+        backend = watch.backend;
+        mem.bytes[Region.pageSize] = 1;
+        written = [...watch.collect()];
+      } catch (e) {
+        backend = String(e.message);
+      }
+      console.log(JSON.stringify({ available: sync.available, reason: sync.reason ?? null, backend, written }));
+    `;
+    const run = async (flags: string[]) => {
+      const child = new Deno.Command(Deno.execPath(), {
+        args: ["run", "--no-prompt", "--quiet", ...flags, "-"],
+        stdin: "piped",
+        stdout: "piped",
+        stderr: "piped",
+        env: { NO_COLOR: "1" },
+      }).spawn();
+      const writer = child.stdin.getWriter();
+      await writer.write(new TextEncoder().encode(script));
+      await writer.close();
+      const out = await child.output();
+      const stderr = new TextDecoder().decode(out.stderr);
+      assert.equal(out.code, 0, stderr);
+      return JSON.parse(new TextDecoder().decode(out.stdout).trim().split("\n").at(-1)!);
+    };
+    const ffiOnly = await run(["--allow-ffi"]);
+    assert.equal(ffiOnly.available, false);
+    assert.match(ffiOnly.reason, /loads this package's modules from .*needs read permission there \(--allow-read=/);
+    assert.match(ffiOnly.backend, /no write-watch backend can run here \(async: WP_ASYNC declined.*; sync: its fault/);
+    const withRead = await run(["--allow-ffi", `--allow-read=${decodeURIComponent(root.pathname)}`]);
+    assert.deepEqual(withRead, { available: true, reason: null, backend: "sync", written: [1] });
+  },
+});
