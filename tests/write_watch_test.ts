@@ -33,12 +33,6 @@ import { wasmWriter } from "./fixtures/wasm_writer.ts";
 const PAGE = Region.pageSize;
 const available = new Map(WriteWatch.backends().map((b) => [b.name, b]));
 
-/** `ignore:` value for a test of one backend, printing why it is skipped. */
-function needsBackend(name: WriteWatchBackendName): boolean {
-  const b = available.get(name)!;
-  return skipUnless(b.available, `${name} backend: ${b.reason}`);
-}
-
 /** One way to run a test: a backend, forced, with the features it must do without. */
 interface Variant {
   readonly label: string;
