@@ -76,6 +76,12 @@ export interface WatchedSpan {
   /** Shared memory (shmem, memfd, hugetlb) rather than private anonymous memory, when known. */
   readonly shared: boolean;
   /**
+   * Whether the first and the last page also hold bytes outside the watched memory
+   * (memory that is not page-aligned: an `ArrayBuffer` shares those pages with its
+   * allocator's other data). Absent: both whole.
+   */
+  readonly partial?: { readonly first: boolean; readonly last: boolean };
+  /**
    * Userfaultfd features the backend must do without even where the kernel has
    * them (the caller's `decline`, to exercise fallbacks): passed on to
    * `Userfaultfd.open`, and a backend that needs one of them says it is unavailable.

@@ -147,6 +147,15 @@ function span(location: Location): { address: bigint; head: number; pages: numbe
   return { address, head: Number(location.address - address), pages: Number(end - address) / PAGE_SIZE };
 }
 
+/** Whether the memory's first and last pages also hold bytes that are not the memory's. */
+function partialPages(location: Location): { first: boolean; last: boolean } {
+  const page = BigInt(PAGE_SIZE);
+  return {
+    first: location.address % page !== 0n,
+    last: (location.address + BigInt(location.length)) % page !== 0n,
+  };
+}
+
 function refuse(name: WriteWatchBackendName, why: string, errno: number): UffdError {
   return new UffdError({ errno, operation: "WriteWatch", detail: `the ${name} backend cannot be used: ${why}` });
 }
@@ -250,6 +259,7 @@ export class WriteWatch implements Disposable {
       address: s.address,
       pages: s.pages,
       shared: isShared(target, s.address, s.address + BigInt(s.pages * PAGE_SIZE)),
+      partial: partialPages(location),
       decline: Object.freeze(features),
     };
     const candidates = wanted === "auto" ? PROVIDERS : PROVIDERS.filter((p) => p.name === wanted);
@@ -473,6 +483,7 @@ export class WriteWatch implements Disposable {
       address: s.address,
       pages: s.pages,
       shared: this.#shared,
+      partial: partialPages(location),
       decline: this.#decline,
     });
     this.#address = s.address;
