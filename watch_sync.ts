@@ -26,6 +26,13 @@
  *   the running handler (`FaultHandler.addRanges`), then protected; pages already
  *   holding data are reported (found with `PAGEMAP_SCAN` where the kernel has it,
  *   otherwise every resident page of the tail, conservatively).
+ * - Memory that is not page-aligned shares its first and last pages with other
+ *   data. Where the mapping around such a page reaches past the watched memory (a
+ *   malloc heap: a small `ArrayBuffer`, or a large one after glibc raised its mmap
+ *   threshold), the page is not protected — any thread writing there would wait on
+ *   the handler, and the handler's own thread, allocating next to the buffer, would
+ *   wait for good — and it is reported written on every call (the conservative
+ *   side; the `async` backend reports it only when someone wrote it).
  * - With those events negotiated, a thread that `madvise`s, `munmap`s or
  *   `mremap`s the watched memory waits in the kernel until the handler has read
  *   the event (microseconds). `stop()` first stops the handler, then closes the
@@ -61,6 +68,7 @@ import { ERRNO, UffdError } from "./errors.ts";
 import { FaultHandler } from "./fault_handler.ts";
 import * as libc from "./ffi/libc.ts";
 import { MADV_POPULATE_READ, MAP_ANONYMOUS, MAP_PRIVATE, PROT_READ, PROT_WRITE } from "./linux.ts";
+import { readMaps } from "./maps.ts";
 import { hasPagemapScan, PagemapScanner, type PreparedQuery, prepareQuery, readPagemapRaw } from "./pagemap.ts";
 import { policies } from "./policies.ts";
 import type { Range } from "./range.ts";
@@ -130,15 +138,15 @@ function withPageSize(range: Range): Range {
   return Object.assign({ pageSize: PAGE_SIZE }, range);
 }
 
-/** Appends `runs` to `out`, leaving out the pages of `lost` (sorted `[first, count, …]`). */
-function addExcept(out: RunList, runs: readonly PageRun[], lost: Uint32Array): void {
+/** Appends `runs` moved by `offset` to `out`, leaving out the pages of `lost` (sorted `[first, count, …]`). */
+function addExcept(out: RunList, runs: readonly PageRun[], offset: number, lost: Uint32Array): void {
   if (lost.length === 0) {
-    for (const r of runs) out.add(r.firstPage, r.pages);
+    for (const r of runs) out.add(offset + r.firstPage, r.pages);
     return;
   }
   let k = 0;
   for (const r of runs) {
-    let first = r.firstPage;
+    let first = offset + r.firstPage;
     const end = first + r.pages;
     while (first < end) {
       while (k < lost.length && lost[k]! + lost[k + 1]! <= first) k += 2;
@@ -152,10 +160,32 @@ function addExcept(out: RunList, runs: readonly PageRun[], lost: Uint32Array): v
   }
 }
 
+/**
+ * Whether a partial page at the edge of the span may hold someone else's data: the
+ * mapping around it reaches past the span on that side (a malloc heap, or memory
+ * merged with its neighbours). Such a page is never protected: a thread writing
+ * there would wait on the handler — and if that thread were the handler's own
+ * (its allocator's data next to a watched `ArrayBuffer`), it would wait for good.
+ */
+function mayBeShared(page: bigint, spanStart: bigint, spanEnd: bigint, side: "first" | "last"): boolean {
+  let maps;
+  try {
+    maps = readMaps();
+  } catch {
+    return true;
+  }
+  const m = maps.find((m) => m.start <= page && page < m.end);
+  if (m === undefined) return true;
+  return side === "first" ? m.start < spanStart : m.end > spanEnd;
+}
+
 class SyncBackend implements WriteWatchBackend {
   readonly name = "sync" as const;
   readonly #address: bigint;
   #pages: number;
+  /** The protected pages are `[#first, #end)`; the others are shared with other data and reported every time. */
+  readonly #first: number;
+  #end: number;
   readonly #uffd: Userfaultfd;
   readonly #handler: FaultHandler;
   readonly #populate: boolean;
@@ -169,6 +199,12 @@ class SyncBackend implements WriteWatchBackend {
   constructor(span: WatchedSpan) {
     this.#address = span.address;
     this.#pages = span.pages;
+    const spanEnd = span.address + BigInt(span.pages) * PAGE;
+    const skipFirst = span.partial?.first === true && mayBeShared(span.address, span.address, spanEnd, "first");
+    const skipLast = span.partial?.last === true && mayBeShared(spanEnd - PAGE, span.address, spanEnd, "last");
+    this.#first = skipFirst ? 1 : 0;
+    this.#end = Math.max(this.#first, skipLast ? span.pages - 1 : span.pages);
+    const tracked = this.#end - this.#first;
     this.#uffd = Userfaultfd.open({
       require: span.shared ? [...NEEDED, Feature.WP_HUGETLBFS_SHMEM] : NEEDED,
       features: [Feature.WP_UNPOPULATED],
@@ -179,13 +215,13 @@ class SyncBackend implements WriteWatchBackend {
       // Shared memory keeps markers on untouched pages whatever the features.
       this.#populate = !span.shared && !this.#uffd.features.has(Feature.WP_UNPOPULATED);
       this.#lost = new Uint8Array(
-        new SharedArrayBuffer(Math.max(1, bitmapBytes(span.pages)), { maxByteLength: bitmapBytes(MAX_PAGES) }),
+        new SharedArrayBuffer(Math.max(1, bitmapBytes(tracked)), { maxByteLength: bitmapBytes(MAX_PAGES) }),
       );
       this.#state = new Int32Array(new SharedArrayBuffer(4 * SYNC_STATE.SIZE));
-      const range = { address: span.address, length: span.pages * PAGE_SIZE };
-      this.#uffd.register(range, { wp: true });
+      const range = { address: span.address + BigInt(this.#first) * PAGE, length: tracked * PAGE_SIZE };
+      if (tracked > 0) this.#uffd.register(range, { wp: true });
       const options: SyncWatchPolicyOptions = {
-        base: Number(span.address),
+        base: Number(range.address),
         removedAsWritten: !span.shared,
         populate: this.#populate,
         lost: this.#lost.buffer as SharedArrayBuffer,
@@ -193,11 +229,13 @@ class SyncBackend implements WriteWatchBackend {
       };
       // Serving before anything is protected: the main isolate may write at once.
       handler = FaultHandler.startSync(this.#uffd, policies.module(POLICY, options, "syncWatchPolicy"), {
-        ranges: [withPageSize(range)],
-        maxPages: Math.max(MAX_PAGES, span.pages),
+        ranges: tracked > 0 ? [withPageSize(range)] : [],
+        maxPages: Math.max(MAX_PAGES, tracked),
       });
-      if (this.#populate) populate(range.address, range.length);
-      this.#uffd.writeProtect(range);
+      if (tracked > 0) {
+        if (this.#populate) populate(range.address, range.length);
+        this.#uffd.writeProtect(range);
+      }
       this.#handler = handler;
     } catch (e) {
       try {
@@ -215,15 +253,20 @@ class SyncBackend implements WriteWatchBackend {
   extend(pages: number, written: RunList): void {
     this.#check();
     if (pages <= this.#pages) return;
-    const offset = this.#pages;
-    const tail = { address: this.#address + BigInt(offset) * PAGE, length: (pages - offset) * PAGE_SIZE };
+    // From the end of the protected pages: a partial last page is whole once the memory grew past it.
+    // (Memory that grows — a WebAssembly.Memory, a resizable ArrayBuffer — is a reservation of its
+    // own: its new last page is not shared with other data.)
+    const from = this.#end;
+    const tail = { address: this.#address + BigInt(from) * PAGE, length: (pages - from) * PAGE_SIZE };
+    const tracked = pages - this.#first;
     const lost = this.#lost.buffer as SharedArrayBuffer;
-    if (lost.byteLength < bitmapBytes(pages)) lost.grow(bitmapBytes(pages));
+    if (lost.byteLength < bitmapBytes(tracked)) lost.grow(bitmapBytes(tracked));
     // Registered, tracked by the handler, and only then protected: a fault the
     // handler could not place would be resolved without being recorded.
     this.#uffd.register(tail, { wp: true });
     this.#handler.addRanges([withPageSize(tail)]);
     this.#pages = pages;
+    this.#end = pages;
     if (this.#populate) populate(tail.address, tail.length);
     this.#uffd.writeProtect(tail);
     // After protection, a page holding data was written before (or just after,
@@ -231,10 +274,10 @@ class SyncBackend implements WriteWatchBackend {
     if (hasPagemapScan()) {
       dataQuery ??= prepareQuery({ require: ["PRESENT", "PFNZERO"], invert: ["PFNZERO"], report: ["PRESENT"] });
       this.#scanner ??= new PagemapScanner();
-      this.#scanner.visit(tail, dataQuery, (first, count) => written.add(offset + first, count));
+      this.#scanner.visit(tail, dataQuery, (first, count) => written.add(from + first, count));
     } else {
       const entries = readPagemapRaw(tail);
-      for (let i = 0; i < entries.length; i++) if ((entries[i]! & PM_PRESENT) !== 0n) written.add(offset + i, 1);
+      for (let i = 0; i < entries.length; i++) if ((entries[i]! & PM_PRESENT) !== 0n) written.add(from + i, 1);
     }
   }
 
@@ -247,7 +290,10 @@ class SyncBackend implements WriteWatchBackend {
     else this.#handler.control("barrier");
     const runs = reset ? this.#handler.collect() : this.#handler.written();
     const lostRuns = this.#lostNow();
-    addExcept(written, runs, lostRuns);
+    // Pages shared with other data are not watched: always reported (documented conservative case).
+    if (this.#first > 0) written.add(0, this.#first);
+    addExcept(written, runs, this.#first, lostRuns);
+    if (this.#end < this.#pages) written.add(this.#end, this.#pages - this.#end);
     for (let i = 0; i < lostRuns.length; i += 2) lost.add(lostRuns[i]!, lostRuns[i + 1]!);
   }
 
@@ -277,13 +323,13 @@ class SyncBackend implements WriteWatchBackend {
     if (this.#populate && Atomics.load(this.#state, SYNC_STATE.REMOVED) !== 0) this.#handler.control("populate");
   }
 
-  /** The lost pages as `[first, count, …]`, re-read from the policy's bitmap when it changed. */
+  /** The lost pages (span numbering) as `[first, count, …]`, re-read from the policy's bitmap when it changed. */
   #lostNow(): Uint32Array {
     const generation = Atomics.load(this.#state, SYNC_STATE.LOST_GENERATION);
     if (generation !== this.#lostGeneration) {
       this.#lostGeneration = generation;
-      const runs = pageRuns(this.#lost, this.#pages);
-      this.#lostRuns = new Uint32Array(runs.flatMap((r) => [r.firstPage, r.pages]));
+      const runs = pageRuns(this.#lost, this.#end - this.#first);
+      this.#lostRuns = new Uint32Array(runs.flatMap((r) => [this.#first + r.firstPage, r.pages]));
     }
     return this.#lostRuns;
   }
