@@ -438,6 +438,15 @@ Deno.test("startSync(): the Worker serves when it returns; a policy that cannot 
 
 Deno.test("stopSync(): returns once the Worker stopped serving; its thread and fds then go away (bounded)", async () => {
   using mem = Region.map(4 * PAGE);
+  {
+    // The first Worker of a process leaves runtime fds and a thread that later ones reuse,
+    // and the blocking pool keeps its thread for a while after memsetOffThread.
+    using warm = Userfaultfd.open();
+    FaultHandler.startSync(warm, policies.zerofill(), { ranges: [] }).stopSync();
+    using scratch = Region.map(PAGE);
+    await memsetOffThread(scratch.address, 0, 1n);
+    await new Promise((r) => setTimeout(r, 200));
+  }
   const fds = fdCount();
   const threads = threadCount();
   const uffd = Userfaultfd.open();
@@ -449,7 +458,11 @@ Deno.test("stopSync(): returns once the Worker stopped serving; its thread and f
   assert.equal(handler.state, "stopped", "stopped when stopSync() returns");
   assert.equal(await handler.stop(), await handler.done, "stop() afterwards resolves with done");
   uffd.close();
-  await waitFor(() => fdCount() === fds && threadCount() === threads, 5_000, "the fds and the Worker's thread to go");
+  await waitFor(
+    () => fdCount() === fds && threadCount() === threads,
+    5_000,
+    `the fds (${fdCount()}, were ${fds}) and the Worker's thread (${threadCount()}, were ${threads}) to go`,
+  );
 });
 
 Deno.test("addRanges(): pages numbered after the others and recorded; beyond maxPages, unregistered or overlapping refused", async () => {
