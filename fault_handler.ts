@@ -74,6 +74,13 @@ export interface FaultHandlerOptions {
    * fork event.
    */
   onEvent?: (event: UffdEvent) => void;
+  /**
+   * The most pages the handler may track, counting those added later with
+   * `addRanges()` (default: the pages it starts with, so that nothing can be
+   * added). The page bitmaps are reserved for this many pages and grow as ranges
+   * are added.
+   */
+  maxPages?: number;
   /** Messages per `read()` (default 64). */
   batch?: number;
   /**
@@ -114,8 +121,27 @@ export class FaultHandlerError extends Error {
 
 const WORKER_URL = new URL("./fault_worker.ts", import.meta.url).href;
 const POLICIES_URL = new URL("./policies.ts", import.meta.url).href;
-/** `node:worker_threads` takes `file:` and `data:` URLs only: a `data:` module that imports the real one works for both. */
-const BOOTSTRAP = new URL(`data:text/javascript,${encodeURIComponent(`import ${JSON.stringify(WORKER_URL)};`)}`);
+/**
+ * `node:worker_threads` takes `file:` and `data:` URLs only: a `data:` module that
+ * imports the real one works for both. When the import fails (no read permission,
+ * a network error), the bootstrap says so in the control block, where `startSync`
+ * — which cannot receive the Worker's error event while it waits — sees it.
+ */
+const BOOTSTRAP = new URL(`data:text/javascript,${
+  encodeURIComponent(`import { workerData } from "node:worker_threads";
+import(${JSON.stringify(WORKER_URL)}).catch((e) => {
+  const control = new Int32Array(workerData.control);
+  const text = new TextEncoder().encode(JSON.stringify({ name: String(e?.name ?? "Error"), message: String(e?.message ?? e) }));
+  if (text.length <= workerData.payload.byteLength) {
+    new Uint8Array(workerData.payload).set(text);
+    Atomics.store(control, ${CTRL.LENGTH}, text.length);
+    Atomics.store(control, ${CTRL.STATUS}, 1);
+  }
+  Atomics.store(control, ${CTRL.STATE}, ${STATE.FAILED});
+  Atomics.notify(control, ${CTRL.STATE});
+  throw e;
+});`)
+}`);
 const ONE = new Uint8Array(new BigUint64Array([1n]).buffer);
 const MODES = /^(missing|wp|minor)(\+(missing|wp|minor))*$/;
 
@@ -207,10 +233,9 @@ export class FaultHandler implements AsyncDisposable {
   readonly uffd: Userfaultfd;
   /** The policy running. */
   readonly policy: PolicySpec;
-  /** The tracked ranges and their page numbering (what `collect()` and `written()` number pages by). */
-  readonly ranges: readonly TrackedRange[];
-  /** Number of tracked pages. */
-  readonly pages: number;
+  #ranges: readonly TrackedRange[];
+  #pages: number;
+  readonly #maxPages: number;
 
   readonly #worker: Worker;
   readonly #own: Userfaultfd;
@@ -244,15 +269,21 @@ export class FaultHandler implements AsyncDisposable {
   ) {
     this.uffd = uffd;
     this.policy = policy;
-    this.ranges = Object.freeze(ranges);
-    this.pages = ranges.reduce((n, r) => n + r.pages, 0);
+    this.#ranges = Object.freeze(ranges);
+    this.#pages = ranges.reduce((n, r) => n + r.pages, 0);
+    this.#maxPages = Math.max(this.#pages, options.maxPages ?? 0);
     this.#own = Userfaultfd.adopt(own);
     this.#eventFd = eventFd;
     this.#control = new Int32Array(new SharedArrayBuffer(CTRL.SIZE * 4));
     this.#payload = new Uint8Array(new SharedArrayBuffer(PAYLOAD_BYTES));
     this.#stats = statsBuffer();
-    this.#written = new Uint8Array(new SharedArrayBuffer(Math.max(1, bitmapBytes(this.pages))));
-    this.#collected = new Uint8Array(new SharedArrayBuffer(Math.max(1, bitmapBytes(this.pages))));
+    // Growable: addRanges() grows them; views without a length follow the growth on both sides.
+    const bitmap = () =>
+      new SharedArrayBuffer(Math.max(1, bitmapBytes(this.#pages)), {
+        maxByteLength: Math.max(1, bitmapBytes(this.#maxPages)),
+      });
+    this.#written = new Uint8Array(bitmap());
+    this.#collected = new Uint8Array(bitmap());
     this.#onEvent = options.onEvent;
     this.#controlTimeout = delay(options.controlTimeoutMs, "controlTimeoutMs", 5000);
     this.#stopTimeout = delay(options.stopTimeoutMs, "stopTimeoutMs", 5000);
@@ -307,7 +338,90 @@ export class FaultHandler implements AsyncDisposable {
    * ```
    */
   static async start(uffd: Userfaultfd, policy: PolicySpec, options: FaultHandlerOptions = {}): Promise<FaultHandler> {
-    const operation = "FaultHandler.start";
+    const { handler, startTimeout } = FaultHandler.#launch(uffd, policy, options, "FaultHandler.start");
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(
+        () => reject(new FaultHandlerError(`the fault handler did not start within ${startTimeout} ms`)),
+        startTimeout,
+      );
+    });
+    try {
+      await Promise.race([handler.#ready.promise, timeout]);
+    } catch (e) {
+      const error = e instanceof FaultHandlerError ? e : new FaultHandlerError("the fault handler failed to start", {
+        cause: e,
+      });
+      handler.#fail(error, error.message);
+      handler.#worker.terminate();
+      throw error;
+    } finally {
+      clearTimeout(timer);
+    }
+    handler.#worker.unref();
+    return handler;
+  }
+
+  /**
+   * Same as {@linkcode FaultHandler.start}, for callers that cannot await (a
+   * synchronous API that must not return before its memory is served): the main
+   * isolate waits with `Atomics.wait` until the Worker serves (bounded by
+   * `startTimeoutMs`). The Worker loads without the main isolate's event loop, so
+   * this does not deadlock; it blocks the main isolate for the Worker's start-up
+   * (tens of milliseconds). On failure the userfaultfd is closed and a
+   * `FaultHandlerError` is thrown, with the Worker's error as its cause.
+   *
+   * @example
+   * ```ts
+   * import { FaultHandler, policies, Region, Userfaultfd } from "@uffd/uffd";
+   * using mem = Region.map(4 * Region.pageSize, { populate: true });
+   * using uffd = Userfaultfd.open();
+   * uffd.register(mem, { wp: true });
+   * const handler = FaultHandler.startSync(uffd, policies.unprotect());
+   * uffd.writeProtect(mem);
+   * mem.bytes[0] = 1;
+   * console.log(handler.collect()); // [{ firstPage: 0, pages: 1 }]
+   * handler.stopSync();
+   * ```
+   */
+  static startSync(uffd: Userfaultfd, policy: PolicySpec, options: FaultHandlerOptions = {}): FaultHandler {
+    const { handler, startTimeout } = FaultHandler.#launch(uffd, policy, options, "FaultHandler.startSync");
+    const ctrl = handler.#control;
+    const deadline = Date.now() + startTimeout;
+    let error: FaultHandlerError | undefined;
+    for (;;) {
+      const state = Atomics.load(ctrl, CTRL.STATE);
+      if (state === STATE.RUNNING) break;
+      if (state !== STATE.STARTING) {
+        const cause = handler.#workerError();
+        error = new FaultHandlerError(`the fault handler failed to start${cause ? `: ${cause.message}` : ""}`, {
+          cause,
+        });
+        break;
+      }
+      const left = deadline - Date.now();
+      if (left <= 0) {
+        error = new FaultHandlerError(`the fault handler did not start within ${startTimeout} ms`);
+        break;
+      }
+      Atomics.wait(ctrl, CTRL.STATE, STATE.STARTING, Math.min(left, 100));
+    }
+    if (error) {
+      handler.#fail(error, error.message);
+      handler.#worker.terminate();
+      throw error;
+    }
+    handler.#worker.unref();
+    return handler;
+  }
+
+  /** What `start` and `startSync` share: checks, the fds, the Worker. */
+  static #launch(
+    uffd: Userfaultfd,
+    policy: PolicySpec,
+    options: FaultHandlerOptions,
+    operation: string,
+  ): { handler: FaultHandler; startTimeout: number } {
     if (!(uffd instanceof Userfaultfd)) throw new TypeError(`${operation}: uffd must be a Userfaultfd`);
     checkSpec(policy);
     if (options === null || typeof options !== "object") throw new TypeError(`${operation}: options must be an object`);
@@ -319,6 +433,8 @@ export class FaultHandler implements AsyncDisposable {
       throw invalid(operation, "batch must be an integer in [1, 4096]", { batch });
     }
     nonNegative(options.spinMicros, "spinMicros", 0);
+    const maxPages = nonNegative(options.maxPages, "maxPages", 0);
+    if (!Number.isSafeInteger(maxPages)) throw invalid(operation, "maxPages must be an integer", { maxPages });
     const startTimeout = delay(options.startTimeoutMs, "startTimeoutMs", 10_000);
     delay(options.controlTimeoutMs, "controlTimeoutMs", 5000);
     delay(options.stopTimeoutMs, "stopTimeoutMs", 5000);
@@ -363,35 +479,28 @@ export class FaultHandler implements AsyncDisposable {
       origin: uffd.origin,
       state: new SharedArrayBuffer(4),
     };
-    let handler: FaultHandler;
     try {
-      handler = new FaultHandler(uffd, policy, ranges, options, own, eventFd);
+      return { handler: new FaultHandler(uffd, policy, ranges, options, own, eventFd), startTimeout };
     } catch (e) {
       libc.close(ownFd);
       libc.close(eventFd);
       throw e;
     }
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    const timeout = new Promise<never>((_, reject) => {
-      timer = setTimeout(
-        () => reject(new FaultHandlerError(`the fault handler did not start within ${startTimeout} ms`)),
-        startTimeout,
-      );
-    });
-    try {
-      await Promise.race([handler.#ready.promise, timeout]);
-    } catch (e) {
-      const error = e instanceof FaultHandlerError ? e : new FaultHandlerError("the fault handler failed to start", {
-        cause: e,
-      });
-      handler.#fail(error, error.message);
-      handler.#worker.terminate();
-      throw error;
-    } finally {
-      clearTimeout(timer);
-    }
-    handler.#worker.unref();
-    return handler;
+  }
+
+  /** The tracked ranges and their page numbering (what `collect()` and `written()` number pages by). */
+  get ranges(): readonly TrackedRange[] {
+    return this.#ranges;
+  }
+
+  /** Number of tracked pages. */
+  get pages(): number {
+    return this.#pages;
+  }
+
+  /** The most pages the handler can track (`maxPages`): room for `addRanges()`. */
+  get maxPages(): number {
+    return this.#maxPages;
   }
 
   /** The statistics so far, read from shared memory (no round trip; also while the Worker is busy). */
@@ -518,6 +627,69 @@ export class FaultHandler implements AsyncDisposable {
   }
 
   /**
+   * Tracks more ranges while the handler runs (a region that grew, a new mapping):
+   * each must already be registered on the userfaultfd, and their pages are
+   * numbered after the current ones, in order. Synchronous, like `collect()`: when
+   * it returns, the Worker records faults in the new ranges. Register a range
+   * first, add it, and only then write-protect it — a fault the handler cannot
+   * place in a tracked range is resolved but not recorded. Fails with `EINVAL` when
+   * the handler would track more than `maxPages` pages.
+   *
+   * @example
+   * ```ts
+   * import { FaultHandler, policies, Region, Userfaultfd } from "@uffd/uffd";
+   * using a = Region.map(2 * Region.pageSize, { populate: true });
+   * using b = Region.map(2 * Region.pageSize, { populate: true });
+   * using uffd = Userfaultfd.open();
+   * uffd.register(a, { wp: true });
+   * uffd.writeProtect(a);
+   * await using handler = await FaultHandler.start(uffd, policies.unprotect(), { maxPages: 4 });
+   * uffd.register(b, { wp: true });
+   * handler.addRanges([b]); // b's pages are 2 and 3
+   * uffd.writeProtect(b);
+   * b.bytes[Region.pageSize] = 1;
+   * console.log(handler.pages, handler.collect()); // 4 [{ firstPage: 3, pages: 1 }]
+   * ```
+   */
+  addRanges(ranges: Iterable<Range>): readonly TrackedRange[] {
+    const operation = "FaultHandler.addRanges";
+    if (ranges === null || typeof ranges !== "object" || !(Symbol.iterator in ranges)) {
+      throw new TypeError(`${operation}: ranges must be an iterable of ranges`);
+    }
+    const added = trackRanges(ranges, this.uffd.registrations, operation, this.#pages, this.#ranges);
+    for (const r of added) {
+      if (!MODES.test(r.mode)) throw invalid(operation, `unexpected registration mode ${r.mode}`);
+    }
+    const total = this.#pages + added.reduce((n, r) => n + r.pages, 0);
+    if (total > this.#maxPages) {
+      throw invalid(
+        operation,
+        `the handler would track ${total} pages; it was started with room for ${this.#maxPages} (maxPages)`,
+        { pages: total },
+      );
+    }
+    const request = new TextEncoder().encode(JSON.stringify(added.map((r) => ({
+      start: Number(r.address),
+      pages: r.pages,
+      firstPage: r.firstPage,
+      wp: r.mode.split("+").includes("wp"),
+      pageSize: r.pageSize,
+    }))));
+    if (request.length > PAYLOAD_BYTES) throw new RangeError(`${operation}: too many ranges at once`);
+    const bytes = Math.max(1, bitmapBytes(total));
+    for (const bitmap of [this.#written, this.#collected]) {
+      const buffer = bitmap.buffer as SharedArrayBuffer;
+      if (buffer.byteLength < bytes) buffer.grow(bytes);
+    }
+    this.#payload.set(request);
+    Atomics.store(this.#control, CTRL.LENGTH, request.length);
+    this.#request(OP.ADD_RANGES, "addRanges");
+    this.#ranges = Object.freeze([...this.#ranges, ...added]);
+    this.#pages = total;
+    return added;
+  }
+
+  /**
    * Stops the handler: the Worker serves the faults already queued (for up to
    * 200 ms), closes its own reference to the userfaultfd and exits. The userfaultfd
    * itself stays open and registered: close it (or unregister) so that later
@@ -560,6 +732,69 @@ export class FaultHandler implements AsyncDisposable {
     return this.#stopping;
   }
 
+  /**
+   * Same as `stop()`, for callers that cannot await: asks the Worker to stop and
+   * waits with `Atomics.wait` (at most `timeoutMs`, default `stopTimeoutMs`) until
+   * it has served the faults already queued and closed its reference to the
+   * userfaultfd. The rest of the ending — the Worker's exit, its eventfd, `done` —
+   * follows on the event loop. If the Worker does not stop in time, the
+   * userfaultfd is closed (waking every waiter) and the Worker terminated. Returns
+   * the statistics; throws the handler's failure, if it failed. As with `stop()`,
+   * the userfaultfd itself stays open: close it.
+   *
+   * @example
+   * ```ts
+   * import { FaultHandler, policies, Region, Userfaultfd } from "@uffd/uffd";
+   * using mem = Region.map(Region.pageSize);
+   * using uffd = Userfaultfd.open();
+   * uffd.register(mem, { missing: true });
+   * const handler = FaultHandler.startSync(uffd, policies.zerofill());
+   * mem.bytes[0] = 1;
+   * console.log(handler.stopSync().resolved, handler.state); // 1 stopped
+   * ```
+   */
+  stopSync(timeoutMs: number = this.#stopTimeout): HandlerStats {
+    const ctrl = this.#control;
+    if (!this.#settled && !this.#exited && Atomics.load(ctrl, CTRL.STATE) === STATE.RUNNING) {
+      // Kept alive until the Worker has exited and `done` settled (moments later), as with stop().
+      this.#worker.ref();
+      Atomics.store(ctrl, CTRL.STOP, 1);
+      this.#wake();
+      const deadline = Date.now() + timeoutMs;
+      for (;;) {
+        if (Atomics.load(ctrl, CTRL.STATE) !== STATE.RUNNING) break;
+        const left = deadline - Date.now();
+        if (left <= 0) {
+          this.#fail(new FaultHandlerError(`the fault handler did not stop within ${timeoutMs} ms; terminated`), "");
+          this.#worker.terminate();
+          this.#worker.unref(); // terminate() cannot interrupt a blocked FFI call
+          break;
+        }
+        Atomics.wait(ctrl, CTRL.STATE, STATE.RUNNING, Math.min(left, 100));
+      }
+    }
+    this.#stopping ??= this.#done;
+    if (this.#failure) throw this.#failure;
+    if (Atomics.load(ctrl, CTRL.STATE) === STATE.FAILED) {
+      // The Worker failed; its message has not reached this side yet.
+      const cause = this.#workerError();
+      throw new FaultHandlerError(`the fault handler failed${cause ? `: ${cause.message}` : ""}`, { cause });
+    }
+    return this.stats;
+  }
+
+  /** The error a failed Worker left in the payload (see `fault_worker.ts`), if any. */
+  #workerError(): Error | undefined {
+    const ctrl = this.#control;
+    if (Atomics.load(ctrl, CTRL.STATE) !== STATE.FAILED || Atomics.load(ctrl, CTRL.STATUS) === 0) return undefined;
+    try {
+      const text = new TextDecoder().decode(this.#payload.slice(0, Atomics.load(ctrl, CTRL.LENGTH)));
+      return deserializeError(JSON.parse(text) as SerializedError);
+    } catch {
+      return undefined;
+    }
+  }
+
   /** Same as `stop()`, ignoring a failure (already reported through `done`). */
   async [Symbol.asyncDispose](): Promise<void> {
     try {
@@ -599,7 +834,7 @@ export class FaultHandler implements AsyncDisposable {
       }
       Atomics.wait(ctrl, CTRL.RESPONSE, answered, Math.min(left, 100));
     }
-    if (op === OP.COLLECT && Atomics.load(ctrl, CTRL.STATUS) !== 0) {
+    if (op !== OP.CONTROL && Atomics.load(ctrl, CTRL.STATUS) !== 0) {
       const text = new TextDecoder().decode(this.#payload.slice(0, Atomics.load(ctrl, CTRL.LENGTH)));
       throw deserializeError(JSON.parse(text) as SerializedError);
     }

@@ -115,7 +115,7 @@ const decoder = new TextDecoder();
 /** The loop and the policy's context. One per Worker. */
 export class FaultLoop implements PolicyContext {
   readonly pageSize: number = PAGE;
-  readonly pages: number;
+  pages: number;
   readonly features: ReadonlySet<Feature>;
   readonly uffd: Userfaultfd;
 
@@ -655,6 +655,8 @@ export class FaultLoop implements PolicyContext {
     try {
       if (op === OP.COLLECT) {
         length = await this.#collect();
+      } else if (op === OP.ADD_RANGES) {
+        length = this.#addRanges();
       } else if (op === OP.CONTROL) {
         const request = JSON.parse(decoder.decode(this.#payload.slice(0, Atomics.load(ctrl, CTRL.LENGTH))));
         const policy = this.#policy!;
@@ -675,6 +677,27 @@ export class FaultLoop implements PolicyContext {
     this.#handled = seq;
     Atomics.store(ctrl, CTRL.RESPONSE, seq);
     Atomics.notify(ctrl, CTRL.RESPONSE);
+  }
+
+  /** Appends the ranges sent by `addRanges()` (the main side grew the bitmaps already); returns the new page count. */
+  #addRanges(): number {
+    const ranges = JSON.parse(decoder.decode(this.#payload.slice(0, Atomics.load(this.#ctrl, CTRL.LENGTH))));
+    for (const r of ranges as WorkerRange[]) {
+      if (r.firstPage !== this.pages) {
+        throw new Error(`addRanges: range numbered from ${r.firstPage}, expected ${this.pages}`);
+      }
+      this.#segments.push({
+        start: r.start,
+        end: r.start + r.pages * PAGE,
+        firstPage: r.firstPage,
+        pages: r.pages,
+        wp: r.wp,
+        pageSize: r.pageSize,
+      });
+      this.pages += r.pages;
+    }
+    this.#last = undefined;
+    return this.pages;
   }
 
   #writeJson(value: unknown): number {

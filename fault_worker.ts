@@ -16,7 +16,15 @@
 import process from "node:process";
 import { isMainThread, parentPort, workerData } from "node:worker_threads";
 import { FaultLoop } from "./fault_loop.ts";
-import { CTRL, type HandlerWorkerData, serializeError, STATE, type WorkerMessage } from "./handler_protocol.ts";
+import {
+  CTRL,
+  type HandlerWorkerData,
+  PAYLOAD_BYTES,
+  type SerializedError,
+  serializeError,
+  STATE,
+  type WorkerMessage,
+} from "./handler_protocol.ts";
 import { Userfaultfd } from "./userfaultfd.ts";
 
 /** Thrown by `process.exit()` in a policy: unwinds the policy; the failure is already reported. */
@@ -41,14 +49,22 @@ async function serve(data: HandlerWorkerData): Promise<void> {
     // Close before reporting: the main isolate itself may be blocked in a fault.
     Userfaultfd.adopt(data.uffd).close();
     Userfaultfd.adopt(data.own).close();
-    Atomics.store(control, CTRL.STATE, STATE.FAILED);
-    Atomics.notify(control, CTRL.RESPONSE);
-    let serialized;
+    let serialized: SerializedError;
     try {
       serialized = serializeError(error);
     } catch {
       serialized = { name: "Error", message: String(error) };
     }
+    // The error also goes into the payload, for a main side waiting synchronously (startSync).
+    const bytes = new TextEncoder().encode(JSON.stringify(serialized));
+    if (bytes.length <= PAYLOAD_BYTES) {
+      new Uint8Array(data.payload).set(bytes);
+      Atomics.store(control, CTRL.LENGTH, bytes.length);
+      Atomics.store(control, CTRL.STATUS, 1);
+    }
+    Atomics.store(control, CTRL.STATE, STATE.FAILED);
+    Atomics.notify(control, CTRL.RESPONSE);
+    Atomics.notify(control, CTRL.STATE);
     post({ type: "failed", error: serialized });
   }
 
@@ -85,6 +101,7 @@ async function serve(data: HandlerWorkerData): Promise<void> {
   try {
     loop = await FaultLoop.create(data, post);
     Atomics.store(control, CTRL.STATE, STATE.RUNNING);
+    Atomics.notify(control, CTRL.STATE);
     post({ type: "ready" });
     const reason = await loop.run();
     finished = true;
@@ -92,6 +109,7 @@ async function serve(data: HandlerWorkerData): Promise<void> {
     if (!failed) {
       Atomics.store(control, CTRL.STATE, STATE.STOPPED);
       Atomics.notify(control, CTRL.RESPONSE);
+      Atomics.notify(control, CTRL.STATE);
       post({ type: "stopped", reason });
     }
   } catch (e) {

@@ -8,7 +8,9 @@
  * writes the eventfd and waits with `Atomics.wait` on `RESPONSE`. The Worker
  * sees the eventfd between two fault batches, runs the operation, writes
  * `STATUS`, `LENGTH` (and a JSON result), stores the request's number into
- * `RESPONSE` and notifies. Stopping sets `STOP` and writes the eventfd.
+ * `RESPONSE` and notifies. Stopping sets `STOP` and writes the eventfd. Adding
+ * ranges (`addRanges()`) sends them as JSON `WorkerRange`s in the payload; the
+ * bitmaps are growable `SharedArrayBuffer`s the main side grows first.
  *
  * @module
  */
@@ -42,7 +44,7 @@ export const CTRL = {
 export const STATE = { STARTING: 0, RUNNING: 1, STOPPED: 2, FAILED: 3 } as const;
 
 /** Values of `CTRL.OP`. */
-export const OP = { COLLECT: 1, CONTROL: 2 } as const;
+export const OP = { COLLECT: 1, CONTROL: 2, ADD_RANGES: 3 } as const;
 
 /** Bytes of the payload buffer (JSON arguments and results of `control()`). */
 export const PAYLOAD_BYTES = 1 << 16;

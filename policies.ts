@@ -88,7 +88,7 @@ export interface Fault {
 export interface PolicyContext {
   /** The base page size. */
   readonly pageSize: number;
-  /** Number of tracked pages. */
+  /** Number of tracked pages (it grows when the main side calls `handler.addRanges()`). */
   readonly pages: number;
   /** The features the userfaultfd negotiated. */
   readonly features: ReadonlySet<Feature>;

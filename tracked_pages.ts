@@ -60,18 +60,21 @@ function kernelPageSize(address: bigint): number {
 }
 
 /**
- * Numbers the pages of `ranges` one range after the other. Each range must lie
- * inside one of `registrations` (whose mode it takes); ranges must not overlap. A
- * range with a numeric `pageSize` (a `Region`) brings its page size; otherwise it
- * is read from `/proc/self/smaps`.
+ * Numbers the pages of `ranges` one range after the other, from `firstPage`. Each
+ * range must lie inside one of `registrations` (whose mode it takes); ranges must
+ * not overlap each other nor those `already` tracked. A range with a numeric
+ * `pageSize` (a `Region`) brings its page size; otherwise it is read from
+ * `/proc/self/smaps`.
  */
 export function trackRanges(
   ranges: Iterable<Range>,
   registrations: readonly { start: bigint; end: bigint; mode: string }[],
   operation: string,
+  firstPage = 0,
+  already: readonly TrackedRange[] = [],
 ): TrackedRange[] {
   const tracked: TrackedRange[] = [];
-  let next = 0;
+  let next = firstPage;
   for (const range of ranges) {
     const { start, len } = pageRange(range, operation);
     const end = start + len;
@@ -82,7 +85,7 @@ export function trackRanges(
         len,
       });
     }
-    const clash = tracked.find((t) => t.address < end && start < t.address + BigInt(t.length));
+    const clash = [...already, ...tracked].find((t) => t.address < end && start < t.address + BigInt(t.length));
     if (clash) throw invalid(operation, "tracked ranges overlap", { start, len, other: clash.address });
     const pages = Number(len) / PAGE_SIZE;
     const given = (range as { pageSize?: unknown }).pageSize;

@@ -79,6 +79,7 @@ class AsyncBackend implements WriteWatchBackend {
     this.#uffd = Userfaultfd.open({
       require: [Feature.WP_ASYNC, Feature.WP_UNPOPULATED],
       features: [Feature.WP_HUGETLBFS_SHMEM],
+      decline: span.decline,
     });
     try {
       this.#scanner = new PagemapScanner({ vectorLength: VECTOR_LENGTH });
@@ -183,8 +184,11 @@ export const asyncBackend: BackendProvider = Object.freeze({
     } catch (e) {
       return `no userfaultfd here: ${e instanceof Error ? e.message : String(e)}`;
     }
-    const missing: Feature[] = [Feature.WP_ASYNC, Feature.WP_UNPOPULATED].filter((f) => !features.has(f));
-    if (span.shared && !features.has(Feature.WP_HUGETLBFS_SHMEM)) missing.push(Feature.WP_HUGETLBFS_SHMEM);
+    const needed: Feature[] = [Feature.WP_ASYNC, Feature.WP_UNPOPULATED];
+    if (span.shared) needed.push(Feature.WP_HUGETLBFS_SHMEM);
+    const declined = needed.filter((f) => span.decline?.includes(f));
+    if (declined.length > 0) return `${declined.join(", ")} declined by the caller's options`;
+    const missing = needed.filter((f) => !features.has(f));
     if (missing.length > 0) {
       return `userfaultfd on this kernel (${kernelRelease()}) lacks ${missing.join(", ")} (Linux 6.7+)`;
     }

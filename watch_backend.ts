@@ -33,9 +33,8 @@
  *   bounded) before it protects anything: the main thread must never block in a
  *   fault nobody serves.
  *
- * Plugging in the sync backend means implementing {@linkcode BackendProvider} and
- * putting it in `PROVIDERS` (in `write_watch.ts`) instead of the placeholder in
- * `watch_sync.ts`: automatic selection already tries it after `async` and before
+ * A backend is a {@linkcode BackendProvider} listed in `PROVIDERS` (in
+ * `write_watch.ts`): automatic selection tries `async`, then `sync`, then
  * `soft-dirty`.
  *
  * @example
@@ -62,6 +61,7 @@
  * @module
  */
 
+import type { Feature } from "./uapi.ts";
 import type { RunList } from "./write_set.ts";
 
 /** The ways to track writes: see {@linkcode WriteWatch}. */
@@ -75,6 +75,18 @@ export interface WatchedSpan {
   readonly pages: number;
   /** Shared memory (shmem, memfd, hugetlb) rather than private anonymous memory, when known. */
   readonly shared: boolean;
+  /**
+   * Whether the first and the last page also hold bytes outside the watched memory
+   * (memory that is not page-aligned: an `ArrayBuffer` shares those pages with its
+   * allocator's other data). Absent: both whole.
+   */
+  readonly partial?: { readonly first: boolean; readonly last: boolean };
+  /**
+   * Userfaultfd features the backend must do without even where the kernel has
+   * them (the caller's `decline`, to exercise fallbacks): passed on to
+   * `Userfaultfd.open`, and a backend that needs one of them says it is unavailable.
+   */
+  readonly decline?: readonly Feature[];
 }
 
 /** One running backend: see the module documentation for the contract. */

@@ -1,49 +1,386 @@
 /**
- * The `sync` write-watch backend — a placeholder until the fault queue's
- * `FaultHandler` exists (issue 3). It will register the span for write-protect
- * without `WP_ASYNC`; a handler Worker running the `unprotect` policy records each
- * written page in a shared bitmap and unprotects it. Its `scan(reset)` must
- * re-protect the recorded pages first and only then take (swap) the bitmap, so that
- * a write racing with it faults again and lands in the set being taken or the next
- * one. It must negotiate `EVENT_REMOVE` (a page zapped by `MADV_DONTNEED` raises no
- * write fault afterwards: count the removed range as written) and `EVENT_REMAP`
- * (follow a move, or report the range lost), and make never-touched pages count
- * with `WP_UNPOPULATED` where present, otherwise by populating them first
- * (`MADV_POPULATE_READ`). See `watch_backend.ts` for the contract.
+ * The `sync` write-watch backend: the span is registered for write-protect on a
+ * userfaultfd without `WP_ASYNC`, so every first write to a page after a reset
+ * raises a fault that a {@linkcode FaultHandler} Worker serves with the
+ * `unprotect` policy: it records the page in a shared bitmap and unprotects it,
+ * and the writer goes on. Any thread can write, the main isolate included; the
+ * first write to a page after each reset waits for that round trip (13–70 µs
+ * measured on a busy 2-core machine, against 2–4 µs with `async`). Nothing but the
+ * handler's own thread must write there.
  *
- * Until then the provider says it is not available, automatic selection skips it,
- * and forcing it fails with that reason.
+ * - `scan(reset)` is the handler's `collect()`, run by the Worker between two fault
+ *   batches: it re-protects the recorded pages first and only then moves them out
+ *   of the bitmap, so a write that lands before the re-protection is reported now
+ *   and one after it faults again and is reported next time — none is lost.
+ * - Pages never touched must count too, yet the kernel has nothing to protect
+ *   there: with `WP_UNPOPULATED` (Linux 6.4) protection leaves a marker on them;
+ *   without it the span is populated first with `MADV_POPULATE_READ` (the shared
+ *   zero page, no memory; the old QEMU workaround), and so is every removed range
+ *   before it is protected again.
+ * - `EVENT_REMOVE`: private anonymous pages zapped by `MADV_DONTNEED` read back as
+ *   zeros and raise no fault afterwards; the removed pages are counted as written
+ *   (shared memory keeps its contents and its protection: not counted).
+ * - `EVENT_REMAP` and `EVENT_UNMAP`: pages moved away by `mremap` or unmapped are
+ *   reported lost from then on (a moved range is unregistered at its new place);
+ *   without these events the kernel would drop their protection silently.
+ * - Growth (`extend`): the tail is registered on the same userfaultfd, added to
+ *   the running handler (`FaultHandler.addRanges`), then protected; pages already
+ *   holding data are reported (found with `PAGEMAP_SCAN` where the kernel has it,
+ *   otherwise every resident page of the tail, conservatively).
+ * - Memory that is not page-aligned shares its first and last pages with other
+ *   data. Where the mapping around such a page reaches past the watched memory (a
+ *   malloc heap: a small `ArrayBuffer`, or a large one after glibc raised its mmap
+ *   threshold), the page is not protected — any thread writing there would wait on
+ *   the handler, and the handler's own thread, allocating next to the buffer, would
+ *   wait for good — and it is reported written on every call (the conservative
+ *   side; the `async` backend reports it only when someone wrote it).
+ * - With those events negotiated, a thread that `madvise`s, `munmap`s or
+ *   `mremap`s the watched memory waits in the kernel until the handler has read
+ *   the event (microseconds). `stop()` first stops the handler, then closes the
+ *   userfaultfd, which unregisters the span: after it returns, nothing waits for a
+ *   handler that is gone.
+ *
+ * The handler's Worker loads this package's modules itself, which takes read
+ * permission on the package's directory (the rest of the library needs only
+ * `--allow-ffi`): without it the backend says it is unavailable, and automatic
+ * selection moves on.
+ *
+ * One limit that the `async` backend does not have: the kernel zaps a removed range
+ * only after the handler has read the event, so if another thread's
+ * `MADV_DONTNEED` races with `collect()` and the zap lands after the re-protection,
+ * later writes to those pages raise no fault (the kernel gives no signal that the
+ * zap is done). Zapping from the thread that calls `collect()`, or not while it
+ * runs, is exact.
  *
  * @example
  * ```ts
- * import { syncBackend } from "@uffd/uffd";
- * console.log(syncBackend.unavailable({ address: 0n, pages: 1, shared: false })); // "not available yet: ..."
+ * import { Region, WriteWatch } from "@uffd/uffd";
+ * using mem = Region.map(4 * Region.pageSize);
+ * using watch = WriteWatch.start(mem, { backend: "sync" });
+ * mem.bytes[2 * Region.pageSize] = 1; // the main isolate waits while the handler's Worker records page 2
+ * console.log(watch.backend, [...watch.collect()]); // sync [2]
  * ```
  *
  * @module
  */
 
+import { kernelRelease } from "./access.ts";
 import { ERRNO, UffdError } from "./errors.ts";
+import { FaultHandler } from "./fault_handler.ts";
+import * as libc from "./ffi/libc.ts";
+import { MADV_POPULATE_READ, MAP_ANONYMOUS, MAP_PRIVATE, PROT_READ, PROT_WRITE } from "./linux.ts";
+import { readMaps } from "./maps.ts";
+import { hasPagemapScan, PagemapScanner, type PreparedQuery, prepareQuery, readPagemapRaw } from "./pagemap.ts";
+import { policies } from "./policies.ts";
+import type { Range } from "./range.ts";
+import { bitmapBytes, type PageRun, pageRuns } from "./tracked_pages.ts";
+import { Feature, PM_PRESENT } from "./uapi.ts";
+import { Userfaultfd } from "./userfaultfd.ts";
 import type { BackendProvider, WatchedSpan, WriteWatchBackend } from "./watch_backend.ts";
+import { SYNC_STATE, type SyncWatchPolicyOptions } from "./watch_sync_policy.ts";
+import type { RunList } from "./write_set.ts";
 
-const WHY = "not available yet: it needs the FaultHandler of the fault-queue issue (#3), which this build lacks";
+const PAGE_SIZE = libc.PAGE_SIZE;
+const PAGE = BigInt(PAGE_SIZE);
+const POLICY = new URL("./watch_sync_policy.ts", import.meta.url);
+/**
+ * The most pages a watch can grow to: 2^28 pages (1 TiB of 4 KiB pages). The
+ * handler's bitmaps reserve room for them (32 MiB of address space each) and
+ * commit memory only as the span grows.
+ */
+const MAX_PAGES = 2 ** 28;
+const NEEDED: readonly Feature[] = [
+  Feature.PAGEFAULT_FLAG_WP,
+  Feature.EVENT_REMOVE,
+  Feature.EVENT_REMAP,
+  Feature.EVENT_UNMAP,
+];
+
+let dataQuery: PreparedQuery | undefined;
+let populateRead: boolean | undefined;
 
 /**
- * The `sync` backend's provider: not available in this build (see the module
- * documentation for what it will do).
+ * Why the handler's Worker could not load this package's modules, if it could not:
+ * a Worker reads its modules from disk with the read permission, which the
+ * library itself does not need (`--allow-ffi` alone runs everything else).
+ */
+function workerCannotLoad(): string | undefined {
+  const home = new URL(".", import.meta.url);
+  if (home.protocol !== "file:") return undefined;
+  const path = decodeURIComponent(home.pathname).replace(/\/$/, "");
+  let state: string;
+  try {
+    state = Deno.permissions.querySync({ name: "read", path }).state;
+  } catch {
+    return undefined;
+  }
+  if (state === "granted") return undefined;
+  return `its fault handler runs in a Worker that loads this package's modules from ${path}, ` +
+    `which needs read permission there (--allow-read=${path})`;
+}
+
+/** Whether `MADV_POPULATE_READ` works here (Linux 5.14), tried once on a page of its own. */
+function populateReadSupported(): boolean {
+  if (populateRead !== undefined) return populateRead;
+  const address = libc.mmap(0n, PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0n);
+  if (address < 0n) return false;
+  populateRead = libc.madvise(address, PAGE, MADV_POPULATE_READ) === 0;
+  libc.munmap(address, PAGE);
+  return populateRead;
+}
+
+function populate(address: bigint, length: number): void {
+  const rc = libc.madvise(address, BigInt(length), MADV_POPULATE_READ);
+  if (rc < 0) throw new UffdError({ errno: -rc, operation: "MADV_POPULATE_READ", args: { start: address, length } });
+}
+
+/** A range that tells the handler its page size (so that it does not read `/proc/self/smaps`). */
+function withPageSize(range: Range): Range {
+  return Object.assign({ pageSize: PAGE_SIZE }, range);
+}
+
+/** Appends `runs` moved by `offset` to `out`, leaving out the pages of `lost` (sorted `[first, count, …]`). */
+function addExcept(out: RunList, runs: readonly PageRun[], offset: number, lost: Uint32Array): void {
+  if (lost.length === 0) {
+    for (const r of runs) out.add(offset + r.firstPage, r.pages);
+    return;
+  }
+  let k = 0;
+  for (const r of runs) {
+    let first = offset + r.firstPage;
+    const end = first + r.pages;
+    while (first < end) {
+      while (k < lost.length && lost[k]! + lost[k + 1]! <= first) k += 2;
+      if (k >= lost.length || lost[k]! >= end) {
+        out.add(first, end - first);
+        break;
+      }
+      if (lost[k]! > first) out.add(first, lost[k]! - first);
+      first = lost[k]! + lost[k + 1]!;
+    }
+  }
+}
+
+/**
+ * Whether a partial page at the edge of the span may hold someone else's data: the
+ * mapping around it reaches past the span on that side (a malloc heap, or memory
+ * merged with its neighbours). Such a page is never protected: a thread writing
+ * there would wait on the handler — and if that thread were the handler's own
+ * (its allocator's data next to a watched `ArrayBuffer`), it would wait for good.
+ */
+function mayBeShared(page: bigint, spanStart: bigint, spanEnd: bigint, side: "first" | "last"): boolean {
+  let maps;
+  try {
+    maps = readMaps();
+  } catch {
+    return true;
+  }
+  const m = maps.find((m) => m.start <= page && page < m.end);
+  if (m === undefined) return true;
+  return side === "first" ? m.start < spanStart : m.end > spanEnd;
+}
+
+class SyncBackend implements WriteWatchBackend {
+  readonly name = "sync" as const;
+  readonly #address: bigint;
+  #pages: number;
+  /** The protected pages are `[#first, #end)`; the others are shared with other data and reported every time. */
+  readonly #first: number;
+  #end: number;
+  readonly #uffd: Userfaultfd;
+  readonly #handler: FaultHandler;
+  readonly #populate: boolean;
+  readonly #lost: Uint8Array;
+  readonly #state: Int32Array;
+  #lostGeneration = 0;
+  #lostRuns = new Uint32Array(0);
+  #scanner: PagemapScanner | undefined;
+  #closed = false;
+
+  constructor(span: WatchedSpan) {
+    this.#address = span.address;
+    this.#pages = span.pages;
+    const spanEnd = span.address + BigInt(span.pages) * PAGE;
+    const skipFirst = span.partial?.first === true && mayBeShared(span.address, span.address, spanEnd, "first");
+    const skipLast = span.partial?.last === true && mayBeShared(spanEnd - PAGE, span.address, spanEnd, "last");
+    this.#first = skipFirst ? 1 : 0;
+    this.#end = Math.max(this.#first, skipLast ? span.pages - 1 : span.pages);
+    const tracked = this.#end - this.#first;
+    this.#uffd = Userfaultfd.open({
+      require: span.shared ? [...NEEDED, Feature.WP_HUGETLBFS_SHMEM] : NEEDED,
+      features: [Feature.WP_UNPOPULATED],
+      decline: span.decline,
+    });
+    let handler: FaultHandler | undefined;
+    try {
+      // Shared memory keeps markers on untouched pages whatever the features.
+      this.#populate = !span.shared && !this.#uffd.features.has(Feature.WP_UNPOPULATED);
+      this.#lost = new Uint8Array(
+        new SharedArrayBuffer(Math.max(1, bitmapBytes(tracked)), { maxByteLength: bitmapBytes(MAX_PAGES) }),
+      );
+      this.#state = new Int32Array(new SharedArrayBuffer(4 * SYNC_STATE.SIZE));
+      const range = { address: span.address + BigInt(this.#first) * PAGE, length: tracked * PAGE_SIZE };
+      if (tracked > 0) this.#uffd.register(range, { wp: true });
+      const options: SyncWatchPolicyOptions = {
+        base: Number(range.address),
+        removedAsWritten: !span.shared,
+        populate: this.#populate,
+        lost: this.#lost.buffer as SharedArrayBuffer,
+        state: this.#state.buffer as SharedArrayBuffer,
+      };
+      // Serving before anything is protected: the main isolate may write at once.
+      handler = FaultHandler.startSync(this.#uffd, policies.module(POLICY, options, "syncWatchPolicy"), {
+        ranges: tracked > 0 ? [withPageSize(range)] : [],
+        maxPages: Math.max(MAX_PAGES, tracked),
+      });
+      if (tracked > 0) {
+        if (this.#populate) populate(range.address, range.length);
+        this.#uffd.writeProtect(range);
+      }
+      this.#handler = handler;
+    } catch (e) {
+      try {
+        handler?.stopSync();
+      } catch { /* failing already */ }
+      this.#uffd.close();
+      throw e;
+    }
+  }
+
+  get pages(): number {
+    return this.#pages;
+  }
+
+  extend(pages: number, written: RunList): void {
+    this.#check();
+    if (pages <= this.#pages) return;
+    // From the end of the protected pages: a partial last page is whole once the memory grew past it.
+    // (Memory that grows — a WebAssembly.Memory, a resizable ArrayBuffer — is a reservation of its
+    // own: its new last page is not shared with other data.)
+    const from = this.#end;
+    const tail = { address: this.#address + BigInt(from) * PAGE, length: (pages - from) * PAGE_SIZE };
+    const tracked = pages - this.#first;
+    const lost = this.#lost.buffer as SharedArrayBuffer;
+    if (lost.byteLength < bitmapBytes(tracked)) lost.grow(bitmapBytes(tracked));
+    // Registered, tracked by the handler, and only then protected: a fault the
+    // handler could not place would be resolved without being recorded.
+    this.#uffd.register(tail, { wp: true });
+    this.#handler.addRanges([withPageSize(tail)]);
+    this.#pages = pages;
+    this.#end = pages;
+    if (this.#populate) populate(tail.address, tail.length);
+    this.#uffd.writeProtect(tail);
+    // After protection, a page holding data was written before (or just after,
+    // which the next scan reports too): report it now.
+    if (hasPagemapScan()) {
+      dataQuery ??= prepareQuery({ require: ["PRESENT", "PFNZERO"], invert: ["PFNZERO"], report: ["PRESENT"] });
+      this.#scanner ??= new PagemapScanner();
+      this.#scanner.visit(tail, dataQuery, (first, count) => written.add(from + first, count));
+    } else {
+      const entries = readPagemapRaw(tail);
+      for (let i = 0; i < entries.length; i++) if ((entries[i]! & PM_PRESENT) !== 0n) written.add(from + i, 1);
+    }
+  }
+
+  scan(reset: boolean, written: RunList, lost: RunList): void {
+    this.#check();
+    if (reset) this.#prepare();
+    // The kernel lets a thread's madvise/munmap return as soon as the handler has
+    // read its event, before the policy has recorded it. collect() runs between two
+    // batches, after that; the shared bitmap must wait for it with a round trip.
+    else this.#handler.control("barrier");
+    const runs = reset ? this.#handler.collect() : this.#handler.written();
+    const lostRuns = this.#lostNow();
+    // Pages shared with other data are not watched: always reported (documented conservative case).
+    if (this.#first > 0) written.add(0, this.#first);
+    addExcept(written, runs, this.#first, lostRuns);
+    if (this.#end < this.#pages) written.add(this.#end, this.#pages - this.#end);
+    for (let i = 0; i < lostRuns.length; i += 2) lost.add(lostRuns[i]!, lostRuns[i + 1]!);
+  }
+
+  reset(): void {
+    this.#check();
+    this.#prepare();
+    this.#handler.collect();
+  }
+
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    try {
+      this.#handler.stopSync();
+    } catch { /* a failed handler has closed the userfaultfd already; its error reached the calls that met it */ }
+    // The last reference: the kernel unregisters the span, clears its protection and wakes every waiter.
+    this.#uffd.close();
+    this.#scanner?.close();
+  }
+
+  [Symbol.dispose](): void {
+    this.close();
+  }
+
+  /** Without `WP_UNPOPULATED`, removed ranges must hold pages again before they are re-protected. */
+  #prepare(): void {
+    if (this.#populate && Atomics.load(this.#state, SYNC_STATE.REMOVED) !== 0) this.#handler.control("populate");
+  }
+
+  /** The lost pages (span numbering) as `[first, count, …]`, re-read from the policy's bitmap when it changed. */
+  #lostNow(): Uint32Array {
+    const generation = Atomics.load(this.#state, SYNC_STATE.LOST_GENERATION);
+    if (generation !== this.#lostGeneration) {
+      this.#lostGeneration = generation;
+      const runs = pageRuns(this.#lost, this.#end - this.#first);
+      this.#lostRuns = new Uint32Array(runs.flatMap((r) => [this.#first + r.firstPage, r.pages]));
+    }
+    return this.#lostRuns;
+  }
+
+  #check(): void {
+    if (this.#closed) {
+      throw new UffdError({ errno: ERRNO.EBADF, operation: "WriteWatch", detail: "the watch is stopped" });
+    }
+  }
+}
+
+/**
+ * The `sync` backend: available where userfaultfd has write-protect faults and the
+ * `EVENT_REMOVE`, `EVENT_REMAP` and `EVENT_UNMAP` events (Linux 5.7+), with
+ * `WP_UNPOPULATED` (6.4) or else `MADV_POPULATE_READ` (5.14); shared memory also
+ * needs `WP_HUGETLBFS_SHMEM`.
  *
  * @example
  * ```ts
  * import { syncBackend } from "@uffd/uffd";
- * console.log(syncBackend.name); // "sync"
+ * console.log(syncBackend.unavailable({ address: 0n, pages: 1, shared: false }) ?? "available");
  * ```
  */
 export const syncBackend: BackendProvider = Object.freeze({
   name: "sync" as const,
-  unavailable(_span: WatchedSpan): string | undefined {
-    return WHY;
+  unavailable(span: WatchedSpan): string | undefined {
+    let features: ReadonlySet<Feature>;
+    try {
+      features = Userfaultfd.supported().features;
+    } catch (e) {
+      return `no userfaultfd here: ${e instanceof Error ? e.message : String(e)}`;
+    }
+    const needed = span.shared ? [...NEEDED, Feature.WP_HUGETLBFS_SHMEM] : NEEDED;
+    const declined = needed.filter((f) => span.decline?.includes(f));
+    if (declined.length > 0) return `${declined.join(", ")} declined by the caller's options`;
+    const missing = needed.filter((f) => !features.has(f));
+    if (missing.length > 0) {
+      return `userfaultfd on this kernel (${kernelRelease()}) lacks ${missing.join(", ")} ` +
+        "(write-protect faults work from Linux 5.7)";
+    }
+    const load = workerCannotLoad();
+    if (load !== undefined) return load;
+    const unpopulated = features.has(Feature.WP_UNPOPULATED) && !span.decline?.includes(Feature.WP_UNPOPULATED);
+    if (!span.shared && !unpopulated && !populateReadSupported()) {
+      return `without WP_UNPOPULATED (Linux 6.4) untouched pages must be populated with MADV_POPULATE_READ, ` +
+        `which this kernel (${kernelRelease()}) lacks (Linux 5.14)`;
+    }
+    return undefined;
   },
-  create(_span: WatchedSpan): WriteWatchBackend {
-    throw new UffdError({ errno: ERRNO.ENOSYS, operation: "WriteWatch", detail: `sync backend: ${WHY}` });
+  create(span: WatchedSpan): WriteWatchBackend {
+    return new SyncBackend(span);
   },
 });

@@ -33,8 +33,10 @@
  * forcible with `{ backend }`, declinable with `{ decline }`:
  * - `async` — `WP_ASYNC` userfaultfd + `PAGEMAP_SCAN` (Linux 6.7+): the kernel
  *   resolves every write itself, no fault reaches user space.
- * - `sync` — write-protect faults served by a handler Worker (not available in this
- *   build yet: it needs the fault queue's `FaultHandler`).
+ * - `sync` — write-protect faults served by a handler Worker (`FaultHandler` with
+ *   the `unprotect` policy): every first write to a page after a reset costs a
+ *   round trip to that Worker, so the writer waits a few microseconds; see
+ *   `watch_sync.ts`.
  * - `soft-dirty` — `clear_refs` + pagemap bit 55, only where the kernel really sets
  *   the bit (never chosen where `softDirtySupported()` is false); process-wide and
  *   not atomic, see `watch_soft_dirty.ts`.
@@ -60,6 +62,7 @@ import * as libc from "./ffi/libc.ts";
 import { readMaps } from "./maps.ts";
 import { pageCeil, pageFloor } from "./range.ts";
 import { Region } from "./region.ts";
+import { type Feature, FEATURES } from "./uapi.ts";
 import { asyncBackend } from "./watch_async.ts";
 import type { BackendProvider, WatchedSpan, WriteWatchBackend, WriteWatchBackendName } from "./watch_backend.ts";
 import { softDirtyBackend } from "./watch_soft_dirty.ts";
@@ -73,8 +76,13 @@ export type WriteWatchTarget = Region | ArrayBufferLike | ArrayBufferView | WebA
 export interface WriteWatchOptions {
   /** The backend to use; `"auto"` (default) picks the best one available: async, then sync, then soft-dirty. */
   backend?: WriteWatchBackendName | "auto";
-  /** Backends automatic selection must not use (to exercise fallbacks). */
-  decline?: Iterable<WriteWatchBackendName>;
+  /**
+   * Backends automatic selection must not use, and userfaultfd features the
+   * backends must do without (to exercise fallbacks): `"WP_ASYNC"` makes the
+   * `async` backend unavailable, so that automatic selection falls back to `sync`;
+   * `"WP_UNPOPULATED"` makes the `sync` backend pre-populate the memory instead.
+   */
+  decline?: Iterable<WriteWatchBackendName | Feature>;
 }
 
 /** Whether a backend can run here, and why not. */
@@ -139,6 +147,15 @@ function span(location: Location): { address: bigint; head: number; pages: numbe
   return { address, head: Number(location.address - address), pages: Number(end - address) / PAGE_SIZE };
 }
 
+/** Whether the memory's first and last pages also hold bytes that are not the memory's. */
+function partialPages(location: Location): { first: boolean; last: boolean } {
+  const page = BigInt(PAGE_SIZE);
+  return {
+    first: location.address % page !== 0n,
+    last: (location.address + BigInt(location.length)) % page !== 0n,
+  };
+}
+
 function refuse(name: WriteWatchBackendName, why: string, errno: number): UffdError {
   return new UffdError({ errno, operation: "WriteWatch", detail: `the ${name} backend cannot be used: ${why}` });
 }
@@ -161,6 +178,7 @@ export class WriteWatch implements Disposable {
   readonly #target: WriteWatchTarget;
   readonly #provider: BackendProvider;
   readonly #shared: boolean;
+  readonly #decline: readonly Feature[] | undefined;
   #backend: WriteWatchBackend;
   #address: bigint;
   #head: number;
@@ -181,13 +199,14 @@ export class WriteWatch implements Disposable {
     provider: BackendProvider,
     backend: WriteWatchBackend,
     location: Location,
-    shared: boolean,
+    watched: WatchedSpan,
   ) {
     const s = span(location);
     this.#target = target;
     this.#provider = provider;
     this.#backend = backend;
-    this.#shared = shared;
+    this.#shared = watched.shared;
+    this.#decline = watched.decline;
     this.#address = s.address;
     this.#head = s.head;
     this.#byteLength = location.length;
@@ -220,13 +239,15 @@ export class WriteWatch implements Disposable {
     const declined = new Set<string>();
     const decline = options.decline ?? [];
     if (typeof decline === "string" || typeof (decline as Iterable<unknown>)[Symbol.iterator] !== "function") {
-      throw new TypeError("WriteWatch.start: decline must be a list of backend names");
+      throw new TypeError("WriteWatch.start: decline must be a list of backend or feature names");
     }
+    const features: Feature[] = [];
     for (const name of decline) {
-      if (!NAMES.includes(name)) {
-        throw new TypeError(`WriteWatch.start: unknown backend ${JSON.stringify(name)} in decline`);
+      if (NAMES.includes(name as WriteWatchBackendName)) declined.add(name);
+      else if (FEATURES.some((f) => f.name === name)) features.push(name as Feature);
+      else {
+        throw new TypeError(`WriteWatch.start: unknown backend or feature ${JSON.stringify(name)} in decline`);
       }
-      declined.add(name);
     }
     const location = locate(target);
     if (location.length === 0) {
@@ -242,6 +263,8 @@ export class WriteWatch implements Disposable {
       address: s.address,
       pages: s.pages,
       shared: isShared(target, s.address, s.address + BigInt(s.pages * PAGE_SIZE)),
+      partial: partialPages(location),
+      decline: Object.freeze(features),
     };
     const candidates = wanted === "auto" ? PROVIDERS : PROVIDERS.filter((p) => p.name === wanted);
     const reasons: string[] = [];
@@ -257,7 +280,7 @@ export class WriteWatch implements Disposable {
         reasons.push(`${provider.name}: ${why}`);
         continue;
       }
-      return new WriteWatch(target, provider, provider.create(watched), location, watched.shared);
+      return new WriteWatch(target, provider, provider.create(watched), location, watched);
     }
     throw new UffdError({
       errno: ERRNO.EOPNOTSUPP,
@@ -460,7 +483,13 @@ export class WriteWatch implements Disposable {
     }
     // Moved (or shrunk): watch the new place from scratch; what happened in between is unknown.
     this.#backend.close();
-    this.#backend = this.#provider.create({ address: s.address, pages: s.pages, shared: this.#shared });
+    this.#backend = this.#provider.create({
+      address: s.address,
+      pages: s.pages,
+      shared: this.#shared,
+      partial: partialPages(location),
+      decline: this.#decline,
+    });
     this.#address = s.address;
     this.#head = s.head;
     this.#pages = s.pages;

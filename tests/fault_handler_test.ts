@@ -8,7 +8,7 @@
 import assert from "node:assert/strict";
 import { ERRNO, FaultHandler, FaultHandlerError, Feature, policies, Region, UffdError, Userfaultfd } from "../mod.ts";
 import { memsetOffThread } from "../ffi/libc.ts";
-import { needs, within } from "./helpers.ts";
+import { fdCount, needs, threadCount, waitFor, within } from "./helpers.ts";
 
 const SCENARIOS = new URL("./scenarios/fault_handler.ts", import.meta.url);
 const PAGE = Region.pageSize;
@@ -407,4 +407,89 @@ Deno.test("spinMicros: faults that follow each other closely are read without go
   const stats = handler.stats;
   assert.equal(stats.resolved, PAGES);
   assert.ok(stats.batches > stats.wakeups, `${stats.batches} batches, ${stats.wakeups} wake-ups`);
+});
+
+Deno.test("startSync(): the Worker serves when it returns; a policy that cannot load throws its cause, uffd closed", () => {
+  using mem = Region.map(8 * PAGE, { populate: true });
+  using uffd = Userfaultfd.open();
+  uffd.register(mem, { wp: true });
+  const handler = FaultHandler.startSync(uffd, policies.unprotect());
+  try {
+    assert.equal(handler.state, "running");
+    assert.deepEqual(handler.collect(), [], "control calls work at once");
+  } finally {
+    handler.stopSync();
+  }
+  using other = Region.map(PAGE);
+  const broken = Userfaultfd.open();
+  broken.register(other, { missing: true });
+  const spec = policies.module(new URL("./policies/no_such_policy.ts", import.meta.url));
+  let caught: unknown;
+  try {
+    FaultHandler.startSync(broken, spec);
+  } catch (e) {
+    caught = e;
+  }
+  assert.ok(caught instanceof FaultHandlerError, String(caught));
+  assert.match(caught.message, /failed to start: .*no_such_policy/);
+  assert.ok(caught.cause instanceof Error);
+  assert.equal(broken.closed, true, "the userfaultfd is closed: nothing can block on it");
+});
+
+Deno.test("stopSync(): returns once the Worker stopped serving; its thread and fds then go away (bounded)", async () => {
+  using mem = Region.map(4 * PAGE);
+  {
+    // The first Worker of a process leaves runtime fds and a thread that later ones reuse,
+    // and the blocking pool keeps its thread for a while after memsetOffThread.
+    using warm = Userfaultfd.open();
+    FaultHandler.startSync(warm, policies.zerofill(), { ranges: [] }).stopSync();
+    using scratch = Region.map(PAGE);
+    await memsetOffThread(scratch.address, 0, 1n);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  const fds = fdCount();
+  const threads = threadCount();
+  const uffd = Userfaultfd.open();
+  uffd.register(mem, { missing: true });
+  const handler = FaultHandler.startSync(uffd, policies.zerofill());
+  await memsetOffThread(mem.address, 1, BigInt(2 * PAGE));
+  const stats = handler.stopSync();
+  assert.equal(stats.missing, 2);
+  assert.equal(handler.state, "stopped", "stopped when stopSync() returns");
+  assert.equal(await handler.stop(), await handler.done, "stop() afterwards resolves with done");
+  uffd.close();
+  await waitFor(
+    () => fdCount() === fds && threadCount() === threads,
+    5_000,
+    `the fds (${fdCount()}, were ${fds}) and the Worker's thread (${threadCount()}, were ${threads}) to go`,
+  );
+});
+
+Deno.test("addRanges(): pages numbered after the others and recorded; beyond maxPages, unregistered or overlapping refused", async () => {
+  using a = Region.map(4 * PAGE, { populate: true });
+  using b = Region.map(2 * PAGE, { populate: true });
+  using c = Region.map(8 * PAGE, { populate: true });
+  using uffd = Userfaultfd.open();
+  uffd.register(a, { wp: true });
+  uffd.writeProtect(a);
+  await using handler = await FaultHandler.start(uffd, policies.unprotect(), { maxPages: 8 });
+  assert.equal(handler.maxPages, 8);
+  assert.throws(() => handler.addRanges([b]), (e) => e instanceof UffdError && /not registered/.test(e.message));
+  uffd.register(b, { wp: true });
+  assert.throws(() => handler.addRanges([a]), (e) => e instanceof UffdError && /overlap/.test(e.message));
+  const added = handler.addRanges([b]);
+  assert.deepEqual(added.map((r) => [r.address, r.firstPage, r.pages]), [[b.address, 4, 2]]);
+  assert.equal(handler.pages, 6);
+  assert.equal(handler.ranges.length, 2);
+  uffd.writeProtect(b);
+  await memsetOffThread(b.address + BigInt(PAGE), 7, 1n);
+  await memsetOffThread(a.address, 7, 1n);
+  assert.deepEqual(handler.collect(), [{ firstPage: 0, pages: 1 }, { firstPage: 5, pages: 1 }]);
+  uffd.register(c, { wp: true });
+  assert.throws(
+    () => handler.addRanges([c]),
+    (e) => e instanceof UffdError && e.code === "EINVAL" && /room for 8 \(maxPages\)/.test(e.message),
+  );
+  assert.equal(handler.pages, 6, "a refused range changes nothing");
+  assert.equal(handler.stats.untracked, 0);
 });

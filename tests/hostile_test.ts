@@ -577,12 +577,16 @@ Deno.test("hostile input: WriteWatch", async (t) => {
     refuses(() => u.WriteWatch.start(buffer, X({ backend: "nope" })), "TypeError", /unknown backend "nope"/);
     refuses(() => u.WriteWatch.start(buffer, X({ backend: 5 })), "TypeError", /unknown backend 5/);
     for (const decline of [5, "async", {}]) {
-      refuses(() => u.WriteWatch.start(buffer, X({ decline })), "TypeError", /decline must be a list of backend names/);
+      refuses(
+        () => u.WriteWatch.start(buffer, X({ decline })),
+        "TypeError",
+        /decline must be a list of backend or feature names/,
+      );
     }
     refuses(
       () => u.WriteWatch.start(buffer, X({ decline: ["nope"] })),
       "TypeError",
-      /unknown backend "nope" in decline/,
+      /unknown backend or feature "nope" in decline/,
     );
     refuses(() => u.WriteWatch.start(buffer, { backend: "async", decline: ["async"] }), "EINVAL", /declined/);
   });

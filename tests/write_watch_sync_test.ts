@@ -1,0 +1,322 @@
+/**
+ * The sync write-watch backend beyond what `tests/write_watch_test.ts` runs for
+ * every backend: the backends give the same answers on one workload, the two ways
+ * of making untouched pages count (`WP_UNPOPULATED`, pre-population), disposal
+ * that leaves nothing behind, and — in child processes killed at a deadline — the
+ * orders of events and disposal that could leave the main isolate blocked.
+ */
+
+import assert from "node:assert/strict";
+import { readPagemap, Region, type WriteSet, WriteWatch, type WriteWatchOptions } from "../mod.ts";
+import * as libc from "../ffi/libc.ts";
+import { fdCount, skipUnless, threadCount, waitFor } from "./helpers.ts";
+import { wasmWriter } from "./fixtures/wasm_writer.ts";
+
+const PAGE = Region.pageSize;
+const SCENARIOS = new URL("./scenarios/write_watch_sync.ts", import.meta.url);
+const available = new Map(WriteWatch.backends().map((b) => [b.name, b]));
+const noSync = skipUnless(available.get("sync")!.available, `sync backend: ${available.get("sync")!.reason}`);
+const noAsync = skipUnless(available.get("async")!.available, `async backend: ${available.get("async")!.reason}`);
+
+// deno-lint-ignore no-explicit-any
+type Json = any;
+
+/** Runs one scenario in its own process; fails if it does not exit by itself within `deadlineMs`. */
+async function scenario(name: string, deadlineMs = 30_000): Promise<Json> {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "--allow-all", "--no-prompt", SCENARIOS.pathname, name],
+    stdout: "piped",
+    stderr: "piped",
+    env: { NO_COLOR: "1" },
+  }).spawn();
+  let killed = false;
+  const timer = setTimeout(() => {
+    killed = true;
+    child.kill("SIGKILL");
+  }, deadlineMs);
+  const out = await child.output();
+  clearTimeout(timer);
+  const stdout = new TextDecoder().decode(out.stdout);
+  const stderr = new TextDecoder().decode(out.stderr);
+  assert.ok(!killed, `scenario ${name} did not end by itself within ${deadlineMs} ms\n${stdout}\n${stderr}`);
+  assert.equal(out.code, 0, `scenario ${name} failed:\n${stdout}\n${stderr}`);
+  return JSON.parse(stdout.trim().split("\n").at(-1) ?? "");
+}
+
+/** A small deterministic PRNG (xorshift32). */
+function random(seed: number): () => number {
+  let s = seed >>> 0 || 1;
+  return () => {
+    s ^= s << 13;
+    s ^= s >>> 17;
+    s ^= s << 5;
+    return (s >>> 0) / 4294967296;
+  };
+}
+
+function summary(set: WriteSet, partial = false): Json {
+  const pages = [...set];
+  const edges = [0, set.pageCount - 1];
+  return {
+    // The partial first and last pages of an unaligned buffer are compared apart (see the test).
+    runs: partial ? pages.filter((p) => !edges.includes(p)) : [...set.runs],
+    edges: partial ? edges.filter((p) => set.has(p)) : undefined,
+    lost: [...set.lostRuns],
+    pageCount: set.pageCount,
+    grewFrom: set.grewFrom,
+    relocated: set.relocated,
+  };
+}
+
+/**
+ * One workload, the same every time: a region with pages written and read before
+ * the watch, random writes, reads of untouched pages, zaps (then writes into some
+ * zapped pages), an unmapped tail; a WebAssembly.Memory grown three times, written
+ * by wasm before and after each growth; a 16 MiB ArrayBuffer (not page-aligned)
+ * written at random and at both ends. Returns every answer, in order.
+ */
+function workload(options: WriteWatchOptions, buffer: ArrayBuffer): Json[] {
+  const next = random(2024);
+  const pick = (n: number) => Math.floor(next() * n);
+  const answers: Json[] = [];
+  const PAGES = 1024;
+  using mem = Region.map(PAGES * PAGE);
+  for (let i = 0; i < 100; i++) mem.bytes[pick(PAGES) * PAGE + pick(PAGE)] = 0xee;
+  for (let i = 0; i < 100; i++) void mem.bytes[pick(PAGES) * PAGE];
+  const memory = new WebAssembly.Memory({ initial: 1, maximum: 8 });
+  const wasm = wasmWriter(memory);
+  wasm.store(8 * PAGE, 1);
+  const bytes = new Uint8Array(buffer);
+  bytes.fill(0);
+  using watchMem = WriteWatch.start(mem, options);
+  using watchWasm = WriteWatch.start(memory, options);
+  using watchBuffer = WriteWatch.start(buffer, options);
+  for (let round = 0; round < 6; round++) {
+    for (let i = 0; i < 20 + 60 * round; i++) mem.bytes[pick(PAGES - 64) * PAGE + pick(PAGE)] = round + 1;
+    for (let i = 0; i < 20; i++) void mem.bytes[pick(PAGES - 64) * PAGE + pick(PAGE)];
+    for (let i = 0; i < 3; i++) {
+      const first = pick(PAGES - 72);
+      mem.zap(mem.pages(first, 1 + pick(8)));
+      if (i === 0) mem.bytes[first * PAGE] = 9; // written again after the zap
+    }
+    if (round === 3) assert.equal(libc.munmap(mem.address + BigInt((PAGES - 16) * PAGE), BigInt(16 * PAGE)), 0);
+    if (round % 2 === 1) answers.push(["region, written()", summary(watchMem.written())]);
+    answers.push(["region", summary(watchMem.collect())]);
+
+    const wasmPages = memory.buffer.byteLength / PAGE;
+    for (let i = 0; i < 10; i++) wasm.store(pick(wasmPages) * PAGE + 4 * pick(PAGE / 4), round);
+    if (round === 1 || round === 2 || round === 4) {
+      assert.notEqual(wasm.grow(round === 2 ? 2 : 1), -1);
+      const grown = memory.buffer.byteLength / PAGE;
+      for (let i = 0; i < 5; i++) wasm.store((wasmPages + pick(grown - wasmPages)) * PAGE, 7); // before the watch sees it
+      void new Uint8Array(memory.buffer)[(grown - 1) * PAGE]; // read only: not written
+    }
+    answers.push(["wasm", summary(watchWasm.collect())]);
+
+    for (let i = 0; i < 40; i++) bytes[pick(bytes.length)] = round + 1;
+    if (round === 2) bytes[0] = bytes[bytes.length - 1] = 1;
+    answers.push(["buffer", summary(watchBuffer.collect(), true)]);
+  }
+  return answers;
+}
+
+Deno.test({
+  name: "async, sync and sync pre-populated give the same answers on the same workload (writes, zaps, growth, holes)",
+  ignore: noSync || noAsync,
+  fn: () => {
+    const buffer = new ArrayBuffer(16 << 20); // one buffer, so that all runs see the same page offsets
+    assert.notEqual(libc.addressOf(buffer) % BigInt(PAGE), 0n, "not page-aligned (glibc's chunk header)");
+    const reference = workload({ backend: "async" }, buffer);
+    assert.ok(reference.some(([what, a]) => what === "region" && a.lost.length > 0), "the workload makes a hole");
+    assert.ok(reference.some(([what, a]) => what === "wasm" && a.grewFrom !== undefined), "and grows the memory");
+    for (const options of [{ backend: "sync" }, { backend: "sync", decline: ["WP_UNPOPULATED"] }] as const) {
+      const answers = workload(options, buffer);
+      assert.equal(answers.length, reference.length);
+      for (let i = 0; i < answers.length; i++) {
+        const what = `${JSON.stringify(options)}: answer ${i} (${reference[i][0]})`;
+        const [answer, expected] = [answers[i][1], reference[i][1]];
+        if (expected.edges === undefined) {
+          assert.deepEqual(answers[i], reference[i], what);
+          continue;
+        }
+        // A partial page of the buffer is shared with other data: async reports it
+        // when anyone wrote it; sync reports it then too, or (when the mapping around
+        // it holds other data, so it cannot be protected safely) on every call.
+        assert.deepEqual({ ...answer, edges: undefined }, { ...expected, edges: undefined }, what);
+        for (const p of expected.edges) assert.ok(answer.edges.includes(p), `${what}: partial page ${p}`);
+      }
+    }
+  },
+});
+
+Deno.test({
+  name: "untouched pages count both ways: WP_UNPOPULATED leaves markers, declining it pre-populates (zero pages)",
+  ignore: noSync,
+  fn: () => {
+    using mem = Region.map(8 * PAGE);
+    {
+      using watch = WriteWatch.start(mem, { backend: "sync" });
+      const entries = readPagemap(mem);
+      assert.deepEqual(entries.map((e) => [e.present, e.uffdWp]), Array(8).fill([false, true]), "markers, no pages");
+      mem.bytes[6 * PAGE] = 1;
+      assert.deepEqual([...watch.collect()], [6]);
+    }
+    using fresh = Region.map(8 * PAGE);
+    {
+      using watch = WriteWatch.start(fresh, { decline: ["WP_ASYNC", "WP_UNPOPULATED"] });
+      assert.equal(watch.backend, "sync", "without WP_ASYNC, automatic selection falls back to sync");
+      const entries = readPagemap(fresh);
+      assert.deepEqual(entries.map((e) => [e.present, e.uffdWp]), Array(8).fill([true, true]), "populated, protected");
+      void fresh.bytes[2 * PAGE];
+      fresh.bytes[6 * PAGE] = 1;
+      assert.deepEqual([...watch.collect()], [6]);
+    }
+    assert.deepEqual(readPagemap(fresh).map((e) => e.uffdWp), Array(8).fill(false), "stop() unprotected every page");
+  },
+});
+
+Deno.test({
+  name: "ten sync watches started and stopped leave no fd and no thread behind (bounded wait)",
+  ignore: noSync,
+  fn: async () => {
+    using mem = Region.map(64 * PAGE);
+    WriteWatch.start(mem, { backend: "sync" }).stop(); // the first Worker leaves runtime fds that later ones reuse
+    await new Promise((r) => setTimeout(r, 200));
+    const fds = fdCount();
+    const threads = threadCount();
+    for (let i = 0; i < 10; i++) {
+      using watch = WriteWatch.start(mem, { backend: "sync" });
+      mem.bytes[i * PAGE] = 1;
+      assert.deepEqual([...watch.collect()], [i]);
+    }
+    await waitFor(
+      () => fdCount() === fds && threadCount() === threads,
+      5_000,
+      `fds ${fdCount()} (were ${fds}) and threads ${threadCount()} (were ${threads}) to come back`,
+    );
+  },
+});
+
+Deno.test({
+  name:
+    "the main isolate zaps, unmaps and moves watched memory: each call returns at once, the answer says what happened",
+  ignore: noSync,
+  fn: async () => {
+    const r = await scenario("events-from-main");
+    assert.deepEqual(r.written, [0, 4, 5, 10, 12], "the write, and the zapped pages (documented conservative case)");
+    assert.deepEqual(r.lost, [{ firstPage: 20, pages: 2 }, { firstPage: 28, pages: 4 }], "moved and unmapped: lost");
+    assert.deepEqual(r.lostAgain, r.lost, "and they stay lost");
+    assert.ok(r.slowestMs < 1_000, `a call took ${r.slowestMs} ms`);
+    assert.ok(r.stopMs < 1_000, `stop() took ${r.stopMs} ms`);
+  },
+});
+
+Deno.test({
+  name: "disposal orders: memory unmapped under a running watch, memory used after stop(), a watch never stopped",
+  ignore: noSync,
+  fn: async (t) => {
+    await t.step("unmapped while watched, then stopped", async () => {
+      const r = await scenario("unmap-while-watched");
+      assert.deepEqual(r.lost, [{ firstPage: 0, pages: 16 }]);
+      assert.deepEqual(r.written, [], "lost pages are not reported written");
+      assert.ok(r.unmapMs < 1_000 && r.stopMs < 1_000, JSON.stringify(r));
+    });
+    await t.step("after stop(): zap, mremap and writes never wait", async () => {
+      const r = await scenario("after-stop");
+      assert.equal(r.landed, 7);
+      assert.ok(r.slowestMs < 1_000, JSON.stringify(r));
+    });
+    await t.step("stop() while another thread writes: the writer completes", async () => {
+      const r = await scenario("stop-while-writing");
+      assert.equal(r.landed, true);
+      assert.ok(r.stopMs < 1_000, `stop() took ${r.stopMs} ms`);
+    });
+    await t.step("never stopped: the script ends and the process exits", async () => {
+      const r = await scenario("never-stopped", 15_000);
+      assert.deepEqual(r.written, [1]);
+    });
+  },
+});
+
+Deno.test({
+  name: "written() right after the main isolate zapped or unmapped a page already reports it (200 times)",
+  ignore: noSync,
+  fn: () => {
+    // madvise and munmap return once the handler has read their event, before its
+    // policy has recorded it: written() must wait for the batch to be handled.
+    using mem = Region.map(512 * PAGE);
+    using watch = WriteWatch.start(mem, { backend: "sync" });
+    for (let i = 0; i < 200; i++) {
+      const page = (i * 7) % 500;
+      mem.zap(mem.pages(page, 1));
+      assert.ok(watch.written().has(page), `zap ${i}: page ${page} not reported yet`);
+      watch.reset();
+    }
+    assert.equal(libc.munmap(mem.address + BigInt(510 * PAGE), BigInt(2 * PAGE)), 0);
+    assert.deepEqual(watch.written().lost, [{ firstPage: 510, pages: 2 }]);
+  },
+});
+
+Deno.test({
+  name:
+    "permissions: with --allow-ffi alone the sync backend says it needs read access to the package; with it, it runs",
+  ignore: noSync,
+  fn: async () => {
+    const root = new URL("../", import.meta.url);
+    const script = `
+      import { Region, WriteWatch } from ${JSON.stringify(new URL("mod.ts", root).href)};
+      using mem = Region.map(4 * Region.pageSize);
+      const sync = WriteWatch.backends().find((b) => b.name === "sync");
+      let backend = "none";
+      let written = [];
+      try {
+        using watch = WriteWatch.start(mem, { decline: ["WP_ASYNC"] });
+        backend = watch.backend;
+        mem.bytes[Region.pageSize] = 1;
+        written = [...watch.collect()];
+      } catch (e) {
+        backend = String(e.message);
+      }
+      console.log(JSON.stringify({ available: sync.available, reason: sync.reason ?? null, backend, written }));
+    `;
+    const run = async (flags: string[]) => {
+      const child = new Deno.Command(Deno.execPath(), {
+        args: ["run", "--no-prompt", "--quiet", ...flags, "-"],
+        stdin: "piped",
+        stdout: "piped",
+        stderr: "piped",
+        env: { NO_COLOR: "1" },
+      }).spawn();
+      const writer = child.stdin.getWriter();
+      await writer.write(new TextEncoder().encode(script));
+      await writer.close();
+      const out = await child.output();
+      const stderr = new TextDecoder().decode(out.stderr);
+      assert.equal(out.code, 0, stderr);
+      return JSON.parse(new TextDecoder().decode(out.stdout).trim().split("\n").at(-1)!);
+    };
+    const ffiOnly = await run(["--allow-ffi"]);
+    assert.equal(ffiOnly.available, false);
+    assert.match(ffiOnly.reason, /loads this package's modules from .*needs read permission there \(--allow-read=/);
+    assert.match(ffiOnly.backend, /no write-watch backend can run here \(async: WP_ASYNC declined.*; sync: its fault/);
+    const withRead = await run(["--allow-ffi", `--allow-read=${decodeURIComponent(root.pathname)}`]);
+    assert.deepEqual(withRead, { available: true, reason: null, backend: "sync", written: [1] });
+  },
+});
+
+Deno.test({
+  name:
+    "a small ArrayBuffer in the malloc heap: its pages, shared with other data, are never protected, always reported",
+  ignore: noSync,
+  fn: () => {
+    const small = new ArrayBuffer(3000);
+    using watch = WriteWatch.start(small, { backend: "sync" });
+    const span = { address: watch.address, length: watch.pageCount * PAGE };
+    assert.ok(watch.head !== 0 || (watch.head + small.byteLength) % PAGE !== 0, "not page-aligned");
+    assert.deepEqual(readPagemap(span).map((e) => e.uffdWp), Array(watch.pageCount).fill(false), "never protected");
+    const all = Array.from({ length: watch.pageCount }, (_, i) => i);
+    assert.deepEqual([...watch.collect()], all, "reported written on every call (documented conservative case)");
+    new Uint8Array(small)[0] = 1; // no fault: nothing to wait for
+    assert.deepEqual([...watch.collect()], all);
+  },
+});

@@ -1,0 +1,128 @@
+/**
+ * The fault policy of the `sync` write-watch backend (see `watch_sync.ts`), run in
+ * its `FaultHandler`'s Worker: the built-in `unprotect` policy (one page per fault,
+ * removed pages counted as written), plus what a write watch needs from the
+ * address-space events that `unprotect` alone does not keep:
+ *
+ * - `remap` and `unmap`: the pages that left their place in the watched span are
+ *   marked in the shared `lost` bitmap (by their place in the span: page `i` is at
+ *   `base + i * pageSize` when the watch started or grew), and the shared lost
+ *   generation is bumped, so that the main side re-reads the bitmap only when it
+ *   changed. A range moved elsewhere is unregistered at its new address: its new
+ *   owner's writes are not ours to serve.
+ * - `remove`, when the watch pre-populates (no `WP_UNPOPULATED`): the zapped range
+ *   is remembered and the shared "removed" flag set; the main side then calls
+ *   `control("populate")` before the next re-protection, which maps the zero page
+ *   back (`MADV_POPULATE_READ`) so that re-protecting the range protects something.
+ *
+ * - `control("barrier")` does nothing: its answer tells the main side that the
+ *   batch in progress when it asked — with any event whose caller has already
+ *   returned — has been handled.
+ *
+ * Internal: the backend starts it with `policies.module(new URL(import.meta.url),
+ * options, "syncWatchPolicy")`.
+ *
+ * @module
+ */
+
+import type { UffdEvent } from "./events.ts";
+import * as libc from "./ffi/libc.ts";
+import { MADV_POPULATE_READ } from "./linux.ts";
+import { type FaultPolicy, type PolicyContext, unprotectPolicy } from "./policies.ts";
+
+/** Slots of the policy's shared state (`Int32Array`). */
+export const SYNC_STATE = {
+  /** Bumped whenever pages were added to the lost bitmap. */
+  LOST_GENERATION: 0,
+  /** Non-zero while removed ranges wait to be populated again. */
+  REMOVED: 1,
+  /** Slots. */
+  SIZE: 2,
+} as const;
+
+/** Options of {@linkcode syncWatchPolicy} (structured-cloned into the Worker). */
+export interface SyncWatchPolicyOptions {
+  /** Address of page 0 of the watched span. */
+  base: number;
+  /** Count pages removed by `MADV_DONTNEED`/`MADV_REMOVE` as written (private memory: they read back as zeros). */
+  removedAsWritten: boolean;
+  /** Remember removed ranges so that they can be populated again (`control("populate")`). */
+  populate: boolean;
+  /** Bitmap of lost pages (a growable `SharedArrayBuffer`, grown by the main side with the span). */
+  lost: SharedArrayBuffer;
+  /** `Int32Array` slots {@linkcode SYNC_STATE}. */
+  state: SharedArrayBuffer;
+}
+
+/**
+ * The `sync` backend's policy factory: see the module documentation.
+ *
+ * @example
+ * ```ts
+ * import { FaultHandler, policies, Region, Userfaultfd } from "@uffd/uffd";
+ * import { SYNC_STATE } from "./watch_sync_policy.ts";
+ * using mem = Region.map(4 * Region.pageSize, { populate: true });
+ * using uffd = Userfaultfd.open({ require: ["EVENT_UNMAP"] });
+ * uffd.register(mem, { wp: true });
+ * const lost = new SharedArrayBuffer(1);
+ * const state = new SharedArrayBuffer(4 * SYNC_STATE.SIZE);
+ * const options = { base: Number(mem.address), removedAsWritten: true, populate: false, lost, state };
+ * const policy = policies.module(new URL("./watch_sync_policy.ts", import.meta.url), options, "syncWatchPolicy");
+ * await using handler = await FaultHandler.start(uffd, policy);
+ * uffd.writeProtect(mem);
+ * mem.bytes[Region.pageSize] = 1;
+ * console.log(handler.collect(), new Uint8Array(lost)[0]); // [{ firstPage: 1, pages: 1 }] 0
+ * ```
+ */
+export function syncWatchPolicy(options: SyncWatchPolicyOptions, context: PolicyContext): FaultPolicy {
+  const inner = unprotectPolicy({ chunk: 1, removedAsWritten: options.removedAsWritten }, context);
+  const page = context.pageSize;
+  const base = options.base;
+  const lost = new Uint8Array(options.lost);
+  const state = new Int32Array(options.state);
+  /** Removed ranges `[start, end)` waiting to be populated again. */
+  const removed: number[] = [];
+
+  function markLost(start: number, end: number): void {
+    const first = Math.max(0, Math.floor((start - base) / page));
+    const last = Math.min(context.pages, Math.ceil((end - base) / page));
+    if (first >= last) return;
+    for (let i = first; i < last; i++) lost[i >> 3]! |= 1 << (i & 7);
+    Atomics.add(state, SYNC_STATE.LOST_GENERATION, 1);
+  }
+
+  return {
+    fault: inner.fault,
+    event(event: UffdEvent): void {
+      inner.event?.(event, context);
+      if (event.type === "remove") {
+        if (options.populate) {
+          removed.push(Number(event.start), Number(event.end));
+          Atomics.store(state, SYNC_STATE.REMOVED, 1);
+        }
+      } else if (event.type === "remap") {
+        markLost(Number(event.from), Number(event.from + event.length));
+        try {
+          context.uffd.unregister({ address: event.to, length: event.length });
+        } catch { /* gone again already: nothing to unregister */ }
+      } else if (event.type === "unmap") {
+        markLost(Number(event.start), Number(event.end));
+      }
+    },
+    control(op: string): unknown {
+      // A round trip that returns once the batch being handled is done (see `written()` in watch_sync.ts).
+      if (op === "barrier") return null;
+      if (op !== "populate") throw new Error(`syncWatchPolicy: unknown operation ${op}`);
+      let populated = 0;
+      for (let i = 0; i < removed.length; i += 2) {
+        const start = removed[i]!;
+        const length = removed[i + 1]! - start;
+        // ENOMEM (unmapped since) and the like: those pages are lost, nothing to protect.
+        if (libc.madvise(BigInt(start), BigInt(length), MADV_POPULATE_READ) === 0) populated += length / page;
+      }
+      removed.length = 0;
+      Atomics.store(state, SYNC_STATE.REMOVED, 0);
+      return populated;
+    },
+  };
+}
