@@ -60,8 +60,10 @@
  * protection and wakes every blocked writer, before `done` rejects.
  *
  * Private anonymous memory only (shared memory can be written through other
- * mappings, which raise no fault here). Needs `--allow-ffi`, and `--allow-write`
- * for a file sink.
+ * mappings, which raise no fault here); Linux 6.7+ (`PAGEMAP_SCAN`). Needs
+ * `--allow-ffi`, `--allow-read` for the Worker to load its module from a file
+ * (from a remote package: the import permission instead), and `--allow-write` for a
+ * file sink.
  *
  * @example A consistent copy while a writer keeps going
  * ```ts
@@ -405,7 +407,12 @@ export class LiveSnapshot implements AsyncDisposable {
     this.#worker.on("message", (m: SnapshotMessage) => this.#message(m));
     this.#worker.on(
       "error",
-      (e: unknown) => this.#fail(new LiveSnapshotError("the snapshot's Worker failed", { cause: e })),
+      (e: unknown) =>
+        this.#fail(
+          new LiveSnapshotError(`the snapshot's Worker failed: ${e instanceof Error ? e.message : String(e)}`, {
+            cause: e,
+          }),
+        ),
     );
     this.#worker.on("exit", (code: number) => this.#exit(code));
     this.#done = this.#finish();
