@@ -5,17 +5,22 @@
  *
  * `await LiveSnapshot.take(target, { sink })` write-protects the target and
  * returns: that moment is the snapshot's. Writers go on at once. A write to a
- * page not saved yet faults; the snapshot's Worker saves the page's old content
- * and then lets the write through. Between faults, the same Worker's background
- * copier saves the other pages in address order and unprotects them a chunk at a
- * time. `await snap.done` resolves when every page is saved; the userfaultfd is
- * then closed, and the memory is as if nothing had happened.
+ * page not saved yet faults; the snapshot's fault handler saves the page's old
+ * content and then lets the write through. Meanwhile a background copier saves
+ * the other pages in address order and unprotects them a chunk at a time.
+ * `await snap.done` resolves when every page is saved; the userfaultfd is then
+ * closed, and the memory is as if nothing had happened.
  *
- * **Who does what.** One Worker thread owns the userfaultfd, the per-page state
- * and the copier, so each page is saved exactly once — by the fault or by the
- * copier, whichever comes first — and unprotected only after it is saved: no lock,
- * no race. The main isolate may itself be the writer: it blocks in its fault and
- * the Worker serves it. The copier never runs on the main thread.
+ * **Who does what.** Two Workers, two OS threads: the fault handler sleeps in
+ * `poll()` on the userfaultfd and serves each fault at once (a write never waits
+ * behind the copier), reads the address-space events and decides when the
+ * snapshot is complete; the copier walks the chunks. They share the page states:
+ * each chunk has a lock taken by compare-and-swap, and a page is saved under its
+ * chunk's lock, exactly once — by the fault or by the copier, whichever comes
+ * first — and unprotected only once it is saved. The main isolate may itself be
+ * the writer: it blocks in its fault and the fault handler serves it. Nothing runs
+ * on the main thread but a callback sink. (`snapshot_worker.ts`,
+ * `snapshot_faults.ts`, `snapshot_copier.ts`, `snapshot_pages.ts`.)
  *
  * **Sinks.** Each page reaches the sink exactly once, in whatever order:
  * - a path (or `file:` URL): a checkpoint base image (`docs/checkpoint-format.md`),
@@ -23,11 +28,11 @@
  *   when the snapshot starts (the pages holding data get slots in page order;
  *   pages that are zero are left out), so pages saved out of order go straight to
  *   their slot; the file appears at its path, complete, when the snapshot is done.
- * - a `Uint8Array` of the target's length: the Worker copies into it directly. Do
+ * - a `Uint8Array` of the target's length: the Workers copy into it directly. Do
  *   not read it before `done`, and do not transfer or shrink its buffer meanwhile
  *   (a `SharedArrayBuffer`-backed array cannot be detached).
  * - a function `(pageIndex, bytes) => void | Promise<void>`, called **on the main
- *   thread, asynchronously**: it cannot run in the Worker's fault path, because the
+ *   thread, asynchronously**: it cannot run in the fault handler's path, because the
  *   main isolate may be the very writer blocked in that fault. The Worker stages
  *   each page in a mapping of the target's size and queues it; the main side calls
  *   the function from its event loop, in the order pages were saved, and frees the
@@ -47,21 +52,21 @@
  * either. `PAGEMAP_SCAN` sorts the pages once the target is protected.
  *
  * **`MADV_DONTNEED`, `munmap`, `mremap` on the target** during a snapshot never
- * give a wrong image. A removal's event reaches the Worker before the kernel drops
- * the pages, and the removing thread waits until the event is read: the Worker
- * notices the event in flight and saves every page left before reading it
+ * give a wrong image. A removal's event reaches the fault handler before the
+ * kernel drops the pages, and the removing thread waits until the event is read:
+ * the handler notices the event in flight and saves every page left before reading it
  * (`holdChanges`, the default: the `madvise` call waits until the snapshot is
  * complete). An unmap or a move is done by the kernel before its event is queued:
  * the old content may be gone, and the snapshot fails with an error naming the
- * pages. See the notes in `snapshot_worker.ts` and `docs/kernel-notes.md`.
+ * pages. See the notes in `snapshot_faults.ts` and `docs/kernel-notes.md`.
  *
- * **Never hangs.** Every failure — the Worker dies, a sink fails, the callback
+ * **Never hangs.** Every failure — a Worker dies, a sink fails, the callback
  * throws, `abort()`, a timeout — closes the userfaultfd, which removes every
  * protection and wakes every blocked writer, before `done` rejects.
  *
  * Private anonymous memory only (shared memory can be written through other
  * mappings, which raise no fault here); Linux 6.7+ (`PAGEMAP_SCAN`). Needs
- * `--allow-ffi`, `--allow-read` for the Worker to load its module from a file
+ * `--allow-ffi`, `--allow-read` for the Workers to load their module from a file
  * (from a remote package: the import permission instead), and `--allow-write` for a
  * file sink.
  *
@@ -90,12 +95,14 @@ import { readMaps } from "./maps.ts";
 import { hasPagemapScan } from "./pagemap.ts";
 import { pageCeil, pageFloor } from "./range.ts";
 import { Region } from "./region.ts";
+import { pageStateBuffers } from "./snapshot_pages.ts";
+import { emptyQueue } from "./snapshot_sinks.ts";
 import {
   type FileWritten,
   PROGRESS,
   PROGRESS_SLOTS,
+  QUEUE_EMPTY,
   SNAP_CTRL,
-  SNAP_STATE,
   type SnapshotMessage,
   type SnapshotWorkerData,
   STALL_BUCKETS,
@@ -124,9 +131,9 @@ export interface LiveSnapshotOptions {
    */
   decline?: Iterable<Feature>;
   /**
-   * Pages the copier saves between two looks at the fault queue (default 64): a
-   * write to an unsaved page waits at most this long behind the copier; fewer
-   * means shorter waits and more system calls.
+   * Pages per chunk (default 64): the copier saves and unprotects a chunk at a time,
+   * under the chunk's lock. A write to a page of the chunk being copied waits for
+   * that copy; fewer pages mean shorter such waits and more system calls.
    */
   chunkPages?: number;
   /** Callback sink: pages staged and not yet delivered before the copier waits (default 4096, 16 MiB). */
@@ -143,7 +150,7 @@ export interface LiveSnapshotOptions {
   durable?: boolean;
   /** Aborts the snapshot (`done` rejects; the target is released). */
   signal?: AbortSignal;
-  /** How long `take()` waits for the Worker to protect the target (default 10 000 ms). */
+  /** How long `take()` waits for the Workers to start and protect the target (default 30 000 ms). */
   startTimeoutMs?: number;
 }
 
@@ -165,11 +172,11 @@ export interface SnapshotProgress {
   readonly faults: number;
   /** `MADV_DONTNEED`-like removals of part of the target seen. */
   readonly removes: number;
-  /** Times an address-space change in flight made the Worker save every page left first. */
+  /** Times an address-space change in flight made the fault handler save every page left first. */
   readonly heldChanges: number;
   /**
    * Pages of a removed range saved after the removal's event was read (with
-   * `holdChanges: false`, or an event that arrived between the Worker's check and
+   * `holdChanges: false`, or an event that arrived between the fault handler's check and
    * its read), each checked write-protected — so not yet dropped — before and
    * after its copy.
    */
@@ -179,7 +186,7 @@ export interface SnapshotProgress {
   /** Image bytes saved per second so far (`savedPages × pageSize / elapsed`). */
   readonly bytesPerSecond: number;
   /**
-   * How long writers waited: faults per bucket of time from the Worker's `read`
+   * How long writers waited: faults per bucket of time from the fault handler's `read`
    * of the fault to the page's unprotection (`[0, 1)`, `[1, 2)`, `[2, 4)`, … µs;
    * the last bucket is open-ended).
    */
@@ -196,7 +203,7 @@ export interface SnapshotResult extends SnapshotProgress {
 
 /**
  * A snapshot failed (a page it would have saved was dropped or unmapped, the sink
- * failed, the callback threw, its Worker died) or was aborted. The target has been
+ * failed, the callback threw, a Worker died) or was aborted. The target has been
  * released by then. The original error is the `cause`.
  *
  * @example
@@ -220,6 +227,9 @@ const WORKER_URL = new URL("./snapshot_worker.ts", import.meta.url).href;
 const BOOTSTRAP = new URL(`data:text/javascript,${encodeURIComponent(`import ${JSON.stringify(WORKER_URL)};`)}`);
 const ONE = new Uint8Array(new BigUint64Array([1n]).buffer);
 const ABORT_GRACE_MS = 5_000;
+/** The two Workers: the fault handler and the copier. */
+type Role = "faults" | "copier";
+const ROLES: readonly Role[] = ["faults", "copier"];
 /** glibc's `IS_MMAPPED` bit in a chunk's size word. */
 const IS_MMAPPED = 2n;
 
@@ -363,7 +373,8 @@ export class LiveSnapshot implements AsyncDisposable {
   readonly wpUnpopulated: boolean;
 
   readonly #uffd: Userfaultfd;
-  readonly #worker: Worker;
+  readonly #copierUffd: Userfaultfd;
+  readonly #workers: Record<Role, Worker>;
   readonly #eventFd: number;
   readonly #control: Int32Array;
   readonly #progress: Float64Array;
@@ -374,16 +385,19 @@ export class LiveSnapshot implements AsyncDisposable {
   readonly #protected = deferred<void>();
   /** Opened when `take()` returns (or the snapshot fails): no callback runs before the caller has the snapshot. */
   readonly #deliveryGate = deferred<void>();
-  readonly #workerEnded = deferred<FileWritten | undefined>();
-  readonly #exited = deferred<void>();
+  /** Each Worker has reported how it ended (or died without reporting). */
+  readonly #ended: Record<Role, ReturnType<typeof deferred<void>>> = { faults: deferred(), copier: deferred() };
+  readonly #exited: Record<Role, ReturnType<typeof deferred<void>>> = { faults: deferred(), copier: deferred() };
   readonly #done: Promise<SnapshotResult>;
   #failure: LiveSnapshotError | undefined;
   #file: FileWritten | undefined;
+  #complete = false;
   #settled = false;
   #unwatchSignal: (() => void) | undefined;
 
   private constructor(
     uffd: Userfaultfd,
+    copierUffd: Userfaultfd,
     data: SnapshotWorkerData,
     keep: unknown[],
     callback: SnapshotPageCallback | undefined,
@@ -392,29 +406,35 @@ export class LiveSnapshot implements AsyncDisposable {
     byteLength: number,
   ) {
     this.#uffd = uffd;
+    this.#copierUffd = copierUffd;
     this.#eventFd = data.eventFd;
     this.#control = new Int32Array(data.control);
     this.#progress = new Float64Array(data.progress);
     this.#keep = keep;
     this.#callback = callback;
-    this.#queue = data.queue ? new Int32Array(data.queue) : undefined;
+    this.#queue = data.sink.kind === "staging" ? new Int32Array(data.sink.queue) : undefined;
     this.#staging = staging;
     this.pageCount = data.pages;
     this.head = head;
     this.byteLength = byteLength;
     this.wpUnpopulated = data.wpUnpopulated;
-    this.#worker = new Worker(BOOTSTRAP, { workerData: data });
-    this.#worker.on("message", (m: SnapshotMessage) => this.#message(m));
-    this.#worker.on(
-      "error",
-      (e: unknown) =>
+    const start = (role: Role, workerData: SnapshotWorkerData) => {
+      const worker = new Worker(BOOTSTRAP, { workerData });
+      worker.on("message", (m: SnapshotMessage) => this.#message(role, m));
+      worker.on("error", (e: unknown) => {
         this.#fail(
           new LiveSnapshotError(`the snapshot's Worker failed: ${e instanceof Error ? e.message : String(e)}`, {
             cause: e,
           }),
-        ),
-    );
-    this.#worker.on("exit", (code: number) => this.#exit(code));
+        );
+      });
+      worker.on("exit", (code: number) => this.#exit(role, code));
+      return worker;
+    };
+    this.#workers = {
+      faults: start("faults", data),
+      copier: start("copier", { ...data, role: "copier", uffd: copierUffd.share() }),
+    };
     this.#done = this.#finish();
     this.#done.catch(() => {}); // observed through done; never an unhandled rejection
   }
@@ -476,7 +496,7 @@ export class LiveSnapshot implements AsyncDisposable {
     }
     const chunkPages = positiveInteger(options.chunkPages, "chunkPages", 64, 1 << 16);
     const stagingPages = positiveInteger(options.stagingPages, "stagingPages", 4096, 1 << 30);
-    const startTimeout = options.startTimeoutMs ?? 10_000;
+    const startTimeout = options.startTimeoutMs ?? 30_000;
     if (typeof startTimeout !== "number" || !(startTimeout >= 0)) {
       throw new TypeError(`${operation}: startTimeoutMs must be a non-negative number`);
     }
@@ -487,7 +507,6 @@ export class LiveSnapshot implements AsyncDisposable {
     const keep: unknown[] = [target];
     let sinkSpec: WorkerSinkSpec;
     let callback: SnapshotPageCallback | undefined;
-    let needsStaging = false;
     if (typeof sink === "string" || sink instanceof URL) {
       const path = filePath(sink);
       const random = crypto.getRandomValues(new BigUint64Array(1))[0]!;
@@ -497,6 +516,8 @@ export class LiveSnapshot implements AsyncDisposable {
         tmp: `${path}.tmp-${Deno.pid}-${random.toString(36)}`,
         durable: options.durable === true,
         chainId: random === 0n ? 1n : random,
+        crcs: new SharedArrayBuffer(Math.max(4, pages * 4)),
+        ranks: new SharedArrayBuffer(Math.max(4, pages * 4)),
       };
     } else if (sink instanceof Uint8Array) {
       if (sink.byteLength !== location.length) {
@@ -512,8 +533,7 @@ export class LiveSnapshot implements AsyncDisposable {
       sinkSpec = { kind: "bytes", address: Number(address), length: sink.byteLength };
     } else if (typeof sink === "function") {
       callback = sink;
-      needsStaging = true;
-      sinkSpec = { kind: "staging", address: 0, limit: stagingPages };
+      sinkSpec = { kind: "staging", address: 0, limit: stagingPages, queue: emptyQueue(pages) };
     } else {
       throw new TypeError(`${operation}: sink must be a path, a file: URL, a Uint8Array or a function`);
     }
@@ -525,21 +545,27 @@ export class LiveSnapshot implements AsyncDisposable {
     });
     let eventFd = -1;
     let staging: Region | undefined;
+    let copierUffd: Userfaultfd | undefined;
     let snapshot: LiveSnapshot;
     try {
       uffd.register({ address: spanStart, length: pages * P }, { wp: true });
+      // The copier's own reference: it unprotects what it saved without sharing the fault Worker's fd number.
+      const dup = libc.dupCloexec(uffd.fd);
+      if (dup < 0) throw new UffdError({ errno: -dup, operation: "fcntl(F_DUPFD_CLOEXEC)", args: { fd: uffd.fd } });
+      copierUffd = Userfaultfd.adopt(dup, uffd.featureMask, uffd.nonblocking);
       eventFd = libc.eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
       if (eventFd < 0) throw new UffdError({ errno: -eventFd, operation: "eventfd" });
-      if (needsStaging) {
+      if (sinkSpec.kind === "staging") {
         staging = Region.map(pages * P);
-        sinkSpec = { kind: "staging", address: Number(staging.address), limit: stagingPages };
+        sinkSpec = { ...sinkSpec, address: Number(staging.address) };
       }
       const data: SnapshotWorkerData = {
+        role: "faults",
         uffd: uffd.share(),
         eventFd,
         control: new SharedArrayBuffer(SNAP_CTRL.SIZE * 4),
         progress: new SharedArrayBuffer(PROGRESS_SLOTS * 8),
-        queue: needsStaging ? new SharedArrayBuffer(pages * 4) : undefined,
+        ...pageStateBuffers(pages, chunkPages),
         base: Number(spanStart),
         pages,
         head,
@@ -550,9 +576,10 @@ export class LiveSnapshot implements AsyncDisposable {
         batch: 64,
         holdChanges: options.holdChanges !== false,
       };
-      snapshot = new LiveSnapshot(uffd, data, keep, callback, staging, head, location.length);
+      snapshot = new LiveSnapshot(uffd, copierUffd, data, keep, callback, staging, head, location.length);
     } catch (e) {
       uffd.close();
+      copierUffd?.close();
       if (eventFd >= 0) libc.close(eventFd);
       staging?.unmap();
       throw e;
@@ -591,27 +618,27 @@ export class LiveSnapshot implements AsyncDisposable {
 
   /**
    * Settles when the snapshot is complete — every page saved (and, for a callback
-   * sink, delivered), the userfaultfd closed, the Worker gone — with what it did;
+   * sink, delivered), the userfaultfd closed, the Workers gone — with what it did;
    * or rejects with a `LiveSnapshotError` when it failed or was aborted.
    */
   get done(): Promise<SnapshotResult> {
     return this.#done;
   }
 
-  /** The progress so far, read from shared memory (no round trip; also while the Worker is busy). */
+  /** The progress so far, read from shared memory (no round trip; also while the Workers are busy). */
   get progress(): SnapshotProgress {
     const p = this.#progress;
     const started = p[PROGRESS.startedAt]!;
     const finished = p[PROGRESS.finishedAt]!;
     const elapsedMs = started === 0 ? 0 : (finished || performance.timeOrigin + performance.now()) - started;
-    const savedPages = p[PROGRESS.saved]!;
+    const savedPages = Atomics.load(this.#control, SNAP_CTRL.SAVED);
     return {
       pages: p[PROGRESS.pages]!,
       savedPages,
       byFault: p[PROGRESS.byFault]!,
-      byCopier: p[PROGRESS.byCopier]!,
-      zeroPages: p[PROGRESS.zero]!,
-      bytesRead: p[PROGRESS.bytesRead]!,
+      byCopier: p[PROGRESS.byCopier]! + p[PROGRESS.byHandler]!,
+      zeroPages: p[PROGRESS.zeroHandler]! + p[PROGRESS.zeroCopier]!,
+      bytesRead: p[PROGRESS.bytesHandler]! + p[PROGRESS.bytesCopier]!,
       faults: p[PROGRESS.faults]!,
       removes: p[PROGRESS.removes]!,
       heldChanges: p[PROGRESS.heldChanges]!,
@@ -623,7 +650,7 @@ export class LiveSnapshot implements AsyncDisposable {
   }
 
   /**
-   * Gives the snapshot up: the Worker stops, the target is released (the
+   * Gives the snapshot up: the Workers stop, the target is released (the
    * userfaultfd closed), a partly written file removed, and `done` rejects with a
    * `LiveSnapshotError` whose cause is `reason`. Harmless once the snapshot has
    * settled.
@@ -655,102 +682,102 @@ export class LiveSnapshot implements AsyncDisposable {
     } catch { /* reported through done */ }
   }
 
-  /** Wakes the Worker through the eventfd (until it has exited and the eventfd is closed). */
+  /** Wakes the fault Worker through the eventfd, and the copier where it waits. */
   #wake(): void {
-    if (!this.#exited.settled) libc.write(this.#eventFd, ONE);
+    if (!this.#exited.faults.settled || !this.#exited.copier.settled) libc.write(this.#eventFd, ONE);
+    Atomics.notify(this.#control, SNAP_CTRL.STATE);
+    Atomics.notify(this.#control, SNAP_CTRL.DELIVERED);
   }
 
-  #message(message: SnapshotMessage): void {
+  #message(role: Role, message: SnapshotMessage): void {
     switch (message.type) {
       case "protected":
         this.#protected.resolve();
         return;
       case "done":
-        this.#workerEnded.resolve(message.file);
-        this.#worker.terminate(); // its work is done
-        return;
+        if (role === "faults") {
+          this.#file = message.file;
+          this.#complete = true;
+        }
+        break;
       case "aborted":
-        this.#workerEnded.reject(this.#failure ?? new LiveSnapshotError("the snapshot was aborted"));
-        this.#worker.terminate();
-        return;
+        break;
       case "failed": {
-        // The Worker closed the userfaultfd before reporting.
+        // The Worker closed its reference to the userfaultfd before reporting.
         const cause = deserializeError(message.error);
-        const error = new LiveSnapshotError(`the snapshot failed: ${cause.message}`, { cause });
-        this.#failure ??= error;
-        this.#protected.reject(error);
-        this.#workerEnded.reject(error);
-        this.#worker.terminate();
-        return;
+        this.#fail(new LiveSnapshotError(`the snapshot failed: ${cause.message}`, { cause }));
+        break;
       }
     }
+    this.#ended[role].resolve();
+    this.#workers[role].terminate(); // its work is done
   }
 
   /**
-   * Fails (or aborts) the snapshot: asks the Worker to stop (it closes the
-   * userfaultfd and reports), and if it does not within a grace period, closes the
-   * userfaultfd from here and terminates it.
+   * Fails (or aborts) the snapshot: asks the Workers to stop (each closes its
+   * reference to the userfaultfd and reports), and if they do not within a grace
+   * period, closes both references from here and terminates them.
    */
   #fail(error: LiveSnapshotError): void {
     if (this.#settled) return;
     this.#failure ??= error;
     this.#protected.reject(this.#failure);
     this.#deliveryGate.resolve();
-    if (this.#exited.settled) {
-      this.#uffd.close();
-      this.#workerEnded.reject(this.#failure);
-      return;
-    }
-    Atomics.store(this.#control, SNAP_CTRL.ABORT, 1);
+    if (Atomics.exchange(this.#control, SNAP_CTRL.ABORT, 1) !== 0) return; // already stopping
     this.#wake();
+    const ended = Promise.all([this.#ended.faults.promise, this.#ended.copier.promise]);
     const timer = setTimeout(() => {
-      if (this.#workerEnded.settled) return;
       this.#uffd.close();
-      this.#workerEnded.reject(this.#failure!);
-      this.#worker.terminate();
+      this.#copierUffd.close();
+      for (const role of ROLES) {
+        this.#ended[role].resolve();
+        this.#workers[role].terminate();
+      }
     }, ABORT_GRACE_MS);
-    this.#workerEnded.promise.finally(() => clearTimeout(timer)).catch(() => {});
+    ended.finally(() => clearTimeout(timer));
   }
 
-  #exit(code: number): void {
-    this.#exited.resolve();
-    libc.close(this.#eventFd);
-    if (!this.#workerEnded.settled) {
-      // It died without reporting: make sure nothing stays protected.
-      this.#uffd.close();
-      const error = this.#failure ??
-        new LiveSnapshotError(`the snapshot's Worker exited (code ${code}) before the snapshot was complete`);
-      this.#failure ??= error;
-      this.#protected.reject(error);
-      this.#workerEnded.reject(error);
+  #exit(role: Role, code: number): void {
+    this.#exited[role].resolve();
+    if (!this.#ended[role].settled) {
+      // It died without reporting: its reference may still be open (nobody else uses it now).
+      (role === "faults" ? this.#uffd : this.#copierUffd).close();
+      this.#fail(new LiveSnapshotError(`the snapshot's ${role} Worker exited (code ${code}) without reporting`));
+      this.#ended[role].resolve();
     }
+    if (this.#exited.faults.settled && this.#exited.copier.settled) libc.close(this.#eventFd);
   }
 
-  /** The whole life after the constructor: delivery (callback sink), the Worker's end, its exit, the result. */
+  /** The whole life after the constructor: the Workers' ends, delivery (callback sink), their exits, the result. */
   async #finish(): Promise<SnapshotResult> {
     try {
       const delivery = this.#callback ? this.#deliver() : Promise.resolve();
-      const [file] = await Promise.all([this.#workerEnded.promise, delivery]);
-      this.#file = file;
-      await this.#exited.promise;
+      // A callback that throws fails the snapshot at once.
+      delivery.catch((e) => this.#fail(asSnapshotError(e)));
+      await Promise.all([this.#ended.faults.promise, this.#ended.copier.promise]);
+      if (this.#failure) throw this.#failure;
+      if (!this.#complete) throw new LiveSnapshotError("the snapshot was aborted");
+      await delivery;
+      if (this.#failure) throw this.#failure;
+      await Promise.all([this.#exited.faults.promise, this.#exited.copier.promise]);
       return this.#result();
     } catch (e) {
-      const error = this.#failure ?? (e instanceof LiveSnapshotError ? e : new LiveSnapshotError(
-        `the snapshot failed: ${e instanceof Error ? e.message : String(e)}`,
-        { cause: e },
-      ));
+      const error = this.#failure ?? asSnapshotError(e);
       this.#fail(error);
-      await this.#workerEnded.promise.catch(() => {});
+      await Promise.all([this.#ended.faults.promise, this.#ended.copier.promise]);
       // terminate() cannot interrupt a Worker stuck in a system call: do not wait for it forever.
       let timer: ReturnType<typeof setTimeout> | undefined;
-      await Promise.race([this.#exited.promise, new Promise((r) => timer = setTimeout(r, ABORT_GRACE_MS))]);
+      const exits = Promise.all([this.#exited.faults.promise, this.#exited.copier.promise]);
+      await Promise.race([exits, new Promise((r) => timer = setTimeout(r, ABORT_GRACE_MS))]);
       clearTimeout(timer);
-      if (!this.#exited.settled) this.#worker.unref();
+      for (const role of ROLES) if (!this.#exited[role].settled) this.#workers[role].unref();
       throw error;
     } finally {
       this.#settled = true;
       this.#unwatchSignal?.();
-      this.#staging?.unmap(); // the Worker is gone: nobody writes it any more
+      if (this.#exited.faults.settled && this.#exited.copier.settled) {
+        this.#staging?.unmap(); // the Workers are gone: nobody writes it any more
+      }
       this.#keep.length = 0;
     }
   }
@@ -760,9 +787,9 @@ export class LiveSnapshot implements AsyncDisposable {
   }
 
   /**
-   * Calls the callback for every queued page, on this thread, as the Worker
-   * publishes them; frees each staged page after its call. Ends when every page is
-   * delivered, or throws (the callback's error, or the Worker's failure).
+   * Calls the callback for every queued page, on this thread, in the order the
+   * Workers queued them; frees each staged page after its call. Ends when every
+   * page is delivered, or throws (the callback's error, or the snapshot's failure).
    */
   async #deliver(): Promise<void> {
     const ctrl = this.#control;
@@ -784,25 +811,27 @@ export class LiveSnapshot implements AsyncDisposable {
         clearTimeout(timer)
       );
     };
+    let runStart = -1;
+    let runEnd = -1;
+    const free = () => {
+      if (runStart >= 0) staging.advise(MADV_DONTNEED, staging.pages(runStart, runEnd - runStart));
+      runStart = runEnd = -1;
+    };
     while (delivered < pages) {
       if (this.#failure) throw this.#failure;
-      const published = Atomics.load(ctrl, SNAP_CTRL.PUBLISHED);
-      if (published === delivered) {
-        const state = Atomics.load(ctrl, SNAP_CTRL.STATE);
-        if (state === SNAP_STATE.FAILED || state === SNAP_STATE.ABORTED) {
-          await this.#workerEnded.promise; // rejects with the reason
+      if (Atomics.load(queue, delivered) === QUEUE_EMPTY) {
+        if (this.#ended.faults.settled && this.#ended.copier.settled) {
+          if (this.#failure) throw this.#failure;
+          if (Atomics.load(queue, delivered) === QUEUE_EMPTY) throw new LiveSnapshotError("the snapshot was aborted");
+          continue;
         }
-        await pause(published);
+        await pause(Atomics.load(ctrl, SNAP_CTRL.PUBLISHED));
         continue;
       }
-      let runStart = -1;
-      let runEnd = -1;
-      const free = () => {
-        if (runStart >= 0) staging.advise(MADV_DONTNEED, staging.pages(runStart, runEnd - runStart));
-        runStart = runEnd = -1;
-      };
-      for (let k = delivered; k < published; k++) {
-        const entry = queue[k]!;
+      // Deliver every slot filled so far, then tell the copier (which may wait for room).
+      for (; delivered < pages; delivered++) {
+        const entry = Atomics.load(queue, delivered);
+        if (entry === QUEUE_EMPTY) break;
         const page = entry >= 0 ? entry : -1 - entry;
         const from = Math.max(page * P, this.head);
         const to = Math.min((page + 1) * P, imageEnd);
@@ -820,9 +849,14 @@ export class LiveSnapshot implements AsyncDisposable {
         }
       }
       free();
-      delivered = published;
       Atomics.store(ctrl, SNAP_CTRL.DELIVERED, delivered);
-      if (Atomics.load(ctrl, SNAP_CTRL.THROTTLED) !== 0) this.#wake();
+      Atomics.notify(ctrl, SNAP_CTRL.DELIVERED);
     }
   }
+}
+
+function asSnapshotError(e: unknown): LiveSnapshotError {
+  return e instanceof LiveSnapshotError
+    ? e
+    : new LiveSnapshotError(`the snapshot failed: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
 }

@@ -1,18 +1,22 @@
 /**
- * What the main side of a `LiveSnapshot` and its Worker share: the data the
- * Worker starts with, the control block and the progress counters (both in
- * `SharedArrayBuffer`s), the delivery queue of a callback sink, and the messages
- * the Worker posts. Internal.
+ * What the main side of a `LiveSnapshot` and its two Workers (the fault handler
+ * and the copier) share: the data they start with, the control block and the
+ * progress counters (both in `SharedArrayBuffer`s), the page states, the delivery
+ * queue of a callback sink, and the messages the Workers post. Internal.
  *
  * - Control block (`Int32Array`, slots `SNAP_CTRL`): the main side sets `ABORT`
- *   and writes the eventfd; the Worker stores its `STATE`. For a callback sink,
- *   the Worker appends page numbers to the queue and stores how many it
- *   `PUBLISHED` (then notifies); the main side stores how many it `DELIVERED`,
- *   and writes the eventfd when the Worker said it is `THROTTLED`.
- * - Progress (`Float64Array`, slots `PROGRESS`): one writer (the Worker), read by
- *   the main side at any time.
- * - Queue (`Int32Array`, one slot per page): page `i` staged with data is `i`, a
- *   page that is all zeros is `-1 - i` (nothing staged).
+ *   and writes the fault Worker's eventfd; the fault Worker stores `STATE`
+ *   (`RUNNING` lets the copier start); the copier stores `COPIER` when it is done
+ *   or failed. Both add the pages they save to `SAVED` (after marking them), and
+ *   the fault Worker bumps `EPOCH` before each `read` of the userfaultfd (see
+ *   `snapshot_pages.ts`). For a callback sink, a producer reserves queue slots by
+ *   adding to `RESERVED`, fills them, then adds to `PUBLISHED` and notifies; the
+ *   main side stores how many it `DELIVERED` and notifies the copier.
+ * - Progress (`Float64Array`, slots `PROGRESS`): each counter has one writer
+ *   (a slot of the fault Worker's, or of the copier's); the main side reads them
+ *   at any time and adds them up.
+ * - Queue (`Int32Array`, one slot per page, `QUEUE_EMPTY` until filled): page `i`
+ *   staged with data is `i`, a page that is all zeros is `-1 - i`.
  *
  * @module
  */
@@ -22,16 +26,22 @@ import type { SharedUserfaultfd } from "./userfaultfd.ts";
 
 /** Slots of the control block. */
 export const SNAP_CTRL = {
-  /** One of `SNAP_STATE`. */
+  /** One of `SNAP_STATE`: the fault Worker's (and so the snapshot's) state. */
   STATE: 0,
-  /** Non-zero once the main side asked the Worker to give up. */
+  /** Non-zero once the main side asked the Workers to give up. */
   ABORT: 1,
-  /** Queue entries the Worker published (callback sink). */
+  /** Queue slots published (callback sink). */
   PUBLISHED: 2,
-  /** Queue entries the main side delivered to the callback. */
+  /** Queue slots the main side delivered to the callback. */
   DELIVERED: 3,
-  /** Non-zero while the copier waits for the callback to catch up. */
-  THROTTLED: 4,
+  /** Queue slots reserved by producers. */
+  RESERVED: 4,
+  /** Pages saved, by both Workers. */
+  SAVED: 5,
+  /** Incremented by the fault Worker before each `read` of the userfaultfd. */
+  EPOCH: 6,
+  /** One of `COPIER_STATE`. */
+  COPIER: 7,
   /** Slots in the control block. */
   SIZE: 8,
 } as const;
@@ -39,26 +49,36 @@ export const SNAP_CTRL = {
 /** Values of `SNAP_CTRL.STATE`. */
 export const SNAP_STATE = { STARTING: 0, RUNNING: 1, DONE: 2, FAILED: 3, ABORTED: 4 } as const;
 
+/** Values of `SNAP_CTRL.COPIER`. */
+export const COPIER_STATE = { RUNNING: 0, DONE: 1, FAILED: 2 } as const;
+
+/** An unfilled queue slot. */
+export const QUEUE_EMPTY = 0x7fffffff;
+
 /** Slots of the progress counters. */
 export const PROGRESS = {
   /** Pages in the snapshot. */
   pages: 0,
-  /** Pages saved so far (each exactly once). */
-  saved: 1,
-  /** Of those, saved by the fault handler before a write was let through. */
-  byFault: 2,
-  /** Of those, saved by the background copier. */
+  /** Pages saved by the fault Worker because a write faulted on them. */
+  byFault: 1,
+  /** Pages saved by the fault Worker otherwise (everything left, before an address-space change; rescued pages). */
+  byHandler: 2,
+  /** Pages saved by the copier. */
   byCopier: 3,
-  /** Of the saved pages, those saved as zeros without being read (never populated, or the zero page). */
-  zero: 4,
-  /** Bytes read from the target. */
-  bytesRead: 5,
+  /** Pages saved as zeros without being read (never populated, or the zero page), by the fault Worker. */
+  zeroHandler: 4,
+  /** The same, by the copier. */
+  zeroCopier: 5,
+  /** Bytes read from the target by the fault Worker. */
+  bytesHandler: 6,
+  /** Bytes read from the target by the copier. */
+  bytesCopier: 7,
   /** Write-protect faults read. */
-  faults: 6,
+  faults: 8,
   /** `EVENT_REMOVE` messages read (`MADV_DONTNEED` and friends on the target). */
-  removes: 7,
-  /** Times an address-space change in flight made the Worker save everything left first. */
-  heldChanges: 8,
+  removes: 9,
+  /** Times an address-space change in flight made the fault Worker save every page left first. */
+  heldChanges: 10,
   /** Pages of a removed range saved after the removal's event was read, checked intact before and after. */
   rescued: 11,
   /** Wall-clock time (ms since the epoch) when the target was protected: the snapshot's moment. */
@@ -75,25 +95,45 @@ export const STALL_BUCKETS = 16;
 /** Slots of the progress counters. */
 export const PROGRESS_SLOTS: number = PROGRESS.stall + STALL_BUCKETS;
 
-/** Where the Worker puts the pages. */
+/** Where the Workers put the pages. */
 export type WorkerSinkSpec =
   /** Straight into memory of the image's length (a `Uint8Array`'s bytes). */
   | { kind: "bytes"; address: number; length: number }
-  /** A checkpoint base image, written under `tmp` and renamed to `path`. */
-  | { kind: "file"; path: string; tmp: string; durable: boolean; chainId: bigint }
+  /**
+   * A checkpoint base image, written under `tmp` (both Workers write slots; the
+   * fault Worker creates it and, at the end, writes the table and header and
+   * renames it to `path`). `crcs` and `ranks` are shared: one slot per page.
+   */
+  | {
+    kind: "file";
+    path: string;
+    tmp: string;
+    durable: boolean;
+    chainId: bigint;
+    crcs: SharedArrayBuffer;
+    ranks: SharedArrayBuffer;
+  }
   /** Into a staging mapping of the span's size, page `i` at `i × P`, for the main side to deliver. */
-  | { kind: "staging"; address: number; limit: number };
+  | { kind: "staging"; address: number; limit: number; queue: SharedArrayBuffer };
 
-/** `workerData` of a snapshot's Worker. */
+/** `workerData` of a snapshot's Workers. */
 export interface SnapshotWorkerData {
-  /** The snapshot's userfaultfd (the span is registered for write-protect; the Worker closes it when done). */
+  /** Which Worker this is. */
+  role: "faults" | "copier";
+  /**
+   * The snapshot's userfaultfd (the span is registered for write-protect). The fault
+   * Worker gets the one the main side opened and closes it when done; the copier an
+   * `F_DUPFD_CLOEXEC` copy of its own, which it closes when it ends.
+   */
   uffd: SharedUserfaultfd;
-  /** The eventfd that wakes the Worker. */
+  /** The fault Worker's eventfd (the copier writes it when it ends). */
   eventFd: number;
   control: SharedArrayBuffer;
   progress: SharedArrayBuffer;
-  /** The delivery queue (callback sink), else `undefined`. */
-  queue: SharedArrayBuffer | undefined;
+  /** Page states (`Uint8Array`, one per page), the stamp each page was saved with, chunk locks: see `snapshot_pages.ts`. */
+  states: SharedArrayBuffer;
+  epochs: SharedArrayBuffer;
+  locks: SharedArrayBuffer;
   /** Address of the span's first page. */
   base: number;
   /** Pages in the span. */
@@ -105,7 +145,7 @@ export interface SnapshotWorkerData {
   /** The userfaultfd has `WP_UNPOPULATED` (else never-touched pages are populated with the zero page first). */
   wpUnpopulated: boolean;
   sink: WorkerSinkSpec;
-  /** Pages the copier saves between two looks at the fault queue. */
+  /** Pages per chunk: the copier saves and unprotects a chunk at a time, under the chunk's lock. */
   chunkPages: number;
   /** Messages per `read()`. */
   batch: number;
@@ -125,7 +165,7 @@ export interface FileWritten {
   dataPages: number;
 }
 
-/** What the Worker posts. */
+/** What a Worker posts. */
 export type SnapshotMessage =
   | { type: "protected"; dataPages: number }
   | { type: "done"; file?: FileWritten }

@@ -1,8 +1,10 @@
 /**
- * Where a `LiveSnapshot`'s Worker puts the pages it saves: straight into memory
+ * Where a `LiveSnapshot`'s Workers put the pages they save: straight into memory
  * of the image's length (a `Uint8Array` sink), into a checkpoint base image file,
  * or into a staging mapping from which the main side delivers them to a
- * callback. Internal; runs in the snapshot's Worker.
+ * callback. Each Worker (the fault handler and the copier) opens its own sink
+ * over the same destination and writes the pages it claimed — distinct pages,
+ * so distinct bytes. Internal.
  *
  * Every read of the target goes through `copyOwnMemory` (`process_vm_readv` on
  * this process): if the program unmaps the target under the snapshot, the read
@@ -13,8 +15,9 @@
  * holding data then (the others are zero in the snapshot whatever happens later,
  * and a base leaves zero pages out) get slots in page order, so a page saved out
  * of order — by a fault, before the copier reached it — is written straight to its
- * slot, and the file is complete when the last page is saved. Each slot's CRC-32C
- * is computed on the copy in the staging buffer, the bytes that are written.
+ * slot (each Worker through its own file descriptor), and the file is complete
+ * when the last page is saved. Each slot's CRC-32C is computed on the copy in the
+ * staging buffer, the bytes that are written, into an array both Workers share.
  *
  * @module
  */
@@ -24,7 +27,7 @@ import { crc32cWords } from "./crc32c.ts";
 import { ERRNO, UffdError } from "./errors.ts";
 import * as libc from "./ffi/libc.ts";
 import { copyOwnMemory } from "./ffi/own_memory.ts";
-import { type FileWritten, SNAP_CTRL, type WorkerSinkSpec } from "./snapshot_protocol.ts";
+import { type FileWritten, QUEUE_EMPTY, SNAP_CTRL, type WorkerSinkSpec } from "./snapshot_protocol.ts";
 
 const P = libc.PAGE_SIZE;
 
@@ -51,13 +54,15 @@ export interface PageSink {
   /** `true` while the copier should wait for the consumer (a callback sink's staging is full). */
   throttled(): boolean;
   /**
-   * Told, once the target is protected and sorted, which pages hold data (`dataPages`,
-   * ascending) and each one's rank among them (`ranks[page]`): a file's slot layout.
+   * The fault Worker, once the target is protected and sorted: which pages hold data
+   * (`dataPages`, ascending) — a file's table. Their slots (`ranks`) are shared.
    */
-  layout(dataPages: Uint32Array<ArrayBuffer>, ranks: Int32Array<ArrayBuffer>): void;
-  /** Completes the sink after the last page (writes a file's table and header, and renames it). */
+  layout(dataPages: Uint32Array<ArrayBuffer>): void;
+  /** The fault Worker, after the last page (and after the copier closed its sink): completes a file and renames it. */
   finish(): FileWritten | undefined;
-  /** Gives up: removes a partly written file. Never throws. */
+  /** The copier, when it ends: closes its file descriptor. */
+  close(): void;
+  /** Gives up: closes, and (fault Worker) removes a partly written file. Never throws. */
   discard(): void;
 }
 
@@ -78,21 +83,24 @@ function read(destination: number, source: number, length: number, first: number
   if (rc !== length) throw unreadable(first, count, rc);
 }
 
-/** Builds the Worker's sink from its spec (a file is created here, before the target is protected). */
+/**
+ * A Worker's sink over the destination in `spec`. The fault Worker (`owner`)
+ * creates a file sink's file, before the target is protected; the copier opens it.
+ */
 export function openSink(
   spec: WorkerSinkSpec,
   g: SinkGeometry,
   chunkPages: number,
   control: Int32Array,
-  queue: Int32Array | undefined,
+  owner: boolean,
 ): PageSink {
   switch (spec.kind) {
     case "bytes":
       return bytesSink(spec.address, g);
     case "file":
-      return fileSink(spec, g, chunkPages);
+      return fileSink(spec, g, chunkPages, owner);
     case "staging":
-      return stagingSink(spec.address, spec.limit, g, control, queue!);
+      return stagingSink(spec.address, spec.limit, g, control, new Int32Array(spec.queue));
   }
 }
 
@@ -117,6 +125,7 @@ function bytesSink(address: number, g: SinkGeometry): PageSink {
     layout() {},
     throttled: () => false,
     finish: () => undefined,
+    close() {},
     discard() {},
   };
 }
@@ -128,49 +137,65 @@ function stagingSink(
   control: Int32Array,
   queue: Int32Array,
 ): PageSink {
-  let published = 0;
-  const publish = () => {
-    Atomics.store(control, SNAP_CTRL.PUBLISHED, published);
+  // Two producers: reserve slots, fill them, then publish; the consumer delivers a slot once it is filled.
+  const publish = (entry: (i: number) => number, first: number, count: number) => {
+    const slot = Atomics.add(control, SNAP_CTRL.RESERVED, count);
+    for (let k = 0; k < count; k++) Atomics.store(queue, slot + k, entry(first + k));
+    Atomics.add(control, SNAP_CTRL.PUBLISHED, count);
     Atomics.notify(control, SNAP_CTRL.PUBLISHED);
   };
+  const staged = (i: number) => i;
+  const zero = (i: number) => -1 - i;
   return {
     copy(first, count) {
       read(address + first * P, g.base + first * P, count * P, first, count);
     },
     commit(first, count) {
-      for (let i = first; i < first + count; i++) queue[published++] = i;
-      publish();
+      publish(staged, first, count);
     },
     zero(first, count) {
-      for (let i = first; i < first + count; i++) queue[published++] = -1 - i;
-      publish();
+      publish(zero, first, count);
     },
     layout() {},
-    throttled: () => published - Atomics.load(control, SNAP_CTRL.DELIVERED) >= limit,
+    throttled: () => Atomics.load(control, SNAP_CTRL.RESERVED) - Atomics.load(control, SNAP_CTRL.DELIVERED) >= limit,
     finish: () => undefined,
+    close() {},
     discard() {},
   };
+}
+
+/** Fills a new queue: every slot empty. */
+export function emptyQueue(pages: number): SharedArrayBuffer {
+  const buffer = new SharedArrayBuffer(Math.max(4, pages * 4));
+  new Int32Array(buffer).fill(QUEUE_EMPTY);
+  return buffer;
 }
 
 function fileSink(
   spec: Extract<WorkerSinkSpec, { kind: "file" }>,
   g: SinkGeometry,
   chunkPages: number,
+  owner: boolean,
 ): PageSink {
   let dataPages: Uint32Array<ArrayBuffer> = new Uint32Array(0);
-  let ranks: Int32Array<ArrayBuffer> = new Int32Array(0);
-  let crcs = new Uint32Array(0);
+  const ranks = new Int32Array(spec.ranks);
+  const crcs = new Uint32Array(spec.crcs);
   const stagingPages = Math.max(16, Math.min(chunkPages, 256));
   const staging = new Uint8Array(stagingPages * P);
   const words = new Uint32Array(staging.buffer);
   const stagingAddress = Number(libc.addressOf(staging));
   const imageEnd = g.head + g.length; // offset of the image's end from the span's start
-  const file = Deno.openSync(spec.tmp, { write: true, create: true, truncate: true });
+  const file = Deno.openSync(spec.tmp, owner ? { write: true, create: true, truncate: true } : { write: true });
   let open = true;
   const writeAt = (offset: number, bytes: Uint8Array) => {
     file.seekSync(offset, Deno.SeekMode.Start);
     let done = 0;
     while (done < bytes.length) done += file.writeSync(bytes.subarray(done));
+  };
+  const close = () => {
+    if (!open) return;
+    open = false;
+    file.close();
   };
   return {
     copy(first, count) {
@@ -188,10 +213,8 @@ function fileSink(
     },
     commit() {},
     zero() {},
-    layout(pages, pageRanks) {
+    layout(pages) {
       dataPages = pages;
-      ranks = pageRanks;
-      crcs = new Uint32Array(pages.length);
     },
     throttled: () => false,
     finish() {
@@ -199,7 +222,8 @@ function fileSink(
       const tableOffset = P * (1 + slots);
       const offsets = new Float64Array(slots);
       for (let j = 0; j < slots; j++) offsets[j] = P * (1 + j);
-      writeAt(tableOffset, encodeCheckpointTable({ pages: dataPages, crcs, offsets }));
+      const table = { pages: dataPages, crcs: new Uint32Array(crcs.subarray(0, slots)), offsets };
+      writeAt(tableOffset, encodeCheckpointTable(table));
       writeAt(
         0,
         encodeCheckpointHeader({
@@ -216,16 +240,16 @@ function fileSink(
         }),
       );
       if (spec.durable) file.syncSync();
-      file.close();
-      open = false;
+      close();
       Deno.renameSync(spec.tmp, spec.path);
       return { path: spec.path, bytes: tableOffset + slots * 16 + 8, entries: slots, dataPages: slots };
     },
+    close,
     discard() {
       try {
-        if (open) file.close();
+        close();
       } catch { /* already closed */ }
-      open = false;
+      if (!owner) return;
       try {
         Deno.removeSync(spec.tmp);
       } catch { /* never created, or already renamed */ }
