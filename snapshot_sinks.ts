@@ -27,9 +27,12 @@ import { crc32cWords } from "./crc32c.ts";
 import { ERRNO, UffdError } from "./errors.ts";
 import * as libc from "./ffi/libc.ts";
 import { copyOwnMemory } from "./ffi/own_memory.ts";
+import { Region } from "./region.ts";
 import { type FileWritten, QUEUE_EMPTY, SNAP_CTRL, type WorkerSinkSpec } from "./snapshot_protocol.ts";
 
 const P = libc.PAGE_SIZE;
+/** Pages of zeros a `Uint8Array` sink copies from at a time. */
+const ZERO_PAGES = 256;
 
 /** The part of the target a sink writes: the span's pages and the image inside them. */
 export interface SinkGeometry {
@@ -71,9 +74,9 @@ function unreadable(first: number, count: number, rc: number): UffdError {
   return new UffdError({
     errno: rc < 0 ? -rc : ERRNO.EFAULT,
     operation: "LiveSnapshot",
-    detail: `pages ${first}..${first + count - 1} of the target could not be read: ` +
-      `it was unmapped (or moved) while the snapshot ran`,
-    hint: "do not munmap or mremap memory while a snapshot of it runs",
+    detail: `pages ${first}..${first + count - 1} could not be copied: ` +
+      `the target (or the sink's memory) was unmapped or moved while the snapshot ran`,
+    hint: "do not munmap or mremap the target, or free the sink, while a snapshot runs",
   });
 }
 
@@ -109,9 +112,18 @@ function imageSlice(g: SinkGeometry, first: number, count: number): [number, num
   return [Math.max(0, first * P - g.head), Math.min(g.length, (first + count) * P - g.head)];
 }
 
+/**
+ * Straight into the caller's memory — through `process_vm_readv` both ways, zeros
+ * included (copied from a mapping of our own that is never written), so that a
+ * sink unmapped under the snapshot fails it with EFAULT instead of crashing.
+ */
 function bytesSink(address: number, g: SinkGeometry): PageSink {
-  const view = new Uint8Array(libc.bufferAt(BigInt(address), g.length));
   const image = g.base + g.head;
+  let zeros: Region | undefined;
+  const release = () => {
+    zeros?.unmap();
+    zeros = undefined;
+  };
   return {
     copy(first, count) {
       const [from, to] = imageSlice(g, first, count);
@@ -119,14 +131,22 @@ function bytesSink(address: number, g: SinkGeometry): PageSink {
     },
     commit() {},
     zero(first, count) {
-      const [from, to] = imageSlice(g, first, count);
-      view.fill(0, from, to);
+      zeros ??= Region.map(ZERO_PAGES * P);
+      const source = Number(zeros.address);
+      for (let at = first; at < first + count; at += ZERO_PAGES) {
+        const n = Math.min(ZERO_PAGES, first + count - at);
+        const [from, to] = imageSlice(g, at, n);
+        read(address + from, source, to - from, at, n);
+      }
     },
     layout() {},
     throttled: () => false,
-    finish: () => undefined,
-    close() {},
-    discard() {},
+    finish() {
+      release();
+      return undefined;
+    },
+    close: release,
+    discard: release,
   };
 }
 

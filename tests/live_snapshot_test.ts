@@ -287,6 +287,26 @@ Deno.test({
 });
 
 Deno.test({
+  name: "a sink freed under the snapshot: a clear failure (EFAULT, not SIGSEGV), the memory released",
+  ignore: needs(...FEATURES),
+  async fn() {
+    using mem = Region.map(256 * MiB, { populate: true });
+    const sink = Region.map(mem.length); // unmapped below, while the copier writes into it
+    const before = userfaultfds();
+    const snap = await LiveSnapshot.take(mem, { sink: sink.bytes });
+    sink.unmap();
+    const outcome = await within(snap.done.then(() => "complete", (e) => e), 60_000, "the snapshot");
+    if (outcome !== "complete") {
+      assert.ok(outcome instanceof LiveSnapshotError, String(outcome));
+      assert.match(outcome.message, /could not be copied/);
+    }
+    assert.equal(protectedPages(mem), 0);
+    assert.equal(userfaultfds(), before);
+    console.log(`  outcome: ${outcome === "complete" ? "complete before the unmap" : "failed clearly"}`);
+  },
+});
+
+Deno.test({
   name: "checkpoint-file sink of an ArrayBuffer under a writer: Checkpoint.restore and CheckpointReader give the image",
   ignore: needs(...FEATURES),
   async fn() {
