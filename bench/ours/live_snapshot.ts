@@ -92,5 +92,6 @@ console.log(JSON.stringify({
   stall_mean_us: +mean.toFixed(2),
   stall_p50_us: +(stalls[stalls.length >> 1] ?? 0).toFixed(1),
   stall_p99_us: +(stalls[Math.floor(stalls.length * 0.99)] ?? 0).toFixed(1),
+  handler_stall_histogram_us: result.stallMicros.join(","),
   wrong_pages: wrong,
 }));
