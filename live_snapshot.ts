@@ -9,7 +9,8 @@
  * content and then lets the write through. Meanwhile a background copier saves
  * the other pages in address order and unprotects them a chunk at a time.
  * `await snap.done` resolves when every page is saved; the userfaultfd is then
- * closed, and the memory is as if nothing had happened.
+ * closed, and the memory is as if nothing had happened. The design, the
+ * guarantees and measured figures are in `docs/live-snapshot.md`.
  *
  * **Who does what.** Two Workers, two OS threads: the fault handler sleeps in
  * `poll()` on the userfaultfd and serves each fault at once (a write never waits
