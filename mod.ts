@@ -54,3 +54,14 @@ export * from "./fault_handler.ts";
 export * from "./policies.ts";
 export { emptyStats, type HandlerStats } from "./handler_stats.ts";
 export { type PageRun, pageRuns, type TrackedRange } from "./tracked_pages.ts";
+export {
+  LiveSnapshot,
+  LiveSnapshotError,
+  type LiveSnapshotOptions,
+  type LiveSnapshotTarget,
+  type SnapshotPageCallback,
+  type SnapshotProgress,
+  type SnapshotResult,
+  type SnapshotSink,
+} from "./live_snapshot.ts";
+export type { FileWritten } from "./snapshot_protocol.ts";

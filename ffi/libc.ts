@@ -49,6 +49,7 @@ const symbols = {
   _exit: { parameters: ["i32"], result: "void" },
   waitpid: { parameters: ["i32", "buffer", "i32"], result: "i32" },
   memcpy: { parameters: ["u64", "u64", "usize"], result: "u64" },
+  process_vm_readv: { parameters: ["i32", "buffer", "u64", "buffer", "u64", "u64"], result: "isize" },
   memset_nonblocking: { name: "memset", parameters: ["u64", "i32", "usize"], result: "u64", nonblocking: true },
   memcpy_nonblocking: { name: "memcpy", parameters: ["u64", "u64", "usize"], result: "u64", nonblocking: true },
   __errno_location: { parameters: [], result: "pointer" },
@@ -287,6 +288,20 @@ export function waitpid(pid: number, options = 0): [number, number] {
 /** `memcpy(dst, src, length)` between raw addresses on this thread. */
 export function memcpy(dst: bigint, src: bigint, length: bigint): void {
   libc.memcpy(dst, src, length);
+}
+
+/**
+ * `process_vm_readv(pid, local, localCount, remote, remoteCount, 0)` with `struct iovec`
+ * arrays: bytes copied, or `-errno`. Counts are bigints (cache them on hot paths).
+ */
+export function processVmReadv(
+  pid: number,
+  local: Uint8Array,
+  localCount: bigint,
+  remote: Uint8Array,
+  remoteCount: bigint,
+): number {
+  return orErrnoBig(libc.process_vm_readv(pid, local, localCount, remote, remoteCount, 0n));
 }
 
 /** `memset(address, value, length)` on one of Deno's blocking-pool threads: a writer that is not this thread. */

@@ -1,0 +1,170 @@
+/*
+ * The C side of the live-snapshot comparison (bench/live_snapshot_compare.ts): a QEMU-style
+ * background snapshot of `--mib` MiB of private anonymous memory (4 KiB pages, MADV_NOHUGEPAGE)
+ * into a populated buffer of the same size, with a fault-handler thread (read the fault, copy the
+ * page's old content unless the copier has, unprotect it) and the copier on the main thread
+ * (chunks of `--chunk` pages in address order, one UFFDIO_WRITEPROTECT per chunk); a per-page
+ * atomic state decides who saves each page. With `--writer=1` a third thread writes one word into
+ * a random page in a loop and times every write: a write that takes more than 2 µs counts as a
+ * stall (it waited in a write-protect fault). The same run times one plain memcpy of the whole
+ * buffer first. Prints one JSON line.
+ */
+#include "bench.h"
+
+#include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
+
+#ifndef UFFD_FEATURE_WP_UNPOPULATED
+#define UFFD_FEATURE_WP_UNPOPULATED (1 << 13)
+#endif
+
+#define PAGE 4096ull
+#define STALL_NS 2000ull
+#define MAX_STALLS (1u << 20)
+
+static uint8_t *mem, *sink;
+static uint64_t pages;
+static _Atomic uint8_t *state; /* 0 unsaved, 1 being copied, 2 saved */
+static int uffd;
+static atomic_int done, go, stop_writer;
+static uint64_t faults, handler_ns;
+static uint64_t writes, stalls, stall_ns_sum;
+static uint32_t *stall_list;
+
+static void unprotect(uint64_t first, uint64_t count) {
+  struct uffdio_writeprotect wp = {.range = {.start = (uint64_t)mem + first * PAGE, .len = count * PAGE}, .mode = 0};
+  if (ioctl(uffd, UFFDIO_WRITEPROTECT, &wp) < 0 && errno != ENOENT) die("UFFDIO_WRITEPROTECT");
+}
+
+static void save(uint64_t p) {
+  uint8_t expected = 0;
+  if (atomic_compare_exchange_strong(&state[p], &expected, 1)) {
+    memcpy(sink + p * PAGE, mem + p * PAGE, PAGE);
+    atomic_store_explicit(&state[p], 2, memory_order_release);
+  } else {
+    while (atomic_load_explicit(&state[p], memory_order_acquire) != 2) {
+    }
+  }
+}
+
+static void *handler(void *arg) {
+  (void)arg;
+  struct uffd_msg msgs[64];
+  struct pollfd pfd = {.fd = uffd, .events = POLLIN};
+  while (!atomic_load(&done)) {
+    if (poll(&pfd, 1, 1) <= 0) continue;
+    ssize_t n = read(uffd, msgs, sizeof msgs);
+    if (n <= 0) continue;
+    uint64_t t0 = now_ns();
+    for (ssize_t i = 0; i < n / (ssize_t)sizeof msgs[0]; i++) {
+      if (msgs[i].event != UFFD_EVENT_PAGEFAULT) continue;
+      uint64_t p = (msgs[i].arg.pagefault.address - (uint64_t)mem) / PAGE;
+      save(p);
+      unprotect(p, 1);
+      faults++;
+    }
+    handler_ns += now_ns() - t0;
+  }
+  return NULL;
+}
+
+static void *writer(void *arg) {
+  (void)arg;
+  uint32_t s = 7;
+  while (!atomic_load(&go)) {
+  }
+  while (!atomic_load(&stop_writer)) {
+    s ^= s << 13;
+    s ^= s >> 17;
+    s ^= s << 5;
+    uint64_t p = s % pages;
+    uint64_t t0 = now_ns();
+    ((volatile uint32_t *)(mem + p * PAGE))[(s >> 7) & 1023] = (uint32_t)writes + 1;
+    uint64_t d = now_ns() - t0;
+    writes++;
+    if (d > STALL_NS) {
+      if (stalls < MAX_STALLS) stall_list[stalls] = (uint32_t)(d / 100);
+      stalls++;
+      stall_ns_sum += d;
+    }
+  }
+  return NULL;
+}
+
+static int by_value(const void *a, const void *b) {
+  uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+  return x < y ? -1 : x > y;
+}
+
+int main(int argc, char **argv) {
+  uint64_t size = arg_u64(argc, argv, "mib", 1024) << 20;
+  uint64_t chunk = arg_u64(argc, argv, "chunk", 64);
+  int with_writer = (int)arg_u64(argc, argv, "writer", 0);
+  pages = size / PAGE;
+  mem = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  sink = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (mem == MAP_FAILED || sink == MAP_FAILED) die("mmap");
+  madvise(mem, size, MADV_NOHUGEPAGE);
+  madvise(sink, size, MADV_NOHUGEPAGE);
+  for (uint64_t p = 0; p < pages; p++) {
+    uint32_t *w = (uint32_t *)(mem + p * PAGE);
+    for (int i = 0; i < 1024; i++) w[i] = 0xa0000000u + (uint32_t)p;
+  }
+  memset(sink, 1, size);
+  state = calloc(pages, 1);
+  stall_list = calloc(MAX_STALLS, sizeof *stall_list);
+
+  uint64_t t0 = now_ns();
+  memcpy(sink, mem, size);
+  uint64_t memcpy_ns = now_ns() - t0;
+  memset(sink, 1, size);
+
+  uffd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+  if (uffd < 0) die("userfaultfd");
+  struct uffdio_api api = {.api = UFFD_API, .features = UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_WP_UNPOPULATED};
+  if (ioctl(uffd, UFFDIO_API, &api) < 0) die("UFFDIO_API");
+  struct uffdio_register reg = {.range = {.start = (uint64_t)mem, .len = size}, .mode = UFFDIO_REGISTER_MODE_WP};
+  if (ioctl(uffd, UFFDIO_REGISTER, &reg) < 0) die("UFFDIO_REGISTER");
+
+  pthread_t h, w;
+  if (with_writer) pthread_create(&w, NULL, writer, NULL);
+  t0 = now_ns();
+  struct uffdio_writeprotect wp = {.range = {.start = (uint64_t)mem, .len = size}, .mode = UFFDIO_WRITEPROTECT_MODE_WP};
+  if (ioctl(uffd, UFFDIO_WRITEPROTECT, &wp) < 0) die("UFFDIO_WRITEPROTECT");
+  pthread_create(&h, NULL, handler, NULL);
+  atomic_store(&go, 1);
+  for (uint64_t first = 0; first < pages; first += chunk) {
+    uint64_t end = first + chunk < pages ? first + chunk : pages;
+    for (uint64_t p = first; p < end; p++) save(p);
+    unprotect(first, end - first);
+  }
+  uint64_t snapshot_ns = now_ns() - t0;
+  close(uffd); /* everything is saved: release the memory and wake any writer left */
+  atomic_store(&done, 1);
+  pthread_join(h, NULL);
+  atomic_store(&stop_writer, 1);
+  if (with_writer) pthread_join(w, NULL);
+
+  uint64_t wrong = 0;
+  for (uint64_t p = 0; p < pages; p++) {
+    uint32_t *s = (uint32_t *)(sink + p * PAGE);
+    for (int i = 0; i < 1024; i++) {
+      if (s[i] != 0xa0000000u + (uint32_t)p) {
+        wrong++;
+        break;
+      }
+    }
+  }
+  uint64_t kept = stalls < MAX_STALLS ? stalls : MAX_STALLS;
+  qsort(stall_list, kept, sizeof *stall_list, by_value);
+  double p50 = kept ? stall_list[kept / 2] / 10.0 : 0, p99 = kept ? stall_list[kept * 99 / 100] / 10.0 : 0;
+  printf("{\"side\":\"c\",\"mib\":%llu,\"writer\":%d,\"memcpy_ms\":%.2f,\"snapshot_ms\":%.2f,\"snapshot_gbps\":%.3f,"
+         "\"memcpy_gbps\":%.3f,\"faults\":%llu,\"handler_us_per_fault\":%.2f,\"writes\":%llu,\"stalls\":%llu,"
+         "\"stall_mean_us\":%.2f,\"stall_p50_us\":%.1f,\"stall_p99_us\":%.1f,\"wrong_pages\":%llu}\n",
+         (unsigned long long)(size >> 20), with_writer, memcpy_ns / 1e6, snapshot_ns / 1e6, size / (double)snapshot_ns,
+         size / (double)memcpy_ns, (unsigned long long)faults, faults ? handler_ns / 1e3 / faults : 0,
+         (unsigned long long)writes, (unsigned long long)stalls, stalls ? stall_ns_sum / 1e3 / stalls : 0, p50, p99,
+         (unsigned long long)wrong);
+  return wrong != 0;
+}

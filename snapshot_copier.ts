@@ -1,0 +1,125 @@
+/**
+ * The background copier of a `LiveSnapshot`, run in the second of its two Workers
+ * (the fault handler, `snapshot_faults.ts`, runs in the first): once the target
+ * is protected, it walks the pages in address order, a chunk of `chunkPages` at a
+ * time — claims the pages nobody has saved (`snapshot_pages.ts`), copies them into
+ * the sink, marks them saved with the epoch it sees after the copy, and unprotects
+ * the saved pages of the chunk with one `UFFDIO_WRITEPROTECT` per run, through its
+ * own copy of the userfaultfd. Pages the fault handler is saving at that moment
+ * are left protected: it unprotects them itself. With a callback sink it waits
+ * while `stagingPages` pages are queued for the main thread. It never reads the
+ * userfaultfd. Internal.
+ *
+ * It ends when it has walked every chunk, when every page is saved, or when the
+ * snapshot is given up; it then closes its file descriptors, says so in
+ * `SNAP_CTRL.COPIER` and wakes the fault handler.
+ *
+ * @module
+ */
+
+import { ERRNO, UffdError } from "./errors.ts";
+import * as libc from "./ffi/libc.ts";
+import * as resolve from "./ffi/resolve_ops.ts";
+import { COPIER, PageStates } from "./snapshot_pages.ts";
+import { openSink, type PageSink } from "./snapshot_sinks.ts";
+import { COPIER_STATE, PROGRESS, SNAP_CTRL, SNAP_STATE, type SnapshotWorkerData } from "./snapshot_protocol.ts";
+import { Userfaultfd } from "./userfaultfd.ts";
+
+const P = libc.PAGE_SIZE;
+const EAGAIN = ERRNO.EAGAIN!;
+const ENOENT = ERRNO.ENOENT!;
+const ONE = new Uint8Array(new BigUint64Array([1n]).buffer);
+
+/** The copier's run. */
+export class CopierLoop {
+  readonly #data: SnapshotWorkerData;
+  readonly #ctrl: Int32Array;
+  readonly #progress: Float64Array;
+  readonly #states: PageStates;
+  readonly #fd: number;
+  #sink: PageSink | undefined;
+
+  /** Views over what the Workers share. */
+  constructor(data: SnapshotWorkerData) {
+    this.#data = data;
+    this.#ctrl = new Int32Array(data.control);
+    this.#progress = new Float64Array(data.progress);
+    this.#states = new PageStates(data, data.control, data.pages, data.chunkPages);
+    this.#fd = data.uffd.fd;
+  }
+
+  /** Waits for the target to be protected, then copies until done or given up. */
+  run(): void {
+    const d = this.#data;
+    const ctrl = this.#ctrl;
+    const states = this.#states;
+    for (;;) {
+      const state = Atomics.load(ctrl, SNAP_CTRL.STATE);
+      if (state === SNAP_STATE.RUNNING) break;
+      if (state !== SNAP_STATE.STARTING || this.#givenUp()) return;
+      Atomics.wait(ctrl, SNAP_CTRL.STATE, state, 50);
+    }
+    const geometry = { base: d.base, pages: d.pages, head: d.head, length: d.length };
+    const sink = this.#sink = openSink(d.sink, geometry, d.chunkPages, ctrl, false);
+    const unprotect = (first: number, end: number) => {
+      const rc = resolve.writeprotect(this.#fd, d.base + first * P, (end - first) * P, 0);
+      // EAGAIN: an address-space change is in flight; the pages stay protected, and a write to one
+      // faults and is let through by the fault handler (they are saved).
+      if (rc < 0 && rc !== -EAGAIN && rc !== -ENOENT) {
+        throw new UffdError({ errno: -rc, operation: "UFFDIO_WRITEPROTECT", args: { start: BigInt(d.base) } });
+      }
+    };
+    const copy = (first: number, end: number, data: boolean) => {
+      if (data) {
+        sink.copy(first, end - first);
+        sink.commit(first, end - first);
+        this.#progress[PROGRESS.bytesCopier] += (end - first) * P;
+      } else {
+        sink.zero(first, end - first);
+        this.#progress[PROGRESS.zeroCopier] += end - first;
+      }
+      this.#progress[PROGRESS.byCopier] += end - first;
+    };
+    const stamp = () => states.copierStamp();
+    const giveUp = () => this.#givenUp();
+    for (let c = 0; c < states.chunks; c++) {
+      if (this.#finished()) break;
+      while (sink.throttled()) {
+        if (this.#finished()) return;
+        Atomics.wait(ctrl, SNAP_CTRL.DELIVERED, Atomics.load(ctrl, SNAP_CTRL.DELIVERED), 50);
+      }
+      const got = states.lock(c, COPIER, giveUp);
+      if (got === "stopped") return;
+      if (got === "done") continue;
+      const [first, end] = states.chunkPagesOf(c);
+      states.saveRuns(first, end, copy, stamp);
+      states.finish(c);
+      unprotect(first, end);
+    }
+  }
+
+  /** Closes the sink and the copier's userfaultfd, and tells the fault handler how it ended. */
+  end(state: number): void {
+    try {
+      this.#sink?.close();
+    } catch { /* closing a file that failed: the fault Worker removes it */ }
+    Userfaultfd.adopt(this.#data.uffd).close();
+    Atomics.store(this.#ctrl, SNAP_CTRL.COPIER, state);
+    Atomics.notify(this.#ctrl, SNAP_CTRL.COPIER);
+    libc.write(this.#data.eventFd, ONE);
+  }
+
+  /** Nothing left to do: every page saved, or the snapshot given up. */
+  #finished(): boolean {
+    return this.#states.savedCount() === this.#data.pages || this.#givenUp();
+  }
+
+  #givenUp(): boolean {
+    const state = Atomics.load(this.#ctrl, SNAP_CTRL.STATE);
+    return Atomics.load(this.#ctrl, SNAP_CTRL.ABORT) !== 0 || state === SNAP_STATE.FAILED ||
+      state === SNAP_STATE.ABORTED;
+  }
+}
+
+/** The copier's end states, for `end()`. */
+export { COPIER_STATE };
