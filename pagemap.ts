@@ -28,6 +28,7 @@
  * @module
  */
 
+import { isMainThread } from "node:worker_threads";
 import { kernelRelease } from "./access.ts";
 import { ERRNO, invalid, UffdError } from "./errors.ts";
 import * as libc from "./ffi/libc.ts";
@@ -164,8 +165,21 @@ const DEFAULT_VECTOR = 1024;
 /** User-space addresses on x86_64 and aarch64 stay below 2^53, so they are exact as numbers (the fast path). */
 const ADDRESS_LIMIT = BigInt(Number.MAX_SAFE_INTEGER);
 
-/** The `/proc/self/pagemap` fd, opened once for the process. */
+/**
+ * Whether this isolate may keep `/proc/self/pagemap` open for good. Only the main
+ * isolate may: fds are process-wide, and one kept by a Worker's isolate would outlive
+ * the Worker (`isMainThread` is false in node Workers; web Workers have a
+ * `WorkerGlobalScope`).
+ */
+const KEEP_SELF_FD = isMainThread && !("WorkerGlobalScope" in globalThis);
+
+/** The `/proc/self/pagemap` fd, opened once for the process (main isolate only). */
 let selfFd: number | undefined;
+
+/** Gives back an fd from {@linkcode openPagemap}: closes it unless it is the one kept for the process. */
+function releasePagemap(fd: number): void {
+  if (fd >= 0 && fd !== selfFd) libc.close(fd);
+}
 
 function openPagemap(pid: Pid, operation: string): number {
   if (pid === "self" && selfFd !== undefined) return selfFd;
@@ -195,7 +209,7 @@ function openPagemap(pid: Pid, operation: string): number {
         : undefined,
     });
   }
-  if (pid === "self") selfFd = fd;
+  if (pid === "self" && KEEP_SELF_FD) selfFd = fd;
   return fd;
 }
 
@@ -403,7 +417,7 @@ export class PagemapScanner implements Disposable {
 
   /** Closes the pagemap file of another process (this process's stays open for everyone). */
   close(): void {
-    if (this.#fd >= 0 && this.pid !== "self") libc.close(this.#fd);
+    releasePagemap(this.#fd);
     this.#fd = -1;
   }
 
@@ -435,7 +449,7 @@ export function pagemapScan(range: Range, options?: ScanOptions): ScanResult {
   options = optionsBag(options, "PAGEMAP_SCAN");
   const pid = options.pid ?? "self";
   const vectorLength = options.vectorLength ?? DEFAULT_VECTOR;
-  if (pid === "self") {
+  if (pid === "self" && KEEP_SELF_FD) {
     let scanner = selfScanners.get(vectorLength);
     if (scanner === undefined) {
       scanner = new PagemapScanner({ vectorLength });
@@ -519,7 +533,11 @@ function probe(categories: bigint): number {
   const buffers = new ScanBuffers(0);
   const fd = openPagemap("self", "PAGEMAP_SCAN");
   const here = libc.addressOf(new Uint8Array(1)) / PAGE * PAGE;
-  return buffers.scan(fd, here, here + PAGE, 0n, 0n, 0n, categories, 0n, categories, 0);
+  try {
+    return buffers.scan(fd, here, here + PAGE, 0n, 0n, 0n, categories, 0n, categories, 0);
+  } finally {
+    releasePagemap(fd);
+  }
 }
 
 /**
@@ -644,7 +662,7 @@ export function readPagemapRaw(range: Range, options?: { pid?: Pid; into?: BigUi
       done += got;
     }
   } finally {
-    if (pid !== "self") libc.close(fd);
+    releasePagemap(fd);
   }
   return into;
 }

@@ -401,3 +401,28 @@ Deno.test("readPagemap decodes present, exclusive, file, uffd-wp and PFN bits; r
   assert.equal(into[0], written!.raw);
   assert.throws(() => readPagemapRaw(mem, { into: new BigUint64Array(2) }), /into holds 2 entries; the range has 4/);
 });
+
+Deno.test("Workers that scan their pagemap and end leave no /proc/self/pagemap fd behind", async () => {
+  const pagemapFds = () =>
+    [...Deno.readDirSync("/proc/self/fd")].filter((e) => {
+      try {
+        return Deno.readLinkSync(`/proc/self/fd/${e.name}`).endsWith("/pagemap");
+      } catch {
+        return false;
+      }
+    }).length;
+  const before = pagemapFds();
+  for (let i = 0; i < 5; i++) {
+    const worker = new Worker(new URL("./workers/pagemap_user.ts", import.meta.url), { type: "module" });
+    try {
+      const reply = await new Promise<{ ok: boolean; regions: number }>((resolve) => {
+        worker.onmessage = (e) => resolve(e.data);
+        worker.postMessage(null);
+      });
+      assert.equal(reply.regions, 1);
+    } finally {
+      worker.terminate();
+    }
+  }
+  assert.equal(pagemapFds(), before, "each Worker closed the pagemap fds it opened");
+});
