@@ -49,6 +49,8 @@ const symbols = {
   _exit: { parameters: ["i32"], result: "void" },
   waitpid: { parameters: ["i32", "buffer", "i32"], result: "i32" },
   memcpy: { parameters: ["u64", "u64", "usize"], result: "u64" },
+  process_vm_readv: { parameters: ["i32", "buffer", "u64", "buffer", "u64", "u64"], result: "isize" },
+  process_vm_writev: { parameters: ["i32", "buffer", "u64", "buffer", "u64", "u64"], result: "isize" },
   memset_nonblocking: { name: "memset", parameters: ["u64", "i32", "usize"], result: "u64", nonblocking: true },
   memcpy_nonblocking: { name: "memcpy", parameters: ["u64", "u64", "usize"], result: "u64", nonblocking: true },
   __errno_location: { parameters: [], result: "pointer" },
@@ -287,6 +289,36 @@ export function waitpid(pid: number, options = 0): [number, number] {
 /** `memcpy(dst, src, length)` between raw addresses on this thread. */
 export function memcpy(dst: bigint, src: bigint, length: bigint): void {
   libc.memcpy(dst, src, length);
+}
+
+/** Two `struct iovec` (`void *iov_base`@0, `size_t iov_len`@8): the local one, then the remote one. */
+const iovecs = new BigUint64Array(4);
+const localIovec = new Uint8Array(iovecs.buffer, 0, 16);
+const remoteIovec = new Uint8Array(iovecs.buffer, 16, 16);
+
+/**
+ * `process_vm_readv(pid, [{local, length}], 1, [{remote, length}], 1, 0)`: copies
+ * `length` bytes at `remote` in process `pid` to `local` in this one. Bytes copied
+ * (fewer than asked when it stopped at a page it could not read), or `-errno`.
+ * With `pid` = this process it is a copy whose source is read by the kernel: a
+ * missing page registered with a userfaultfd waits for its handler like any access,
+ * and a poisoned page ends the copy with `EFAULT` instead of raising `SIGBUS`.
+ */
+export function processVmReadv(pid: number, local: bigint, remote: bigint, length: number): number {
+  iovecs[0] = local;
+  iovecs[1] = BigInt(length);
+  iovecs[2] = remote;
+  iovecs[3] = iovecs[1]!;
+  return orErrnoBig(libc.process_vm_readv(pid, localIovec, 1n, remoteIovec, 1n, 0n));
+}
+
+/** `process_vm_writev`: the other direction, `length` bytes from `local` here to `remote` in `pid`. */
+export function processVmWritev(pid: number, local: bigint, remote: bigint, length: number): number {
+  iovecs[0] = local;
+  iovecs[1] = BigInt(length);
+  iovecs[2] = remote;
+  iovecs[3] = iovecs[1]!;
+  return orErrnoBig(libc.process_vm_writev(pid, localIovec, 1n, remoteIovec, 1n, 0n));
 }
 
 /** `memset(address, value, length)` on one of Deno's blocking-pool threads: a writer that is not this thread. */
