@@ -26,6 +26,7 @@ const symbols = {
   ioctl_value: { name: "ioctl", parameters: ["i32", "u64", "u64"], result: "i32" },
   read: { parameters: ["i32", "buffer", "usize"], result: "isize" },
   pread: { parameters: ["i32", "buffer", "usize", "i64"], result: "isize" },
+  lseek: { parameters: ["i32", "i64", "i32"], result: "i64" },
   write: { parameters: ["i32", "buffer", "usize"], result: "isize" },
   poll: { parameters: ["buffer", "u64", "i32"], result: "i32" },
   poll_nonblocking: { name: "poll", parameters: ["buffer", "u64", "i32"], result: "i32", nonblocking: true },
@@ -111,6 +112,13 @@ export function read(fd: number, buf: Uint8Array, length: number = buf.byteLengt
 /** `pread(fd, buf, length, offset)`: bytes read, or `-errno`. */
 export function pread(fd: number, buf: Uint8Array, length: number, offset: bigint): number {
   return orErrnoBig(libc.pread(fd, buf, BigInt(length), offset));
+}
+
+const SEEK_END = 2;
+
+/** The size of an open file, from `lseek(fd, 0, SEEK_END)` (no `--allow-read` needed), or `-errno`. */
+export function fileSize(fd: number): number {
+  return orErrnoBig(libc.lseek(fd, 0n, SEEK_END));
 }
 
 /** `write(fd, buf, length)`: bytes written, or `-errno`. */
