@@ -54,3 +54,4 @@ export * from "./fault_handler.ts";
 export * from "./policies.ts";
 export { emptyStats, type HandlerStats } from "./handler_stats.ts";
 export { type PageRun, pageRuns, type TrackedRange } from "./tracked_pages.ts";
+export * from "./lazy_region.ts";
