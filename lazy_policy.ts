@@ -199,19 +199,16 @@ export async function lazyPolicy(options: LazyPolicyOptions, context: PolicyCont
   /** A one-page view of the buffer's start, for the fault path (no view made per fault). */
   const firstPage = buffer.bytes.subarray(0, P);
   /** A word view over a memory source, for zero checks where the bytes are. */
-  const sourceWords = options.source.kind === "bytes"
-    ? new Int32Array(
-      options.source.bytes.buffer,
-      options.source.bytes.byteOffset,
-      Math.floor(options.source.bytes.byteLength / 4),
-    )
-    : options.source.kind === "memory" && options.source.length >= 4
-    ? new Int32Array(libc.bufferAt(BigInt(options.source.address), options.source.length - (options.source.length & 3)))
+  const spec = options.source;
+  const sourceWords = spec.kind === "bytes"
+    ? new Int32Array(spec.buffer, spec.offset, Math.floor(spec.length / 4))
+    : spec.kind === "memory" && spec.length >= 4
+    ? new Int32Array(libc.bufferAt(BigInt(spec.address), spec.length - (spec.length & 3)))
     : undefined;
-  const sourceBase = options.source.kind === "memory"
-    ? options.source.address
-    : options.source.kind === "bytes"
-    ? Number(libc.addressOf(options.source.bytes))
+  const sourceBase = spec.kind === "memory"
+    ? spec.address
+    : spec.kind === "bytes"
+    ? Number(libc.addressOf(spec.buffer)) + spec.offset
     : 0;
   let cursor = 0;
   let closed = false;
@@ -225,6 +222,7 @@ export async function lazyPolicy(options: LazyPolicyOptions, context: PolicyCont
     stats[LAZY_STAT.settled] += sign * pages;
     if (zero) stats[LAZY_STAT.zeroPages] += sign * pages;
     if (byFault) stats[LAZY_STAT.faults] += sign;
+    else stats[LAZY_STAT.prefetched] += sign * pages;
   }
 
   /** Sets a flag of the control words and wakes the main side's watcher. */
@@ -261,6 +259,7 @@ export async function lazyPolicy(options: LazyPolicyOptions, context: PolicyCont
       stats[LAZY_STAT.settled] -= n - Math.max(placed, 0);
       if (zero) stats[LAZY_STAT.zeroPages] -= n - Math.max(placed, 0);
       if (byFault && placed <= 0) stats[LAZY_STAT.faults]--;
+      if (!byFault) stats[LAZY_STAT.prefetched] -= n - Math.max(placed, 0);
     }
     if (placed > 0) settle(first, placed, zero ? PAGE_STATE.ZERO : PAGE_STATE.DATA);
     return placed;
@@ -347,7 +346,7 @@ export async function lazyPolicy(options: LazyPolicyOptions, context: PolicyCont
       const at = first + done;
       // Pages read into the alias are in the page cache already, zero or not: map them.
       const op = fill === "continue" ? "continue" : zero ? "zero" : fill;
-      const placed = counted(op, at, n, src + done * P, zero, byFault && done === 0);
+      const placed = counted(op, at, n, src + done * P, zero, byFault);
       if (placed <= 0) return done > 0 ? done : placed;
       done += placed;
       if (placed < n) break; // retry the rest later
@@ -461,10 +460,9 @@ export async function lazyPolicy(options: LazyPolicyOptions, context: PolicyCont
       if (cursor >= pages) return finished();
       let n = 1;
       while (n < chunk && cursor + n < pages && state[cursor + n] === PAGE_STATE.MISSING) n++;
-      const filledBefore = stats[LAZY_STAT.settled]! - stats[LAZY_STAT.poisoned]!;
       const done = fillPages(cursor, n, false);
-      if (typeof done === "number") return advance(done, filledBefore);
-      return done.then((k) => advance(k, filledBefore));
+      if (typeof done === "number") return advance(done);
+      return done.then(advance);
     };
   }
 
@@ -473,11 +471,10 @@ export async function lazyPolicy(options: LazyPolicyOptions, context: PolicyCont
     if (done === 0) throw again(page);
   }
 
-  /** After a prefetch run: count the pages filled (not those poisoned) and move on. */
-  function advance(done: number, filledBefore: number): boolean {
+  /** After a prefetch run: move on. */
+  function advance(done: number): boolean {
     if (done < 0) return finished(); // the region is gone
     if (done > 0) {
-      stats[LAZY_STAT.prefetched] += stats[LAZY_STAT.settled]! - stats[LAZY_STAT.poisoned]! - filledBefore;
       stats[LAZY_STAT.prefetchRuns]++;
       cursor += done;
     }

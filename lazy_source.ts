@@ -11,7 +11,7 @@
  *   and each page is checked against its CRC-32C (unless `verify` is off). Pages
  *   the chain stores as zero are known to be zero without reading.
  * - `file`: `pread` at the page's offset; pages past the end of the file are zero.
- * - `bytes` (a `Uint8Array` over a `SharedArrayBuffer`) and `memory` (an address
+ * - `bytes` (part of a `SharedArrayBuffer`) and `memory` (an address
  *   in this process that stays mapped, such as a `Region`): no read at all, the
  *   handler copies from the source's own address.
  * - `module`: a module's factory, imported in the Worker, returns a function
@@ -46,7 +46,7 @@ import { O_CLOEXEC, O_RDONLY } from "./linux.ts";
 export type LazySourceSpec =
   | { kind: "checkpoint"; paths: string[]; verify?: boolean }
   | { kind: "file"; path: string }
-  | { kind: "bytes"; bytes: Uint8Array }
+  | { kind: "bytes"; buffer: SharedArrayBuffer; offset: number; length: number }
   | { kind: "memory"; address: number; length: number }
   | { kind: "module"; url: string; export: string; options: unknown };
 
@@ -99,7 +99,7 @@ export async function openPageSource(spec: LazySourceSpec, pageSize: number, pag
     case "file":
       return new FileSource(spec.path, pageSize, pages);
     case "bytes":
-      return new MemorySource(Number(libc.addressOf(spec.bytes)), spec.bytes.byteLength, pageSize, pages);
+      return new MemorySource(Number(libc.addressOf(spec.buffer)) + spec.offset, spec.length, pageSize, pages);
     case "memory":
       return new MemorySource(spec.address, spec.length, pageSize, pages);
     case "module":

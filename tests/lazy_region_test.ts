@@ -73,6 +73,8 @@ Deno.test({
     assert.equal(r.refaults, 1);
     assert.equal(r.bytesReadAfterDrop, r.bytesRead, "…without reading the chain again");
     assert.equal(r.state, "restoring");
+    assert.equal(r.procMem, -ERRNO.EIO!, "/proc/self/mem: a missing page is EIO…");
+    assert.equal(r.faultsAfterProcMem, 0, "…and no fault reached the handler");
   },
 });
 
@@ -209,6 +211,7 @@ Deno.test("close() while a fault waits on a stuck source: close() returns, the w
   assert.equal(r.mappedAfterClose, true, "the mapping outlives the close for the woken reader…");
   assert.equal(r.mappedLater, false, "…and is gone a second later");
   assert.equal(r.stuck.fds["[userfaultfd]"], undefined, "the userfaultfd is closed at once");
+  assert.equal(r.stuck.threads, r.before.threads + 1, "terminate() did not interrupt the Worker's Atomics.wait");
   assert.deepEqual(r.after, r.before, "once the source returns, no fd and no Worker thread is left");
 });
 

@@ -152,6 +152,11 @@ const scenarios: Record<string, () => Promise<Observations>> = {
     try {
       const { paths, image, zero } = buildChain(dir);
       await using lazy = await LazyRegion.open({ checkpoint: paths });
+      // /proc/self/mem does not wait for userfaultfd handlers: a missing page is EIO, and nothing is served.
+      const mem = libc.open("/proc/self/mem", 0);
+      const procMem = libc.pread(mem, new Uint8Array(8), 8, lazy.region.address + BigInt(PAGE));
+      libc.close(mem);
+      const faultsAfterProcMem = lazy.stats.faults;
       const touched = new Set<number>();
       const bytes = lazy.bytes;
       let mismatches = 0;
@@ -182,6 +187,8 @@ const scenarios: Record<string, () => Promise<Observations>> = {
         afterDrop,
         refaults: lazy.stats.refaults,
         bytesReadAfterDrop: lazy.stats.bytesRead,
+        procMem,
+        faultsAfterProcMem,
         state: lazy.state,
       };
     } finally {
