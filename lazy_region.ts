@@ -66,6 +66,9 @@
  *   `stats.zeroPages`; on anonymous memory it is the shared zero page, `PFNZERO`
  *   in `PAGEMAP_SCAN`, until written). With `memfd`, pages read into the page cache
  *   are mapped by `UFFDIO_CONTINUE` even when they are zero.
+ * - `target` restores into memory that exists already — a `WebAssembly.Memory`
+ *   (so that a fresh instance runs on the restored memory) or a private `Region`:
+ *   its pages are dropped first, then filled from the source like the rest.
  * - A page dropped by the program after it was filled reads back as zeros, as
  *   ordinary memory would: the source is never read twice.
  *
@@ -110,7 +113,8 @@
  * ## Closing
  *
  * `close()` (or `await using`) stops the handler — faults already queued are
- * served first — closes the userfaultfd and unmaps the region. If the handler
+ * served first — closes the userfaultfd and unmaps the region (a `target` stays
+ * mapped: it is the caller's, with the pages restored so far). If the handler
  * could not stop (a source stuck for `stopTimeoutMs`), closing the userfaultfd
  * wakes the threads still waiting (their access completes against ordinary,
  * empty memory), the memory is released at once, and the mapping itself is
@@ -193,6 +197,14 @@ export interface LazyRegionOptions {
   length?: number;
   /** `"anonymous"` private memory (default), or a `"memfd"` filled through its page cache with `UFFDIO_CONTINUE`. */
   memory?: "anonymous" | "memfd";
+  /**
+   * Restore into this memory instead of mapping new memory: a `WebAssembly.Memory`
+   * (its current pages; pages added later by `grow()` are ordinary memory), or a
+   * private anonymous `Region`. Its current contents are dropped first
+   * (`MADV_DONTNEED`), so that every page is missing and filled from the source. It
+   * stays the caller's: `close()` leaves it mapped, with the pages restored so far.
+   */
+  target?: Region | WebAssembly.Memory;
   /** Anonymous memory: place pages with `UFFDIO_COPY` (`"copy"`, default) or `UFFDIO_MOVE` (`"move"`). */
   fill?: "copy" | "move";
   /** Fill every page in the background while no fault waits (default `false`). */
@@ -333,6 +345,22 @@ function prepareSource(source: LazySource, operation: string): Prepared {
   throw new TypeError(`${operation}: source must be a Uint8Array or { checkpoint | file | module | address }`);
 }
 
+/** The region of a `target` option: page-aligned private anonymous memory. */
+function targetRegion(target: Region | WebAssembly.Memory, operation: string): Region {
+  let region: Region;
+  if (target instanceof WebAssembly.Memory) region = Region.of(target);
+  else if (target instanceof Region) {
+    if (target.kind !== "private") {
+      throw invalid(operation, `a target Region must be private anonymous memory, not ${target.kind}`);
+    }
+    region = target;
+  } else throw new TypeError(`${operation}: target must be a WebAssembly.Memory or a Region`);
+  if (region.pageSpan.address !== region.address || region.pageSpan.length !== BigInt(region.length)) {
+    throw invalid(operation, "the target must start and end on page boundaries", { address: region.address });
+  }
+  return region;
+}
+
 function positive(value: unknown, operation: string, name: string, fallback: number, max: number): number {
   if (value === undefined) return fallback;
   if (typeof value !== "number") throw new TypeError(`${operation}: ${name} must be a number`);
@@ -356,7 +384,10 @@ function positive(value: unknown, operation: string, name: string, fallback: num
  * ```
  */
 export class LazyRegion implements AsyncDisposable {
-  /** The memory: an anonymous or memfd `Region` registered for missing faults. Unmapped by `close()`. */
+  /**
+   * The memory: an anonymous or memfd `Region` registered for missing faults (or the
+   * `target`'s). Unmapped by `close()`, unless it is a target.
+   */
   readonly region: Region;
   /** Length in bytes. */
   readonly length: number;
@@ -378,6 +409,8 @@ export class LazyRegion implements AsyncDisposable {
   readonly #stats: Float64Array;
   readonly #ctrl: Int32Array;
   readonly #message: Uint8Array;
+  /** The region was mapped here (not a caller's target): `close()` unmaps it. */
+  readonly #owned: boolean;
   readonly #ready: PromiseWithResolvers<LazyStats> = Promise.withResolvers();
   #settled = false;
   #failure: Error | undefined;
@@ -393,7 +426,9 @@ export class LazyRegion implements AsyncDisposable {
     fill: LazyFill,
     prefetch: boolean,
     source: string,
+    owned: boolean,
   ) {
+    this.#owned = owned;
     this.region = region;
     this.length = region.length;
     this.pages = region.length / PAGE;
@@ -434,7 +469,11 @@ export class LazyRegion implements AsyncDisposable {
     const operation = "LazyRegion.open";
     options = optionsBag(options, operation);
     const prepared = prepareSource(source, operation);
-    let length = options.length;
+    const target = options.target === undefined ? undefined : targetRegion(options.target, operation);
+    if (target !== undefined && options.length !== undefined && options.length !== target.length) {
+      throw invalid(operation, "length must be the target's length", { length: options.length, target: target.length });
+    }
+    let length = target?.length ?? options.length;
     if (length === undefined) {
       if (prepared.length < 0) throw invalid(operation, "a module source needs options.length");
       length = Math.ceil(prepared.length / PAGE) * PAGE;
@@ -450,6 +489,9 @@ export class LazyRegion implements AsyncDisposable {
     if (options.fill !== undefined && options.fill !== "copy" && options.fill !== "move") {
       throw invalid(operation, 'fill must be "copy" or "move"', { fill: String(options.fill) });
     }
+    if (target !== undefined && memory !== "anonymous") {
+      throw invalid(operation, "a target is filled with anonymous pages: no memory option");
+    }
     if (memory === "memfd" && options.fill !== undefined) {
       throw invalid(operation, "a memfd region is filled through its page cache (UFFDIO_CONTINUE): no fill option");
     }
@@ -462,7 +504,10 @@ export class LazyRegion implements AsyncDisposable {
     const uffd = Userfaultfd.open({ features: ["POISON"], require: required, decline: options.decline });
     let region: Region;
     try {
-      region = Region.map(length, memory === "memfd" ? { memfd: true, name: "uffd-lazy" } : {});
+      if (target !== undefined) {
+        target.zap(); // every page missing: each is filled from the source
+        region = target;
+      } else region = Region.map(length, memory === "memfd" ? { memfd: true, name: "uffd-lazy" } : {});
     } catch (e) {
       uffd.close();
       throw e;
@@ -502,10 +547,19 @@ export class LazyRegion implements AsyncDisposable {
       );
     } catch (e) {
       uffd.close();
-      region.unmap(); // nobody touched it yet
+      if (target === undefined) region.unmap(); // nobody touched it yet
       throw e;
     }
-    return new LazyRegion(region, uffd, handler, { state, stats, ctrl, message }, fill, prefetch, prepared.kind);
+    return new LazyRegion(
+      region,
+      uffd,
+      handler,
+      { state, stats, ctrl, message },
+      fill,
+      prefetch,
+      prepared.kind,
+      target === undefined,
+    );
   }
 
   /** The region's bytes. Touching a page that is not resident waits for the handler; see the module doc on poison. */
@@ -659,6 +713,7 @@ export class LazyRegion implements AsyncDisposable {
         detail: "closed before every page was restored",
       }),
     );
+    if (!this.#owned) return; // a caller's target: unregistered, and left as it is
     if (!waiting) {
       this.region.unmap();
       return;

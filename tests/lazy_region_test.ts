@@ -229,6 +229,19 @@ Deno.test("without prefetch, ready resolves once every page has been touched", a
   assert.deepEqual(r, { before: false, resident: 16, faults: 16 });
 });
 
+Deno.test("target: restore into a WebAssembly.Memory an instance reads, and into a Region that stays the caller's", async () => {
+  const r = await scenario("target", 30_000);
+  assert.equal(r.address, true, "the lazy region is the memory itself");
+  assert.equal(r.wasmWrong, 0, "wasm loads of missing pages return the chain's words");
+  assert.ok(r.wasmFaults > 50 && r.wasmFaults <= 100, `${r.wasmFaults} faults for 100 loads`);
+  assert.equal(r.allWrong, 0, "its old contents were replaced on every page");
+  assert.equal(r.afterClose, true, "after close() the memory keeps what was restored");
+  assert.equal(r.grown, 0, "pages added by grow() are ordinary memory");
+  assert.equal(r.regionWrong, 0);
+  assert.equal(r.regionMapped, true, "close() leaves a target mapped");
+  assert.equal(r.regionKept, true);
+});
+
 Deno.test("a chain of an ArrayBuffer that starts 16 bytes into a page: the region holds the buffer's bytes", async () => {
   const r = await scenario("checkpoint-head", 30_000);
   assert.equal(r.head, 16);
@@ -270,6 +283,15 @@ Deno.test("LazyRegion.open refuses bad arguments, unreadable sources and damaged
       await assert.rejects(LazyRegion.open(new Uint8Array(PAGE), { prefetchChunk: 0 }), refused);
       await assert.rejects(LazyRegion.open({ file: new URL("https://example.com/image") }), refused);
       await assert.rejects(LazyRegion.open({ address: 0n, length: PAGE }), refused);
+      using shared = Region.map(PAGE, { shared: true });
+      await assert.rejects(LazyRegion.open(new Uint8Array(PAGE), { target: shared }), refused, "shared memory");
+      const memory = new WebAssembly.Memory({ initial: 1 });
+      await assert.rejects(LazyRegion.open(new Uint8Array(PAGE), { target: memory, length: PAGE }), refused);
+      await assert.rejects(LazyRegion.open(new Uint8Array(PAGE), { target: memory, memory: "memfd" }), refused);
+      await assert.rejects(
+        LazyRegion.open(new Uint8Array(PAGE), { target: new ArrayBuffer(PAGE) as never }),
+        TypeError,
+      );
     });
     await t.step("a feature that is declined", async () => {
       await assert.rejects(

@@ -567,6 +567,115 @@ const scenarios: Record<string, () => Promise<Observations>> = {
     return { before, resident: stats.resident, faults: stats.faults };
   },
 
+  /**
+   * Restored into a caller's memory: a WebAssembly.Memory that a fresh instance
+   * reads (wasm code blocking in the fault, served like any access), and a private
+   * Region whose old contents are replaced and which stays mapped after close().
+   */
+  async target() {
+    const dir = Deno.makeTempDirSync();
+    try {
+      const PAGES = 256; // 1 MiB: 16 wasm pages
+      const { paths, image } = buildChain(dir, PAGES);
+      const memory = new WebAssembly.Memory({ initial: 16, maximum: 64 });
+      new Uint8Array(memory.buffer).fill(0xcc); // old contents: dropped by open()
+      // (module (import "env" "memory" (memory 1)) (func (export "load") (param i32) (result i32) local.get 0 i32.load))
+      const wasm = new Uint8Array([
+        0x00,
+        0x61,
+        0x73,
+        0x6d,
+        0x01,
+        0x00,
+        0x00,
+        0x00,
+        0x01,
+        0x06,
+        0x01,
+        0x60,
+        0x01,
+        0x7f,
+        0x01,
+        0x7f,
+        0x02,
+        0x0f,
+        0x01,
+        0x03,
+        0x65,
+        0x6e,
+        0x76,
+        0x06,
+        0x6d,
+        0x65,
+        0x6d,
+        0x6f,
+        0x72,
+        0x79,
+        0x02,
+        0x00,
+        0x01,
+        0x03,
+        0x02,
+        0x01,
+        0x00,
+        0x07,
+        0x08,
+        0x01,
+        0x04,
+        0x6c,
+        0x6f,
+        0x61,
+        0x64,
+        0x00,
+        0x00,
+        0x0a,
+        0x09,
+        0x01,
+        0x07,
+        0x00,
+        0x20,
+        0x00,
+        0x28,
+        0x02,
+        0x00,
+        0x0b,
+      ]);
+      const instance = new WebAssembly.Instance(new WebAssembly.Module(wasm), { env: { memory } });
+      const load = instance.exports.load as (address: number) => number;
+      const out: Observations = {};
+      {
+        await using lazy = await LazyRegion.open({ checkpoint: paths }, { target: memory });
+        out.address = lazy.region.address === libc.addressOf(memory.buffer);
+        const words = new Int32Array(image.buffer, image.byteOffset, image.byteLength >>> 2);
+        let wrong = 0;
+        for (const p of randomPages(PAGES, 100, 11)) {
+          const at = p * PAGE + 4 * (p % 1024);
+          if (load(at) !== words[at >>> 2]) wrong++;
+        }
+        out.wasmWrong = wrong;
+        out.wasmFaults = lazy.stats.faults;
+        out.allWrong = differing(lazy, image, allPages(PAGES)).length;
+      }
+      out.afterClose = new Uint8Array(memory.buffer)[4096 * 9 + 8] === image[4096 * 9 + 8];
+      memory.grow(1); // pages added later are ordinary memory
+      out.grown = new Uint8Array(memory.buffer)[PAGES * PAGE + 5];
+      {
+        const mem = Region.map(PAGES * PAGE);
+        mem.bytes.fill(0xcc);
+        const lazy = await LazyRegion.open({ checkpoint: paths }, { target: mem, prefetch: true });
+        await within(lazy.ready, 20_000, "ready");
+        out.regionWrong = differing(lazy, image, allPages(PAGES)).length;
+        await lazy.close();
+        out.regionMapped = mem.mapped;
+        out.regionKept = mem.bytes.every((b, i) => b === image[i]);
+        mem.unmap();
+      }
+      return out;
+    } finally {
+      Deno.removeSync(dir, { recursive: true });
+    }
+  },
+
   /** A checkpoint of an ArrayBuffer whose data starts 16 bytes into a page (head ≠ 0). */
   async "checkpoint-head"() {
     const dir = Deno.makeTempDirSync();
