@@ -8,7 +8,9 @@
  * once → decode each page fault into one reused {@linkcode Fault} record (numbers,
  * no allocation) → the policy resolves it with the number-taking ioctl wrappers of
  * `ffi/resolve_ops.ts` → statistics in shared memory → next batch, until `read`
- * says `EAGAIN`. This path is synchronous — no promise per fault or per wake-up;
+ * says `EAGAIN`. A policy with an `idle` method gets a call whenever the queue is
+ * empty (the loop then polls without sleeping until `idle` says it is done), so
+ * background work never delays a fault by more than one piece. This path is synchronous — no promise per fault or per wake-up;
  * only a policy that returns a promise switches to an async path, which resumes
  * the batch where the promise appeared.
  *
@@ -159,6 +161,8 @@ export class FaultLoop implements PolicyContext {
   #batchEvents = false;
   /** A policy's promise that the async path awaits before resuming. */
   #pending: Promise<void> | undefined;
+  /** The policy has background work left (`idle()` returned `true`, or was never called). */
+  #idle = false;
 
   private constructor(data: HandlerWorkerData, post: (message: WorkerMessage) => void) {
     this.#original = Userfaultfd.adopt(data.uffd);
@@ -202,6 +206,7 @@ export class FaultLoop implements PolicyContext {
       throw new TypeError(`the factory ${spec.export} of ${spec.module} did not return a policy with a fault() method`);
     }
     loop.#policy = policy;
+    loop.#idle = typeof policy.idle === "function";
     return loop;
   }
 
@@ -215,7 +220,9 @@ export class FaultLoop implements PolicyContext {
     const ctrl = this.#ctrl;
     const poll = this.#poll;
     for (;;) {
-      const ready = poll.poll(this.#deferred > 0 ? 1 : IDLE_POLL_MS);
+      // Deferred faults retry soon; a policy with idle work polls without sleeping; otherwise sleep, but
+      // wake now and then to notice a userfaultfd closed by another thread.
+      const ready = poll.poll(this.#deferred > 0 ? 1 : this.#idle ? 0 : IDLE_POLL_MS);
       if (ready !== 0 || this.#deferred > 0) this.#stats[STAT.wakeups]++;
       if (ready < 0 && ready !== -EINTR) {
         throw new UffdError({ errno: -ready, operation: "poll", args: { fd: this.#fd } });
@@ -251,6 +258,11 @@ export class FaultLoop implements PolicyContext {
             if (served > 0) until = performance.now() + this.#spinMs;
           }
         }
+      } else if (this.#idle && ready === 0 && !this.#wanted()) {
+        // Nothing is queued: one piece of the policy's background work.
+        const more = this.#policy!.idle!(this);
+        this.#idle = (typeof more === "boolean" ? more : await more) === true;
+        this.#checkAborted();
       }
     }
   }
@@ -302,6 +314,15 @@ export class FaultLoop implements PolicyContext {
   continue(address: number, length: number, wp = false): boolean {
     const done = resolve.continuePages(this.#fd, address, length, wp ? CONTINUE_WP : 0);
     return this.#outcome(done, "UFFDIO_CONTINUE", address, length, true);
+  }
+
+  poison(address: number, length: number): boolean {
+    return this.#outcome(resolve.poison(this.#fd, address, length, 0), "UFFDIO_POISON", address, length, true);
+  }
+
+  move(destination: number, source: number, length: number): boolean {
+    const done = resolve.move(this.#fd, destination, source, length, 0);
+    return this.#outcome(done, "UFFDIO_MOVE", destination, length, true);
   }
 
   wake(address: number, length: number): void {

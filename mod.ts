@@ -65,3 +65,4 @@ export {
   type SnapshotSink,
 } from "./live_snapshot.ts";
 export type { FileWritten } from "./snapshot_protocol.ts";
+export * from "./lazy_region.ts";

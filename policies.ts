@@ -113,6 +113,18 @@ export interface PolicyContext {
   copy(destination: number, source: number, length: number, wp?: boolean): boolean;
   /** Maps pages already in the page cache (`UFFDIO_CONTINUE`), optionally write-protected. */
   continue(address: number, length: number, wp?: boolean): boolean;
+  /**
+   * Poisons missing pages (`UFFDIO_POISON`, Linux 6.6, the `POISON` feature) and wakes
+   * their waiters: their access raises `SIGBUS`, a system call touching them fails
+   * with `EFAULT` (`EEXIST` counts as done).
+   */
+  poison(address: number, length: number): boolean;
+  /**
+   * Moves whole pages from `source` (private anonymous memory of this process) into
+   * missing pages at `destination` without copying (`UFFDIO_MOVE`, Linux 6.8, the
+   * `MOVE` feature); `source` becomes a hole.
+   */
+  move(destination: number, source: number, length: number): boolean;
   /** Wakes the threads waiting on `[address, address + length)`. */
   wake(address: number, length: number): void;
   /**
@@ -141,6 +153,14 @@ export interface FaultPolicy {
   event?(event: UffdEvent, context: PolicyContext): void | Promise<void>;
   /** Answers `handler.control(op, arg)` on the main side; the result must survive `JSON.stringify`. */
   control?(op: string, arg: unknown, context: PolicyContext): unknown;
+  /**
+   * Background work between faults (a prefetcher, for instance). Called when no
+   * message is waiting; it should do a bounded piece of work — a fault that arrives
+   * meanwhile waits until it returns — and return `true` while more remains. The
+   * handler calls it again as soon as the queue is empty, and stops calling it once
+   * it returns `false`. Throwing stops the handler, like `fault`.
+   */
+  idle?(context: PolicyContext): boolean | Promise<boolean>;
   /** Called once when the handler stops or fails. */
   close?(): void;
 }

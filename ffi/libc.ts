@@ -26,6 +26,7 @@ const symbols = {
   ioctl_value: { name: "ioctl", parameters: ["i32", "u64", "u64"], result: "i32" },
   read: { parameters: ["i32", "buffer", "usize"], result: "isize" },
   pread: { parameters: ["i32", "buffer", "usize", "i64"], result: "isize" },
+  lseek: { parameters: ["i32", "i64", "i32"], result: "i64" },
   write: { parameters: ["i32", "buffer", "usize"], result: "isize" },
   poll: { parameters: ["buffer", "u64", "i32"], result: "i32" },
   poll_nonblocking: { name: "poll", parameters: ["buffer", "u64", "i32"], result: "i32", nonblocking: true },
@@ -50,6 +51,7 @@ const symbols = {
   waitpid: { parameters: ["i32", "buffer", "i32"], result: "i32" },
   memcpy: { parameters: ["u64", "u64", "usize"], result: "u64" },
   process_vm_readv: { parameters: ["i32", "buffer", "u64", "buffer", "u64", "u64"], result: "isize" },
+  process_vm_writev: { parameters: ["i32", "buffer", "u64", "buffer", "u64", "u64"], result: "isize" },
   memset_nonblocking: { name: "memset", parameters: ["u64", "i32", "usize"], result: "u64", nonblocking: true },
   memcpy_nonblocking: { name: "memcpy", parameters: ["u64", "u64", "usize"], result: "u64", nonblocking: true },
   __errno_location: { parameters: [], result: "pointer" },
@@ -110,6 +112,13 @@ export function read(fd: number, buf: Uint8Array, length: number = buf.byteLengt
 /** `pread(fd, buf, length, offset)`: bytes read, or `-errno`. */
 export function pread(fd: number, buf: Uint8Array, length: number, offset: bigint): number {
   return orErrnoBig(libc.pread(fd, buf, BigInt(length), offset));
+}
+
+const SEEK_END = 2;
+
+/** The size of an open file, from `lseek(fd, 0, SEEK_END)` (no `--allow-read` needed), or `-errno`. */
+export function fileSize(fd: number): number {
+  return orErrnoBig(libc.lseek(fd, 0n, SEEK_END));
 }
 
 /** `write(fd, buf, length)`: bytes written, or `-errno`. */
@@ -291,10 +300,10 @@ export function memcpy(dst: bigint, src: bigint, length: bigint): void {
 }
 
 /**
- * `process_vm_readv(pid, local, localCount, remote, remoteCount, 0)` with `struct iovec`
+ * `process_vm_readv(pid, local, localCount, remote, remoteCount, 0)` with caller-built `struct iovec`
  * arrays: bytes copied, or `-errno`. Counts are bigints (cache them on hot paths).
  */
-export function processVmReadv(
+export function processVmReadvRaw(
   pid: number,
   local: Uint8Array,
   localCount: bigint,
@@ -302,6 +311,36 @@ export function processVmReadv(
   remoteCount: bigint,
 ): number {
   return orErrnoBig(libc.process_vm_readv(pid, local, localCount, remote, remoteCount, 0n));
+}
+
+/** Two `struct iovec` (`void *iov_base`@0, `size_t iov_len`@8): the local one, then the remote one. */
+const iovecs = new BigUint64Array(4);
+const localIovec = new Uint8Array(iovecs.buffer, 0, 16);
+const remoteIovec = new Uint8Array(iovecs.buffer, 16, 16);
+
+/**
+ * `process_vm_readv(pid, [{local, length}], 1, [{remote, length}], 1, 0)`: copies
+ * `length` bytes at `remote` in process `pid` to `local` in this one. Bytes copied
+ * (fewer than asked when it stopped at a page it could not read), or `-errno`.
+ * With `pid` = this process it is a copy whose source is read by the kernel: a
+ * missing page registered with a userfaultfd waits for its handler like any access,
+ * and a poisoned page ends the copy with `EFAULT` instead of raising `SIGBUS`.
+ */
+export function processVmReadv(pid: number, local: bigint, remote: bigint, length: number): number {
+  iovecs[0] = local;
+  iovecs[1] = BigInt(length);
+  iovecs[2] = remote;
+  iovecs[3] = iovecs[1]!;
+  return orErrnoBig(libc.process_vm_readv(pid, localIovec, 1n, remoteIovec, 1n, 0n));
+}
+
+/** `process_vm_writev`: the other direction, `length` bytes from `local` here to `remote` in `pid`. */
+export function processVmWritev(pid: number, local: bigint, remote: bigint, length: number): number {
+  iovecs[0] = local;
+  iovecs[1] = BigInt(length);
+  iovecs[2] = remote;
+  iovecs[3] = iovecs[1]!;
+  return orErrnoBig(libc.process_vm_writev(pid, localIovec, 1n, remoteIovec, 1n, 0n));
 }
 
 /** `memset(address, value, length)` on one of Deno's blocking-pool threads: a writer that is not this thread. */

@@ -15,7 +15,7 @@
  * @module
  */
 
-import { getpid, processVmReadv } from "./libc.ts";
+import { getpid, processVmReadvRaw } from "./libc.ts";
 
 const TWO_32 = 4294967296;
 /** `struct iovec` = { void *iov_base; size_t iov_len; }: two u64 as four u32 halves. */
@@ -41,5 +41,5 @@ function put(iov: Uint32Array, address: number, length: number): void {
 export function copyOwnMemory(destination: number, source: number, length: number): number {
   put(local, destination, length);
   put(remote, source, length);
-  return processVmReadv(pid, localBytes, ONE, remoteBytes, ONE);
+  return processVmReadvRaw(pid, localBytes, ONE, remoteBytes, ONE);
 }

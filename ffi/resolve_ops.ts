@@ -1,6 +1,6 @@
 /**
  * The ioctls that resolve faults — `UFFDIO_WRITEPROTECT`, `ZEROPAGE`, `COPY`,
- * `CONTINUE`, `WAKE` — taking addresses and lengths as numbers, for a fault
+ * `CONTINUE`, `MOVE`, `POISON`, `WAKE` — taking addresses and lengths as numbers, for a fault
  * handler's hot path: the struct is written into one buffer allocated per thread
  * as two 32-bit halves per field, so a call allocates nothing and converts no
  * number to a bigint. Addresses must be below 2^53 (every user-space address is).
@@ -12,7 +12,15 @@
  * @module
  */
 
-import { UFFDIO_CONTINUE, UFFDIO_COPY, UFFDIO_WAKE, UFFDIO_WRITEPROTECT, UFFDIO_ZEROPAGE } from "../uapi.ts";
+import {
+  UFFDIO_CONTINUE,
+  UFFDIO_COPY,
+  UFFDIO_MOVE,
+  UFFDIO_POISON,
+  UFFDIO_WAKE,
+  UFFDIO_WRITEPROTECT,
+  UFFDIO_ZEROPAGE,
+} from "../uapi.ts";
 import { ioctl } from "./libc.ts";
 
 const TWO_32 = 4294967296;
@@ -74,6 +82,25 @@ export function copy(fd: number, dst: number, src: number, len: number, mode: nu
   put(3, mode);
   put(4, 0);
   return progress(ioctl(fd, UFFDIO_COPY, bytes), 4);
+}
+
+/** `UFFDIO_MOVE` of `len` bytes of pages from `src` to `dst` (`UFFDIO_MOVE_MODE_*` bits): bytes moved, or `-errno`. */
+export function move(fd: number, dst: number, src: number, len: number, mode: number): number {
+  put(0, dst);
+  put(1, src);
+  put(2, len);
+  put(3, mode);
+  put(4, 0);
+  return progress(ioctl(fd, UFFDIO_MOVE, bytes), 4);
+}
+
+/** `UFFDIO_POISON` over `[start, start + len)`: bytes poisoned, or `-errno`. */
+export function poison(fd: number, start: number, len: number, mode: number): number {
+  put(0, start);
+  put(1, len);
+  put(2, mode);
+  put(3, 0);
+  return progress(ioctl(fd, UFFDIO_POISON, bytes32), 3);
 }
 
 /** `UFFDIO_WAKE` over `[start, start + len)`: 0 or `-errno`. */

@@ -7,6 +7,7 @@
 
 import assert from "node:assert/strict";
 import { ERRNO, FaultHandler, FaultHandlerError, Feature, policies, Region, UffdError, Userfaultfd } from "../mod.ts";
+import * as libc from "../ffi/libc.ts";
 import { memsetOffThread } from "../ffi/libc.ts";
 import { fdCount, needs, threadCount, waitFor, within } from "./helpers.ts";
 
@@ -492,4 +493,46 @@ Deno.test("addRanges(): pages numbered after the others and recorded; beyond max
   );
   assert.equal(handler.pages, 6, "a refused range changes nothing");
   assert.equal(handler.stats.untracked, 0);
+});
+
+Deno.test("a policy's idle() runs while the queue is empty, in bounded pieces, until it returns false; faults come first", async () => {
+  // Each idle piece zero-fills the next page of the region ahead of any fault, and takes
+  // 2 ms; a fault on the last page is served between two pieces, long before idle() gets there.
+  const source = `export default (options, context) => {
+    let next = 0, pieces = 0, faults = 0;
+    return {
+      fault(fault) { faults++; context.zeropage(fault.page, fault.pageSize); },
+      idle() {
+        pieces++;
+        const until = performance.now() + 2;
+        while (performance.now() < until);
+        context.zeropage(context.pageAddress(next++), context.pageSize);
+        return next < options.pages;
+      },
+      control(op) { return { pieces, faults, next }; },
+    };
+  };`;
+  const PAGES = 300;
+  using mem = Region.map(PAGES * PAGE);
+  using uffd = Userfaultfd.open();
+  uffd.register(mem, { missing: true });
+  await using handler = await FaultHandler.start(
+    uffd,
+    policies.module(`data:text/javascript,${encodeURIComponent(source)}`, { pages: PAGES }),
+  );
+  const scratch = new Uint8Array(8);
+  await within(
+    libc.memcpyOffThread(libc.addressOf(scratch), mem.address + BigInt((PAGES - 1) * PAGE), 8n),
+    5_000,
+    "the reader of the last page",
+  );
+  const early = handler.control("state") as { pieces: number; faults: number; next: number };
+  assert.equal(early.faults, 1, "the reader's fault was served by fault()");
+  assert.ok(early.next < PAGES / 2, `served between two pieces (idle() was at page ${early.next})`);
+  await waitFor(() => (handler.control("state") as { next: number }).next === PAGES, 10_000, "idle() to finish");
+  const wakeups = handler.stats.wakeups;
+  await new Promise((r) => setTimeout(r, 50));
+  const done = handler.control("state") as { pieces: number };
+  assert.equal(done.pieces, PAGES, "one call per piece, none after it returned false");
+  assert.equal(handler.stats.wakeups, wakeups + 1, "then the Worker sleeps in poll() (woken once, by control())");
 });
