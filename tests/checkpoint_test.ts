@@ -13,12 +13,12 @@ import {
   crc32c,
   imageBytes,
   Region,
-  UffdError,
+  type UffdError,
   WriteWatch,
   type WriteWatchTarget,
 } from "../mod.ts";
 import * as libc from "../ffi/libc.ts";
-import { skipUnless, within } from "./helpers.ts";
+import { assertUffdError, skipUnless, within } from "./helpers.ts";
 import { wasmWriter } from "./fixtures/wasm_writer.ts";
 
 const PAGE = Region.pageSize;
@@ -33,19 +33,6 @@ function random(seed: number): () => number {
     s ^= s << 5;
     return (s >>> 0) / 4294967296;
   };
-}
-
-function assertUffdError(fn: () => unknown, code: string, message: RegExp): UffdError {
-  let caught: unknown;
-  try {
-    fn();
-  } catch (e) {
-    caught = e;
-  }
-  assert.ok(caught instanceof UffdError, `expected a UffdError, got ${caught}`);
-  assert.equal(caught.code, code, caught.message);
-  assert.match(caught.message, message);
-  return caught;
 }
 
 /** Byte-for-byte equality, reporting the first difference instead of dumping megabytes. */

@@ -5,8 +5,9 @@
  * @module
  */
 
+import assert from "node:assert/strict";
 import { hasPagemapScan } from "../pagemap.ts";
-import { type Feature, Userfaultfd } from "../mod.ts";
+import { type Feature, UffdError, Userfaultfd } from "../mod.ts";
 
 /**
  * `ignore:` value for a test that needs something the machine may lack. Prints the
@@ -80,4 +81,21 @@ export function reserveHugePages(count: number): (() => void) | undefined {
   } catch {
     return undefined;
   }
+}
+
+/**
+ * Asserts that `fn` throws a `UffdError` with errno name `code` (and, when given, a
+ * message matching `message`), and returns it for further checks.
+ */
+export function assertUffdError(fn: () => unknown, code: string, message?: RegExp): UffdError {
+  let caught: unknown;
+  try {
+    fn();
+  } catch (e) {
+    caught = e;
+  }
+  assert.ok(caught instanceof UffdError, `expected a UffdError ${code}, got ${caught}`);
+  assert.equal(caught.code, code, caught.message);
+  if (message) assert.match(caught.message, message);
+  return caught;
 }

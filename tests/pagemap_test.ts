@@ -20,25 +20,11 @@ import {
   readPagemapRaw,
   Region,
   softDirtySupported,
-  UffdError,
   Userfaultfd,
 } from "../mod.ts";
-import { isRoot, needs, needsPagemapScan, skipUnless, within } from "./helpers.ts";
+import { assertUffdError, isRoot, needs, needsPagemapScan, skipUnless, within } from "./helpers.ts";
 
 const PAGE = Region.pageSize;
-
-function assertUffdError(fn: () => unknown, code: string, message: RegExp): UffdError {
-  let caught: unknown;
-  try {
-    fn();
-  } catch (e) {
-    caught = e;
-  }
-  assert.ok(caught instanceof UffdError, `expected a UffdError, got ${caught}`);
-  assert.equal(caught.code, code, caught.message);
-  assert.match(caught.message, message);
-  return caught;
-}
 
 /** `[firstPage, pages, names]` of each region, for compact assertions. */
 function summary(regions: readonly { firstPage: number; pages: number; names: readonly Category[] }[]) {

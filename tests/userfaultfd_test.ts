@@ -4,28 +4,14 @@
  */
 
 import assert from "node:assert/strict";
-import { ERRNO, Feature, readPagemap, Region, UffdError, type UffdEvent, Userfaultfd } from "../mod.ts";
+import { ERRNO, Feature, readPagemap, Region, type UffdEvent, Userfaultfd } from "../mod.ts";
 import * as libc from "../ffi/libc.ts";
 import { uffdioApi } from "../ffi/uffd_ioctls.ts";
 import { sysUserfaultfd } from "../ffi/syscalls.ts";
 import { O_CLOEXEC, O_NONBLOCK } from "../linux.ts";
-import { isRoot, reserveHugePages, skipUnless, waitFor, within } from "./helpers.ts";
+import { assertUffdError, isRoot, reserveHugePages, skipUnless, waitFor, within } from "./helpers.ts";
 
 const PAGE = Region.pageSize;
-
-/** Asserts that `fn` throws a UffdError with this errno name and a message matching `message`. */
-function assertUffdError(fn: () => unknown, code: string, message: RegExp): UffdError {
-  let caught: unknown;
-  try {
-    fn();
-  } catch (e) {
-    caught = e;
-  }
-  assert.ok(caught instanceof UffdError, `expected a UffdError, got ${caught}`);
-  assert.equal(caught.code, code, caught.message);
-  assert.match(caught.message, message);
-  return caught;
-}
 
 Deno.test("handshake: supported() reports exactly what the kernel reports", () => {
   const fd = libc.userfaultfd(sysUserfaultfd(), O_CLOEXEC | O_NONBLOCK);

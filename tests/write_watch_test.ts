@@ -19,7 +19,6 @@ import {
   Region,
   softDirtyBackend,
   syncBackend,
-  UffdError,
   WriteSet,
   WriteWatch,
   type WriteWatchBackendName,
@@ -27,7 +26,7 @@ import {
   type WriteWatchTarget,
 } from "../mod.ts";
 import * as libc from "../ffi/libc.ts";
-import { fdCount, skipUnless, threadCount, waitFor, within } from "./helpers.ts";
+import { assertUffdError, fdCount, skipUnless, threadCount, waitFor, within } from "./helpers.ts";
 import { wasmWriter } from "./fixtures/wasm_writer.ts";
 
 const PAGE = Region.pageSize;
@@ -82,19 +81,6 @@ function random(seed: number): () => number {
 
 function sorted(pages: Iterable<number>): number[] {
   return [...new Set(pages)].sort((a, b) => a - b);
-}
-
-function assertUffdError(fn: () => unknown, code: string, message: RegExp): UffdError {
-  let caught: unknown;
-  try {
-    fn();
-  } catch (e) {
-    caught = e;
-  }
-  assert.ok(caught instanceof UffdError, `expected a UffdError, got ${caught}`);
-  assert.equal(caught.code, code, caught.message);
-  assert.match(caught.message, message);
-  return caught;
 }
 
 // ---------------------------------------------------------------------------

@@ -8,10 +8,11 @@
  */
 
 import assert from "node:assert/strict";
-import { MAP_PRIVATE, MFD_CLOEXEC, PROT_READ, PROT_WRITE, type Range, Region, UffdError } from "../../mod.ts";
+import { MAP_PRIVATE, MFD_CLOEXEC, PROT_READ, PROT_WRITE, type Range, Region } from "../../mod.ts";
 import type { PagefaultEvent, UffdEvent, Userfaultfd } from "../../mod.ts";
 import * as libc from "../../ffi/libc.ts";
 import { isRoot, reserveHugePages, skipUnless } from "../helpers.ts";
+export { assertUffdError } from "../helpers.ts";
 
 /** The base page size. */
 export const PAGE: number = Region.pageSize;
@@ -19,20 +20,6 @@ export const PAGE: number = Region.pageSize;
 export const P: bigint = BigInt(PAGE);
 /** The repository root as a file URL (children import the library from here). */
 export const ROOT: URL = new URL("../../", import.meta.url);
-
-/** Asserts that `fn` throws a `UffdError` with errno name `code` (and a message matching `message`). */
-export function assertUffdError(fn: () => unknown, code: string, message?: RegExp): UffdError {
-  let caught: unknown;
-  try {
-    fn();
-  } catch (e) {
-    caught = e;
-  }
-  assert.ok(caught instanceof UffdError, `expected a UffdError ${code}, got ${caught}`);
-  assert.equal(caught.code, code, caught.message);
-  if (message) assert.match(caught.message, message);
-  return caught;
-}
 
 /** Resolves after `ms` milliseconds. */
 export function sleep(ms: number): Promise<void> {
