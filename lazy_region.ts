@@ -217,10 +217,10 @@ export interface LazyRegionOptions {
   batch?: number;
   /**
    * After serving faults, the handler keeps reading for this many microseconds before
-   * it sleeps (`FaultHandlerOptions.spinMicros`). Default 30 on a machine with more
-   * than one CPU, 0 otherwise: a restoring program faults again within microseconds,
-   * and catching that fault without a wake-up took random faults from 1.4× to 1.0×
-   * the time of a C handler that sleeps (Linux 6.18, 2 cores).
+   * it sleeps (`FaultHandlerOptions.spinMicros`, whose default applies: 30 on a
+   * machine with more than one CPU, 0 otherwise): a restoring program faults again
+   * within microseconds, and catching that fault without a wake-up took random
+   * faults from 1.4× to 1.0× the time of a C handler that sleeps (Linux 6.18, 2 cores).
    */
   spinMicros?: number;
   /** How long `open()` waits for the handler to start (default 10 000 ms). */
@@ -533,7 +533,7 @@ export class LazyRegion implements AsyncDisposable {
     const handlerOptions: FaultHandlerOptions = {
       ranges: [region],
       batch: options.batch,
-      spinMicros: options.spinMicros ?? (navigator.hardwareConcurrency > 1 ? 30 : 0),
+      spinMicros: options.spinMicros,
       startTimeoutMs: options.startTimeoutMs,
       stopTimeoutMs: options.stopTimeoutMs ?? 2000,
     };
