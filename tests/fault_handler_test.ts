@@ -9,7 +9,7 @@ import assert from "node:assert/strict";
 import { ERRNO, FaultHandler, FaultHandlerError, Feature, policies, Region, UffdError, Userfaultfd } from "../mod.ts";
 import * as libc from "../ffi/libc.ts";
 import { memsetOffThread } from "../ffi/libc.ts";
-import { fdCount, needs, threadCount, waitFor, within } from "./helpers.ts";
+import { fdCount, needs, scenarioResult, threadCount, waitFor, within } from "./helpers.ts";
 
 const SCENARIOS = new URL("./scenarios/fault_handler.ts", import.meta.url);
 const PAGE = Region.pageSize;
@@ -17,28 +17,8 @@ const PAGE = Region.pageSize;
 // deno-lint-ignore no-explicit-any
 type Json = any;
 
-/** Runs one scenario in its own process; fails if it does not exit by itself within `deadlineMs`. */
-async function scenario(name: string, deadlineMs = 30_000): Promise<Json> {
-  const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "--allow-all", "--no-prompt", SCENARIOS.pathname, name],
-    stdout: "piped",
-    stderr: "piped",
-    env: { NO_COLOR: "1" },
-  }).spawn();
-  let killed = false;
-  const timer = setTimeout(() => {
-    killed = true;
-    child.kill("SIGKILL");
-  }, deadlineMs);
-  const out = await child.output();
-  clearTimeout(timer);
-  const stdout = new TextDecoder().decode(out.stdout);
-  const stderr = new TextDecoder().decode(out.stderr);
-  assert.ok(!killed, `scenario ${name} did not end by itself within ${deadlineMs} ms\n${stdout}\n${stderr}`);
-  assert.equal(out.code, 0, `scenario ${name} failed:\n${stdout}\n${stderr}`);
-  const last = stdout.trim().split("\n").at(-1) ?? "";
-  return JSON.parse(last);
-}
+/** Runs one scenario in its own process with a deadline: its last line of output, as JSON. */
+const scenario = (name: string, deadlineMs = 30_000): Promise<Json> => scenarioResult(SCENARIOS, name, { deadlineMs });
 
 Deno.test("the main isolate writes 10,000 write-protected pages: every write lands, exactly those pages reported", async () => {
   const r = await scenario("wp-10k");

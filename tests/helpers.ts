@@ -99,3 +99,56 @@ export function assertUffdError(fn: () => unknown, code: string, message?: RegEx
   if (message) assert.match(caught.message, message);
   return caught;
 }
+
+/** How a scenario process ended ({@linkcode runScenario}). */
+export interface ScenarioRun {
+  /** Its exit code. */
+  code: number;
+  /** The signal that ended it, if one did. */
+  signal: Deno.Signal | null;
+  /** Its standard output. */
+  stdout: string;
+  /** Its standard error. */
+  stderr: string;
+}
+
+/**
+ * Runs `deno run --allow-all <script> <name>` in its own process — the pattern for
+ * anything where the main isolate touches protected or missing memory and could
+ * hang — and fails the test if it does not end by itself within `deadlineMs`.
+ */
+export async function runScenario(
+  script: URL,
+  name: string,
+  options: { deadlineMs?: number; env?: Record<string, string> } = {},
+): Promise<ScenarioRun> {
+  const deadlineMs = options.deadlineMs ?? 60_000;
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "--allow-all", "--no-prompt", script.pathname, name],
+    stdout: "piped",
+    stderr: "piped",
+    env: { NO_COLOR: "1", ...options.env },
+  }).spawn();
+  let killed = false;
+  const timer = setTimeout(() => {
+    killed = true;
+    child.kill("SIGKILL");
+  }, deadlineMs);
+  const out = await child.output();
+  clearTimeout(timer);
+  const stdout = new TextDecoder().decode(out.stdout);
+  const stderr = new TextDecoder().decode(out.stderr);
+  assert.ok(!killed, `scenario "${name}" did not end by itself: killed after ${deadlineMs} ms\n${stdout}\n${stderr}`);
+  return { code: out.code, signal: out.signal, stdout, stderr };
+}
+
+/**
+ * A scenario that must succeed ({@linkcode runScenario}, exit code 0): its last line
+ * of output, parsed as JSON.
+ */
+// deno-lint-ignore no-explicit-any
+export async function scenarioResult(...args: Parameters<typeof runScenario>): Promise<any> {
+  const r = await runScenario(...args);
+  assert.equal(r.code, 0, `scenario "${args[1]}" failed:\n${r.stdout}\n${r.stderr}`);
+  return JSON.parse(r.stdout.trim().split("\n").at(-1) ?? "");
+}

@@ -8,7 +8,7 @@
 
 import assert from "node:assert/strict";
 import { Checkpoint, ERRNO, Feature, LazyRegion, Region, UffdError } from "../mod.ts";
-import { needs, needsPagemapScan } from "./helpers.ts";
+import { needs, needsPagemapScan, runScenario, scenarioResult, type ScenarioRun } from "./helpers.ts";
 
 const SCENARIOS = new URL("./scenarios/lazy_region.ts", import.meta.url);
 const PATTERN = new URL("./sources/pattern.ts", import.meta.url);
@@ -17,40 +17,11 @@ const PAGE = Region.pageSize;
 // deno-lint-ignore no-explicit-any
 type Json = any;
 
-interface Child {
-  code: number;
-  signal: Deno.Signal | null;
-  stdout: string;
-  stderr: string;
-}
-
-/** Runs one scenario in its own process; fails if it does not end by itself within `deadlineMs`. */
-async function runScenario(name: string, deadlineMs: number): Promise<Child> {
-  const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "--allow-all", "--no-prompt", SCENARIOS.pathname, name],
-    stdout: "piped",
-    stderr: "piped",
-    env: { NO_COLOR: "1" },
-  }).spawn();
-  let killed = false;
-  const timer = setTimeout(() => {
-    killed = true;
-    child.kill("SIGKILL");
-  }, deadlineMs);
-  const out = await child.output();
-  clearTimeout(timer);
-  const stdout = new TextDecoder().decode(out.stdout);
-  const stderr = new TextDecoder().decode(out.stderr);
-  assert.ok(!killed, `scenario ${name} did not end by itself within ${deadlineMs} ms\n${stdout}\n${stderr}`);
-  return { code: out.code, signal: out.signal, stdout, stderr };
-}
+/** Runs one scenario in its own process with a deadline (it may fail: the caller looks at how it ended). */
+const runOne = (name: string, deadlineMs: number): Promise<ScenarioRun> => runScenario(SCENARIOS, name, { deadlineMs });
 
 /** A scenario that must succeed: its last line of output, as JSON. */
-async function scenario(name: string, deadlineMs = 60_000): Promise<Json> {
-  const r = await runScenario(name, deadlineMs);
-  assert.equal(r.code, 0, `scenario ${name} failed:\n${r.stdout}\n${r.stderr}`);
-  return JSON.parse(r.stdout.trim().split("\n").at(-1) ?? "");
-}
+const scenario = (name: string, deadlineMs = 60_000): Promise<Json> => scenarioResult(SCENARIOS, name, { deadlineMs });
 
 const poison = needs(Feature.POISON);
 
@@ -117,7 +88,7 @@ Deno.test({
   name: "JavaScript touching a poisoned page raises SIGBUS: the process dies (what read() exists for)",
   ignore: poison,
   async fn() {
-    const r = await runScenario("poison-touch", 30_000);
+    const r = await runOne("poison-touch", 30_000);
     assert.match(r.stdout, /page 2: true\ntouching the poisoned page\n$/, r.stdout + r.stderr);
     assert.equal(r.signal, "SIGBUS", `exit code ${r.code}, signal ${r.signal}`);
   },

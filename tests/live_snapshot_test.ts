@@ -24,7 +24,7 @@ import {
 import * as libc from "../ffi/libc.ts";
 import * as resolve from "../ffi/resolve_ops.ts";
 import { SyscallThread } from "./conformance/helpers.ts";
-import { needs, needsPagemapScan, within } from "./helpers.ts";
+import { needs, needsPagemapScan, scenarioResult, within } from "./helpers.ts";
 import { fillPattern, PATTERN, startGenerationWriter, until, wrongPages } from "./snapshot_patterns.ts";
 
 const PAGE = Region.pageSize;
@@ -36,27 +36,8 @@ const FEATURES = [Feature.PAGEFAULT_FLAG_WP, Feature.EVENT_REMOVE, Feature.EVENT
 // deno-lint-ignore no-explicit-any
 type Json = any;
 
-/** Runs one scenario in its own process; fails if it does not exit by itself within `deadlineMs`. */
-async function scenario(name: string, deadlineMs = 60_000): Promise<Json> {
-  const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "--allow-all", "--no-prompt", SCENARIOS.pathname, name],
-    stdout: "piped",
-    stderr: "piped",
-    env: { NO_COLOR: "1" },
-  }).spawn();
-  let killed = false;
-  const timer = setTimeout(() => {
-    killed = true;
-    child.kill("SIGKILL");
-  }, deadlineMs);
-  const out = await child.output();
-  clearTimeout(timer);
-  const stdout = new TextDecoder().decode(out.stdout);
-  const stderr = new TextDecoder().decode(out.stderr);
-  assert.ok(!killed, `scenario ${name} did not end by itself within ${deadlineMs} ms\n${stdout}\n${stderr}`);
-  assert.equal(out.code, 0, `scenario ${name} failed:\n${stdout}\n${stderr}`);
-  return JSON.parse(stdout.trim().split("\n").at(-1) ?? "");
-}
+/** Runs one scenario in its own process with a deadline: its last line of output, as JSON. */
+const scenario = (name: string, deadlineMs = 60_000): Promise<Json> => scenarioResult(SCENARIOS, name, { deadlineMs });
 
 /** Open fds of this process whose target matches `pattern`. */
 function openFds(pattern: RegExp): number {

@@ -14,33 +14,16 @@
 
 import assert from "node:assert/strict";
 import { describeChild, runChild } from "./conformance/helpers.ts";
+import { scenarioResult } from "./helpers.ts";
 
 const SCENARIOS = new URL("./no_hang/scenarios.ts", import.meta.url);
 
 // deno-lint-ignore no-explicit-any
 type Json = any;
 
-/** Runs a scenario in its own process; fails if it does not end by itself within `deadlineMs`. */
-async function scenario(name: string, env: Record<string, string> = {}, deadlineMs = 40_000): Promise<Json> {
-  const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "--allow-all", "--no-prompt", SCENARIOS.pathname, name],
-    stdout: "piped",
-    stderr: "piped",
-    env: { NO_COLOR: "1", ...env },
-  }).spawn();
-  let killed = false;
-  const timer = setTimeout(() => {
-    killed = true;
-    child.kill("SIGKILL");
-  }, deadlineMs);
-  const out = await child.output();
-  clearTimeout(timer);
-  const stdout = new TextDecoder().decode(out.stdout);
-  const stderr = new TextDecoder().decode(out.stderr);
-  assert.ok(!killed, `scenario "${name}" hung: killed after ${deadlineMs} ms\n${stdout}\n${stderr}`);
-  assert.equal(out.code, 0, `scenario "${name}" failed:\n${stdout}\n${stderr}`);
-  return JSON.parse(stdout.trim().split("\n").at(-1)!);
-}
+/** Runs one scenario in its own process with a deadline: its last line of output, as JSON. */
+const scenario = (name: string, env: Record<string, string> = {}, deadlineMs = 40_000): Promise<Json> =>
+  scenarioResult(SCENARIOS, name, { deadlineMs, env });
 
 /**
  * Nothing left after five rounds: no userfaultfd, no thread in a fault, and fds,

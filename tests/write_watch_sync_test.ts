@@ -9,7 +9,7 @@
 import assert from "node:assert/strict";
 import { readPagemap, Region, type WriteSet, WriteWatch, type WriteWatchOptions } from "../mod.ts";
 import * as libc from "../ffi/libc.ts";
-import { fdCount, skipUnless, threadCount, waitFor } from "./helpers.ts";
+import { fdCount, scenarioResult, skipUnless, threadCount, waitFor } from "./helpers.ts";
 import { wasmWriter } from "./fixtures/wasm_writer.ts";
 
 const PAGE = Region.pageSize;
@@ -21,27 +21,8 @@ const noAsync = skipUnless(available.get("async")!.available, `async backend: ${
 // deno-lint-ignore no-explicit-any
 type Json = any;
 
-/** Runs one scenario in its own process; fails if it does not exit by itself within `deadlineMs`. */
-async function scenario(name: string, deadlineMs = 30_000): Promise<Json> {
-  const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "--allow-all", "--no-prompt", SCENARIOS.pathname, name],
-    stdout: "piped",
-    stderr: "piped",
-    env: { NO_COLOR: "1" },
-  }).spawn();
-  let killed = false;
-  const timer = setTimeout(() => {
-    killed = true;
-    child.kill("SIGKILL");
-  }, deadlineMs);
-  const out = await child.output();
-  clearTimeout(timer);
-  const stdout = new TextDecoder().decode(out.stdout);
-  const stderr = new TextDecoder().decode(out.stderr);
-  assert.ok(!killed, `scenario ${name} did not end by itself within ${deadlineMs} ms\n${stdout}\n${stderr}`);
-  assert.equal(out.code, 0, `scenario ${name} failed:\n${stdout}\n${stderr}`);
-  return JSON.parse(stdout.trim().split("\n").at(-1) ?? "");
-}
+/** Runs one scenario in its own process with a deadline: its last line of output, as JSON. */
+const scenario = (name: string, deadlineMs = 30_000): Promise<Json> => scenarioResult(SCENARIOS, name, { deadlineMs });
 
 /** A small deterministic PRNG (xorshift32). */
 function random(seed: number): () => number {
