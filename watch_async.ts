@@ -36,6 +36,7 @@ import { hasPagemapScan, PagemapScanner, type PreparedQuery, prepareQuery } from
 import { Feature } from "./uapi.ts";
 import { Userfaultfd } from "./userfaultfd.ts";
 import type { BackendProvider, WatchedSpan, WriteWatchBackend } from "./watch_backend.ts";
+import { missingFeatures } from "./watch_features.ts";
 import type { RunList } from "./write_set.ts";
 
 const PAGE_SIZE = libc.PAGE_SIZE;
@@ -178,20 +179,10 @@ class AsyncBackend implements WriteWatchBackend {
 export const asyncBackend: BackendProvider = Object.freeze({
   name: "async" as const,
   unavailable(span: WatchedSpan): string | undefined {
-    let features: ReadonlySet<Feature>;
-    try {
-      features = Userfaultfd.supported().features;
-    } catch (e) {
-      return `no userfaultfd here: ${e instanceof Error ? e.message : String(e)}`;
-    }
     const needed: Feature[] = [Feature.WP_ASYNC, Feature.WP_UNPOPULATED];
     if (span.shared) needed.push(Feature.WP_HUGETLBFS_SHMEM);
-    const declined = needed.filter((f) => span.decline?.includes(f));
-    if (declined.length > 0) return `${declined.join(", ")} declined by the caller's options`;
-    const missing = needed.filter((f) => !features.has(f));
-    if (missing.length > 0) {
-      return `userfaultfd on this kernel (${kernelRelease()}) lacks ${missing.join(", ")} (Linux 6.7+)`;
-    }
+    const reason = missingFeatures(span, needed, "Linux 6.7+");
+    if (reason !== undefined) return reason;
     if (!hasPagemapScan()) return `this kernel (${kernelRelease()}) has no PAGEMAP_SCAN (Linux 6.7+)`;
     return undefined;
   },

@@ -77,6 +77,7 @@ import { bitmapBytes, type PageRun, pageRuns } from "./tracked_pages.ts";
 import { Feature, PM_PRESENT } from "./uapi.ts";
 import { Userfaultfd } from "./userfaultfd.ts";
 import type { BackendProvider, WatchedSpan, WriteWatchBackend } from "./watch_backend.ts";
+import { missingFeatures } from "./watch_features.ts";
 import { SYNC_STATE, type SyncWatchPolicyOptions } from "./watch_sync_policy.ts";
 import type { RunList } from "./write_set.ts";
 
@@ -357,20 +358,10 @@ class SyncBackend implements WriteWatchBackend {
 export const syncBackend: BackendProvider = Object.freeze({
   name: "sync" as const,
   unavailable(span: WatchedSpan): string | undefined {
-    let features: ReadonlySet<Feature>;
-    try {
-      features = Userfaultfd.supported().features;
-    } catch (e) {
-      return `no userfaultfd here: ${e instanceof Error ? e.message : String(e)}`;
-    }
     const needed = span.shared ? [...NEEDED, Feature.WP_HUGETLBFS_SHMEM] : NEEDED;
-    const declined = needed.filter((f) => span.decline?.includes(f));
-    if (declined.length > 0) return `${declined.join(", ")} declined by the caller's options`;
-    const missing = needed.filter((f) => !features.has(f));
-    if (missing.length > 0) {
-      return `userfaultfd on this kernel (${kernelRelease()}) lacks ${missing.join(", ")} ` +
-        "(write-protect faults work from Linux 5.7)";
-    }
+    const reason = missingFeatures(span, needed, "write-protect faults work from Linux 5.7");
+    if (reason !== undefined) return reason;
+    const features = Userfaultfd.supported().features;
     const load = workerCannotLoad();
     if (load !== undefined) return load;
     const unpopulated = features.has(Feature.WP_UNPOPULATED) && !span.decline?.includes(Feature.WP_UNPOPULATED);

@@ -1,0 +1,44 @@
+/**
+ * Why a write-watch backend's userfaultfd features are not there for a span: no
+ * userfaultfd at all, a feature the caller declined, or one this kernel lacks. The
+ * `async` and `sync` backends ({@link ./watch_async.ts}, {@link ./watch_sync.ts})
+ * start their `unavailable()` with it, then check what is theirs alone.
+ *
+ * Internal: not exported from `mod.ts`.
+ *
+ * @module
+ */
+
+import { kernelRelease } from "./access.ts";
+import type { Feature } from "./uapi.ts";
+import { Userfaultfd } from "./userfaultfd.ts";
+import type { WatchedSpan } from "./watch_backend.ts";
+
+/**
+ * The reason `needed` cannot be had for `span` here, or `undefined` when every
+ * feature is supported and none is declined. `since` names the Linux version that
+ * brought them, for the message.
+ *
+ * @example
+ * ```ts
+ * import { missingFeatures } from "./watch_features.ts";
+ * import { Feature } from "./uapi.ts";
+ * const span = { address: 0n, pages: 1, shared: false, decline: [Feature.WP_ASYNC] };
+ * console.log(missingFeatures(span, [Feature.WP_ASYNC], "Linux 6.7+")); // "WP_ASYNC declined by the caller's options"
+ * ```
+ */
+export function missingFeatures(span: WatchedSpan, needed: readonly Feature[], since: string): string | undefined {
+  let features: ReadonlySet<Feature>;
+  try {
+    features = Userfaultfd.supported().features;
+  } catch (e) {
+    return `no userfaultfd here: ${e instanceof Error ? e.message : String(e)}`;
+  }
+  const declined = needed.filter((f) => span.decline?.includes(f));
+  if (declined.length > 0) return `${declined.join(", ")} declined by the caller's options`;
+  const missing = needed.filter((f) => !features.has(f));
+  if (missing.length > 0) {
+    return `userfaultfd on this kernel (${kernelRelease()}) lacks ${missing.join(", ")} (${since})`;
+  }
+  return undefined;
+}
