@@ -10,12 +10,13 @@
  * Both halves make the main isolate touch memory a fault handler must serve (A
  * writes while its memory is write-protected, B runs over missing memory): they
  * run in a child process killed at its deadline, as in the LazyRegion tests.
+ * The README's "Round trip" block is run as written, the same way.
  */
 
 import assert from "node:assert/strict";
 import { Feature, Region } from "../mod.ts";
 import { needs, needsPagemapScan } from "./helpers.ts";
-import { appPages4k } from "./fixtures/wasm_app.ts";
+import { appPages4k, WASM_APP_BYTES } from "./fixtures/wasm_app.ts";
 
 const ROOT = new URL("../", import.meta.url);
 const SCENARIOS = new URL("./scenarios/wasm_roundtrip.ts", import.meta.url);
@@ -121,5 +122,56 @@ Deno.test({
     assert.equal(o.after.userfaultfds, 0, "no userfaultfd left open");
     assert.equal(o.after.workers, o.before.workers, "no Worker thread left");
     assert.equal(o.after.fds, o.before.fds, "no file descriptor left");
+  },
+});
+
+/** The README's round-trip block. */
+function readmeRoundTrip(): string {
+  const readme = Deno.readTextFileSync(new URL("README.md", ROOT));
+  const start = readme.indexOf("## Round trip");
+  assert.ok(start >= 0, "README has a ## Round trip section");
+  const match = /```ts\n([\s\S]*?)```/.exec(readme.slice(start));
+  assert.ok(match, "README has a ts block under ## Round trip");
+  return match[1]!;
+}
+
+Deno.test({
+  name: "README round trip runs as written with --allow-ffi --allow-read --allow-write: B ends equal to A",
+  ignore,
+  async fn() {
+    const example = readmeRoundTrip();
+    assert.match(example, /LiveSnapshot\.take\(memoryA, \{ sink: "app\.ckpt" \}\)/);
+    assert.match(
+      example,
+      /LazyRegion\.open\(\{ checkpoint: \["app\.ckpt"\] \}, \{ target: memoryB, prefetch: true \}\)/,
+    );
+    const dir = await Deno.makeTempDir();
+    try {
+      await Deno.writeFile(`${dir}/app.wasm`, WASM_APP_BYTES);
+      // Imports are hoisted: the block's own run first, from the directory holding app.wasm.
+      const before = `Deno.chdir(${JSON.stringify(dir)});\n`;
+      const after = `
+const __a = new Uint8Array(memoryA.buffer), __b = new Uint8Array(memoryB.buffer);
+const { handler: _, ...__stats } = lazy.stats;
+console.log(JSON.stringify({ ...__stats, state: lazy.state, equal: __a.length === __b.length && __a.every((x, i) => x === __b[i]) }));
+`;
+      const r = await runDeno(
+        ["run", "--allow-ffi", "--allow-read", "--allow-write", "--no-prompt", "-"],
+        60_000,
+        before + example + after,
+      );
+      assert.equal(r.code, 0, `the README block failed:\n${r.stdout}\n${r.stderr}`);
+      const lines = r.stdout.trim().split("\n");
+      assert.equal(lines[0], "true", "the block prints true");
+      const o: Json = JSON.parse(lines.at(-1)!);
+      assert.equal(o.state, "ready");
+      assert.equal(o.equal, true, "B's memory ends equal to A's, byte for byte");
+      assert.ok(o.faults > 0, `B faulted pages in (${o.faults})`);
+      assert.equal(o.faults + o.prefetched, o.pages, "each page restored once, by a fault or the prefetcher");
+      assert.equal(o.resident, o.pages);
+      assert.ok(Deno.statSync(`${dir}/app.ckpt`).isFile, "the snapshot's file is where the block said");
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
   },
 });
