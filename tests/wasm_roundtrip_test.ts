@@ -121,7 +121,9 @@ Deno.test({
     // Everything closed.
     assert.equal(o.after.userfaultfds, 0, "no userfaultfd left open");
     assert.equal(o.after.workers, o.before.workers, "no Worker thread left");
-    assert.equal(o.after.fds, o.before.fds, "no file descriptor left");
+    assert.equal(o.after.loneEventfds, o.before.loneEventfds, "no eventfd left (beyond the Worker runtime's own)");
+    assert.deepEqual(o.after.others, o.before.others, "no file, memfd or pagemap fd left");
+    assert.ok(o.after.runtimePairs <= o.before.runtimePairs + 1, "the Worker runtime keeps at most one more fd pair");
   },
 });
 

@@ -52,7 +52,8 @@ function scanned(range: Region, ...require: ("PRESENT" | "PFNZERO")[]): number {
  * threads, eventfds that are not one of a Worker runtime's (each Deno Worker's
  * runtime holds an eventfd and an epoll fd, and the runtime keeps a pair after
  * its Workers end — its number is not ours to assert), and every other fd by what
- * it points to (files, memfds, `/proc/self/pagemap`).
+ * it points to (files, memfds, `/proc/self/pagemap`), except the runtime's
+ * sockets and pipes (the library opens none).
  */
 function leftovers(): {
   userfaultfds: number;
@@ -67,7 +68,7 @@ function leftovers(): {
     try {
       const target = Deno.readLinkSync(`/proc/self/fd/${entry.name}`);
       counts[target] = (counts[target] ?? 0) + 1;
-      if (!/^anon_inode:\[(eventfd|eventpoll|userfaultfd)\]$/.test(target)) others.push(target);
+      if (!/^anon_inode:\[(eventfd|eventpoll|userfaultfd)\]$|^(socket|pipe):/.test(target)) others.push(target);
     } catch { /* closed meanwhile */ }
   }
   let workers = 0;
