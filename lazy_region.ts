@@ -203,6 +203,8 @@ export interface LazyRegionOptions {
    * private anonymous `Region`. Its current contents are dropped first
    * (`MADV_DONTNEED`), so that every page is missing and filled from the source. It
    * stays the caller's: `close()` leaves it mapped, with the pages restored so far.
+   * It must be at least as long as the source (a longer target's extra pages are
+   * zeros): a shorter one is refused.
    */
   target?: Region | WebAssembly.Memory;
   /** Anonymous memory: place pages with `UFFDIO_COPY` (`"copy"`, default) or `UFFDIO_MOVE` (`"move"`). */
@@ -472,6 +474,16 @@ export class LazyRegion implements AsyncDisposable {
     const target = options.target === undefined ? undefined : targetRegion(options.target, operation);
     if (target !== undefined && options.length !== undefined && options.length !== target.length) {
       throw invalid(operation, "length must be the target's length", { length: options.length, target: target.length });
+    }
+    if (target !== undefined && prepared.length > target.length) {
+      // Restoring an image into less memory than it covers would drop its end without a word.
+      const grow = options.target instanceof WebAssembly.Memory
+        ? `: grow() the memory to ${Math.ceil(prepared.length / 65536)} wasm pages first`
+        : "";
+      throw invalid(operation, `the source is longer than the target${grow}`, {
+        source: prepared.length,
+        target: target.length,
+      });
     }
     let length = target?.length ?? options.length;
     if (length === undefined) {
