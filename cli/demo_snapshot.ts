@@ -144,7 +144,9 @@ function report(
     `protected; take() took ${takeMs.toFixed(0)} ms (it starts two Workers), done came ${doneMs.toFixed(0)} ms ` +
     `after it returned.`,
     `Saved by the copier: ${r.byCopier}; by faults: ${r.byFault} (the writer's first write to a page not saved ` +
-    `yet${wait ? `, median wait ${wait}` : ""}). ${r.zeroPages} were zero pages, saved without being read` +
+    `yet${wait ? `, median wait ${wait}` : ""}${
+      r.faults > r.byFault ? `; ${r.faults - r.byFault} more faults hit pages the copier had just saved` : ""
+    }). ${r.zeroPages} were zero pages, saved without being read` +
     (r.wpUnpopulated ? " (WP_UNPOPULATED)." : " (mapped to the zero page first: WP_UNPOPULATED declined)."),
     `Bandwidth: ${rate(r.bytesPerSecond)} (${bytes(size)} in ${r.elapsedMs.toFixed(1)} ms, mostly the copier's ` +
     `Worker starting up; docs/live-snapshot.md has figures for 1 GiB).`,

@@ -65,7 +65,7 @@ function assertSnapshotRan(snap: SnapshotStep, memoryBytes: number): void {
   assert.equal(snap.check.bytes, memoryBytes, "the whole image was compared");
   assert.equal(snap.savedPages, snap.pages, "every page saved");
   assert.equal(snap.byFault + snap.byCopier, snap.savedPages, "each page saved once, by a fault or by the copier");
-  assert.equal(snap.faults, snap.byFault);
+  assert.ok(snap.faults >= snap.byFault, "a page saved by a fault was faulted on");
   assert.ok(snap.elapsedMs > 0 && snap.bytesPerSecond > 0 && snap.takeMs > 0);
   const { instant, window, newestStamp } = snap.check;
   assert.ok(instant.pass >= window.afterPass && instant.pass <= window.untilPass, JSON.stringify(snap.check));
