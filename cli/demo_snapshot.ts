@@ -14,9 +14,10 @@
  *
  * When it cannot run it says why and what to change: `refused` when the
  * permissions do not let `LiveSnapshot`'s Workers load the package's modules
- * (`--allow-read` of the package's directory, checked before anything starts) or
- * no userfaultfd can be created; `skipped` when this kernel lacks what it needs
- * (or `--decline` made it so).
+ * (`--allow-read` of the package's directory, checked before anything starts; for
+ * a remote package, the Workers' import says so) or no userfaultfd can be
+ * created; `skipped` when this kernel lacks what it needs (or `--decline` made it
+ * so).
  *
  * @example
  * ```ts
@@ -58,8 +59,10 @@ export function workerAccess(): string | undefined {
       `--allow-read=${path} (or -A)`;
   }
   if (PACKAGE.protocol === "https:" || PACKAGE.protocol === "http:") {
+    // Deno allows some hosts (jsr.io among them) by default, which the query does not show:
+    // refuse only what is denied outright, and let a refused import say so when the Worker starts.
     const host = PACKAGE.host;
-    if (Deno.permissions.querySync({ name: "import", host }).state === "granted") return undefined;
+    if (Deno.permissions.querySync({ name: "import", host }).state !== "denied") return undefined;
     return `LiveSnapshot's two Workers import the package's modules from ${host}, which needs ` +
       `--allow-import=${host} (or -A)`;
   }
@@ -208,8 +211,10 @@ export async function liveSnapshot(ctx: DemoContext): Promise<StepResult> {
         e.message + (permissions ? `. To change: ${ctx.features.access.summary}` : ""),
       );
     }
-    const message = e instanceof Error ? e.message : String(e);
-    if (e instanceof LiveSnapshotError && /Requires \w+ access/.test(message)) return stop("refused", message);
+    // A Worker refused its module (a permission the check above could not see): its first line says which.
+    // deno-lint-ignore no-control-regex
+    const first = (e instanceof Error ? e.message : String(e)).split("\n")[0]!.replace(/\x1b\[[0-9;]*m/g, "");
+    if (e instanceof LiveSnapshotError && /Requires \w+ access/.test(first)) return stop("refused", first);
     throw e;
   }
   await using snap = taken.result;
