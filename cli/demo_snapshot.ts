@@ -114,8 +114,9 @@ function describeCheck(c: SnapshotCheck, takeMs: number, passesAtDone: number): 
       `consistent: yes — all ${bytes(c.bytes)} are, byte for byte, the memory ${where}, one of the ` +
       `${count(w.stores + 1)} instants between take() being called and returning ${takeMs.toFixed(0)} ms later: ` +
       `${during}.`,
-      `Checked by replaying the writer's log, store by store: every pass that ended before take() began is in ` +
-      `the image, none that began after it returned, and of those in between exactly a first part. The writer ` +
+      `Checked by replaying the writer's log, store by store: the image holds every store of the passes that ` +
+      `ended before take() began, none of those that began after it returned, and of the stores in between ` +
+      `exactly those up to one instant. The writer ` +
       `made ${count(Math.max(0, passesAtDone - i.pass))} more passes while the pages were being saved: none of ` +
       `their stores is in the image.`,
     ];
