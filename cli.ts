@@ -29,15 +29,19 @@ interface Command {
 
 const COMMANDS: Record<string, Command> = {
   demo: {
-    summary: "a short guided run: the feature summary, then a live write watch over running wasm",
+    summary: "a short guided run: features, then a live write watch and a live snapshot of running wasm",
     usage: "uffd demo [--json] [--backend NAME] [--decline NAME,...]",
     details: "Prints what this kernel offers, then watches a shared WebAssembly.Memory that a wasm module in a\n" +
       "Worker keeps writing to: every 150 ms one WriteWatch.collect() (WP_ASYNC + PAGEMAP_SCAN), printed as a\n" +
-      "page heat map and checked against the writer's own log. Under 2 seconds.\n" +
+      "page heat map and checked against the writer's own log. Then LiveSnapshot.take() copies that memory\n" +
+      "while the writer goes on, and the copy is checked to be, byte for byte, the memory at one instant\n" +
+      "between take() being called and returning. A few seconds.\n" +
       "--backend NAME   use this write-watch backend (async, sync, soft-dirty; default: the best available)\n" +
-      "--decline NAME   let automatic selection skip this backend (repeatable, or comma-separated)\n" +
-      "Exits 0 when the watch ran (or this kernel lacks what it needs: it says so), 1 when a check failed,\n" +
-      "3 when the permissions or a forced backend refuse it.",
+      "--decline NAME   let automatic selection skip this backend, or make the watch and the snapshot do\n" +
+      "                 without this userfaultfd feature (e.g. WP_UNPOPULATED); repeatable, or comma-separated\n" +
+      "Exits 0 when every step ran (or this kernel lacks what one needs: it says so), 1 when a check failed,\n" +
+      "3 when the permissions (the snapshot's Workers need --allow-read of the package) or a forced backend\n" +
+      "refuse it.",
     load: () => import("./cli/demo.ts"),
   },
   features: {

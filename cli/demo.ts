@@ -8,8 +8,10 @@
  *    `WebAssembly.Memory` that a wasm module keeps writing to from a Worker
  *    ({@link ./demo_writer.ts}), as a page heat map per round, each round checked
  *    against the writer's own log.
- * 3. (to come, issue 5) a live snapshot of that memory while the writer runs: see
- *    `STEPS` below.
+ * 3. `liveSnapshot` — a live snapshot ({@link ./demo_snapshot.ts}) of that memory
+ *    while the writer keeps writing, into a `Uint8Array`, checked against the
+ *    writer's log: byte for byte the memory at one instant between `take()` being
+ *    called and returning.
  *
  * The writer is shared by the steps: {@linkcode DemoContext.writer} starts it on
  * first use, and the demo stops it at the end.
@@ -28,12 +30,14 @@
  */
 
 import { parseArgs } from "node:util";
+import { type Feature, FEATURES } from "../uapi.ts";
 import type { WriteWatchBackendName } from "../watch_backend.ts";
 import type { WriteWatchOptions } from "../write_watch.ts";
 import { type FeaturesReport, featuresReport } from "./features.ts";
 import { bold, dim, EXIT, green, printJson, red, UsageError } from "./output.ts";
 import { WasmWriter } from "./demo_writer.ts";
 import { liveWriteWatch, wrap } from "./demo_watch.ts";
+import { liveSnapshot } from "./demo_snapshot.ts";
 
 /** What every step gets. */
 export interface DemoContext {
@@ -45,6 +49,8 @@ export interface DemoContext {
   readonly features: FeaturesReport;
   /** The options for `WriteWatch.start` (`--backend`, `--decline`). */
   readonly watchOptions: WriteWatchOptions;
+  /** The userfaultfd features `LiveSnapshot.take` must do without (`--decline FEATURE`). */
+  readonly snapshotDecline: readonly Feature[];
   /** The running wasm writer: started on first use, stopped when the demo ends. */
   writer(): Promise<WasmWriter>;
 }
@@ -100,22 +106,11 @@ function featureSummary(ctx: DemoContext): Promise<StepResult> {
   });
 }
 
-/**
- * The steps, in order. The live snapshot (issue 5) goes in as the third:
- *
- * ```ts ignore
- * { key: "snapshot", run: liveSnapshot },
- * ```
- *
- * where `liveSnapshot(ctx)` (in `cli/demo_snapshot.ts`) takes `await ctx.writer()`
- * — the same writer, still running — snapshots `writer.memory` inside
- * `writer.mark(...)` (so the writer's log can tell which pages it wrote while the
- * snapshot was taken), prints what it took, and returns its `StepResult`.
- */
+/** The steps, in order; they share the writer, which keeps running from one to the next. */
 const STEPS: readonly DemoStep[] = [
   { key: "features", run: featureSummary },
   { key: "writeWatch", run: liveWriteWatch },
-  // { key: "snapshot", run: liveSnapshot }, // issue 5: then a live snapshot of the memory while the writer runs
+  { key: "liveSnapshot", run: liveSnapshot },
 ];
 
 const BACKENDS: readonly WriteWatchBackendName[] = ["async", "sync", "soft-dirty"];
@@ -125,6 +120,17 @@ function backendName(value: string, option: string): WriteWatchBackendName {
     throw new UsageError(`--${option}: unknown backend "${value}" (${BACKENDS.join(", ")})`);
   }
   return value as WriteWatchBackendName;
+}
+
+/** `--decline NAME`: a write-watch backend, or a userfaultfd feature (for the watch and the snapshot). */
+function declined(value: string): WriteWatchBackendName | Feature {
+  if (FEATURES.some((f) => f.name === value)) return value as Feature;
+  if ((BACKENDS as readonly string[]).includes(value)) return value as WriteWatchBackendName;
+  throw new UsageError(
+    `--decline: "${value}" is neither a backend (${
+      BACKENDS.join(", ")
+    }) nor a userfaultfd feature (e.g. WP_UNPOPULATED)`,
+  );
 }
 
 /** Runs `uffd demo [--json] [--backend NAME] [--decline NAME,…]`. */
@@ -138,8 +144,9 @@ export async function run(args: string[]): Promise<number> {
   if (values.backend !== undefined && values.backend !== "auto") {
     watchOptions.backend = backendName(values.backend, "backend");
   }
-  const declined = (values.decline ?? []).flatMap((d) => d.split(",")).filter((d) => d !== "");
-  if (declined.length > 0) watchOptions.decline = declined.map((d) => backendName(d, "decline"));
+  const decline = (values.decline ?? []).flatMap((d) => d.split(",")).filter((d) => d !== "").map(declined);
+  if (decline.length > 0) watchOptions.decline = decline;
+  const snapshotDecline = decline.filter((d): d is Feature => !(BACKENDS as readonly string[]).includes(d));
 
   const json = values.json ?? false;
   let writer: Promise<WasmWriter> | undefined;
@@ -148,6 +155,7 @@ export async function run(args: string[]): Promise<number> {
     say: json ? () => {} : (line = "") => console.log(line),
     features: featuresReport(),
     watchOptions,
+    snapshotDecline,
     writer: () => writer ??= WasmWriter.start(),
   };
   const document: Record<string, unknown> = {

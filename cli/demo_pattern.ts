@@ -1,7 +1,8 @@
 /**
- * What the demo's wasm writer writes: a layout of regions in its memory, and the
- * runs of pages one pass writes ({@linkcode passRuns}). Pure functions, shared by
- * the main thread (to draw the regions) and the Worker (to write them).
+ * What the demo's wasm writer writes: a layout of regions in its memory, the
+ * runs of pages one pass writes ({@linkcode passRuns}), and where in each page it
+ * puts its stamp ({@linkcode stampOffset}). Pure functions, shared by the main
+ * thread (to draw the regions, to replay the writes) and the Worker (to make them).
  *
  * @example
  * ```ts
@@ -77,4 +78,19 @@ export function passRuns(layout: WriterLayout, elapsedMs: number, marks: number)
     Math.ceil(stripes.pages / stride),
     stride,
   ];
+}
+
+/**
+ * Where pass `pass` (1 for the first) stores its stamp in each page it writes:
+ * the passes take the page's 8-byte slots in turn, so that a page keeps the
+ * stamps of its last `pageSize / 8` writes.
+ *
+ * @example
+ * ```ts
+ * import { stampOffset } from "./demo_pattern.ts";
+ * console.log(stampOffset(1, 4096), stampOffset(511, 4096), stampOffset(512, 4096)); // 8 4088 0
+ * ```
+ */
+export function stampOffset(pass: number, pageSize: number): number {
+  return (pass * 8) % pageSize;
 }

@@ -340,9 +340,7 @@ export async function liveWriteWatch(ctx: DemoContext): Promise<StepResult> {
   const collectMs = rounds.map((r) => r.collectMs);
   const summary = `${ROUNDS} rounds in ${(elapsed / 1000).toFixed(2)} s, each collect() ` +
     `${Math.min(...collectMs).toFixed(2)}–${Math.max(...collectMs).toFixed(2)} ms; the writer made ` +
-    `${last.writer.passes} passes (${
-      last.writer.stores.toLocaleString("en-US")
-    } byte stores) and kept going throughout.`;
+    `${last.writer.passes} passes (${last.writer.stores.toLocaleString("en-US")} stores) and kept going throughout.`;
   for (const line of wrap(summary)) ctx.say(dim(line));
   const failed = rounds.filter((r) => !r.check.ok).map((r) => r.round);
   return {

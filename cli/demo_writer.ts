@@ -1,12 +1,14 @@
 /**
  * The demo's running program: a small WebAssembly module ({@link ./demo_wasm.ts})
  * that a Worker runs in a loop over a shared `WebAssembly.Memory`, on its own OS
- * thread, while the main thread watches that memory.
+ * thread, while the main thread watches that memory, or snapshots it.
  *
- * The writer works in passes (one every 2 ms or so). Each pass writes one byte
- * into each page of a few regions — its "globals" (the first pages, every pass), a
- * hot spot that moves along the memory with time, and stripes whose stride changes
- * with every mark ({@linkcode passRuns}) — and records which pages it wrote.
+ * The writer works in passes (one every 2 ms or so). Pass `g` (1 for the first)
+ * stores one 8-byte stamp, `g << 32 | page`, into each page of a few regions — its
+ * "globals" (the first pages, every pass), a hot spot that moves along the memory
+ * with time, and stripes whose stride changes with every mark
+ * ({@linkcode passRuns}) — in its own slot of the page ({@linkcode stampOffset}),
+ * in ascending page order, and records which pages it wrote.
  *
  * **Marks tie the writer's log to the main thread's actions.** The main thread wraps
  * each action it wants to compare against (starting a watch, each `collect()`) in
@@ -28,6 +30,11 @@
  * Both are final for mark `m` once the writer has recorded a pass that began after
  * action `m` returned ({@linkcode WasmWriter.settled}).
  *
+ * **The pass log** ({@linkcode WasmWriter.passLog}) keeps, per pass, `before`,
+ * `after` and its runs: enough to replay every store the writer made, in order,
+ * and so to know what the memory held after any one of them (the writer is the
+ * only one writing it, and it starts as zeros).
+ *
  * @example
  * ```ts
  * import { WasmWriter } from "./demo_writer.ts";
@@ -41,7 +48,7 @@
  */
 
 import { Region } from "../region.ts";
-import { WASM_STRIDE_BYTES } from "./demo_wasm.ts";
+import { WASM_WRITER_BYTES } from "./demo_wasm.ts";
 import { demoLayout, type WriterLayout } from "./demo_pattern.ts";
 import { writerWorkerSource } from "./demo_writer_worker.ts";
 
@@ -57,11 +64,43 @@ export const SLOT = {
   stop: 2,
   /** Passes completed. */
   passes: 3,
-  /** Bytes stored, all passes. */
+  /** Stores (stamps) made, all passes. */
   stores: 4,
   /** The `done` value read at the start of the last recorded pass (-1: none yet). */
   recorded: 5,
+  /** Passes in the pass log (its entries `1 … logged` are complete). */
+  logged: 6,
 } as const;
+
+/** The fields of one pass's entry in the pass log (an `Int32Array`, entry `g` at `g × size`). */
+export const PASS_LOG_FIELDS = {
+  /** `done` read before the pass's first store. */
+  before: 0,
+  /** `started` read after its last store. */
+  after: 1,
+  /** Its runs, `[firstPage, count, stepPages] × 3`. */
+  runs: 2,
+  /** Int32 slots per entry. */
+  size: 11,
+} as const;
+
+/** One pass of the writer, as the pass log records it. */
+export interface PassRecord {
+  /** `done` read before its first store: every mark up to this one had returned. */
+  readonly before: number;
+  /** `started` read after its last store: no mark after this one had begun. */
+  readonly after: number;
+  /** What it wrote: `[firstPage, count, stepPages, …]` ({@linkcode passRuns}), stamps in this order. */
+  readonly runs: ArrayLike<number>;
+}
+
+/** The writer's passes, as far as they are logged. */
+export interface PassLog {
+  /** Passes logged: `1 … count`. */
+  readonly count: number;
+  /** Pass `pass` (`1 … count`). */
+  at(pass: number): PassRecord;
+}
 
 /** What the Worker is started with. */
 export interface WriterInit {
@@ -77,8 +116,14 @@ export interface WriterInit {
   due: SharedArrayBuffer;
   /** `may`, a `Uint8Array` of `(maxMarks + 1) × pages`. */
   may: SharedArrayBuffer;
+  /** The pass log, an `Int32Array` of `(maxPasses + 1) × PASS_LOG_FIELDS.size`. */
+  passLog: SharedArrayBuffer;
   /** The last mark index the log has room for. */
   maxMarks: number;
+  /** The last pass the pass log has room for. */
+  maxPasses: number;
+  /** The pass log's fields. */
+  passLogFields: typeof PASS_LOG_FIELDS;
   /** Pause between passes, in milliseconds. */
   pauseMs: number;
   /** The wasm module's bytes. */
@@ -97,6 +142,8 @@ export interface WasmWriterOptions {
   pauseMs?: number;
   /** Marks the log has room for (default 64). */
   maxMarks?: number;
+  /** Passes the pass log has room for (default 16 384: half a minute at the default pause). */
+  maxPasses?: number;
   /** How long to wait for the Worker's first pass (default 10 s). */
   startTimeoutMs?: number;
 }
@@ -109,7 +156,7 @@ export interface Mark<T> {
   result: T;
   /** Passes the writer had completed when the action returned. */
   passes: number;
-  /** Bytes the writer had stored when the action returned. */
+  /** Stores (stamps) the writer had made when the action returned. */
   stores: number;
   /** How long the action took, in milliseconds. */
   ms: number;
@@ -142,6 +189,7 @@ export class WasmWriter implements AsyncDisposable {
   readonly #control: Int32Array<SharedArrayBuffer>;
   readonly #due: Int32Array<SharedArrayBuffer>;
   readonly #may: Uint8Array<SharedArrayBuffer>;
+  readonly #passLog: Int32Array<SharedArrayBuffer>;
   readonly #stopped: Promise<void>;
   #error: string | undefined;
   #marks = 0;
@@ -163,9 +211,11 @@ export class WasmWriter implements AsyncDisposable {
     const control = new SharedArrayBuffer(8 * 4);
     const due = new SharedArrayBuffer(4 * (this.maxMarks + 1) * pages);
     const may = new SharedArrayBuffer((this.maxMarks + 1) * pages);
+    const passLog = new SharedArrayBuffer(4 * (options.maxPasses + 1) * PASS_LOG_FIELDS.size);
     this.#control = new Int32Array(control);
     this.#due = new Int32Array(due);
     this.#may = new Uint8Array(may);
+    this.#passLog = new Int32Array(passLog);
     Atomics.store(this.#control, SLOT.recorded, -1);
     // From a blob: URL, so that no permission is needed (see demo_writer_worker.ts).
     const url = URL.createObjectURL(new Blob([writerWorkerSource()], { type: "text/javascript" }));
@@ -186,9 +236,12 @@ export class WasmWriter implements AsyncDisposable {
       control,
       due,
       may,
+      passLog,
       maxMarks: this.maxMarks,
+      maxPasses: options.maxPasses,
+      passLogFields: PASS_LOG_FIELDS,
       pauseMs: options.pauseMs,
-      wasm: WASM_STRIDE_BYTES,
+      wasm: WASM_WRITER_BYTES,
       slot: SLOT,
     };
     this.#worker.postMessage(init);
@@ -201,6 +254,7 @@ export class WasmWriter implements AsyncDisposable {
       crossMs: options.crossMs ?? 900,
       pauseMs: options.pauseMs ?? 2,
       maxMarks: options.maxMarks ?? 64,
+      maxPasses: options.maxPasses ?? 16_384,
       startTimeoutMs: options.startTimeoutMs ?? 10_000,
     });
     try {
@@ -222,7 +276,7 @@ export class WasmWriter implements AsyncDisposable {
     return Atomics.load(this.#control, SLOT.passes);
   }
 
-  /** Bytes stored so far. */
+  /** Stores (stamps) made so far. */
   get stores(): number {
     return Atomics.load(this.#control, SLOT.stores);
   }
@@ -252,6 +306,33 @@ export class WasmWriter implements AsyncDisposable {
   }
 
   /**
+   * Runs the asynchronous `action` as the next mark: like {@linkcode mark}, with
+   * `done` raised once its promise has settled.
+   *
+   * @example
+   * ```ts
+   * import { WasmWriter } from "./demo_writer.ts";
+   * await using writer = await WasmWriter.start({ pages: 64 });
+   * const m = await writer.markAsync(() => new Promise((r) => setTimeout(() => r("ok"), 20)));
+   * console.log(m.index, m.result, m.ms >= 19); // 1 ok true
+   * ```
+   */
+  async markAsync<T>(action: () => Promise<T>): Promise<Mark<T>> {
+    const index = this.#marks + 1;
+    if (index > this.maxMarks) throw new RangeError(`WasmWriter: the log has room for ${this.maxMarks} marks`);
+    this.#marks = index;
+    Atomics.store(this.#control, SLOT.started, index);
+    const t0 = performance.now();
+    try {
+      const result = await action();
+      const ms = performance.now() - t0;
+      return { index, result, passes: this.passes, stores: this.stores, ms };
+    } finally {
+      Atomics.store(this.#control, SLOT.done, index);
+    }
+  }
+
+  /**
    * Waits until the log is final for mark `index`: the writer has recorded a pass
    * that began after the mark's action returned. Throws when the writer stopped or
    * did not get there within `timeoutMs`.
@@ -268,6 +349,37 @@ export class WasmWriter implements AsyncDisposable {
   /** `may` for mark `index` (see the module documentation): one entry per page. */
   mayAt(index: number): Uint8Array {
     return this.#may.subarray(index * this.pages, (index + 1) * this.pages);
+  }
+
+  /**
+   * The pass log as far as it goes now (see the module documentation). Its
+   * entries are final: read them at any time.
+   *
+   * @example
+   * ```ts
+   * import { WasmWriter } from "./demo_writer.ts";
+   * await using writer = await WasmWriter.start({ pages: 64 });
+   * const log = writer.passLog;
+   * console.log(log.count >= 1, log.at(1).runs.length); // true 9
+   * ```
+   */
+  get passLog(): PassLog {
+    const entries = this.#passLog;
+    const count = Atomics.load(this.#control, SLOT.logged);
+    return {
+      count,
+      at(pass: number): PassRecord {
+        if (!Number.isInteger(pass) || pass < 1 || pass > count) {
+          throw new RangeError(`WasmWriter.passLog: no pass ${pass} (1 … ${count})`);
+        }
+        const at = pass * PASS_LOG_FIELDS.size;
+        return {
+          before: entries[at + PASS_LOG_FIELDS.before]!,
+          after: entries[at + PASS_LOG_FIELDS.after]!,
+          runs: entries.subarray(at + PASS_LOG_FIELDS.runs, at + PASS_LOG_FIELDS.size),
+        };
+      },
+    };
   }
 
   /** Stops the writer and waits for its Worker to finish (bounded), then terminates it. */

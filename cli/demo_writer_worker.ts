@@ -1,13 +1,14 @@
 /**
- * The demo writer's Worker: runs the wasm module's `stride` in passes over the
+ * The demo writer's Worker: runs the wasm module's `stamp` in passes over the
  * shared memory until told to stop, and logs each pass against the main thread's
  * marks (see `demo_writer.ts` for why this order of loads and stores makes the log
- * exact). Answers `"stopped"` when it stops.
+ * exact) and in the pass log (what it wrote, for a replay). Answers `"stopped"`
+ * when it stops.
  *
  * The Worker runs from a `blob:` URL built from this function's source text
  * ({@linkcode writerWorkerSource}), so starting it needs no permission at all (a
- * Worker loaded from a file needs `--allow-read`, which `uffd demo` does not ask
- * for). That is why {@linkcode writerWorker} refers to nothing outside itself: what
+ * Worker loaded from a file needs `--allow-read`, which the writer should not
+ * need). That is why {@linkcode writerWorker} refers to nothing outside itself: what
  * it needs comes as arguments or in the init message.
  *
  * @example
@@ -19,7 +20,7 @@
  * @module
  */
 
-import { passRuns } from "./demo_pattern.ts";
+import { passRuns, stampOffset } from "./demo_pattern.ts";
 import type { WriterInit } from "./demo_writer.ts";
 
 /** The part of a Worker's global scope the writer uses. */
@@ -28,6 +29,14 @@ export interface WriterScope {
   onmessage: ((e: MessageEvent<WriterInit>) => void) | null;
   /** Answers `"stopped"`. */
   postMessage(message: unknown): void;
+}
+
+/** The pure functions the Worker's code uses (passed in, because its source text must stand alone). */
+export interface WriterPattern {
+  /** {@linkcode passRuns}. */
+  passRuns: typeof passRuns;
+  /** {@linkcode stampOffset}. */
+  stampOffset: typeof stampOffset;
 }
 
 /**
@@ -39,16 +48,24 @@ export interface WriterScope {
  * console.log(writerWorker.length); // 2
  * ```
  */
-export function writerWorker(scope: WriterScope, runsOf: typeof passRuns): void {
+export function writerWorker(scope: WriterScope, pattern: WriterPattern): void {
   scope.onmessage = (e) => {
-    const { memory, pageSize, layout, maxMarks, pauseMs, slot } = e.data;
+    const { memory, pageSize, layout, maxMarks, maxPasses, pauseMs, slot, passLogFields: fields } = e.data;
     const instance = new WebAssembly.Instance(new WebAssembly.Module(e.data.wasm as Uint8Array<ArrayBuffer>), {
       env: { memory },
     });
-    const stride = instance.exports.stride as (at: number, step: number, count: number, value: number) => void;
+    const stamp = instance.exports.stamp as (
+      at: number,
+      step: number,
+      count: number,
+      pass: number,
+      page: number,
+      pageStep: number,
+    ) => void;
     const control = new Int32Array(e.data.control);
     const due = new Int32Array(e.data.due);
     const may = new Uint8Array(e.data.may);
+    const passLog = new Int32Array(e.data.passLog);
     const pages = layout.pages;
     const nap = new Int32Array(new SharedArrayBuffer(4));
     const t0 = performance.now();
@@ -56,14 +73,15 @@ export function writerWorker(scope: WriterScope, runsOf: typeof passRuns): void 
     while (Atomics.load(control, slot.stop) === 0) {
       // Every mark up to `before` returned before the first store of this pass.
       const before = Atomics.load(control, slot.done);
-      const runs = runsOf(layout, performance.now() - t0, before);
+      const runs = pattern.passRuns(layout, performance.now() - t0, before);
+      pass++;
+      const offset = pattern.stampOffset(pass, pageSize);
       let stores = 0;
       for (let i = 0; i < runs.length; i += 3) {
         const [first, count, step] = [runs[i]!, runs[i + 1]!, runs[i + 2]!];
-        stride(first * pageSize + ((pass * 64) % pageSize), step * pageSize, count, pass & 0xff);
+        stamp(first * pageSize + offset, step * pageSize, count, pass, first, step);
         stores += count;
       }
-      pass++;
       Atomics.add(control, slot.stores, stores);
       // A sequentially consistent store: every store of the pass is performed before
       // it, and the load of `started` below cannot move above it.
@@ -79,6 +97,13 @@ export function writerWorker(scope: WriterScope, runsOf: typeof passRuns): void 
           for (let m = lo; m <= Math.min(hi, maxMarks); m++) may[m * pages + page] = 1;
         }
       }
+      if (pass <= maxPasses) {
+        const at = pass * fields.size;
+        passLog[at + fields.before] = before;
+        passLog[at + fields.after] = after;
+        passLog.set(runs, at + fields.runs);
+        Atomics.store(control, slot.logged, pass); // the entry is complete
+      }
       Atomics.store(control, slot.recorded, before);
       Atomics.wait(nap, 0, 0, pauseMs);
     }
@@ -87,7 +112,8 @@ export function writerWorker(scope: WriterScope, runsOf: typeof passRuns): void 
 }
 
 /**
- * The Worker's source: {@linkcode passRuns} and {@linkcode writerWorker}, as text.
+ * The Worker's source: {@linkcode passRuns}, {@linkcode stampOffset} and
+ * {@linkcode writerWorker}, as text.
  *
  * @example
  * ```ts
@@ -98,5 +124,6 @@ export function writerWorker(scope: WriterScope, runsOf: typeof passRuns): void 
  * ```
  */
 export function writerWorkerSource(): string {
-  return `const passRuns = ${passRuns.toString()};\n(${writerWorker.toString()})(self, passRuns);\n`;
+  return `const pattern = { passRuns: ${passRuns.toString()}, stampOffset: ${stampOffset.toString()} };\n` +
+    `(${writerWorker.toString()})(self, pattern);\n`;
 }

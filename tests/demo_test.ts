@@ -1,18 +1,20 @@
 /**
  * `uffd demo` as a user runs it (a subprocess: exit code, stdout, stderr, time),
  * its JSON checked independently of the demo's own check, its fallbacks forced
- * with `--decline` and `--backend`; and the round check itself on the real kernel,
+ * with `--decline` and `--backend`; the round check itself on the real kernel,
  * shown to fail when a write is really lost or a page really was not written by
- * the writer.
+ * the writer; and the snapshot check on a real live snapshot, shown to fail on an
+ * image with a page taken later, a page taken earlier, or halves copied apart.
  */
 
 import assert from "node:assert/strict";
-import { type WriteSet, WriteWatch } from "../mod.ts";
+import { Feature, LiveSnapshot, type WriteSet, WriteWatch } from "../mod.ts";
 import { checkRound, ROUNDS } from "../cli/demo_watch.ts";
+import { checkSnapshot } from "../cli/demo_snapshot_check.ts";
 import { WasmWriter } from "../cli/demo_writer.ts";
 import { wasmStrideWriter } from "../cli/demo_wasm.ts";
 import { hasStackTrace, onPath, runCli, runCliOnTerminal } from "./cli_run.ts";
-import { skipUnless } from "./helpers.ts";
+import { needs, needsPagemapScan, skipUnless } from "./helpers.ts";
 
 const backends = WriteWatch.backends();
 const best = backends.find((b) => b.available);
@@ -20,6 +22,56 @@ const best = backends.find((b) => b.available);
 /** `ignore:` for tests that need some write-watch backend. */
 function needsAnyBackend(): boolean {
   return skipUnless(best !== undefined, `no write-watch backend here: ${backends.map((b) => b.reason).join("; ")}`);
+}
+
+/** What `LiveSnapshot` needs. */
+const SNAPSHOT_FEATURES = [Feature.PAGEFAULT_FLAG_WP, Feature.EVENT_REMOVE, Feature.EVENT_UNMAP, Feature.EVENT_REMAP];
+
+/** `ignore:` for tests that need a live snapshot. */
+function needsLiveSnapshot(): boolean {
+  return needs(...SNAPSHOT_FEATURES) || needsPagemapScan();
+}
+
+/** The demo's `liveSnapshot` key, as far as the tests read it. */
+interface SnapshotStep {
+  status: string;
+  reason?: string;
+  pages: number;
+  bytes: number;
+  savedPages: number;
+  byFault: number;
+  byCopier: number;
+  faults: number;
+  elapsedMs: number;
+  bytesPerSecond: number;
+  takeMs: number;
+  wpUnpopulated: boolean;
+  consistent: boolean;
+  check: {
+    ok: boolean;
+    instant: { pass: number; store: number; storesInPass: number; totalStores: number };
+    window: { afterPass: number; untilPass: number; passes: number; stores: number };
+    newestStamp: number;
+    bytes: number;
+  };
+}
+
+/** The JSON's snapshot step, checked for what holds whenever it ran: every page saved once, one instant in the window. */
+function assertSnapshotRan(snap: SnapshotStep, memoryBytes: number): void {
+  assert.equal(snap.status, "ok", snap.reason);
+  assert.equal(snap.consistent, true);
+  assert.equal(snap.check.ok, true);
+  assert.equal(snap.bytes, memoryBytes);
+  assert.equal(snap.check.bytes, memoryBytes, "the whole image was compared");
+  assert.equal(snap.savedPages, snap.pages, "every page saved");
+  assert.equal(snap.byFault + snap.byCopier, snap.savedPages, "each page saved once, by a fault or by the copier");
+  assert.ok(snap.faults >= snap.byFault, "a page saved by a fault was faulted on");
+  assert.ok(snap.elapsedMs > 0 && snap.bytesPerSecond > 0 && snap.takeMs > 0);
+  const { instant, window, newestStamp } = snap.check;
+  assert.ok(instant.pass >= window.afterPass && instant.pass <= window.untilPass, JSON.stringify(snap.check));
+  assert.ok(instant.store >= 1 && instant.store <= instant.storesInPass, JSON.stringify(instant));
+  assert.equal(newestStamp, instant.pass, "the newest stamp in the image is the instant's pass");
+  assert.ok(window.passes >= 1, "the writer made at least one pass while take() ran");
 }
 
 interface Round {
@@ -32,9 +84,11 @@ interface Round {
 }
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+const last = <T>(items: T[]): T => items[items.length - 1]!;
 
 Deno.test({
-  name: "demo --json: under 10 s, one document, every round reports what the writer wrote before it and nothing else",
+  name: "demo --json: under 10 s, one document, every round reports what the writer wrote before it and nothing " +
+    "else, the snapshot is the memory at one instant",
   ignore: needsAnyBackend(),
   async fn() {
     const t0 = performance.now();
@@ -82,11 +136,17 @@ Deno.test({
     const hot = (r: Round) =>
       Math.max(...r.pages.filter((p) => p >= watch.layout.hotSpot.first && p < stripes.first - 8));
     assert.ok(hot(rounds[rounds.length - 1]!) > hot(rounds[0]!), "the hot spot moved");
+    // Then the live snapshot of the same memory, the writer still running.
+    if (needsLiveSnapshot()) return;
+    const snap: SnapshotStep = doc.liveSnapshot;
+    assertSnapshotRan(snap, watch.memory.bytes);
+    assert.equal(snap.wpUnpopulated, true);
+    assert.ok(snap.check.instant.pass >= last(rounds).writer.passes, "the snapshot came after the watch's last round");
   },
 });
 
 Deno.test({
-  name: "demo (text): feature summary, then a heat map per round that fits 80 columns, each round checked",
+  name: "demo (text): feature summary, a heat map per round that fits 80 columns, each round checked, the snapshot",
   ignore: needsAnyBackend(),
   async fn() {
     const { code, stdout, stderr } = await runCli(["demo"]);
@@ -106,6 +166,14 @@ Deno.test({
     assert.doesNotMatch(stdout, /✗/);
     // deno-lint-ignore no-control-regex
     assert.doesNotMatch(stdout, /\x1b\[/, "NO_COLOR: no escapes");
+    // The live snapshot, after the rounds: its figures and its check.
+    const snapshot = stdout.slice(stdout.indexOf("\nlive snapshot\n"));
+    assert.ok(snapshot.length > 0 && stdout.indexOf("\nlive snapshot\n") > stdout.lastIndexOf("written before"));
+    assert.match(snapshot, /^256 pages \(1 MiB\) saved in [\d.]+ ms from the instant the memory was protected;/m);
+    assert.match(snapshot, /^Saved by the copier: \d+; by faults: \d+ /m);
+    assert.match(snapshot, /^Bandwidth: [\d.]+ [KMG]?i?B\/s /m);
+    assert.match(snapshot, /^✓ consistent: yes — all 1 MiB are, byte for byte, the memory right after the/m);
+    for (const line of snapshot.split("\n")) assert.ok(line.length <= 80, `${line.length} columns: ${line}`);
   },
 });
 
@@ -164,6 +232,120 @@ Deno.test("demo usage: --help lists the options; bad options exit 2 with one lin
     assert.equal(r.stdout, "");
     assert.equal(r.stderr.trim().split("\n").length, 1, r.stderr);
   }
+});
+
+Deno.test({
+  name: "demo --decline WP_UNPOPULATED: the snapshot maps never-touched pages to the zero page first, still consistent",
+  ignore: needsAnyBackend() || needsLiveSnapshot(),
+  async fn() {
+    const { code, stdout, stderr } = await runCli(["demo", "--json", "--decline", "WP_UNPOPULATED"]);
+    assert.equal(code, 0, stderr);
+    const doc = JSON.parse(stdout);
+    assertSnapshotRan(doc.liveSnapshot, doc.writeWatch.memory.bytes);
+    assert.equal(doc.liveSnapshot.wpUnpopulated, false);
+    assert.deepEqual(doc.liveSnapshot.decline, ["WP_UNPOPULATED"]);
+  },
+});
+
+Deno.test("demo --decline PAGEFAULT_FLAG_WP: the snapshot is skipped with its reason, and the demo exits 0", async () => {
+  const { code, stdout, stderr } = await runCli(["demo", "--json", "--decline", "PAGEFAULT_FLAG_WP"]);
+  assert.equal(code, 0, stderr);
+  assert.equal(stderr, "");
+  const snap = JSON.parse(stdout).liveSnapshot;
+  assert.equal(snap.status, "skipped");
+  assert.match(snap.reason, /^live snapshot skipped: .*PAGEFAULT_FLAG_WP.*declined/);
+  assert.equal(snap.consistent, undefined, "no figures for a snapshot that was not taken");
+  const text = await runCli(["demo", "--decline", "PAGEFAULT_FLAG_WP"]);
+  assert.equal(text.code, 0, text.stderr);
+  assert.match(text.stdout, /^live snapshot skipped: .*PAGEFAULT_FLAG_WP/m);
+  assert.doesNotMatch(text.stdout, /consistent:/);
+});
+
+// ---------------------------------------------------------------------------
+// The snapshot check, on the real kernel
+
+/** A writer and one live snapshot of its memory taken as a mark; the writer keeps going. */
+async function snapshotOfWriter() {
+  const writer = await WasmWriter.start();
+  try {
+    await sleep(20);
+    const earlier = writer.memory.buffer.slice(0); // a plain copy, before the snapshot
+    const copied = writer.passes;
+    await waitPasses(writer, copied + 2); // so that pass copied + 2 ended before take() began
+    const sink = new Uint8Array(writer.memory.buffer.byteLength);
+    const taken = await writer.markAsync(() => LiveSnapshot.take(writer.memory, { sink }));
+    const result = await taken.result.done;
+    await writer.settled(taken.index);
+    return { writer, sink, mark: taken.index, result, earlier: new Uint8Array(earlier) };
+  } catch (e) {
+    await writer.stop();
+    throw e;
+  }
+}
+
+async function waitPasses(writer: WasmWriter, passes: number): Promise<void> {
+  const deadline = performance.now() + 5000;
+  while (writer.passes < passes) {
+    assert.ok(performance.now() < deadline, `the writer did not reach pass ${passes}`);
+    await sleep(1);
+  }
+}
+
+Deno.test({
+  name: "snapshot check: a live snapshot of the running writer is the memory at one instant; the same image with " +
+    "one page taken later, or earlier, is not, and the check names that page",
+  ignore: needsLiveSnapshot(),
+  async fn() {
+    const { writer, sink, mark, result, earlier } = await snapshotOfWriter();
+    try {
+      const P = writer.pageSize;
+      assert.equal(result.savedPages, writer.pages);
+      const check = checkSnapshot(sink, writer.passLog, mark, P);
+      assert.equal(check.ok, true, JSON.stringify(check));
+      assert.ok(check.window.passes >= 1, "the writer made passes while take() ran");
+      // Page 0 (the writer's globals, stamped by every pass) as it is now, after passes that began
+      // after take() returned: no instant of the window has it.
+      const later = sink.slice();
+      later.set(new Uint8Array(writer.memory.buffer, 0, P), 0);
+      const torn = checkSnapshot(later, writer.passLog, mark, P);
+      assert.equal(torn.ok, false);
+      assert.deepEqual(torn.closest?.pages, [0]);
+      // Page 0 as it was before passes that ended before take() began: no instant of the window lacks them.
+      const stale = sink.slice();
+      stale.set(earlier.subarray(0, P), 0);
+      const old = checkSnapshot(stale, writer.passLog, mark, P);
+      assert.equal(old.ok, false);
+      assert.deepEqual(old.closest?.pages, [0]);
+      // A page moved to another page's place.
+      const moved = sink.slice();
+      moved.copyWithin(5 * P, 0, P);
+      assert.deepEqual(checkSnapshot(moved, writer.passLog, mark, P).closest?.pages, [5]);
+    } finally {
+      await writer.stop();
+    }
+  },
+});
+
+Deno.test("snapshot check: two halves copied a few passes apart match no instant", async () => {
+  await using writer = await WasmWriter.start();
+  await sleep(20);
+  const P = writer.pageSize;
+  const half = writer.memory.buffer.byteLength / 2;
+  const image = new Uint8Array(2 * half);
+  const { index } = await writer.markAsync(async () => {
+    image.set(new Uint8Array(writer.memory.buffer, 0, half), 0);
+    // Pass `copied + 2` begins after `copied + 1` ends, so after the first half was copied;
+    // it ends before the second half is: the halves disagree about it (globals first, stripes last).
+    const copied = writer.passes;
+    await waitPasses(writer, copied + 2);
+    image.set(new Uint8Array(writer.memory.buffer, half, half), half);
+  });
+  await writer.settled(index);
+  const check = checkSnapshot(image, writer.passLog, index, P);
+  assert.equal(check.ok, false, JSON.stringify(check.instant));
+  assert.equal(check.reason, undefined);
+  assert.ok(check.closest!.pages.length > 0);
+  assert.ok(check.window.passes >= 2);
 });
 
 // ---------------------------------------------------------------------------

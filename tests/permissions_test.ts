@@ -4,8 +4,10 @@
  * `--allow-ffi` and nothing else: it reads `/proc` and `/dev/userfaultfd` through
  * libc, because Deno's own file APIs refuse those paths without `--allow-all`
  * (so `--allow-read` would add nothing). The CLI's commands need `--allow-ffi`
- * too and nothing else; `--help` needs nothing; colors need no `--allow-env`
- * (Deno lets every program read `NO_COLOR`).
+ * too and nothing else, but for the demo's live snapshot, whose Workers load the
+ * package's modules (`--allow-read` of the package; without it that step is
+ * refused, exit 3, after the others ran); `--help` needs nothing; colors need no
+ * `--allow-env` (Deno lets every program read `NO_COLOR`).
  */
 
 import assert from "node:assert/strict";
@@ -108,19 +110,38 @@ Deno.test("permissions: --allow-ffi alone runs everything in the library; --allo
   assert.match(all.deviceMode, /^0[0-7]{3}$/);
 });
 
-Deno.test("permissions: the CLI's --help needs nothing; every command needs --allow-ffi and nothing else", async () => {
+Deno.test("permissions: the CLI's --help needs nothing; features, semantics, pagemap need --allow-ffi alone", async () => {
   const help = await cli([], "--help");
   assert.equal(help.code, 0, help.stderr);
   assert.match(help.stdout, /commands:/);
   const none = await cli([], "features", "--json");
   assert.equal(none.code, 3, "refused: exit 3");
   assert.match(none.stderr, /--allow-ffi/);
-  for (const args of [["features"], ["demo"], ["semantics"], ["pagemap", "self"]]) {
+  for (const args of [["features"], ["semantics"], ["pagemap", "self"]]) {
     const r = await cli(["--allow-ffi"], ...args, "--json");
     assert.equal(r.code, 0, `${args.join(" ")}: ${r.stderr}`);
     const report = JSON.parse(r.stdout);
     if ("kernel" in report) assert.equal(report.kernel, Deno.osRelease());
   }
+});
+
+Deno.test("permissions: the demo needs --allow-ffi, and --allow-read of the package for its live snapshot", async () => {
+  const ffi = await cli(["--allow-ffi"], "demo", "--json");
+  const report = JSON.parse(ffi.stdout);
+  assert.equal(report.kernel, Deno.osRelease());
+  assert.equal(report.features.status, "ok");
+  assert.notEqual(report.writeWatch.status, "refused", "the watch needs nothing more");
+  const root = new URL(".", ROOT).pathname.replace(/\/$/, "");
+  assert.equal(report.liveSnapshot.status, "refused");
+  assert.ok(report.liveSnapshot.reason.includes(`--allow-read=${root}`), report.liveSnapshot.reason);
+  assert.equal(ffi.code, 3, "refused by the permissions: exit 3");
+  assert.equal(ffi.stderr.trim().split("\n").length, 1, "one line on stderr, no Worker's stack trace");
+  assert.match(ffi.stderr, /live snapshot refused: .*--allow-read=/);
+  const read = await cli(["--allow-ffi", `--allow-read=${root}`], "demo", "--json");
+  assert.equal(read.code, 0, read.stderr);
+  const snap = JSON.parse(read.stdout).liveSnapshot;
+  assert.ok(["ok", "skipped"].includes(snap.status), snap.reason);
+  if (snap.status === "ok") assert.equal(snap.consistent, true);
 });
 
 Deno.test({
