@@ -30,12 +30,26 @@ export interface Pair {
   readonly impl: string;
   /** The arguments both sides get, as `--key=value`. */
   readonly args: Readonly<Record<string, number | string>>;
+  /**
+   * The C side's arguments, when they differ from ours (ours with chunked
+   * unprotect against C's one-page handler, say). Default: `args`.
+   */
+  readonly cArgs?: Readonly<Record<string, number | string>>;
+  /**
+   * What each side's figure is, when not its `ns_per_op`: a field of the result's
+   * `extra` (ns per `unit`), or `"ns_per_op"`. Pairs that differ only in `measure`
+   * share their runs (one set of runs, several figures). There is no CPU-time ratio
+   * for such a figure.
+   */
+  readonly measure?: { readonly ours: string; readonly c: string };
   /** What one operation is, for the table ("ioctl", "scan", "page", "event"). */
   readonly unit: string;
   /** Bytes of memory each side maps (checked against free memory before running). */
   readonly memory: number;
   /** The issue's goal: the median ratio ours / C must not exceed it. */
   readonly goal?: number;
+  /** How the goal is shown, when `≤ goal×` does not say it (a floor expressed as a ratio of times). */
+  readonly goalText?: string;
   /** A scaling series this pair is a point of (x = `args.bytes`). */
   readonly series?: Series;
   /** Shown in the main table (pairs of a series are otherwise only in the scaling table). */
