@@ -199,5 +199,37 @@ export function pairs(options: PairOptions): Pair[] {
       memory: 0,
     });
   }
+
+  // The synchronous write-protect fault round trip: the main isolate writes every page of 16 MiB in order.
+  const roundArgs = (chunk: number) => ({ pages: 4096, chunk, rounds: q ? 3 : 8, warmup: 1 });
+  const roundImpls: [string, string][] = [["default", ""], ["spin", ", spinMicros: 20"]];
+  for (const chunk of [1, 16]) {
+    for (const [impl, label] of roundImpls) {
+      out.push({
+        id: `fault_roundtrip/${impl}/chunk${chunk}`,
+        title: `FaultHandler WP round trip, unprotect chunk ${chunk}${label}, per ${
+          chunk === 1 ? "fault" : "page written"
+        }`,
+        program: "fault_roundtrip",
+        impl,
+        args: roundArgs(chunk),
+        unit: "page",
+        memory: 4096 * 4096,
+        goal: chunk === 1 && impl === "default" ? 1.1 : undefined,
+      });
+    }
+  }
+  out.push({
+    id: "fault_roundtrip/default/chunk16-vs-c-chunk1",
+    title: "FaultHandler WP round trip, unprotect chunk 16 against C's one-page handler, per page written",
+    program: "fault_roundtrip",
+    impl: "default",
+    args: roundArgs(16),
+    cArgs: roundArgs(1),
+    unit: "page",
+    memory: 4096 * 4096,
+    goal: 1,
+    goalText: "< 1× (lower total time)",
+  });
   return out;
 }
