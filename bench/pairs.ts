@@ -231,5 +231,43 @@ export function pairs(options: PairOptions): Pair[] {
     goal: 1,
     goalText: "< 1× (lower total time)",
   });
+
+  // WriteWatch.collect() (async backend) over resident memory with a fraction of it written since the last call.
+  // Each iteration first writes its fraction, untimed: a kernel-resolved fault per page, ~0.5 s per GiB when every
+  // page is written, so that case gets few iterations, and the scaling series (1% written) stops at 1 GiB.
+  const collectArgs = (bytes: number, fraction: number) => {
+    const iterations = fraction >= 1 ? (q ? 3 : 4) : fraction > 0 ? (q ? 10 : 30) : (q ? 20 : 50);
+    return { bytes, fraction, iterations, warmup: fraction >= 1 ? 1 : 2 };
+  };
+  for (const [fraction, label] of fractions) {
+    const written = label.replace("resident", "written");
+    const sizes = fraction === 0.01 ? [16 * MiB, 64 * MiB, 256 * MiB, GiB] : [GiB];
+    for (const bytes of sizes) {
+      out.push({
+        id: `write_watch_collect/method/${sizeLabel(bytes).replace(" ", "")}/${fraction}`,
+        title: `WriteWatch.collect() ${sizeLabel(bytes)}, ${written}`,
+        program: "write_watch_collect",
+        impl: "method",
+        args: collectArgs(bytes, fraction),
+        unit: "collect",
+        memory: bytes,
+        goal: bytes === GiB ? 1.05 : undefined,
+        series: fraction === 0.01 ? { name: `WriteWatch.collect(), ${written}`, per: "GiB" } : undefined,
+        headline: bytes === GiB,
+      });
+    }
+    // The walk alone, where collect() adds something to it (not when every page is written: the walk is it all).
+    if (fraction < 1) {
+      out.push({
+        id: `write_watch_collect/scanner/1GiB/${fraction}`,
+        title: `PagemapScanner.visit() (the walk alone) 1 GiB, ${written}`,
+        program: "write_watch_collect",
+        impl: "scanner",
+        args: collectArgs(GiB, fraction),
+        unit: "collect",
+        memory: GiB,
+      });
+    }
+  }
   return out;
 }
