@@ -269,5 +269,44 @@ export function pairs(options: PairOptions): Pair[] {
       });
     }
   }
+
+  // A live snapshot of 1 GiB, idle and under a writer: its time against C's, against C's memcpy of the same
+  // bytes (the goal is a floor on bandwidth: at least half of memcpy's, so at most twice its time), and the
+  // writer's stall per fault. The pairs of one case share their runs.
+  const snapshotBytes = q ? 256 * MiB : GiB;
+  for (const writer of [0, 1]) {
+    const when = writer ? "under a writer" : "idle";
+    const base = {
+      program: "live_snapshot",
+      impl: "default",
+      args: { bytes: snapshotBytes, writer, chunk: 64 },
+      memory: 2 * snapshotBytes,
+    };
+    out.push({
+      ...base,
+      id: `live_snapshot/${writer ? "writer" : "idle"}`,
+      title: `LiveSnapshot ${sizeLabel(snapshotBytes)} ${when}, per page saved`,
+      unit: "page",
+    });
+    out.push({
+      ...base,
+      id: `live_snapshot/${writer ? "writer" : "idle"}/vs-memcpy`,
+      title: `LiveSnapshot ${sizeLabel(snapshotBytes)} ${when} against C's memcpy of it, per page`,
+      unit: "page",
+      measure: { ours: "ns_per_op", c: "memcpy_ns_per_page" },
+      goal: writer ? 2 : undefined,
+      goalText: writer ? "≥ 50% of memcpy bandwidth (≤ 2×)" : undefined,
+    });
+    if (writer) {
+      out.push({
+        ...base,
+        id: "live_snapshot/writer/stall",
+        title: `LiveSnapshot ${sizeLabel(snapshotBytes)} under a writer: the writer's stall per fault (median)`,
+        unit: "fault",
+        measure: { ours: "stall_p50_ns", c: "stall_p50_ns" },
+        goal: 1.2,
+      });
+    }
+  }
   return out;
 }
