@@ -308,5 +308,23 @@ export function pairs(options: PairOptions): Pair[] {
       });
     }
   }
+
+  // Lazy restore: the main isolate touches distinct pages of 64 MiB in a random order, each a missing fault
+  // served from an in-memory image.
+  const lazyArgs = { bytes: 64 * MiB, touches: q ? 4096 : 8192, warmup: 1024 };
+  for (
+    const [impl, label, goal] of [["default", "default options", 1.2], ["spin0", "spinMicros: 0", undefined]] as const
+  ) {
+    out.push({
+      id: `lazy_restore/${impl}`,
+      title: `LazyRegion random-touch restore (${label}), per fault`,
+      program: "lazy_restore",
+      impl,
+      args: lazyArgs,
+      unit: "fault",
+      memory: 2 * 64 * MiB,
+      goal,
+    });
+  }
   return out;
 }
