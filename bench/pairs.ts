@@ -309,18 +309,22 @@ export function pairs(options: PairOptions): Pair[] {
     }
   }
 
-  // Lazy restore: the main isolate touches distinct pages of 64 MiB in a random order, each a missing fault
-  // served from an in-memory image.
-  const lazyArgs = { bytes: 64 * MiB, touches: q ? 4096 : 8192, warmup: 1024 };
-  for (
-    const [impl, label, goal] of [["default", "default options", 1.2], ["spin0", "spinMicros: 0", undefined]] as const
-  ) {
+  // Missing faults by random touches: the main isolate touches distinct pages of 64 MiB in a random order, each
+  // a missing fault served from an in-memory image (a lazy restore), or with the zero page.
+  const touchArgs = (fill: string) => ({ bytes: 64 * MiB, touches: q ? 4096 : 8192, warmup: 1024, fill });
+  const touchImpls: [string, string, string, number | undefined][] = [
+    ["default", "copy", "LazyRegion random-touch restore", 1.2],
+    ["spin0", "copy", "LazyRegion random-touch restore, spinMicros: 0", undefined],
+    ["copyFrom", "copy", "FaultHandler + copyFrom(image), random touches", undefined],
+    ["zerofill", "zero", "FaultHandler + zerofill(), random touches (C: UFFDIO_ZEROPAGE)", undefined],
+  ];
+  for (const [impl, fill, label, goal] of touchImpls) {
     out.push({
       id: `lazy_restore/${impl}`,
-      title: `LazyRegion random-touch restore (${label}), per fault`,
+      title: `${label}, per fault`,
       program: "lazy_restore",
       impl,
-      args: lazyArgs,
+      args: touchArgs(fill),
       unit: "fault",
       memory: 2 * 64 * MiB,
       goal,

@@ -1,14 +1,15 @@
 /*
- * Lazy restore by random touches, the C side: --bytes of private anonymous memory registered for
- * missing faults; a handler thread sleeps in poll() on the userfaultfd (and an eventfd that stops
- * it), reads a batch of up to 64 messages and fills each faulting page with one UFFDIO_COPY from
- * an in-memory image of the same size (word i holds (i * 2654435761) mod 2^32 | 1), which wakes
- * the toucher. The main thread reads one byte of distinct pages in a random order (Fisher-Yates
+ * Missing faults served by random touches — a lazy restore — the C side: --bytes of private
+ * anonymous memory registered for missing faults; a handler thread sleeps in poll() on the
+ * userfaultfd (and an eventfd that stops it), reads a batch of up to 64 messages and fills each
+ * faulting page with one UFFDIO_COPY from an in-memory image of the same size (word i holds
+ * (i * 2654435761) mod 2^32 | 1), or with --fill=zero maps the zero page (UFFDIO_ZEROPAGE); that
+ * wakes the toucher. The main thread reads one byte of distinct pages in a random order (Fisher-Yates
  * with a 32-bit LCG, seed 12345: the same permutation as bench/ours/lazy_restore.ts); the first
  * --warmup touches are untimed, the next --touches timed, so the time per op is the time per
  * fault. Every byte read is checked against the image.
  *
- *   lazy_restore --bytes=B --touches=N --warmup=W
+ *   lazy_restore --bytes=B --touches=N --warmup=W [--fill=copy|zero]
  */
 #include <poll.h>
 #include <pthread.h>
@@ -20,6 +21,7 @@
 static int uffd, stop_fd;
 static char *image;
 static uint64_t page, base;
+static int zero_fill;
 static atomic_uint_fast64_t served;
 
 static void *handler(void *arg) {
@@ -40,9 +42,16 @@ static void *handler(void *arg) {
     for (ssize_t i = 0; i < got / (ssize_t)sizeof *msgs; i++) {
       if (msgs[i].event != UFFD_EVENT_PAGEFAULT) fail("unexpected message");
       uint64_t at = msgs[i].arg.pagefault.address & ~(page - 1);
-      struct uffdio_copy copy = {.dst = at, .src = (uint64_t)image + (at - base), .len = page};
-      if (ioctl(uffd, UFFDIO_COPY, &copy)) {
-        if (errno != EEXIST) die("UFFDIO_COPY");
+      int failed;
+      if (zero_fill) {
+        struct uffdio_zeropage zero = {.range = {.start = at, .len = page}};
+        failed = ioctl(uffd, UFFDIO_ZEROPAGE, &zero);
+      } else {
+        struct uffdio_copy copy = {.dst = at, .src = (uint64_t)image + (at - base), .len = page};
+        failed = ioctl(uffd, UFFDIO_COPY, &copy);
+      }
+      if (failed) {
+        if (errno != EEXIST) die(zero_fill ? "UFFDIO_ZEROPAGE" : "UFFDIO_COPY");
         struct uffdio_range wake = {.start = at, .len = page};
         if (ioctl(uffd, UFFDIO_WAKE, &wake)) die("UFFDIO_WAKE");
       }
@@ -55,6 +64,9 @@ int main(int argc, char **argv) {
   uint64_t bytes = arg_u64(argc, argv, "bytes", 64ull << 20);
   uint64_t touches = arg_u64(argc, argv, "touches", 8192);
   uint64_t warmup = arg_u64(argc, argv, "warmup", 1024);
+  const char *fill = arg_str(argc, argv, "fill", "copy");
+  if (strcmp(fill, "copy") && strcmp(fill, "zero")) fail("--fill must be copy or zero");
+  zero_fill = strcmp(fill, "zero") == 0;
   page = (uint64_t)sysconf(_SC_PAGESIZE);
   uint64_t pages = bytes / page;
   if (warmup + touches > pages) fail("--warmup + --touches must not exceed the pages of --bytes");
@@ -97,11 +109,12 @@ int main(int argc, char **argv) {
   if (write(stop_fd, &one, sizeof one) != sizeof one) die("write(eventfd)");
   pthread_join(thread, NULL);
   uint64_t expected = 0;
-  for (uint64_t i = 0; i < warmup + touches; i++) expected += (unsigned char)image[offsets[i]];
+  if (!zero_fill)
+    for (uint64_t i = 0; i < warmup + touches; i++) expected += (unsigned char)image[offsets[i]];
   if (sum != expected) fail("the bytes read differ from the image");
   if (atomic_load(&served) != warmup + touches) fail("the handler did not serve one fault per touch");
   char extra[64];
   snprintf(extra, sizeof extra, "\"warmup\":%llu", (unsigned long long)warmup);
-  emit("lazy_restore", "random touch", bytes, touches, &sw, extra);
+  emit("lazy_restore", zero_fill ? "random touch, fill=zero" : "random touch, fill=copy", bytes, touches, &sw, extra);
   return 0;
 }
