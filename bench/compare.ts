@@ -15,7 +15,7 @@
  *
  * @example
  * ```ts
- * // deno task bench:compare --quick        (development: about two minutes)
+ * // deno task bench:compare --quick        (development: two or three minutes)
  * // deno task bench:compare --json > r.json
  * import { pairs } from "./pairs.ts";
  * console.log(pairs({ quick: true }).length > 0); // true

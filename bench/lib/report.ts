@@ -244,9 +244,9 @@ export function resultsMarkdown(report: Report): string {
     out.push("## Scaling");
     out.push("");
     out.push(
-      "The same measurements at each size, as ours / C (median ratio). PAGEMAP_SCAN over resident pages is shown " +
-        "as time per GiB scanned (flat = linear in the size), over an untouched range as time per scan (a fixed " +
-        "cost); the resolving ioctls as time per page.",
+      "The same measurements at each size, as ours / C (median ratio). PAGEMAP_SCAN over resident pages and " +
+        "`WriteWatch.collect()` are shown as time per GiB scanned (flat = linear in the size), PAGEMAP_SCAN over an " +
+        "untouched range as time per scan (a fixed cost); the resolving ioctls as time per page.",
     );
     out.push("");
     const sizes = [...new Set([...series.values()].flat().map((o) => Number(o.pair.args.bytes)))].sort((a, b) => a - b);
