@@ -235,9 +235,12 @@ export function pairs(options: PairOptions): Pair[] {
   // WriteWatch.collect() (async backend) over resident memory with a fraction of it written since the last call.
   // Each iteration first writes its fraction, untimed: a kernel-resolved fault per page, ~0.5 s per GiB when every
   // page is written, so that case gets few iterations, and the scaling series (1% written) stops at 1 GiB.
+  // Smaller sizes get more iterations (as many pages written in all), so that the JIT has settled.
   const collectArgs = (bytes: number, fraction: number) => {
-    const iterations = fraction >= 1 ? (q ? 3 : 4) : fraction > 0 ? (q ? 10 : 30) : (q ? 20 : 50);
-    return { bytes, fraction, iterations, warmup: fraction >= 1 ? 1 : 2 };
+    if (fraction >= 1) return { bytes, fraction, iterations: q ? 3 : 4, warmup: 1 };
+    if (fraction <= 0) return { bytes, fraction, iterations: q ? 20 : 50, warmup: 10 };
+    const iterations = clamp(((q ? 10 : 30) * GiB) / bytes, 10, q ? 300 : 1000);
+    return { bytes, fraction, iterations, warmup: clamp(iterations / 5, 2, 100) };
   };
   for (const [fraction, label] of fractions) {
     const written = label.replace("resident", "written");
