@@ -15,7 +15,7 @@
  *
  * @example
  * ```ts
- * // deno task bench:compare --quick        (development: about two minutes)
+ * // deno task bench:compare --quick        (development: two or three minutes)
  * // deno task bench:compare --json > r.json
  * import { pairs } from "./pairs.ts";
  * console.log(pairs({ quick: true }).length > 0); // true
@@ -149,8 +149,19 @@ async function runOnce(command: string, args: string[], timeoutMs: number): Prom
   return result;
 }
 
-function argList(pair: Pair): string[] {
-  return Object.entries(pair.args).map(([key, value]) => `--${key}=${value}`);
+function argList(args: Pair["args"]): string[] {
+  return Object.entries(args).map(([key, value]) => `--${key}=${value}`);
+}
+
+/** One pair's runs, or why they failed: shared by pairs that differ only in what they report. */
+type Runs = { ours: Result[]; c: Result[] } | { error: string };
+
+/** Runs of the same programs with the same arguments, kept for the pairs that read them differently. */
+const runCache = new Map<string, Runs>();
+
+/** A side's figure in one run: `ns_per_op`, or a field of `extra` (see `Pair.measure`). */
+function figure(result: Result, field: string): number {
+  return field === "ns_per_op" ? result.ns_per_op : Number(result.extra[field]);
 }
 
 /** Runs one pair `runs` times, alternating ours and C. */
@@ -173,29 +184,36 @@ async function comparePair(
       warnings: [],
     };
   }
-  const ours: Result[] = [];
-  const c: Result[] = [];
-  const oursArgs = ["run", "--allow-all", "--no-prompt", here(`./ours/${pair.program}.ts`), ...argList(pair)];
+  const oursArgs = ["run", "--allow-all", "--no-prompt", here(`./ours/${pair.program}.ts`), ...argList(pair.args)];
   oursArgs.push(`--impl=${pair.impl}`);
-  try {
-    for (let run = 0; run < opts.runs; run++) {
-      ours.push(await runOnce(Deno.execPath(), oursArgs, opts.timeoutMs));
-      if (binary) c.push(await runOnce(binary, argList(pair), opts.timeoutMs));
+  const cArgs = argList(pair.cArgs ?? pair.args);
+  const key = JSON.stringify([pair.program, oursArgs, binary ? cArgs : null]);
+  let runs = runCache.get(key);
+  if (runs === undefined) {
+    const ours: Result[] = [];
+    const c: Result[] = [];
+    try {
+      for (let run = 0; run < opts.runs; run++) {
+        ours.push(await runOnce(Deno.execPath(), oursArgs, opts.timeoutMs));
+        if (binary) c.push(await runOnce(binary, cArgs, opts.timeoutMs));
+      }
+      runs = { ours, c };
+    } catch (error) {
+      runs = { error: error instanceof Error ? error.message : String(error) };
     }
-  } catch (error) {
-    return {
-      pair,
-      error: error instanceof Error ? error.message : String(error),
-      noisy: false,
-      status: "failed",
-      extra: {},
-      warnings: [],
-    };
+    runCache.set(key, runs);
   }
-  const oursSummary = summarize(ours.map((r) => r.ns_per_op));
-  const cSummary = c.length ? summarize(c.map((r) => r.ns_per_op)) : undefined;
-  const ratio = cSummary ? ratios(ours.map((r) => r.ns_per_op), c.map((r) => r.ns_per_op)) : undefined;
-  const ratioCpu = cSummary ? ratios(ours.map((r) => r.cpu_ns_per_op), c.map((r) => r.cpu_ns_per_op)) : undefined;
+  if ("error" in runs) return { pair, error: runs.error, noisy: false, status: "failed", extra: {}, warnings: [] };
+  const { ours, c } = runs;
+  const oursValues = ours.map((r) => figure(r, pair.measure?.ours ?? "ns_per_op"));
+  const cValues = c.map((r) => figure(r, pair.measure?.c ?? "ns_per_op"));
+  const oursSummary = summarize(oursValues);
+  const cSummary = c.length ? summarize(cValues) : undefined;
+  const ratio = cSummary ? ratios(oursValues, cValues) : undefined;
+  const cpu = pair.measure === undefined && ours.every((r) => r.cpu_ns_per_op > 0);
+  const ratioCpu = cSummary && cpu
+    ? ratios(ours.map((r) => r.cpu_ns_per_op), c.map((r) => r.cpu_ns_per_op))
+    : undefined;
   const noisy = oursSummary.spread > opts.noise || (cSummary?.spread ?? 0) > opts.noise;
   const warnings: string[] = [];
   const lastOurs = ours[ours.length - 1]!.extra;
@@ -217,8 +235,8 @@ async function comparePair(
     ours: oursSummary,
     c: cSummary,
     ratio,
-    oursCpu: summarize(ours.map((r) => r.cpu_ns_per_op)),
-    cCpu: c.length ? summarize(c.map((r) => r.cpu_ns_per_op)) : undefined,
+    oursCpu: cpu ? summarize(ours.map((r) => r.cpu_ns_per_op)) : undefined,
+    cCpu: cpu && c.length ? summarize(c.map((r) => r.cpu_ns_per_op)) : undefined,
     ratioCpu,
     noisy,
     status,
@@ -262,7 +280,8 @@ async function main(argv: string[]): Promise<number> {
         : outcome.error
         ? `FAILED: ${outcome.error}`
         : `ours ${formatNs(outcome.ours!.median)}, C ${outcome.c ? formatNs(outcome.c.median) : "—"}` +
-          (outcome.ratio ? `, ${outcome.ratio.median.toFixed(2)}× (CPU ${outcome.ratioCpu!.median.toFixed(2)}×)` : "") +
+          (outcome.ratio ? `, ${outcome.ratio.median.toFixed(2)}×` : "") +
+          (outcome.ratioCpu ? ` (CPU ${outcome.ratioCpu.median.toFixed(2)}×)` : "") +
           (outcome.noisy ? " (noisy)" : "");
       progress(`[${i + 1}/${selected.length}] ${pair.id}: ${summary}`);
     }

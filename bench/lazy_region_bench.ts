@@ -7,7 +7,7 @@
  * has warmed up). The baseline is the built-in `copyFrom` policy over the same
  * bytes, whose handler sleeps after each fault; a LazyRegion's spins 30 µs by
  * default (`spinMicros: 0` is measured too). A second group times a whole
- * prefetch, from `open()` to `ready`. The C comparison belongs in `bench/compare.ts`.
+ * prefetch, from `open()` to `ready`. The C comparison is `lazy_restore` in `bench/compare.ts`.
  *
  * @module
  */

@@ -30,12 +30,26 @@ export interface Pair {
   readonly impl: string;
   /** The arguments both sides get, as `--key=value`. */
   readonly args: Readonly<Record<string, number | string>>;
+  /**
+   * The C side's arguments, when they differ from ours (ours with chunked
+   * unprotect against C's one-page handler, say). Default: `args`.
+   */
+  readonly cArgs?: Readonly<Record<string, number | string>>;
+  /**
+   * What each side's figure is, when not its `ns_per_op`: a field of the result's
+   * `extra` (ns per `unit`), or `"ns_per_op"`. Pairs that differ only in `measure`
+   * share their runs (one set of runs, several figures). There is no CPU-time ratio
+   * for such a figure.
+   */
+  readonly measure?: { readonly ours: string; readonly c: string };
   /** What one operation is, for the table ("ioctl", "scan", "page", "event"). */
   readonly unit: string;
   /** Bytes of memory each side maps (checked against free memory before running). */
   readonly memory: number;
   /** The issue's goal: the median ratio ours / C must not exceed it. */
   readonly goal?: number;
+  /** How the goal is shown, when `≤ goal×` does not say it (a floor expressed as a ratio of times). */
+  readonly goalText?: string;
   /** A scaling series this pair is a point of (x = `args.bytes`). */
   readonly series?: Series;
   /** Shown in the main table (pairs of a series are otherwise only in the scaling table). */
@@ -183,6 +197,140 @@ export function pairs(options: PairOptions): Pair[] {
       args: readArgs,
       unit: "event",
       memory: 0,
+    });
+  }
+
+  // The synchronous write-protect fault round trip: the main isolate writes every page of 16 MiB in order.
+  const roundArgs = (chunk: number) => ({ pages: 4096, chunk, rounds: q ? 3 : 8, warmup: 1 });
+  const roundImpls: [string, string][] = [["default", ""], ["spin", ", spinMicros: 20"]];
+  for (const chunk of [1, 16]) {
+    for (const [impl, label] of roundImpls) {
+      out.push({
+        id: `fault_roundtrip/${impl}/chunk${chunk}`,
+        title: `FaultHandler WP round trip, unprotect chunk ${chunk}${label}, per ${
+          chunk === 1 ? "fault" : "page written"
+        }`,
+        program: "fault_roundtrip",
+        impl,
+        args: roundArgs(chunk),
+        unit: "page",
+        memory: 4096 * 4096,
+        goal: chunk === 1 && impl === "default" ? 1.1 : undefined,
+      });
+    }
+  }
+  out.push({
+    id: "fault_roundtrip/default/chunk16-vs-c-chunk1",
+    title: "FaultHandler WP round trip, unprotect chunk 16 against C's one-page handler, per page written",
+    program: "fault_roundtrip",
+    impl: "default",
+    args: roundArgs(16),
+    cArgs: roundArgs(1),
+    unit: "page",
+    memory: 4096 * 4096,
+    goal: 1,
+    goalText: "< 1× (lower total time)",
+  });
+
+  // WriteWatch.collect() (async backend) over resident memory with a fraction of it written since the last call.
+  // Each iteration first writes its fraction, untimed: a kernel-resolved fault per page, ~0.5 s per GiB when every
+  // page is written, so that case gets few iterations, and the scaling series (1% written) stops at 1 GiB.
+  // Smaller sizes get more iterations (as many pages written in all), so that the JIT has settled.
+  const collectArgs = (bytes: number, fraction: number) => {
+    if (fraction >= 1) return { bytes, fraction, iterations: q ? 3 : 4, warmup: 1 };
+    if (fraction <= 0) return { bytes, fraction, iterations: q ? 20 : 50, warmup: 10 };
+    const iterations = clamp(((q ? 10 : 30) * GiB) / bytes, 10, q ? 300 : 1000);
+    return { bytes, fraction, iterations, warmup: clamp(iterations / 5, 2, 100) };
+  };
+  for (const [fraction, label] of fractions) {
+    const written = label.replace("resident", "written");
+    const sizes = fraction === 0.01 ? [16 * MiB, 64 * MiB, 256 * MiB, GiB] : [GiB];
+    for (const bytes of sizes) {
+      out.push({
+        id: `write_watch_collect/method/${sizeLabel(bytes).replace(" ", "")}/${fraction}`,
+        title: `WriteWatch.collect() ${sizeLabel(bytes)}, ${written}`,
+        program: "write_watch_collect",
+        impl: "method",
+        args: collectArgs(bytes, fraction),
+        unit: "collect",
+        memory: bytes,
+        goal: bytes === GiB ? 1.05 : undefined,
+        series: fraction === 0.01 ? { name: `WriteWatch.collect(), ${written}`, per: "GiB" } : undefined,
+        headline: bytes === GiB,
+      });
+    }
+    // The walk alone, where collect() adds something to it (not when every page is written: the walk is it all).
+    if (fraction < 1) {
+      out.push({
+        id: `write_watch_collect/scanner/1GiB/${fraction}`,
+        title: `PagemapScanner.visit() (the walk alone) 1 GiB, ${written}`,
+        program: "write_watch_collect",
+        impl: "scanner",
+        args: collectArgs(GiB, fraction),
+        unit: "collect",
+        memory: GiB,
+      });
+    }
+  }
+
+  // A live snapshot of 1 GiB, idle and under a writer: its time against C's, against C's memcpy of the same
+  // bytes (the goal is a floor on bandwidth: at least half of memcpy's, so at most twice its time), and the
+  // writer's stall per fault. The pairs of one case share their runs.
+  const snapshotBytes = q ? 256 * MiB : GiB;
+  for (const writer of [0, 1]) {
+    const when = writer ? "under a writer" : "idle";
+    const base = {
+      program: "live_snapshot",
+      impl: "default",
+      args: { bytes: snapshotBytes, writer, chunk: 64 },
+      memory: 2 * snapshotBytes,
+    };
+    out.push({
+      ...base,
+      id: `live_snapshot/${writer ? "writer" : "idle"}`,
+      title: `LiveSnapshot ${sizeLabel(snapshotBytes)} ${when}, per page saved`,
+      unit: "page",
+    });
+    out.push({
+      ...base,
+      id: `live_snapshot/${writer ? "writer" : "idle"}/vs-memcpy`,
+      title: `LiveSnapshot ${sizeLabel(snapshotBytes)} ${when} against C's memcpy of it, per page`,
+      unit: "page",
+      measure: { ours: "ns_per_op", c: "memcpy_ns_per_page" },
+      goal: writer ? 2 : undefined,
+      goalText: writer ? "≥ 50% of memcpy bandwidth (≤ 2×)" : undefined,
+    });
+    if (writer) {
+      out.push({
+        ...base,
+        id: "live_snapshot/writer/stall",
+        title: `LiveSnapshot ${sizeLabel(snapshotBytes)} under a writer: the writer's stall per fault (median)`,
+        unit: "fault",
+        measure: { ours: "stall_p50_ns", c: "stall_p50_ns" },
+        goal: 1.2,
+      });
+    }
+  }
+
+  // Missing faults by random touches: the main isolate touches distinct pages of 64 MiB in a random order, each
+  // a missing fault served from an in-memory image (a lazy restore), or with the zero page.
+  const touchArgs = (fill: string) => ({ bytes: 64 * MiB, touches: q ? 4096 : 8192, warmup: 1024, fill });
+  const touchImpls: [string, string, string, number | undefined][] = [
+    ["default", "copy", "LazyRegion random-touch restore", 1.2],
+    ["spin0", "copy", "LazyRegion random-touch restore, spinMicros: 0", undefined],
+    ["copyFrom", "copy", "FaultHandler + copyFrom(image), random touches", undefined],
+    ["zerofill", "zero", "FaultHandler + zerofill(), random touches (C: UFFDIO_ZEROPAGE)", undefined],
+  ];
+  for (const [impl, fill, label, goal] of touchImpls) {
+    out.push({
+      id: `lazy_restore/${impl}`,
+      title: `${label}, per fault`,
+      program: "lazy_restore",
+      impl,
+      args: touchArgs(fill),
+      unit: "fault",
+      memory: 2 * 64 * MiB,
+      goal,
     });
   }
   return out;
