@@ -10,9 +10,10 @@
  * `ffi/resolve_ops.ts` → statistics in shared memory → next batch, until `read`
  * says `EAGAIN`. A policy with an `idle` method gets a call whenever the queue is
  * empty (the loop then polls without sleeping until `idle` says it is done), so
- * background work never delays a fault by more than one piece. This path is synchronous — no promise per fault or per wake-up;
- * only a policy that returns a promise switches to an async path, which resumes
- * the batch where the promise appeared.
+ * background work never delays a fault by more than one piece. This path is
+ * synchronous — no promise per fault or per wake-up; only a policy that returns a
+ * promise switches to an async path, which resumes the batch where the promise
+ * appeared.
  *
  * Address-space events (remap, remove, unmap, fork) update the view of the
  * tracked ranges and go to the policy and, when asked, to the main side. While

@@ -51,6 +51,8 @@
  * @module
  */
 
+import { leb, name, section } from "./wasm_bytes.ts";
+
 /** `stride(at, step, count, value)`: see the module documentation. */
 export type StrideWriter = (at: number, step: number, count: number, value: number) => void;
 
@@ -63,28 +65,6 @@ export type StampWriter = (
   page: number,
   pageStep: number,
 ) => void;
-
-/** Unsigned LEB128, the encoding of every count and index in a module. */
-function leb(n: number): number[] {
-  const out: number[] = [];
-  do {
-    let byte = n & 0x7f;
-    n >>>= 7;
-    if (n !== 0) byte |= 0x80;
-    out.push(byte);
-  } while (n !== 0);
-  return out;
-}
-
-/** A section: id, byte length, content. */
-function section(id: number, content: number[]): number[] {
-  return [id, ...leb(content.length), ...content];
-}
-
-/** A name: length, UTF-8 bytes. */
-function name(text: string): number[] {
-  return [text.length, ...new TextEncoder().encode(text)];
-}
 
 const I32 = 0x7f;
 const [AT, STEP, COUNT, VALUE] = [0, 1, 2, 3]; // parameter indices
