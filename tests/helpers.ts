@@ -152,3 +152,18 @@ export async function scenarioResult(...args: Parameters<typeof runScenario>): P
   assert.equal(r.code, 0, `scenario "${args[1]}" failed:\n${r.stdout}\n${r.stderr}`);
   return JSON.parse(r.stdout.trim().split("\n").at(-1) ?? "");
 }
+
+/**
+ * Open anonymous-inode fds of this process by kind (`[userfaultfd]`, `[eventfd]`,
+ * `[eventpoll]`, …).
+ */
+export function anonInodes(): Record<string, number> {
+  const kinds: Record<string, number> = {};
+  for (const entry of Deno.readDirSync("/proc/self/fd")) {
+    try {
+      const target = Deno.readLinkSync(`/proc/self/fd/${entry.name}`);
+      if (target.startsWith("anon_inode:")) kinds[target.slice(11)] = (kinds[target.slice(11)] ?? 0) + 1;
+    } catch { /* closed meanwhile */ }
+  }
+  return kinds;
+}

@@ -22,23 +22,11 @@ import {
   Userfaultfd,
 } from "../../mod.ts";
 import * as libc from "../../ffi/libc.ts";
-import { waitFor, within } from "../helpers.ts";
+import { anonInodes, waitFor, within } from "../helpers.ts";
 import { nativeForkWriter } from "../native_fork.ts";
 
 const PAGE = Region.pageSize;
 type Observations = Record<string, unknown>;
-
-/** Open anonymous-inode fds of this process by kind (`[userfaultfd]`, `[eventfd]`, …). */
-function anonInodes(): Record<string, number> {
-  const kinds: Record<string, number> = {};
-  for (const entry of Deno.readDirSync("/proc/self/fd")) {
-    try {
-      const target = Deno.readLinkSync(`/proc/self/fd/${entry.name}`);
-      if (target.startsWith("anon_inode:")) kinds[target.slice(11)] = (kinds[target.slice(11)] ?? 0) + 1;
-    } catch { /* closed meanwhile */ }
-  }
-  return kinds;
-}
 
 function policyUrl(name: string): URL {
   return new URL(`../policies/${name}.ts`, import.meta.url);

@@ -19,7 +19,7 @@ import {
   UffdError,
 } from "../../mod.ts";
 import * as libc from "../../ffi/libc.ts";
-import { within } from "../helpers.ts";
+import { anonInodes, within } from "../helpers.ts";
 import { fillPattern, patternWord } from "../sources/pattern.ts";
 
 const PAGE = Region.pageSize;
@@ -39,18 +39,6 @@ function randomPages(total: number, count: number, seed = 4242): number[] {
 /** Pages of `range` in the categories `require` (PAGEMAP_SCAN). */
 function scanned(range: Region, ...require: ("PRESENT" | "PFNZERO")[]): number {
   return pagemapScan(range, { require }).reduce((n, r) => n + r.pages, 0);
-}
-
-/** Open anonymous-inode fds of this process by kind (`[userfaultfd]`, `[eventfd]`, …). */
-function anonInodes(): Record<string, number> {
-  const kinds: Record<string, number> = {};
-  for (const entry of Deno.readDirSync("/proc/self/fd")) {
-    try {
-      const target = Deno.readLinkSync(`/proc/self/fd/${entry.name}`);
-      if (target.startsWith("anon_inode:")) kinds[target.slice(11)] = (kinds[target.slice(11)] ?? 0) + 1;
-    } catch { /* closed meanwhile */ }
-  }
-  return kinds;
 }
 
 /** Worker threads of this process (Deno names them `worker-N`; its own helper threads come and go). */
