@@ -45,12 +45,15 @@ const COMMANDS: Record<string, Command> = {
     load: () => import("./cli/demo.ts"),
   },
   features: {
-    summary: "what this kernel offers, measured: features, ioctls, access, PAGEMAP_SCAN, huge pages",
-    usage: "uffd features [--json]",
+    summary: "what this kernel offers, measured: features, ioctls, access, PAGEMAP_SCAN, huge pages, traits",
+    usage: "uffd features [--json] [--profile]",
     details: "Each UFFD_FEATURE_* (bit, release, supported here); each way of creating a userfaultfd, tried\n" +
       "(syscall, /dev/userfaultfd, UFFD_USER_MODE_ONLY) with the sysctl and CAP_SYS_PTRACE; the ioctls a\n" +
       "missing/wp/minor registration allows on anonymous, memfd and hugetlb memory; PAGEMAP_SCAN and the\n" +
-      "categories it accepts; soft-dirty; transparent huge pages and hugetlb pools.\n" +
+      "categories it accepts; soft-dirty; transparent huge pages and hugetlb pools; and the kernel profile:\n" +
+      "the traits that change what the library does here (does a read fault map the shared zero page, what\n" +
+      "MADV_POPULATE_READ and UFFDIO_ZEROPAGE map, which PAGEMAP_SCAN answers hold), each with its effect.\n" +
+      "--profile   print only the kernel profile (with --json: the profile alone)\n" +
       "Exits 3 when this process cannot create a userfaultfd (and says what to change).",
     load: () => import("./cli/features.ts"),
   },

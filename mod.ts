@@ -38,6 +38,19 @@ export * from "./events.ts";
 export * from "./access.ts";
 export * from "./userfaultfd.ts";
 export * from "./pagemap.ts";
+export {
+  type KernelProfile,
+  kernelProfile,
+  type PagemapScanTraits,
+  profileNotes,
+  type ThpTraits,
+  type TraitNote,
+  type UntouchedFill,
+  type UntouchedPages,
+  untouchedPages,
+  type ZeroFill,
+  type ZeroPageTraits,
+} from "./kernel_profile.ts";
 export * from "./maps.ts";
 export * from "./write_set.ts";
 export * from "./watch_backend.ts";

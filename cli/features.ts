@@ -3,7 +3,9 @@
  * version number — the userfaultfd features, which ways of creating a userfaultfd
  * work for this process, the ioctls each registration mode allows on each kind of
  * memory, PAGEMAP_SCAN and its categories, soft-dirty, transparent huge pages and
- * hugetlb.
+ * hugetlb — and the kernel profile: the traits that change what the library does
+ * here (the shared zero page, `MADV_POPULATE_READ`, `UFFDIO_ZEROPAGE`, which
+ * `PAGEMAP_SCAN` answers hold), each with what it changes, in words.
  *
  * @module
  */
@@ -13,6 +15,7 @@ import { kernelRelease } from "../access.ts";
 import { type AccessDiagnosis, diagnoseAccess, explainAccess } from "../access.ts";
 import { UffdError } from "../errors.ts";
 import { acceptedCategories, hasPagemapScan, softDirtySupported } from "../pagemap.ts";
+import { type KernelProfile, kernelProfile, profileNotes, type ThpTraits, type TraitNote } from "../kernel_profile.ts";
 import { Region } from "../region.ts";
 import { CATEGORIES, type Category, FEATURES, type Ioctl } from "../uapi.ts";
 import { type Origin, type RegisterOptions, Userfaultfd } from "../userfaultfd.ts";
@@ -32,17 +35,8 @@ export interface CreationWay {
 /** The ioctls one registration allowed, or why it could not be measured. */
 export type RegisterResult = Ioctl[] | { error: string } | { skipped: string };
 
-/** Transparent huge pages, from `/sys/kernel/mm/transparent_hugepage`. */
-export interface ThpReport {
-  /** The selected value of `enabled` (`always`, `madvise`, `never`). */
-  enabled: string | null;
-  /** The selected value of `defrag`. */
-  defrag: string | null;
-  /** The selected value of `shmem_enabled`. */
-  shmemEnabled: string | null;
-  /** `hpage_pmd_size` in bytes. */
-  pmdSize: number | null;
-}
+/** Transparent huge pages, from `/sys/kernel/mm/transparent_hugepage` (the kernel profile's). */
+export type ThpReport = ThpTraits;
 
 /** hugetlb pages, from `/proc/meminfo` and `/sys/kernel/mm/hugepages`. */
 export interface HugetlbReport {
@@ -84,6 +78,8 @@ export interface FeaturesReport {
   softDirty: { categoryAccepted: boolean; works: boolean; note: string };
   /** Transparent huge pages (`null` when the kernel has none). */
   transparentHugepages: ThpReport | null;
+  /** The kernel profile (`kernelProfile()`), with each trait in words: what was measured and what it changes. */
+  profile: KernelProfile & { notes: TraitNote[] };
   /** hugetlb pools. */
   hugetlb: HugetlbReport;
 }
@@ -136,25 +132,6 @@ function tryWays(): CreationWay[] {
 function readText(path: string): string | undefined {
   const text = libc.readTextFile(path);
   return typeof text === "string" ? text : undefined;
-}
-
-/** The bracketed choice of a sysfs selector like `always [madvise] never`. */
-function selected(path: string): string | null {
-  const text = readText(path);
-  return text === undefined ? null : /\[([^\]]+)\]/.exec(text)?.[1] ?? text.trim();
-}
-
-function thp(): ThpReport | null {
-  const dir = "/sys/kernel/mm/transparent_hugepage";
-  const enabled = selected(`${dir}/enabled`);
-  if (enabled === null) return null;
-  const pmd = readText(`${dir}/hpage_pmd_size`);
-  return {
-    enabled,
-    defrag: selected(`${dir}/defrag`),
-    shmemEnabled: selected(`${dir}/shmem_enabled`),
-    pmdSize: pmd === undefined ? null : Number(pmd.trim()),
-  };
 }
 
 function hugetlb(): HugetlbReport {
@@ -229,6 +206,7 @@ export function featuresReport(): FeaturesReport {
     error = e instanceof UffdError ? e.message : String(e);
   }
   const huge = hugetlb();
+  const profile = kernelProfile();
   const scan = hasPagemapScan();
   const accepted = acceptedCategories();
   const softDirtyAccepted = accepted.includes("SOFT_DIRTY");
@@ -266,8 +244,9 @@ export function featuresReport(): FeaturesReport {
           "a page just written does not show pagemap bit 55"
         : "no soft-dirty tracking on this kernel",
     },
-    transparentHugepages: thp(),
+    transparentHugepages: profile.thp,
     hugetlb: huge,
+    profile: { ...profile, notes: profileNotes(profile) },
   };
 }
 
@@ -365,6 +344,20 @@ export function printFeatures(report: FeaturesReport): void {
         : "not built in"),
   );
   const h = report.hugetlb;
+  printHugetlb(h);
+  printProfile(report.profile.notes);
+}
+
+/** The kernel profile's traits, one line each, with what each changes. */
+export function printProfile(notes: readonly TraitNote[]): void {
+  console.log(`\n${bold("kernel profile")} ${dim("(measured now; what each trait changes)")}`);
+  const width = Math.max(...notes.map((n) => n.trait.length));
+  for (const n of notes) {
+    console.log(`  ${n.trait.padEnd(width)}  ${n.value}${n.effect ? dim(` — ${n.effect}`) : ""}`);
+  }
+}
+
+function printHugetlb(h: HugetlbReport): void {
   const pools = h.sizes.map((s) => `${size(s.size)}: ${s.free}/${s.total} free`).join(", ");
   console.log(
     `${bold("hugetlb")} default ${h.defaultSize ? size(h.defaultSize) : "?"}; ${pools || "no pools"}` +
@@ -374,7 +367,24 @@ export function printFeatures(report: FeaturesReport): void {
 
 /** Runs `uffd features [--json]`: exit 0, or 3 when no userfaultfd can be created here. */
 export function run(args: string[]): number {
-  const { values } = parseArgs({ args, options: { json: { type: "boolean" } }, strict: true });
+  const { values } = parseArgs({
+    args,
+    options: { json: { type: "boolean" }, profile: { type: "boolean" } },
+    strict: true,
+  });
+  if (values.profile) {
+    const profile = kernelProfile();
+    if (values.json) printJson({ ...profile, notes: profileNotes(profile) });
+    else {
+      console.log(
+        `${bold("kernel")} ${profile.release} ${profile.arch}, userfaultfd features ${
+          profile.userfaultfd.featureMask ?? red("unavailable")
+        }`,
+      );
+      printProfile(profileNotes(profile));
+    }
+    return profile.userfaultfd.available ? EXIT.ok : EXIT.refused;
+  }
   const report = featuresReport();
   if (values.json) printJson(report);
   else printFeatures(report);

@@ -1,0 +1,536 @@
+/**
+ * The running kernel's profile: the userfaultfd features and the traits that change
+ * what the library's answers mean — whether a read fault maps the shared zero page,
+ * what `MADV_POPULATE_READ` and `UFFDIO_ZEROPAGE` put there, the huge zero page,
+ * the uffd-wp bit of `/proc/<pid>/pagemap`, soft-dirty, which `PAGEMAP_SCAN`
+ * queries give right answers, transparent huge pages. Each trait is measured once
+ * per process, on memory of the probe's own, and cached; every backend and fallback
+ * decides from it rather than from a kernel version or an assumption.
+ *
+ * Builds of one release differ (one Linux 6.18 build maps no shared zero page on a
+ * read fault: reading untouched anonymous memory allocates a zero-filled page), so
+ * nothing here is inferred from `uname -r`.
+ *
+ * @example
+ * ```ts
+ * import { kernelProfile } from "@uffd/uffd";
+ * const profile = kernelProfile();
+ * console.log(profile.zeroPage.readFault, profile.untouchedFill); // e.g. true "populate-read"
+ * ```
+ *
+ * @module
+ */
+
+import { kernelRelease } from "./access.ts";
+import { UffdError } from "./errors.ts";
+import * as libc from "./ffi/libc.ts";
+import {
+  MADV_DONTNEED,
+  MADV_HUGEPAGE,
+  MADV_NOHUGEPAGE,
+  MADV_POPULATE_READ,
+  MAP_ANONYMOUS,
+  MAP_NORESERVE,
+  MAP_PRIVATE,
+  PROT_READ,
+  PROT_WRITE,
+} from "./linux.ts";
+import { acceptedCategories, hasPagemapScan, pagemapScan, readPagemapRaw, softDirtySupported } from "./pagemap.ts";
+import { type Category, type Feature, PM_MMAP_EXCLUSIVE, PM_PFN_MASK, PM_PRESENT, PM_UFFD_WP } from "./uapi.ts";
+import { type Origin, Userfaultfd } from "./userfaultfd.ts";
+
+const PAGE_SIZE = libc.PAGE_SIZE;
+const PAGE = BigInt(PAGE_SIZE);
+
+/** What a mechanism put in a page that held nothing: the shared zero page, or a page of its own (zero-filled). */
+export type ZeroFill = "zero-page" | "allocates";
+
+/**
+ * How the library makes never-touched pages of private anonymous memory carry
+ * write protection where `WP_UNPOPULATED` is not used (Linux before 6.4, or declined):
+ * - `"populate-read"`: `MADV_POPULATE_READ` maps the shared zero page there (one call, no memory);
+ * - `"uffd-zeropage"`: `UFFDIO_ZEROPAGE` on the holes (found in `/proc/self/pagemap`) maps the
+ *   shared zero page, on a kernel whose read faults allocate but whose `UFFDIO_ZEROPAGE` does not;
+ * - `"populate-allocates"`: neither maps the zero page: `MADV_POPULATE_READ` allocates a
+ *   zero-filled page for each of them — correct, but untouched pages then cost memory;
+ * - `"none"`: no way without memory or at all (no `MADV_POPULATE_READ`, Linux before 5.14, and no
+ *   `UFFDIO_ZEROPAGE` that maps the zero page): the sync backend and a snapshot then need `WP_UNPOPULATED`.
+ */
+export type UntouchedFill = "populate-read" | "uffd-zeropage" | "populate-allocates" | "none";
+
+/**
+ * What a tracker does to pages nobody has touched: leaves them unpopulated (a
+ * uffd-wp marker, or nothing at all), maps the shared zero page there (no memory),
+ * or — on a kernel where nothing maps the zero page — allocates a zero-filled page
+ * for each (they then cost memory).
+ */
+export type UntouchedPages = "unpopulated" | "zero-page" | "allocated";
+
+/**
+ * What never-touched pages cost when they are filled the way `fill` says
+ * (`undefined`/`null`: not filled — markers cover them).
+ *
+ * @example
+ * ```ts
+ * import { untouchedPages } from "@uffd/uffd";
+ * console.log(untouchedPages("uffd-zeropage"), untouchedPages(undefined)); // zero-page unpopulated
+ * ```
+ */
+export function untouchedPages(fill: UntouchedFill | null | undefined): UntouchedPages {
+  if (fill === undefined || fill === null) return "unpopulated";
+  return fill === "populate-allocates" ? "allocated" : "zero-page";
+}
+
+/** The zero-page traits of the running kernel. */
+export interface ZeroPageTraits {
+  /** A read fault on never-touched private anonymous memory maps the shared zero page (else it allocates a page). */
+  readonly readFault: boolean;
+  /** What `MADV_POPULATE_READ` maps on never-touched memory (`"unsupported"`: Linux before 5.14). */
+  readonly populateRead: ZeroFill | "unsupported";
+  /** What `UFFDIO_ZEROPAGE` maps (`"unavailable"`: no userfaultfd could be created to measure it). */
+  readonly uffdZeropage: ZeroFill | "unavailable";
+  /**
+   * A read fault on a 2 MiB-aligned `MADV_HUGEPAGE` range: maps the huge zero page
+   * (`"huge-zero-page"`), allocates a huge page (`"allocates"`), or is served by small
+   * pages (`"small-pages"`: transparent huge pages off, or none to be had).
+   */
+  readonly hugeReadFault: "huge-zero-page" | "allocates" | "small-pages";
+  /** The page frame number of the shared zero page, when this process may see PFNs (CAP_SYS_ADMIN). */
+  readonly zeroPfn: bigint | null;
+}
+
+/** What `PAGEMAP_SCAN` offers here and which of its answers hold. */
+export interface PagemapScanTraits {
+  /** The ioctl exists (Linux 6.7). */
+  readonly available: boolean;
+  /** The categories the kernel accepts. */
+  readonly categories: readonly Category[];
+  /** A zero page (from a read fault or `UFFDIO_ZEROPAGE`) reports `PFNZERO` (`null`: not measured). */
+  readonly pfnZero: boolean | null;
+  /**
+   * The fast path (`category_mask == return_mask == PAGE_IS_WRITTEN`, nothing inverted or
+   * any-of) reports exactly the written pages of a known layout (`null`: not measured —
+   * no `WP_ASYNC`).
+   */
+  readonly writtenFastPath: boolean | null;
+  /**
+   * `WRITTEN` asked with other masks (`WRITTEN|WPALLOWED`, and reported beside `PRESENT`)
+   * gives the fast path's answer on the same layout — zapped pages and PMD holes
+   * included. Kernels before the July 2026 stable fixes disagree there: the library then
+   * only uses the fast path. (`null`: not measured.)
+   */
+  readonly writtenMasked: boolean | null;
+}
+
+/** Transparent huge pages, from `/sys/kernel/mm/transparent_hugepage`. */
+export interface ThpTraits {
+  /** The selected value of `enabled` (`always`, `madvise`, `never`). */
+  readonly enabled: string | null;
+  /** The selected value of `defrag`. */
+  readonly defrag: string | null;
+  /** The selected value of `shmem_enabled`. */
+  readonly shmemEnabled: string | null;
+  /** `use_zero_page`: whether a read fault may map the huge zero page. */
+  readonly useZeroPage: boolean | null;
+  /** `hpage_pmd_size` in bytes. */
+  readonly pmdSize: number | null;
+}
+
+/** The running kernel, measured: see the module documentation. */
+export interface KernelProfile {
+  /** `uname -r`. */
+  readonly release: string;
+  /** `x86_64` or `aarch64`. */
+  readonly arch: string;
+  /** Base page size in bytes. */
+  readonly pageSize: number;
+  /** Whether a userfaultfd can be created here, how, and what the kernel offers on it. */
+  readonly userfaultfd: {
+    readonly available: boolean;
+    readonly origin: Origin | null;
+    /** The raw `UFFDIO_API` feature mask, in hex (`null` when none could be created). */
+    readonly featureMask: string | null;
+    readonly features: readonly Feature[];
+    /** Why no userfaultfd could be created. */
+    readonly error?: string;
+  };
+  /** Zero-page traits. */
+  readonly zeroPage: ZeroPageTraits;
+  /** How never-touched pages are made protectable without `WP_UNPOPULATED` (decided from {@linkcode zeroPage}). */
+  readonly untouchedFill: UntouchedFill;
+  /** `/proc/<pid>/pagemap` traits. */
+  readonly pagemap: {
+    /** PFNs are visible to this process (CAP_SYS_ADMIN); otherwise they read as 0. */
+    readonly pfnVisible: boolean;
+    /** Bit 57 (uffd-wp, Linux 5.17) is set on a write-protected page (`null`: no userfaultfd to measure it). */
+    readonly uffdWpBit: boolean | null;
+  };
+  /** Soft-dirty: the `PAGEMAP_SCAN` category is accepted, and tracking really works (`CONFIG_MEM_SOFT_DIRTY`). */
+  readonly softDirty: { readonly categoryAccepted: boolean; readonly works: boolean };
+  /** `PAGEMAP_SCAN`. */
+  readonly pagemapScan: PagemapScanTraits;
+  /** Transparent huge pages (`null` when the kernel has none). */
+  readonly thp: ThpTraits | null;
+}
+
+let cache: KernelProfile | undefined;
+let override: Partial<Pick<KernelProfile, "untouchedFill">> | undefined;
+
+/**
+ * The running kernel's profile, measured on the first call (a few milliseconds) and
+ * cached for the process. It never throws: a trait that cannot be measured says so.
+ *
+ * @example
+ * ```ts
+ * import { kernelProfile } from "@uffd/uffd";
+ * const p = kernelProfile();
+ * if (!p.zeroPage.readFault) console.log("read faults allocate memory on this kernel");
+ * ```
+ */
+export function kernelProfile(): KernelProfile {
+  const measured = cache ??= measure();
+  return override === undefined ? measured : Object.freeze({ ...measured, ...override });
+}
+
+/**
+ * Replaces decisions of the profile for this process (tests use it to force a
+ * fallback on a kernel that would not choose it); `undefined` restores the
+ * measured profile. Only a choice that does what its name says on this kernel is
+ * accepted (`"populate-read"` where `MADV_POPULATE_READ` maps the zero page,
+ * `"populate-allocates"` where it allocates, `"uffd-zeropage"` where `UFFDIO_ZEROPAGE`
+ * maps the zero page).
+ *
+ * @example
+ * ```ts
+ * import { kernelProfile, overrideKernelProfile } from "./kernel_profile.ts";
+ * overrideKernelProfile({ untouchedFill: "none" }); // as if nothing could fill untouched pages here
+ * console.log(kernelProfile().untouchedFill); // "none"
+ * overrideKernelProfile(undefined);
+ * ```
+ */
+export function overrideKernelProfile(decisions: Partial<Pick<KernelProfile, "untouchedFill">> | undefined): void {
+  if (decisions?.untouchedFill !== undefined) {
+    const z = (cache ??= measure()).zeroPage;
+    const works: Record<UntouchedFill, boolean> = {
+      "populate-read": z.populateRead === "zero-page",
+      "populate-allocates": z.populateRead === "allocates",
+      "uffd-zeropage": z.uffdZeropage === "zero-page",
+      "none": true,
+    };
+    if (!works[decisions.untouchedFill]) {
+      throw new Error(`overrideKernelProfile: ${decisions.untouchedFill} does not work on this kernel`);
+    }
+  }
+  override = decisions;
+}
+
+/** An anonymous private mapping of the probe's own, unmapped by `dispose`. */
+function scratch(length: bigint): { address: bigint; [Symbol.dispose](): void } {
+  const address = libc.mmap(0n, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0n);
+  if (address < 0n) throw new UffdError({ errno: -Number(address), operation: "mmap", args: { length } });
+  return { address, [Symbol.dispose]: () => void libc.munmap(address, length) };
+}
+
+function entry(address: bigint): bigint {
+  return readPagemapRaw({ address, length: PAGE })[0]!;
+}
+
+/** A present page that this process does not map exclusively is the zero page (no fork is in play here). */
+function fillOf(raw: bigint): ZeroFill | undefined {
+  if ((raw & PM_PRESENT) === 0n) return undefined;
+  return (raw & PM_MMAP_EXCLUSIVE) === 0n ? "zero-page" : "allocates";
+}
+
+function readByte(address: bigint): void {
+  void new Uint8Array(libc.bufferAt(address, 1))[0];
+}
+
+function readText(path: string): string | undefined {
+  const text = libc.readTextFile(path);
+  return typeof text === "string" ? text : undefined;
+}
+
+function selected(path: string): string | null {
+  const text = readText(path);
+  return text === undefined ? null : /\[([^\]]+)\]/.exec(text)?.[1] ?? text.trim();
+}
+
+function thp(): ThpTraits | null {
+  const dir = "/sys/kernel/mm/transparent_hugepage";
+  const enabled = selected(`${dir}/enabled`);
+  if (enabled === null) return null;
+  const pmd = readText(`${dir}/hpage_pmd_size`);
+  const zero = readText(`${dir}/use_zero_page`);
+  return Object.freeze({
+    enabled,
+    defrag: selected(`${dir}/defrag`),
+    shmemEnabled: selected(`${dir}/shmem_enabled`),
+    useZeroPage: zero === undefined ? null : zero.trim() === "1",
+    pmdSize: pmd === undefined ? null : Number(pmd.trim()),
+  });
+}
+
+function measure(): KernelProfile {
+  let support: ReturnType<typeof Userfaultfd.supported> | undefined;
+  let error: string | undefined;
+  try {
+    support = Userfaultfd.supported();
+  } catch (e) {
+    error = e instanceof Error ? e.message : String(e);
+  }
+  const has = (f: Feature) => support?.features.has(f) === true;
+  const huge = thp();
+
+  // A read fault, and what it mapped.
+  let readFault = true;
+  let zeroPfn: bigint | null = null;
+  {
+    using m = scratch(PAGE);
+    libc.madvise(m.address, PAGE, MADV_NOHUGEPAGE);
+    readByte(m.address);
+    const raw = entry(m.address);
+    readFault = fillOf(raw) !== "allocates";
+    if (readFault && (raw & PM_PFN_MASK) !== 0n) zeroPfn = raw & PM_PFN_MASK;
+  }
+  let populateRead: ZeroPageTraits["populateRead"] = "unsupported";
+  {
+    using m = scratch(PAGE);
+    libc.madvise(m.address, PAGE, MADV_NOHUGEPAGE);
+    if (libc.madvise(m.address, PAGE, MADV_POPULATE_READ) === 0) populateRead = fillOf(entry(m.address)) ?? "allocates";
+  }
+  let uffdZeropage: ZeroPageTraits["uffdZeropage"] = "unavailable";
+  let uffdWpBit: boolean | null = null;
+  if (support !== undefined) {
+    try {
+      using m = scratch(2n * PAGE);
+      using uffd = Userfaultfd.open({ features: ["PAGEFAULT_FLAG_WP"] });
+      const zero = { address: m.address, length: PAGE };
+      uffd.register(zero, { missing: true });
+      if (uffd.zeropage(zero) === PAGE_SIZE) {
+        const raw = entry(m.address);
+        uffdZeropage = fillOf(raw) ?? "allocates";
+        if (uffdZeropage === "zero-page" && zeroPfn === null && (raw & PM_PFN_MASK) !== 0n) zeroPfn = raw & PM_PFN_MASK;
+      }
+      if (uffd.features.has("PAGEFAULT_FLAG_WP")) {
+        // A page written before protection; only read afterwards (a write would wait for a handler).
+        const page = { address: m.address + PAGE, length: PAGE };
+        new Uint8Array(libc.bufferAt(page.address, 1))[0] = 1;
+        uffd.register(page, { wp: true });
+        uffd.writeProtect(page);
+        uffdWpBit = (entry(page.address) & PM_UFFD_WP) !== 0n;
+      }
+    } catch { /* user-mode-only or refused: left unmeasured */ }
+  }
+  let hugeReadFault: ZeroPageTraits["hugeReadFault"] = "small-pages";
+  const pmd = huge?.pmdSize ?? 0;
+  if (huge !== null && huge.enabled !== "never" && pmd > 0) {
+    const length = BigInt(2 * pmd);
+    using m = scratch(length);
+    const aligned = (m.address + BigInt(pmd) - 1n) / BigInt(pmd) * BigInt(pmd);
+    libc.madvise(aligned, BigInt(pmd), MADV_HUGEPAGE);
+    readByte(aligned);
+    const raw = readPagemapRaw({ address: aligned, length: pmd });
+    let present = 0;
+    for (const e of raw) if ((e & PM_PRESENT) !== 0n) present++;
+    if (present === raw.length) hugeReadFault = fillOf(raw[0]!) === "zero-page" ? "huge-zero-page" : "allocates";
+  }
+  const zeroPage: ZeroPageTraits = Object.freeze({ readFault, populateRead, uffdZeropage, hugeReadFault, zeroPfn });
+
+  const scan = pagemapScanTraits(has("WP_ASYNC") && has("WP_UNPOPULATED"), zeroPage, pmd);
+  const pfnVisible = (() => {
+    using m = scratch(PAGE);
+    new Uint8Array(libc.bufferAt(m.address, 1))[0] = 1;
+    return (entry(m.address) & PM_PFN_MASK) !== 0n;
+  })();
+  return Object.freeze({
+    release: kernelRelease(),
+    arch: Deno.build.arch,
+    pageSize: PAGE_SIZE,
+    userfaultfd: Object.freeze({
+      available: support !== undefined,
+      origin: support?.origin ?? null,
+      featureMask: support ? `0x${support.featureMask.toString(16)}` : null,
+      features: Object.freeze(support ? [...support.features] : []),
+      ...(error === undefined ? {} : { error }),
+    }),
+    zeroPage,
+    untouchedFill: decideUntouchedFill(zeroPage),
+    pagemap: Object.freeze({ pfnVisible, uffdWpBit }),
+    softDirty: Object.freeze({
+      categoryAccepted: scan.categories.includes("SOFT_DIRTY"),
+      works: softDirtySupported(),
+    }),
+    pagemapScan: scan,
+    thp: huge,
+  });
+}
+
+function decideUntouchedFill(z: ZeroPageTraits): UntouchedFill {
+  if (z.populateRead === "zero-page") return "populate-read";
+  if (z.uffdZeropage === "zero-page") return "uffd-zeropage";
+  if (z.populateRead === "allocates") return "populate-allocates";
+  return "none";
+}
+
+/**
+ * Which PAGEMAP_SCAN answers hold, on a layout whose truth is known: page 0 written
+ * after protection, page 1 written before it only, page 2 never touched (a marker),
+ * page 3 written and then zapped by `MADV_DONTNEED` (its marker is gone: written, the
+ * conservative answer), page 4 only read; and, where transparent huge pages are on, a
+ * huge page zapped whole after protection (a PMD hole).
+ */
+function pagemapScanTraits(async: boolean, zero: ZeroPageTraits, pmd: number): PagemapScanTraits {
+  const available = hasPagemapScan();
+  if (!available) {
+    return Object.freeze({ available, categories: [], pfnZero: null, writtenFastPath: null, writtenMasked: null });
+  }
+  const categories = Object.freeze(acceptedCategories());
+  let pfnZero: boolean | null = null;
+  if (zero.readFault || zero.uffdZeropage === "zero-page") {
+    try {
+      using m = scratch(PAGE);
+      if (zero.readFault) readByte(m.address);
+      else {
+        using uffd = Userfaultfd.open();
+        uffd.register({ address: m.address, length: PAGE }, { missing: true });
+        uffd.zeropage({ address: m.address, length: PAGE });
+      }
+      pfnZero = pagemapScan({ address: m.address, length: PAGE }, { require: ["PFNZERO"] }).length === 1;
+    } catch { /* left unmeasured */ }
+  }
+  let writtenFastPath: boolean | null = null;
+  let writtenMasked: boolean | null = null;
+  if (async) {
+    try {
+      const hugeHole = pmd > 0;
+      const length = BigInt(hugeHole ? 3 * pmd : 8 * PAGE_SIZE);
+      using m = scratch(length);
+      const base = hugeHole ? (m.address + BigInt(pmd) - 1n) / BigInt(pmd) * BigInt(pmd) : m.address;
+      const small = { address: base, length: 5 * PAGE_SIZE };
+      const at = (page: number) => base + BigInt(page) * PAGE;
+      const write = (address: bigint) => void (new Uint8Array(libc.bufferAt(address, 1))[0] = 1);
+      libc.madvise(base, 5n * PAGE, MADV_NOHUGEPAGE);
+      write(at(0));
+      write(at(1));
+      write(at(3));
+      readByte(at(4));
+      const huge = hugeHole ? { address: base + BigInt(pmd), length: pmd } : undefined;
+      if (huge) {
+        libc.madvise(huge.address, BigInt(pmd), MADV_HUGEPAGE);
+        write(huge.address);
+      }
+      using uffd = Userfaultfd.open({ require: ["WP_ASYNC", "WP_UNPOPULATED"] });
+      const range = { address: base, length: huge ? 2 * pmd : small.length };
+      uffd.register(range, { wp: true });
+      uffd.writeProtect(range);
+      write(at(0));
+      libc.madvise(at(3), PAGE, MADV_DONTNEED);
+      if (huge) libc.madvise(huge.address, BigInt(pmd), MADV_DONTNEED);
+      const pages = (regions: readonly { firstPage: number; pages: number }[]) => {
+        const out: number[] = [];
+        for (const r of regions) for (let p = r.firstPage; p < r.firstPage + r.pages; p++) out.push(p);
+        return out.join(",");
+      };
+      const expected = pages([{ firstPage: 0, pages: 1 }, { firstPage: 3, pages: 1 }]) +
+        (huge ? "," + pages([{ firstPage: pmd / PAGE_SIZE, pages: pmd / PAGE_SIZE }]) : "");
+      const fast = pages(pagemapScan(range, { require: ["WRITTEN"], report: ["WRITTEN"] }));
+      writtenFastPath = fast === expected;
+      const masked = pages(pagemapScan(range, { require: ["WRITTEN", "WPALLOWED"], report: ["WRITTEN"] }));
+      const beside = pages(pagemapScan(range, { require: ["WRITTEN"], report: ["WRITTEN", "PRESENT"] }));
+      writtenMasked = masked === fast && beside === fast;
+    } catch { /* left unmeasured */ }
+  }
+  return Object.freeze({ available, categories, pfnZero, writtenFastPath, writtenMasked });
+}
+
+/** One trait in words: what was measured and what it changes. */
+export interface TraitNote {
+  /** The trait, as `uffd features` names it. */
+  readonly trait: string;
+  /** What was measured. */
+  readonly value: string;
+  /** What it changes in the library's behaviour. */
+  readonly effect: string;
+}
+
+/**
+ * The profile's traits in words, one note each: what was measured and what it
+ * changes (`uffd features` prints these).
+ *
+ * @example
+ * ```ts
+ * import { kernelProfile, profileNotes } from "@uffd/uffd";
+ * for (const n of profileNotes(kernelProfile())) console.log(`${n.trait}: ${n.value} — ${n.effect}`);
+ * ```
+ */
+export function profileNotes(p: KernelProfile): TraitNote[] {
+  const z = p.zeroPage;
+  const s = p.pagemapScan;
+  const notes: TraitNote[] = [];
+  notes.push({
+    trait: "read fault",
+    value: z.readFault ? "maps the shared zero page" : "allocates a zero-filled page",
+    effect: z.readFault
+      ? "pages only read cost no memory and are told apart from written ones"
+      : "pages only read cost memory and look like data: they are saved as data by a base checkpoint or a " +
+        "snapshot, and a grown tail is checked by content before its pages are reported written",
+  });
+  notes.push({
+    trait: "MADV_POPULATE_READ",
+    value: z.populateRead === "unsupported" ? "unsupported (Linux 5.14+)" : z.populateRead,
+    effect: "",
+  });
+  notes.push({ trait: "UFFDIO_ZEROPAGE", value: z.uffdZeropage, effect: "" });
+  const fill: Record<UntouchedFill, string> = {
+    "populate-read": "MADV_POPULATE_READ maps the zero page there: no memory used",
+    "uffd-zeropage": "UFFDIO_ZEROPAGE maps the zero page on the holes: no memory used",
+    "populate-allocates": "MADV_POPULATE_READ allocates a page for each: untouched pages cost memory",
+    "none": "impossible: the sync backend and a snapshot need WP_UNPOPULATED here",
+  };
+  notes.push({
+    trait: "untouched pages without WP_UNPOPULATED",
+    value: p.untouchedFill,
+    effect: fill[p.untouchedFill],
+  });
+  notes.push({
+    trait: "huge read fault",
+    value: z.hugeReadFault,
+    effect: z.hugeReadFault === "allocates" ? "reading an untouched THP range allocates 2 MiB" : "",
+  });
+  notes.push({
+    trait: "pagemap uffd-wp bit",
+    value: p.pagemap.uffdWpBit === null ? "not measured" : p.pagemap.uffdWpBit ? "set (5.17+)" : "absent",
+    effect: p.pagemap.uffdWpBit === false ? "protection cannot be read back without PAGEMAP_SCAN" : "",
+  });
+  notes.push({
+    trait: "PFNs",
+    value: p.pagemap.pfnVisible ? "visible" : "hidden (no CAP_SYS_ADMIN)",
+    effect: "",
+  });
+  notes.push({
+    trait: "soft-dirty",
+    value: p.softDirty.works ? "works" : p.softDirty.categoryAccepted ? "accepted but never set" : "absent",
+    effect: p.softDirty.works ? "the soft-dirty write-watch backend can run" : "no soft-dirty backend",
+  });
+  const verdict = (v: boolean | null) => v === null ? "not measured" : v ? "exact" : "WRONG";
+  notes.push({
+    trait: "PAGEMAP_SCAN",
+    value: s.available ? `available; PFNZERO ${verdict(s.pfnZero)}` : "absent (Linux 6.7+)",
+    effect: s.available ? "" : "no async write watch; data pages are found in /proc/self/pagemap",
+  });
+  if (s.available) {
+    notes.push({
+      trait: "PAGEMAP_SCAN WRITTEN",
+      value: `fast path ${verdict(s.writtenFastPath)}, other masks ${verdict(s.writtenMasked)}`,
+      effect: s.writtenMasked === false ? "written() asks the fast path only" : "",
+    });
+  }
+  if (p.thp) {
+    notes.push({
+      trait: "transparent huge pages",
+      value: `${p.thp.enabled}, defrag ${p.thp.defrag}, shmem ${p.thp.shmemEnabled}`,
+      effect: p.thp.enabled === "always" ? "untouched halves of a 2 MiB block may be populated by a write" : "",
+    });
+  }
+  return notes;
+}

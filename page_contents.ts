@@ -1,0 +1,243 @@
+/**
+ * Which pages of private anonymous memory hold data, and how never-touched pages
+ * are made to carry write protection — both decided from the kernel profile
+ * (`kernel_profile.ts`), never assumed:
+ *
+ * - {@linkcode fillUntouched} maps something into the never-touched pages of a
+ *   registered range so that `UFFDIO_WRITEPROTECT` has a PTE to protect there (the
+ *   old QEMU workaround where `WP_UNPOPULATED` is not used): `MADV_POPULATE_READ`
+ *   where it maps the shared zero page, `UFFDIO_ZEROPAGE` on the holes where only
+ *   that maps it (a kernel whose read faults allocate), and `MADV_POPULATE_READ`
+ *   allocating real pages where nothing maps the zero page.
+ * - {@linkcode visitDataPages} finds the pages that may hold data: present and not
+ *   the zero page, or swapped out — through `PAGEMAP_SCAN` where the kernel has it and
+ *   its `PFNZERO` answers hold, else through `/proc/self/pagemap` (PFN against the
+ *   zero page's where PFNs are visible; a page not mapped exclusively counts as data
+ *   otherwise, the safe side). With `content: true` the candidates are also read, and
+ *   a page holding only zeros is left out — needed where a read fault allocates
+ *   (a page only read then looks like one written).
+ *
+ * @example
+ * ```ts
+ * import { Region } from "@uffd/uffd";
+ * import { visitDataPages } from "./page_contents.ts";
+ * using mem = Region.map(4 * Region.pageSize);
+ * mem.bytes[Region.pageSize] = 1;
+ * visitDataPages(mem, (first, pages) => console.log(first, pages)); // 1 1
+ * ```
+ *
+ * @module
+ */
+
+import { ERRNO } from "./errors.ts";
+import * as libc from "./ffi/libc.ts";
+import * as resolve from "./ffi/resolve_ops.ts";
+import { kernelProfile, type UntouchedFill } from "./kernel_profile.ts";
+import { MADV_POPULATE_READ } from "./linux.ts";
+import { hasPagemapScan, PagemapScanner, type PreparedQuery, readPagemapRaw } from "./pagemap.ts";
+import {
+  PAGE_IS_PFNZERO,
+  PAGE_IS_PRESENT,
+  PAGE_IS_SWAPPED,
+  PM_FILE,
+  PM_MMAP_EXCLUSIVE,
+  PM_PFN_MASK,
+  PM_PRESENT,
+  PM_SWAP,
+} from "./uapi.ts";
+
+const PAGE_SIZE = libc.PAGE_SIZE;
+const PAGE = BigInt(PAGE_SIZE);
+/** Pagemap entries read at a time (512 KiB of entries, 256 MiB of memory). */
+const CHUNK = 65536;
+
+/** A page-aligned span. */
+export interface PageSpan {
+  /** First byte (page-aligned). */
+  readonly address: bigint;
+  /** Length in bytes (a multiple of the page size). */
+  readonly length: number;
+}
+
+/** Called with runs of pages, numbered from the start of the span. */
+export type RunVisitor = (firstPage: number, pages: number) => void;
+
+let entries: BigUint64Array | undefined;
+
+/** Reads the pagemap entries of `pages` pages from `address` into a reused array. */
+function readEntries(address: bigint, pages: number): BigUint64Array {
+  entries ??= new BigUint64Array(CHUNK);
+  return readPagemapRaw({ address, length: pages * PAGE_SIZE }, { into: entries }).subarray(0, pages);
+}
+
+/**
+ * Makes the never-touched pages of `[address, address + length)` — registered on the
+ * userfaultfd `fd` — present, the way `how` says (see `UntouchedFill` in
+ * `kernel_profile.ts`), so that protecting the range protects them too. Pages that
+ * hold something already are left alone. Returns 0, or `-errno` (`-EAGAIN` while an
+ * address-space change of the range is in flight: read its event and call again).
+ *
+ * @param fd The userfaultfd the range is registered on (used by `"uffd-zeropage"`).
+ * @param how The profile's decision, passed to Workers that cannot measure it themselves.
+ * @returns 0 or `-errno`.
+ *
+ * @example
+ * ```ts
+ * import { kernelProfile, Region, Userfaultfd } from "@uffd/uffd";
+ * import { fillUntouched } from "./page_contents.ts";
+ * using mem = Region.map(4 * Region.pageSize);
+ * using uffd = Userfaultfd.open();
+ * uffd.register(mem, { wp: true });
+ * console.log(fillUntouched(uffd.fd, mem.address, mem.length, kernelProfile().untouchedFill)); // 0
+ * ```
+ */
+export function fillUntouched(fd: number, address: bigint, length: number, how: UntouchedFill): number {
+  if (length === 0) return 0;
+  if (how === "populate-read" || how === "populate-allocates") {
+    return libc.madvise(address, BigInt(length), MADV_POPULATE_READ);
+  }
+  if (how === "none") return -ERRNO.EOPNOTSUPP!;
+  const pages = length / PAGE_SIZE;
+  for (let done = 0; done < pages;) {
+    const want = Math.min(CHUNK, pages - done);
+    const chunk = address + BigInt(done) * PAGE;
+    const raw = readEntries(chunk, want);
+    for (let i = 0; i < want;) {
+      if ((raw[i]! & (PM_PRESENT | PM_SWAP)) !== 0n) {
+        i++;
+        continue;
+      }
+      let end = i + 1;
+      while (end < want && (raw[end]! & (PM_PRESENT | PM_SWAP)) === 0n) end++;
+      const rc = zeroRun(fd, Number(chunk) + i * PAGE_SIZE, (end - i) * PAGE_SIZE);
+      if (rc < 0) return rc;
+      i = end;
+    }
+    done += want;
+  }
+  return 0;
+}
+
+/** `UFFDIO_ZEROPAGE` over a run of holes; a page populated meanwhile (EEXIST) is stepped over. */
+function zeroRun(fd: number, start: number, length: number): number {
+  const end = start + length;
+  while (start < end) {
+    const rc = resolve.zeropage(fd, start, end - start, 0);
+    if (rc >= end - start) return 0;
+    if (rc >= 0) {
+      start += rc; // a partial run: go on from there
+      continue;
+    }
+    if (rc !== -ERRNO.EEXIST!) return rc;
+    start += PAGE_SIZE; // someone populated this page meanwhile: it holds what they put there
+  }
+  return 0;
+}
+
+let dataQuery: PreparedQuery | undefined;
+let swappedQuery: PreparedQuery | undefined;
+
+/** Whether any swap device is on (`/proc/swaps` lists more than its header); unknown counts as on. */
+export function swapActive(): boolean {
+  const swaps = libc.readTextFile("/proc/swaps");
+  return typeof swaps !== "string" || swaps.trim().split("\n").length > 1;
+}
+
+/**
+ * Visits the runs of pages of a span of private anonymous memory that may hold data:
+ * present and not the shared zero page, or swapped out (only asked when swap is on:
+ * a uffd-wp marker also reads as swapped). Pages never touched, or mapping the zero
+ * page, are not visited.
+ *
+ * @param span The memory, page-aligned.
+ * @param visit Receives `(firstPage, pages)` runs, in address order when swap is off.
+ * @param options `content: true` also reads each candidate and leaves out the pages
+ *   that hold only zeros — for a kernel whose read faults allocate, where a page only
+ *   read is otherwise a candidate (it costs a read of every candidate page).
+ *
+ * @example
+ * ```ts
+ * import { Region } from "@uffd/uffd";
+ * import { visitDataPages } from "./page_contents.ts";
+ * using mem = Region.map(8 * Region.pageSize);
+ * mem.bytes[2 * Region.pageSize] = 7;
+ * mem.bytes.fill(0, 5 * Region.pageSize, 6 * Region.pageSize); // written, but only zeros
+ * const runs: number[][] = [];
+ * visitDataPages(mem, (first, pages) => runs.push([first, pages]), { content: true });
+ * console.log(runs); // [[2, 1]]
+ * ```
+ */
+export function visitDataPages(span: PageSpan, visit: RunVisitor, options?: { content?: boolean }): void {
+  if (span.length === 0) return;
+  const out: RunVisitor = options?.content ? nonZero(span.address, visit) : visit;
+  const profile = kernelProfile();
+  if (hasPagemapScan() && profile.pagemapScan.pfnZero !== false) {
+    dataQuery ??= Object.freeze({
+      flags: 0n,
+      inverted: PAGE_IS_PFNZERO,
+      required: PAGE_IS_PRESENT | PAGE_IS_PFNZERO,
+      anyOf: 0n,
+      report: 0n,
+      maxPages: 0,
+    });
+    using scanner = new PagemapScanner({ pid: libc.getpid() });
+    scanner.visit(span, dataQuery, out);
+    if (swapActive()) {
+      swappedQuery ??= Object.freeze({ ...dataQuery, inverted: 0n, required: PAGE_IS_SWAPPED });
+      scanner.visit(span, swappedQuery, out);
+    }
+    return;
+  }
+  const zeroPfn = profile.pagemap.pfnVisible ? profile.zeroPage.zeroPfn : null;
+  const pages = span.length / PAGE_SIZE;
+  let runFirst = -1;
+  let runEnd = -1;
+  for (let done = 0; done < pages;) {
+    const want = Math.min(CHUNK, pages - done);
+    const raw = readEntries(span.address + BigInt(done) * PAGE, want);
+    for (let i = 0; i < want; i++) {
+      const e = raw[i]!;
+      let data: boolean;
+      if ((e & PM_PRESENT) !== 0n) {
+        // The zero page is never mapped exclusively; without PFNs a shared page might be a
+        // forked child's copy of data, so only a PFN equal to the zero page's says "zero".
+        data = (e & PM_MMAP_EXCLUSIVE) !== 0n || (e & PM_FILE) !== 0n || zeroPfn === null ||
+          (e & PM_PFN_MASK) !== zeroPfn;
+      } else data = (e & PM_SWAP) !== 0n;
+      if (!data) continue;
+      const page = done + i;
+      if (page === runEnd) runEnd++;
+      else {
+        if (runFirst >= 0) out(runFirst, runEnd - runFirst);
+        runFirst = page;
+        runEnd = page + 1;
+      }
+    }
+    done += want;
+  }
+  if (runFirst >= 0) out(runFirst, runEnd - runFirst);
+}
+
+/** A visitor that reads each page of a run and passes on only the runs of pages holding a non-zero byte. */
+function nonZero(base: bigint, visit: RunVisitor): RunVisitor {
+  return (first, count) => {
+    const words = new Int32Array(libc.bufferAt(base + BigInt(first) * PAGE, count * PAGE_SIZE));
+    const perPage = PAGE_SIZE / 4;
+    let runFirst = -1;
+    for (let p = 0; p < count; p++) {
+      let zero = true;
+      for (let w = p * perPage, end = w + perPage; w < end; w++) {
+        if (words[w] !== 0) {
+          zero = false;
+          break;
+        }
+      }
+      if (!zero && runFirst < 0) runFirst = p;
+      if (zero && runFirst >= 0) {
+        visit(first + runFirst, p - runFirst);
+        runFirst = -1;
+      }
+    }
+    if (runFirst >= 0) visit(first + runFirst, count - runFirst);
+  };
+}

@@ -1,0 +1,159 @@
+/**
+ * The kernel profile against measurements of another kind: the profile decides its
+ * zero-page traits from `/proc/self/pagemap` (a present page not mapped exclusively
+ * is the zero page); these tests check the same facts through the process's memory
+ * use (`RssAnon` grows by a page for each page a read allocates, and not for the zero
+ * page), `PAGEMAP_SCAN`'s `PFNZERO` and the PFNs themselves — so a wrong probe fails
+ * here, on any kernel, whichever way the kernel goes.
+ */
+
+import assert from "node:assert/strict";
+import {
+  kernelProfile,
+  MADV_NOHUGEPAGE,
+  MADV_POPULATE_READ,
+  pagemapScan,
+  readPagemap,
+  Region,
+  Userfaultfd,
+} from "../mod.ts";
+import { overrideKernelProfile } from "../kernel_profile.ts";
+import { isRoot, needsPagemapScan, skipUnless } from "./helpers.ts";
+
+const PAGE = Region.pageSize;
+const PAGES = 4096; // 16 MiB: far above the RSS counters' per-CPU slack
+const profile = kernelProfile();
+
+/** `RssAnon` of this process, in bytes. */
+function rssAnon(): number {
+  const m = /^RssAnon:\s+(\d+) kB/m.exec(Deno.readTextFileSync("/proc/self/status"));
+  return Number(m![1]) * 1024;
+}
+
+/** How much anonymous memory `fill` made this process use, for a fresh 16 MiB mapping. */
+function costOf(fill: (mem: Region) => void): number {
+  using mem = Region.map(PAGES * PAGE);
+  mem.advise(MADV_NOHUGEPAGE);
+  const before = rssAnon();
+  fill(mem);
+  return rssAnon() - before;
+}
+
+/** "allocates" when the fill cost at least half a page per page, "zero-page" when almost nothing. */
+function verdict(cost: number): string {
+  if (cost > PAGES * PAGE / 2) return "allocates";
+  if (cost < PAGES * PAGE / 8) return "zero-page";
+  return `unclear (${cost} bytes for ${PAGES} pages)`;
+}
+
+/** Reads a byte of every page (summed and checked: an unused load may be optimised away). */
+const readAll = (mem: Region) => {
+  let sum = 0;
+  for (let p = 0; p < PAGES; p++) sum += mem.bytes[p * PAGE]!;
+  assert.equal(sum, 0);
+};
+
+Deno.test("kernel profile: measured once and cached; every trait has a value", () => {
+  assert.equal(kernelProfile(), profile, "the same object on every call");
+  assert.equal(profile.pageSize, PAGE);
+  assert.equal(profile.release, Deno.osRelease());
+  assert.ok(["populate-read", "uffd-zeropage", "populate-allocates", "none"].includes(profile.untouchedFill));
+  assert.equal(profile.userfaultfd.available, profile.userfaultfd.featureMask !== null);
+});
+
+Deno.test("kernel profile: a read fault maps the zero page exactly when the process's memory use says so", () => {
+  assert.equal(verdict(costOf(readAll)), profile.zeroPage.readFault ? "zero-page" : "allocates");
+});
+
+Deno.test({
+  name: "kernel profile: a read fault against PAGEMAP_SCAN's PFNZERO",
+  ignore: needsPagemapScan(),
+  fn: () => {
+    using mem = Region.map(4 * PAGE);
+    void mem.bytes[PAGE];
+    const zero = pagemapScan(mem, { require: ["PFNZERO"] });
+    assert.deepEqual(zero.map((r) => r.firstPage), profile.zeroPage.readFault ? [1] : []);
+  },
+});
+
+Deno.test({
+  name: "kernel profile: a read fault against the PFNs (two pages read in two mappings share one frame)",
+  ignore: skipUnless(isRoot && profile.pagemap.pfnVisible, "PFNs are visible only with CAP_SYS_ADMIN"),
+  fn: () => {
+    using a = Region.map(PAGE);
+    using b = Region.map(PAGE);
+    void a.bytes[0];
+    void b.bytes[0];
+    const [pa, pb] = [readPagemap(a)[0]!.pfn, readPagemap(b)[0]!.pfn];
+    assert.ok(pa !== undefined && pb !== undefined);
+    assert.equal(pa === pb, profile.zeroPage.readFault, `PFNs ${pa} and ${pb}`);
+    if (profile.zeroPage.readFault) assert.equal(pa, profile.zeroPage.zeroPfn);
+  },
+});
+
+Deno.test({
+  name: "kernel profile: MADV_POPULATE_READ maps what the profile says",
+  ignore: skipUnless(profile.zeroPage.populateRead !== "unsupported", "no MADV_POPULATE_READ (Linux 5.14+)"),
+  fn: () => {
+    const cost = costOf((mem) => assert.equal(mem.advise(MADV_POPULATE_READ), undefined));
+    assert.equal(verdict(cost), profile.zeroPage.populateRead);
+  },
+});
+
+Deno.test({
+  name: "kernel profile: UFFDIO_ZEROPAGE maps what the profile says",
+  ignore: skipUnless(profile.zeroPage.uffdZeropage !== "unavailable", "no userfaultfd to measure it"),
+  fn: () => {
+    const cost = costOf((mem) => {
+      using uffd = Userfaultfd.open();
+      uffd.register(mem, { missing: true });
+      assert.equal(uffd.zeropage(mem), mem.length);
+    });
+    assert.equal(verdict(cost), profile.zeroPage.uffdZeropage);
+  },
+});
+
+Deno.test("kernel profile: the way untouched pages are filled follows from the zero-page traits", () => {
+  const z = profile.zeroPage;
+  const expected = z.populateRead === "zero-page"
+    ? "populate-read"
+    : z.uffdZeropage === "zero-page"
+    ? "uffd-zeropage"
+    : z.populateRead === "allocates"
+    ? "populate-allocates"
+    : "none";
+  assert.equal(profile.untouchedFill, expected);
+});
+
+Deno.test("kernel profile: a forced fill must do what its name says here; undefined restores the measurement", () => {
+  const z = profile.zeroPage;
+  const fills = [
+    ["populate-read", z.populateRead === "zero-page"],
+    ["populate-allocates", z.populateRead === "allocates"],
+    ["uffd-zeropage", z.uffdZeropage === "zero-page"],
+  ] as const;
+  try {
+    for (const [fill, works] of fills) {
+      if (works) {
+        overrideKernelProfile({ untouchedFill: fill });
+        assert.equal(kernelProfile().untouchedFill, fill);
+        assert.equal(kernelProfile().zeroPage, z, "measurements are not overridden");
+      } else assert.throws(() => overrideKernelProfile({ untouchedFill: fill }), /does not work on this kernel/);
+    }
+  } finally {
+    overrideKernelProfile(undefined);
+  }
+  assert.equal(kernelProfile(), profile);
+});
+
+Deno.test({
+  name: "kernel profile: the pagemap uffd-wp bit as measured",
+  ignore: skipUnless(profile.pagemap.uffdWpBit !== null, "no userfaultfd with write-protect to measure it"),
+  fn: () => {
+    using mem = Region.map(PAGE, { populate: true });
+    using uffd = Userfaultfd.open();
+    uffd.register(mem, { wp: true });
+    uffd.writeProtect(mem);
+    assert.equal(readPagemap(mem)[0]!.uffdWp, profile.pagemap.uffdWpBit);
+  },
+});
