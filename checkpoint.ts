@@ -55,7 +55,7 @@ import { crc32c, crc32cWords } from "./crc32c.ts";
 import { ERRNO, UffdError } from "./errors.ts";
 import * as libc from "./ffi/libc.ts";
 import { readMaps } from "./maps.ts";
-import { PagemapScanner } from "./pagemap.ts";
+import { visitDataPages } from "./page_contents.ts";
 import { Region } from "./region.ts";
 import { RunList } from "./write_set.ts";
 import { WriteWatch, type WriteWatchOptions, type WriteWatchTarget } from "./write_watch.ts";
@@ -220,10 +220,7 @@ export class Checkpoint implements Disposable {
     const span = { address: this.watch.address, length: pages * PAGE_SIZE };
     if (!privateAnonymous(this.#target, span.address, span.address + BigInt(span.length))) return all;
     const runs = new RunList();
-    using scanner = new PagemapScanner();
-    scanner.visit(span, { require: ["PRESENT", "PFNZERO"], invert: ["PFNZERO"], report: [] }, (f, n) => runs.add(f, n));
-    // A uffd-wp marker on an untouched page also reads as SWAPPED: only worth reading when swap is on.
-    if (swapActive()) scanner.visit(span, { require: ["SWAPPED"], report: [] }, (f, n) => runs.add(f, n));
+    visitDataPages(span, (f, n) => runs.add(f, n));
     return runs.freeze();
   }
 
@@ -367,10 +364,4 @@ function privateAnonymous(target: WriteWatchTarget, start: bigint, end: bigint):
   } catch {
     return false;
   }
-}
-
-/** Whether any swap device is on (`/proc/swaps` lists more than its header); unknown counts as on. */
-function swapActive(): boolean {
-  const swaps = libc.readTextFile("/proc/swaps");
-  return typeof swaps !== "string" || swaps.trim().split("\n").length > 1;
 }

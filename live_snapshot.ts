@@ -45,12 +45,17 @@
  *   size, in memory reserved but only used as needed). `done` resolves after the
  *   last call.
  *
- * **Never-touched pages** are saved as zeros without being read and without being
- * populated: with `WP_UNPOPULATED` (Linux 6.4+) they carry a protection marker and
- * stay unpopulated unless someone writes them; without it (or with `decline:
- * ["WP_UNPOPULATED"]`), they are mapped to the shared zero page first
- * (`MADV_POPULATE_READ`) so that a write to them faults — they then use no memory
- * either. `PAGEMAP_SCAN` sorts the pages once the target is protected.
+ * **Never-touched pages** are saved as zeros without being read: with
+ * `WP_UNPOPULATED` (Linux 6.4+) they carry a protection marker and stay unpopulated
+ * unless someone writes them; without it (or with `decline: ["WP_UNPOPULATED"]`),
+ * they are mapped to the shared zero page first so that a write to them faults —
+ * `MADV_POPULATE_READ`, or `UFFDIO_ZEROPAGE` on a kernel whose read faults allocate
+ * (`kernelProfile().untouchedFill`) — and use no memory either. Where nothing maps
+ * the zero page they get zero-filled pages of their own: the image is still exact,
+ * but those pages then cost memory and are read like data (`result.untouched` says
+ * `"allocated"`). On a kernel whose read faults allocate, a page that was only read
+ * before the snapshot holds a page of zeros and is saved like data. `PAGEMAP_SCAN`
+ * sorts the pages once the target is protected.
  *
  * **`MADV_DONTNEED`, `munmap`, `mremap` on the target** during a snapshot never
  * give a wrong image. A removal's event reaches the fault handler before the
@@ -92,6 +97,7 @@ import * as libc from "./ffi/libc.ts";
 import { deserializeError } from "./handler_protocol.ts";
 import { EFD_CLOEXEC, EFD_NONBLOCK, MADV_DONTNEED } from "./linux.ts";
 import { kernelRelease } from "./access.ts";
+import { kernelProfile, type UntouchedPages, untouchedPages } from "./kernel_profile.ts";
 import { readMaps } from "./maps.ts";
 import { hasPagemapScan } from "./pagemap.ts";
 import { pageCeil, pageFloor } from "./range.ts";
@@ -196,8 +202,14 @@ export interface SnapshotProgress {
 
 /** What a finished snapshot did. */
 export interface SnapshotResult extends SnapshotProgress {
-  /** Whether never-touched pages were handled by `WP_UNPOPULATED` (else by populating them with the zero page). */
+  /** Whether never-touched pages were handled by `WP_UNPOPULATED` (else by filling them first). */
   readonly wpUnpopulated: boolean;
+  /**
+   * What never-touched pages cost: `"unpopulated"` (`WP_UNPOPULATED`), `"zero-page"`
+   * (mapped to the shared zero page first: no memory), `"allocated"` (a kernel where
+   * nothing maps the zero page: each got a zero-filled page of its own).
+   */
+  readonly untouched: UntouchedPages;
   /** The checkpoint file written (file sink). */
   readonly file: FileWritten | undefined;
 }
@@ -370,8 +382,10 @@ export class LiveSnapshot implements AsyncDisposable {
   readonly head: number;
   /** Length of the target in bytes. */
   readonly byteLength: number;
-  /** Whether never-touched pages are handled by `WP_UNPOPULATED` (else populated with the zero page first). */
+  /** Whether never-touched pages are handled by `WP_UNPOPULATED` (else filled first: see {@linkcode untouched}). */
   readonly wpUnpopulated: boolean;
+  /** What never-touched pages cost (see `SnapshotResult.untouched`). */
+  readonly untouched: UntouchedPages;
 
   readonly #uffd: Userfaultfd;
   readonly #copierUffd: Userfaultfd;
@@ -419,6 +433,7 @@ export class LiveSnapshot implements AsyncDisposable {
     this.head = head;
     this.byteLength = byteLength;
     this.wpUnpopulated = data.wpUnpopulated;
+    this.untouched = untouchedPages(data.untouchedFill);
     const start = (role: Role, workerData: SnapshotWorkerData) => {
       const worker = new Worker(BOOTSTRAP, { workerData });
       worker.on("message", (m: SnapshotMessage) => this.#message(role, m));
@@ -544,6 +559,18 @@ export class LiveSnapshot implements AsyncDisposable {
       features: [Feature.WP_UNPOPULATED],
       decline: declined,
     });
+    const wpUnpopulated = uffd.features.has(Feature.WP_UNPOPULATED);
+    const fill = kernelProfile().untouchedFill;
+    if (!wpUnpopulated && fill === "none") {
+      uffd.close();
+      throw invalid(
+        operation,
+        `without WP_UNPOPULATED (Linux 6.4) never-touched pages must be populated first, and this kernel ` +
+          `(${kernelRelease()}) has neither MADV_POPULATE_READ (5.14) nor a userfaultfd that can map zero pages`,
+        {},
+        ERRNO.EOPNOTSUPP,
+      );
+    }
     let eventFd = -1;
     let staging: Region | undefined;
     let copierUffd: Userfaultfd | undefined;
@@ -571,7 +598,8 @@ export class LiveSnapshot implements AsyncDisposable {
         pages,
         head,
         length: location.length,
-        wpUnpopulated: uffd.features.has(Feature.WP_UNPOPULATED),
+        wpUnpopulated,
+        untouchedFill: wpUnpopulated ? null : fill,
         sink: sinkSpec,
         chunkPages,
         batch: 64,
@@ -784,7 +812,7 @@ export class LiveSnapshot implements AsyncDisposable {
   }
 
   #result(): SnapshotResult {
-    return { ...this.progress, wpUnpopulated: this.wpUnpopulated, file: this.#file };
+    return { ...this.progress, wpUnpopulated: this.wpUnpopulated, untouched: this.untouched, file: this.#file };
   }
 
   /**

@@ -313,8 +313,26 @@ export class Region implements Range, Disposable {
   }
 
   /**
-   * Faults pages in without touching their contents: `MADV_POPULATE_READ` (zero
-   * pages for untouched anonymous memory), or `MADV_POPULATE_WRITE` with `write`.
+   * Faults pages in without touching their contents: `MADV_POPULATE_READ`, or
+   * `MADV_POPULATE_WRITE` with `write`.
+   *
+   * What a read population puts in untouched private anonymous memory depends on the
+   * kernel: usually the shared zero page (no memory used), but a kernel without a
+   * shared zero page for read faults (some builds; s390's `mm_forbids_zeropage`)
+   * allocates a zero-filled page of its own for each — the region then costs its
+   * full size, and its pages look written to anything that asks whether a page holds
+   * data. `kernelProfile().zeroPage.populateRead` says which (`"zero-page"` or
+   * `"allocates"`); `UFFDIO_ZEROPAGE` (`Userfaultfd.zeropage`) may still map the zero
+   * page there (`kernelProfile().zeroPage.uffdZeropage`).
+   *
+   * @example
+   * ```ts
+   * import { kernelProfile, readPagemap, Region } from "@uffd/uffd";
+   * using mem = Region.map(2 * Region.pageSize);
+   * mem.populate();
+   * const [page] = readPagemap(mem);
+   * console.log(page.present, page.exclusive === (kernelProfile().zeroPage.populateRead === "allocates")); // true true
+   * ```
    */
   populate(options?: { write?: boolean; range?: Range }): void {
     options = optionsBag(options, "Region.populate");

@@ -42,7 +42,8 @@ import { PollSet } from "./ffi/pollset.ts";
 import * as resolve from "./ffi/resolve_ops.ts";
 import type { UffdMsg } from "./ffi/structs.ts";
 import { latencyBucket } from "./handler_stats.ts";
-import { MADV_POPULATE_READ, POLLERR, POLLIN, POLLNVAL } from "./linux.ts";
+import { POLLERR, POLLIN, POLLNVAL } from "./linux.ts";
+import { fillUntouched, swapActive } from "./page_contents.ts";
 import { PagemapScanner, type PreparedQuery } from "./pagemap.ts";
 import { Region } from "./region.ts";
 import { HANDLER, PageStates, SAVED, UNSAVED_DATA, UNSAVED_ZERO } from "./snapshot_pages.ts";
@@ -91,12 +92,6 @@ function addRun(runs: [number, number][], i: number): void {
   const last = runs.at(-1);
   if (last && last[0] + last[1] === i) last[1]++;
   else runs.push([i, 1]);
-}
-
-/** Whether any swap device is on (`/proc/swaps` lists more than its header); unknown counts as on. */
-function swapActive(): boolean {
-  const swaps = libc.readTextFile("/proc/swaps");
-  return typeof swaps !== "string" || swaps.trim().split("\n").length > 1;
 }
 
 /**
@@ -192,11 +187,12 @@ export class FaultsLoop {
       if (round === SETUP_ROUNDS) {
         throw torn("the target's pages kept being dropped while it was being write-protected");
       }
-      if (!d.wpUnpopulated) {
+      if (d.untouchedFill !== null) {
         // Without WP_UNPOPULATED a never-touched page has no PTE to protect: map the zero page there first.
-        const rc = libc.madvise(span.address, BigInt(span.length), MADV_POPULATE_READ);
+        const rc = fillUntouched(this.#fd, span.address, span.length, d.untouchedFill);
         if (rc < 0 && rc !== -EINTR && rc !== -EAGAIN) {
-          throw new UffdError({ errno: -rc, operation: "MADV_POPULATE_READ", args: { start: span.address } });
+          const operation = d.untouchedFill === "uffd-zeropage" ? "UFFDIO_ZEROPAGE" : "MADV_POPULATE_READ";
+          throw new UffdError({ errno: -rc, operation, args: { start: span.address } });
         }
       }
       const rc = resolve.writeprotect(this.#fd, this.#base, span.length, MODE_WP);

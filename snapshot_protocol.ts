@@ -21,6 +21,7 @@
  * @module
  */
 
+import type { UntouchedFill } from "./kernel_profile.ts";
 import type { SerializedError } from "./handler_protocol.ts";
 import type { SharedUserfaultfd } from "./userfaultfd.ts";
 
@@ -142,8 +143,10 @@ export interface SnapshotWorkerData {
   head: number;
   /** Length of the image in bytes. */
   length: number;
-  /** The userfaultfd has `WP_UNPOPULATED` (else never-touched pages are populated with the zero page first). */
+  /** The userfaultfd has `WP_UNPOPULATED` (else never-touched pages are filled first, as `untouchedFill` says). */
   wpUnpopulated: boolean;
+  /** How never-touched pages are filled before protection without `WP_UNPOPULATED` (the main side's profile). */
+  untouchedFill: UntouchedFill | null;
   sink: WorkerSinkSpec;
   /** Pages per chunk: the copier saves and unprotects a chunk at a time, under the chunk's lock. */
   chunkPages: number;

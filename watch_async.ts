@@ -32,6 +32,8 @@ import { ERRNO, UffdError } from "./errors.ts";
 import * as libc from "./ffi/libc.ts";
 import { MS_ASYNC } from "./linux.ts";
 import { unmappedParts } from "./maps.ts";
+import { kernelProfile } from "./kernel_profile.ts";
+import { visitDataPages } from "./page_contents.ts";
 import { hasPagemapScan, PagemapScanner, type PreparedQuery, prepareQuery } from "./pagemap.ts";
 import { Feature } from "./uapi.ts";
 import { Userfaultfd } from "./userfaultfd.ts";
@@ -44,23 +46,29 @@ const PAGE = BigInt(PAGE_SIZE);
 /** Regions per PAGEMAP_SCAN ioctl: 4096 × 24 bytes. */
 const VECTOR_LENGTH = 4096;
 
-let queries: { collect: PreparedQuery; written: PreparedQuery; notAllowed: PreparedQuery; data: PreparedQuery };
+let queries: { collect: PreparedQuery; written: PreparedQuery; notAllowed: PreparedQuery };
 
 function prepared(): typeof queries {
+  // Kernels before the July 2026 stable fixes answer WRITTEN right only on the fast
+  // path (mask == return mask == WRITTEN): where the profile saw other masks disagree,
+  // written() asks the fast path too (the span is registered from end to end; pages
+  // that left it are found by notAllowed and reported lost either way).
+  const masked = kernelProfile().pagemapScan.writtenMasked !== false;
   return queries ??= {
     // Exactly WRITTEN/WRITTEN: the kernel's fast path for get-and-clear.
     collect: prepareQuery({ require: ["WRITTEN"], report: ["WRITTEN"], writeProtect: true }),
     // Without WP_MATCHING the kernel walks unregistered mappings too (every page
     // there is "written"): require WPALLOWED so they are skipped like in collect.
-    written: prepareQuery({ require: ["WRITTEN", "WPALLOWED"], report: ["WRITTEN"] }),
+    written: masked
+      ? prepareQuery({ require: ["WRITTEN", "WPALLOWED"], report: ["WRITTEN"] })
+      : prepareQuery({ require: ["WRITTEN"], report: ["WRITTEN"] }),
     notAllowed: prepareQuery({ require: ["WPALLOWED"], invert: ["WPALLOWED"], report: ["WPALLOWED"] }),
-    // Resident and not the shared zero page: holds data someone wrote.
-    data: prepareQuery({ require: ["PRESENT", "PFNZERO"], invert: ["PFNZERO"], report: ["PRESENT"] }),
   };
 }
 
 class AsyncBackend implements WriteWatchBackend {
   readonly name = "async" as const;
+  readonly untouched = "unpopulated" as const;
   #pages: number;
   readonly #address: bigint;
   #range: { address: bigint; length: number };
@@ -103,9 +111,11 @@ class AsyncBackend implements WriteWatchBackend {
     this.#uffd.register(tail, { wp: true });
     this.#uffd.writeProtect(tail);
     // After protection, a page that holds data was written before (or just after,
-    // which the next scan reports too): report it now.
+    // which the next scan reports too): report it now. Pages holding only zeros are
+    // what they were when the memory grew (and, where read faults allocate, most
+    // likely only read): not reported.
     const offset = this.#pages;
-    this.#scanner.visit(tail, queries.data, (first, count) => written.add(offset + first, count));
+    visitDataPages(tail, (first, count) => written.add(offset + first, count), { content: true });
     this.#pages = pages;
     this.#range = { address: this.#address, length: pages * PAGE_SIZE };
   }

@@ -25,9 +25,9 @@
  *   backend with `EVENT_REMAP`) may follow it instead, as long as the span the
  *   `WriteWatch` sees keeps its meaning.
  * - `extend` adds pages at the end of the span (a grown `WebAssembly.Memory`) and
- *   reports those of the new pages that already hold written data (anything but
- *   untouched or zero-page-mapped memory), so that writes made between the growth
- *   and the call are not lost.
+ *   reports those of the new pages that already hold written data (present, not the
+ *   zero page, not only zeros: `visitDataPages(tail, …, { content: true })`), so that
+ *   writes made between the growth and the call are not lost.
  * - `create` and every method are synchronous. A backend that needs a handler thread
  *   (the sync backend) starts it in `create` and waits for it (`Atomics.wait`,
  *   bounded) before it protects anything: the main thread must never block in a
@@ -43,6 +43,7 @@
  * // A backend that never sees a write (for illustration only).
  * class Blind implements WriteWatchBackend {
  *   readonly name = "sync";
+ *   readonly untouched = "unpopulated";
  *   constructor(public pages: number) {}
  *   extend(pages: number, _written: RunList) { this.pages = pages; }
  *   scan(_reset: boolean, _written: RunList, _lost: RunList) {}
@@ -61,6 +62,7 @@
  * @module
  */
 
+import type { UntouchedPages } from "./kernel_profile.ts";
 import type { Feature } from "./uapi.ts";
 import type { RunList } from "./write_set.ts";
 
@@ -95,6 +97,8 @@ export interface WriteWatchBackend extends Disposable {
   readonly name: WriteWatchBackendName;
   /** Pages in the span now. */
   readonly pages: number;
+  /** What never-touched pages of the span cost. */
+  readonly untouched: UntouchedPages;
   /**
    * Grows the span to `pages` pages (same start address): starts watching the new
    * pages and appends to `written` those of them that already hold written data.

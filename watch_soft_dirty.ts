@@ -56,6 +56,7 @@ const CLEAR_SOFT_DIRTY = new TextEncoder().encode("4");
 
 class SoftDirtyBackend implements WriteWatchBackend {
   readonly name = "soft-dirty" as const;
+  readonly untouched = "unpopulated" as const;
   readonly #address: bigint;
   #pages: number;
   #entries: BigUint64Array;

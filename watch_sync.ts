@@ -14,9 +14,14 @@
  *   and one after it faults again and is reported next time — none is lost.
  * - Pages never touched must count too, yet the kernel has nothing to protect
  *   there: with `WP_UNPOPULATED` (Linux 6.4) protection leaves a marker on them;
- *   without it the span is populated first with `MADV_POPULATE_READ` (the shared
- *   zero page, no memory; the old QEMU workaround), and so is every removed range
- *   before it is protected again.
+ *   without it the span's holes are filled first, and so is every removed range
+ *   before it is protected again — the way the kernel profile says
+ *   (`kernelProfile().untouchedFill`): `MADV_POPULATE_READ` where it maps the shared
+ *   zero page (the old QEMU workaround), `UFFDIO_ZEROPAGE` on the holes where only
+ *   that maps it (a kernel whose read faults allocate). Either way untouched pages
+ *   use no memory. Where nothing maps the zero page, `MADV_POPULATE_READ` allocates
+ *   a zero-filled page for each: still exact, but the untouched pages then cost
+ *   memory — `WriteWatch.untouched` says `"allocated"`.
  * - `EVENT_REMOVE`: private anonymous pages zapped by `MADV_DONTNEED` read back as
  *   zeros and raise no fault afterwards; the removed pages are counted as written
  *   (shared memory keeps its contents and its protection: not counted).
@@ -25,8 +30,10 @@
  *   without these events the kernel would drop their protection silently.
  * - Growth (`extend`): the tail is registered on the same userfaultfd, added to
  *   the running handler (`FaultHandler.addRanges`), then protected; pages already
- *   holding data are reported (found with `PAGEMAP_SCAN` where the kernel has it,
- *   otherwise every resident page of the tail, conservatively).
+ *   holding data are reported: present and not the zero page (`PAGEMAP_SCAN`, or
+ *   `/proc/self/pagemap` without it), and not only zeros — a page of the grown part
+ *   that holds nothing but zeros is what it was when the memory grew, and on a
+ *   kernel whose read faults allocate it is most likely a page only read.
  * - Memory that is not page-aligned shares its first and last pages with other
  *   data. Where the mapping around such a page reaches past the watched memory (a
  *   malloc heap: a small `ArrayBuffer`, or a large one after glibc raised its mmap
@@ -68,13 +75,13 @@ import { kernelRelease } from "./access.ts";
 import { ERRNO, UffdError } from "./errors.ts";
 import { FaultHandler } from "./fault_handler.ts";
 import * as libc from "./ffi/libc.ts";
-import { MADV_POPULATE_READ, MAP_ANONYMOUS, MAP_PRIVATE, PROT_READ, PROT_WRITE } from "./linux.ts";
+import { kernelProfile, type UntouchedFill, type UntouchedPages, untouchedPages } from "./kernel_profile.ts";
 import { readMaps } from "./maps.ts";
-import { hasPagemapScan, PagemapScanner, type PreparedQuery, prepareQuery, readPagemapRaw } from "./pagemap.ts";
+import { fillUntouched, visitDataPages } from "./page_contents.ts";
 import { policies } from "./policies.ts";
 import type { Range } from "./range.ts";
 import { bitmapBytes, type PageRun, pageRuns } from "./tracked_pages.ts";
-import { Feature, PM_PRESENT } from "./uapi.ts";
+import { Feature } from "./uapi.ts";
 import { Userfaultfd } from "./userfaultfd.ts";
 import type { BackendProvider, WatchedSpan, WriteWatchBackend } from "./watch_backend.ts";
 import { missingFeatures } from "./watch_features.ts";
@@ -97,9 +104,6 @@ const NEEDED: readonly Feature[] = [
   Feature.EVENT_UNMAP,
 ];
 
-let dataQuery: PreparedQuery | undefined;
-let populateRead: boolean | undefined;
-
 /**
  * Why the handler's Worker could not load this package's modules, if it could not:
  * a Worker reads its modules from disk with the read permission, which the
@@ -120,19 +124,12 @@ function workerCannotLoad(): string | undefined {
     `which needs read permission there (--allow-read=${path})`;
 }
 
-/** Whether `MADV_POPULATE_READ` works here (Linux 5.14), tried once on a page of its own. */
-function populateReadSupported(): boolean {
-  if (populateRead !== undefined) return populateRead;
-  const address = libc.mmap(0n, PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0n);
-  if (address < 0n) return false;
-  populateRead = libc.madvise(address, PAGE, MADV_POPULATE_READ) === 0;
-  libc.munmap(address, PAGE);
-  return populateRead;
-}
-
-function populate(address: bigint, length: number): void {
-  const rc = libc.madvise(address, BigInt(length), MADV_POPULATE_READ);
-  if (rc < 0) throw new UffdError({ errno: -rc, operation: "MADV_POPULATE_READ", args: { start: address, length } });
+function fill(uffd: Userfaultfd, address: bigint, length: number, how: UntouchedFill): void {
+  const rc = fillUntouched(uffd.fd, address, length, how);
+  if (rc < 0) {
+    const operation = how === "uffd-zeropage" ? "UFFDIO_ZEROPAGE" : "MADV_POPULATE_READ";
+    throw new UffdError({ errno: -rc, operation, args: { start: address, length } });
+  }
 }
 
 /** A range that tells the handler its page size (so that it does not read `/proc/self/smaps`). */
@@ -190,12 +187,12 @@ class SyncBackend implements WriteWatchBackend {
   #end: number;
   readonly #uffd: Userfaultfd;
   readonly #handler: FaultHandler;
-  readonly #populate: boolean;
+  /** How holes are filled before protection; `undefined` where markers cover them (WP_UNPOPULATED, shared memory). */
+  readonly #fill: UntouchedFill | undefined;
   readonly #lost: Uint8Array;
   readonly #state: Int32Array;
   #lostGeneration = 0;
   #lostRuns = new Uint32Array(0);
-  #scanner: PagemapScanner | undefined;
   #closed = false;
 
   constructor(span: WatchedSpan) {
@@ -215,7 +212,9 @@ class SyncBackend implements WriteWatchBackend {
     let handler: FaultHandler | undefined;
     try {
       // Shared memory keeps markers on untouched pages whatever the features.
-      this.#populate = !span.shared && !this.#uffd.features.has(Feature.WP_UNPOPULATED);
+      this.#fill = !span.shared && !this.#uffd.features.has(Feature.WP_UNPOPULATED)
+        ? kernelProfile().untouchedFill
+        : undefined;
       this.#lost = new Uint8Array(
         new SharedArrayBuffer(Math.max(1, bitmapBytes(tracked)), { maxByteLength: bitmapBytes(MAX_PAGES) }),
       );
@@ -225,7 +224,7 @@ class SyncBackend implements WriteWatchBackend {
       const options: SyncWatchPolicyOptions = {
         base: Number(range.address),
         removedAsWritten: !span.shared,
-        populate: this.#populate,
+        fill: this.#fill ?? null,
         lost: this.#lost.buffer as SharedArrayBuffer,
         state: this.#state.buffer as SharedArrayBuffer,
       };
@@ -235,7 +234,7 @@ class SyncBackend implements WriteWatchBackend {
         maxPages: Math.max(MAX_PAGES, tracked),
       });
       if (tracked > 0) {
-        if (this.#populate) populate(range.address, range.length);
+        if (this.#fill) fill(this.#uffd, range.address, range.length, this.#fill);
         this.#uffd.writeProtect(range);
       }
       this.#handler = handler;
@@ -269,18 +268,16 @@ class SyncBackend implements WriteWatchBackend {
     this.#handler.addRanges([withPageSize(tail)]);
     this.#pages = pages;
     this.#end = pages;
-    if (this.#populate) populate(tail.address, tail.length);
+    if (this.#fill) fill(this.#uffd, tail.address, tail.length, this.#fill);
     this.#uffd.writeProtect(tail);
     // After protection, a page holding data was written before (or just after,
     // which the next scan reports too): report it now.
-    if (hasPagemapScan()) {
-      dataQuery ??= prepareQuery({ require: ["PRESENT", "PFNZERO"], invert: ["PFNZERO"], report: ["PRESENT"] });
-      this.#scanner ??= new PagemapScanner();
-      this.#scanner.visit(tail, dataQuery, (first, count) => written.add(from + first, count));
-    } else {
-      const entries = readPagemapRaw(tail);
-      for (let i = 0; i < entries.length; i++) if ((entries[i]! & PM_PRESENT) !== 0n) written.add(from + i, 1);
-    }
+    visitDataPages(tail, (first, count) => written.add(from + first, count), { content: true });
+  }
+
+  /** What never-touched pages cost: see `WriteWatch.untouched`. */
+  get untouched(): UntouchedPages {
+    return untouchedPages(this.#fill);
   }
 
   scan(reset: boolean, written: RunList, lost: RunList): void {
@@ -313,7 +310,6 @@ class SyncBackend implements WriteWatchBackend {
     } catch { /* a failed handler has closed the userfaultfd already; its error reached the calls that met it */ }
     // The last reference: the kernel unregisters the span, clears its protection and wakes every waiter.
     this.#uffd.close();
-    this.#scanner?.close();
   }
 
   [Symbol.dispose](): void {
@@ -322,7 +318,10 @@ class SyncBackend implements WriteWatchBackend {
 
   /** Without `WP_UNPOPULATED`, removed ranges must hold pages again before they are re-protected. */
   #prepare(): void {
-    if (this.#populate && Atomics.load(this.#state, SYNC_STATE.REMOVED) !== 0) this.#handler.control("populate");
+    // Always asked, not only when the policy's "removed" flag is up: a zap returns as soon as
+    // the handler has read its event, possibly before the policy noted it. The control runs
+    // after that batch, so it sees every removal whose caller has returned.
+    if (this.#fill) this.#handler.control("populate");
   }
 
   /** The lost pages (span numbering) as `[first, count, …]`, re-read from the policy's bitmap when it changed. */
@@ -346,7 +345,8 @@ class SyncBackend implements WriteWatchBackend {
 /**
  * The `sync` backend: available where userfaultfd has write-protect faults and the
  * `EVENT_REMOVE`, `EVENT_REMAP` and `EVENT_UNMAP` events (Linux 5.7+), with
- * `WP_UNPOPULATED` (6.4) or else `MADV_POPULATE_READ` (5.14); shared memory also
+ * `WP_UNPOPULATED` (6.4) or else `MADV_POPULATE_READ` (5.14) or `UFFDIO_ZEROPAGE`
+ * to fill never-touched pages (`kernelProfile().untouchedFill`); shared memory also
  * needs `WP_HUGETLBFS_SHMEM`.
  *
  * @example
@@ -365,7 +365,7 @@ export const syncBackend: BackendProvider = Object.freeze({
     const load = workerCannotLoad();
     if (load !== undefined) return load;
     const unpopulated = features.has(Feature.WP_UNPOPULATED) && !span.decline?.includes(Feature.WP_UNPOPULATED);
-    if (!span.shared && !unpopulated && !populateReadSupported()) {
+    if (!span.shared && !unpopulated && kernelProfile().untouchedFill === "none") {
       return `without WP_UNPOPULATED (Linux 6.4) untouched pages must be populated with MADV_POPULATE_READ, ` +
         `which this kernel (${kernelRelease()}) lacks (Linux 5.14)`;
     }

@@ -10,10 +10,12 @@
  *   generation is bumped, so that the main side re-reads the bitmap only when it
  *   changed. A range moved elsewhere is unregistered at its new address: its new
  *   owner's writes are not ours to serve.
- * - `remove`, when the watch pre-populates (no `WP_UNPOPULATED`): the zapped range
- *   is remembered and the shared "removed" flag set; the main side then calls
- *   `control("populate")` before the next re-protection, which maps the zero page
- *   back (`MADV_POPULATE_READ`) so that re-protecting the range protects something.
+ * - `remove`, when the watch fills never-touched pages (no `WP_UNPOPULATED`): the
+ *   zapped range is remembered; the main side calls `control("populate")` before
+ *   every re-protection, which fills the holes of the ranges removed since
+ *   again the way the kernel profile said (`fillUntouched`: the zero page through
+ *   `MADV_POPULATE_READ` or `UFFDIO_ZEROPAGE`) so that re-protecting the range
+ *   protects something.
  *
  * - `control("barrier")` does nothing: its answer tells the main side that the
  *   batch in progress when it asked — with any event whose caller has already
@@ -26,18 +28,16 @@
  */
 
 import type { UffdEvent } from "./events.ts";
-import * as libc from "./ffi/libc.ts";
-import { MADV_POPULATE_READ } from "./linux.ts";
+import type { UntouchedFill } from "./kernel_profile.ts";
+import { fillUntouched } from "./page_contents.ts";
 import { type FaultPolicy, type PolicyContext, unprotectPolicy } from "./policies.ts";
 
 /** Slots of the policy's shared state (`Int32Array`). */
 export const SYNC_STATE = {
   /** Bumped whenever pages were added to the lost bitmap. */
   LOST_GENERATION: 0,
-  /** Non-zero while removed ranges wait to be populated again. */
-  REMOVED: 1,
   /** Slots. */
-  SIZE: 2,
+  SIZE: 1,
 } as const;
 
 /** Options of {@linkcode syncWatchPolicy} (structured-cloned into the Worker). */
@@ -46,8 +46,11 @@ export interface SyncWatchPolicyOptions {
   base: number;
   /** Count pages removed by `MADV_DONTNEED`/`MADV_REMOVE` as written (private memory: they read back as zeros). */
   removedAsWritten: boolean;
-  /** Remember removed ranges so that they can be populated again (`control("populate")`). */
-  populate: boolean;
+  /**
+   * How removed ranges are filled again before re-protection (`control("populate")`),
+   * as the main side's kernel profile decided; `null`: markers cover them, nothing to do.
+   */
+  fill: UntouchedFill | null;
   /** Bitmap of lost pages (a growable `SharedArrayBuffer`, grown by the main side with the span). */
   lost: SharedArrayBuffer;
   /** `Int32Array` slots {@linkcode SYNC_STATE}. */
@@ -66,7 +69,7 @@ export interface SyncWatchPolicyOptions {
  * uffd.register(mem, { wp: true });
  * const lost = new SharedArrayBuffer(1);
  * const state = new SharedArrayBuffer(4 * SYNC_STATE.SIZE);
- * const options = { base: Number(mem.address), removedAsWritten: true, populate: false, lost, state };
+ * const options = { base: Number(mem.address), removedAsWritten: true, fill: null, lost, state };
  * const policy = policies.module(new URL("./watch_sync_policy.ts", import.meta.url), options, "syncWatchPolicy");
  * await using handler = await FaultHandler.start(uffd, policy);
  * uffd.writeProtect(mem);
@@ -96,9 +99,8 @@ export function syncWatchPolicy(options: SyncWatchPolicyOptions, context: Policy
     event(event: UffdEvent): void {
       inner.event?.(event, context);
       if (event.type === "remove") {
-        if (options.populate) {
+        if (options.fill !== null) {
           removed.push(Number(event.start), Number(event.end));
-          Atomics.store(state, SYNC_STATE.REMOVED, 1);
         }
       } else if (event.type === "remap") {
         markLost(Number(event.from), Number(event.from + event.length));
@@ -118,10 +120,9 @@ export function syncWatchPolicy(options: SyncWatchPolicyOptions, context: Policy
         const start = removed[i]!;
         const length = removed[i + 1]! - start;
         // ENOMEM (unmapped since) and the like: those pages are lost, nothing to protect.
-        if (libc.madvise(BigInt(start), BigInt(length), MADV_POPULATE_READ) === 0) populated += length / page;
+        if (fillUntouched(context.uffd.fd, BigInt(start), length, options.fill!) === 0) populated += length / page;
       }
       removed.length = 0;
-      Atomics.store(state, SYNC_STATE.REMOVED, 0);
       return populated;
     },
   };

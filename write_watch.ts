@@ -64,6 +64,7 @@ import { pageCeil, pageFloor } from "./range.ts";
 import { Region } from "./region.ts";
 import { type Feature, FEATURES } from "./uapi.ts";
 import { asyncBackend } from "./watch_async.ts";
+import type { UntouchedPages } from "./kernel_profile.ts";
 import type { BackendProvider, WatchedSpan, WriteWatchBackend, WriteWatchBackendName } from "./watch_backend.ts";
 import { softDirtyBackend } from "./watch_soft_dirty.ts";
 import { syncBackend } from "./watch_sync.ts";
@@ -310,6 +311,26 @@ export class WriteWatch implements Disposable {
   /** The backend in use. */
   get backend(): WriteWatchBackendName {
     return this.#backend.name;
+  }
+
+  /**
+   * What the watch does to pages nobody has touched: `"unpopulated"` (left alone:
+   * `async`, `soft-dirty`, `sync` with `WP_UNPOPULATED` or on shared memory),
+   * `"zero-page"` (`sync` without `WP_UNPOPULATED`: mapped to the shared zero page
+   * so that a write to them faults; no memory), `"allocated"` (the same on a kernel
+   * where nothing maps the zero page: each gets a zero-filled page of its own, so
+   * untouched memory is no longer free — see `kernelProfile().untouchedFill`).
+   *
+   * @example
+   * ```ts
+   * import { Region, WriteWatch } from "@uffd/uffd";
+   * using mem = Region.map(4 * Region.pageSize);
+   * using watch = WriteWatch.start(mem, { backend: "sync", decline: ["WP_UNPOPULATED"] });
+   * console.log(watch.untouched); // "zero-page" where the kernel can map the zero page
+   * ```
+   */
+  get untouched(): UntouchedPages {
+    return this.#backend.untouched;
   }
 
   /** Address of page 0 (the page holding the memory's first byte). */
