@@ -6,8 +6,9 @@
  */
 
 import assert from "node:assert/strict";
+import { bufferAt } from "../ffi/libc.ts";
 import { hasPagemapScan } from "../pagemap.ts";
-import { type Feature, UffdError, Userfaultfd } from "../mod.ts";
+import { type Feature, kernelProfile, type Range, UffdError, Userfaultfd } from "../mod.ts";
 
 /**
  * `ignore:` value for a test that needs something the machine may lack. Prints the
@@ -30,6 +31,46 @@ export function needsPagemapScan(): boolean {
   return skipUnless(hasPagemapScan(), `kernel ${Deno.osRelease()} has no PAGEMAP_SCAN (6.7+)`);
 }
 
+/**
+ * Whether a read fault on never-touched private anonymous memory maps the shared zero
+ * page on this kernel (the profile's measurement). Where it does not, a page only
+ * read holds a zero-filled page of its own — present, exclusive, not `PFNZERO`.
+ */
+export const readFaultMapsZeroPage: boolean = kernelProfile().zeroPage.readFault;
+
+/**
+ * Makes each page of `ranges` map the shared zero page, the way this kernel can: a
+ * read where read faults map it, else `UFFDIO_ZEROPAGE` (on a userfaultfd closed
+ * right after: the zero page stays). Returns `false` when the kernel can do neither
+ * (pass {@linkcode needsZeroPage} to `ignore:`).
+ */
+export function mapZeroPages(...ranges: Range[]): boolean {
+  const profile = kernelProfile();
+  for (const r of ranges) {
+    if (profile.zeroPage.readFault) {
+      const view = new Uint8Array(bufferAt(BigInt(r.address), Number(r.length)));
+      let sum = 0; // summed and checked: an unused load may be optimised away
+      for (let i = 0; i < view.length; i += profile.pageSize) sum += view[i]!;
+      assert.equal(sum, 0, "pages to map the zero page must hold zeros");
+      continue;
+    }
+    if (profile.zeroPage.uffdZeropage !== "zero-page") return false;
+    using uffd = Userfaultfd.open();
+    uffd.register(r, { missing: true });
+    uffd.zeropage(r);
+  }
+  return true;
+}
+
+/** `ignore:` value for a test that needs pages mapping the shared zero page ({@linkcode mapZeroPages}). */
+export function needsZeroPage(): boolean {
+  const z = kernelProfile().zeroPage;
+  return skipUnless(
+    z.readFault || z.uffdZeropage === "zero-page",
+    `kernel ${Deno.osRelease()} maps no shared zero page (read faults allocate; UFFDIO_ZEROPAGE: ${z.uffdZeropage})`,
+  );
+}
+
 /** `true` when running as root (some tests arrange the machine: huge pages, sysctls, users). */
 export const isRoot: boolean = Deno.uid() === 0;
 
@@ -48,8 +89,17 @@ export function threadCount(): number {
   return [...Deno.readDirSync("/proc/self/task")].length;
 }
 
-/** Resolves when `check()` is true; rejects after `ms` milliseconds. */
-export async function waitFor(check: () => boolean, ms = 5000, what = "condition"): Promise<void> {
+/**
+ * Every deadline of {@linkcode waitFor} and {@linkcode within} is multiplied by
+ * `UFFD_TEST_DEADLINE_SCALE` (default 1): the kernel runner sets it under QEMU's
+ * TCG, where everything runs several times slower. Deadlines only bound a wait for
+ * something that must happen; a green run never waits for them.
+ */
+export const DEADLINE_SCALE: number = Math.max(1, Number(Deno.env.get("UFFD_TEST_DEADLINE_SCALE") ?? 1) || 1);
+
+/** Resolves when `check()` is true; rejects after `ms` milliseconds (scaled by {@linkcode DEADLINE_SCALE}). */
+export async function waitFor(check: () => boolean, ms = 30_000, what = "condition"): Promise<void> {
+  ms *= DEADLINE_SCALE;
   const deadline = Date.now() + ms;
   while (!check()) {
     if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
@@ -57,8 +107,9 @@ export async function waitFor(check: () => boolean, ms = 5000, what = "condition
   }
 }
 
-/** Rejects if `promise` does not settle within `ms` milliseconds. */
+/** Rejects if `promise` does not settle within `ms` milliseconds (scaled by {@linkcode DEADLINE_SCALE}). */
 export function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
+  ms *= DEADLINE_SCALE;
   let timer: ReturnType<typeof setTimeout> | undefined;
   const timeout = new Promise<never>((_, reject) => {
     timer = setTimeout(() => reject(new Error(`${what} did not finish within ${ms} ms`)), ms);
