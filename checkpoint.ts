@@ -53,7 +53,7 @@ import { encodeCheckpointHeader, encodeCheckpointTable } from "./checkpoint_form
 import { CheckpointReader, imageBytes, isZero } from "./checkpoint_reader.ts";
 import { crc32c, crc32cWords } from "./crc32c.ts";
 import { ERRNO, UffdError } from "./errors.ts";
-import * as libc from "./ffi/libc.ts";
+import * as libc from "./ffi/_libc.ts";
 import { readMaps } from "./maps.ts";
 import { visitDataPages } from "./page_contents.ts";
 import { Region } from "./region.ts";

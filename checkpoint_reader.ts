@@ -43,8 +43,8 @@ import {
 } from "./checkpoint_format.ts";
 import { crc32c, crc32cWords } from "./crc32c.ts";
 import { ERRNO, UffdError } from "./errors.ts";
-import * as libc from "./ffi/libc.ts";
-import { O_CLOEXEC, O_RDONLY } from "./linux.ts";
+import * as libc from "./ffi/_libc.ts";
+import { O_CLOEXEC, O_RDONLY } from "./ffi/linux.ts";
 import { Region } from "./region.ts";
 import type { WriteWatchTarget } from "./write_watch.ts";
 

@@ -10,9 +10,9 @@
 
 import { ERRNO, invalid, UffdError } from "./errors.ts";
 import type { EventsOptions, UffdEvent } from "./events.ts";
-import * as libc from "./ffi/libc.ts";
-import { PollSet } from "./ffi/pollset.ts";
-import { EFD_CLOEXEC, EFD_NONBLOCK, POLLERR, POLLNVAL } from "./linux.ts";
+import * as libc from "./ffi/_libc.ts";
+import { PollSet } from "./ffi/_pollset.ts";
+import { EFD_CLOEXEC, EFD_NONBLOCK, POLLERR, POLLNVAL } from "./ffi/linux.ts";
 import { onClose } from "./on_close.ts";
 import type { Userfaultfd } from "./userfaultfd.ts";
 

@@ -32,7 +32,7 @@
 import { Worker } from "node:worker_threads";
 import { ERRNO, invalid, UffdError } from "./errors.ts";
 import type { UffdEvent } from "./events.ts";
-import * as libc from "./ffi/libc.ts";
+import * as libc from "./ffi/_libc.ts";
 import {
   CTRL,
   deserializeError,
@@ -44,7 +44,7 @@ import {
   type WorkerMessage,
 } from "./handler_protocol.ts";
 import { type HandlerStats, readStats, statsBuffer } from "./handler_stats.ts";
-import { EFD_CLOEXEC, EFD_NONBLOCK } from "./linux.ts";
+import { EFD_CLOEXEC, EFD_NONBLOCK } from "./ffi/linux.ts";
 import { onClose } from "./on_close.ts";
 import type { CopySourceSpec, PolicySpec } from "./policies.ts";
 import { unmappedParts } from "./maps.ts";

@@ -7,7 +7,7 @@
  * and at control requests → `read` a batch of messages into a buffer allocated
  * once → decode each page fault into one reused {@linkcode Fault} record (numbers,
  * no allocation) → the policy resolves it with the number-taking ioctl wrappers of
- * `ffi/resolve_ops.ts` → statistics in shared memory → next batch, until `read`
+ * `ffi/_resolve_ops.ts` → statistics in shared memory → next batch, until `read`
  * says `EAGAIN`. A policy with an `idle` method gets a call whenever the queue is
  * empty (the loop then polls without sleeping until `idle` says it is done), so
  * background work never delays a fault by more than one piece. This path is
@@ -27,11 +27,11 @@
 
 import { ERRNO, UffdError } from "./errors.ts";
 import type { UffdEvent } from "./events.ts";
-import * as libc from "./ffi/libc.ts";
-import { MessageBatch } from "./ffi/message_batch.ts";
-import { PollSet } from "./ffi/pollset.ts";
-import * as resolve from "./ffi/resolve_ops.ts";
-import type { UffdMsg } from "./ffi/structs.ts";
+import * as libc from "./ffi/_libc.ts";
+import { MessageBatch } from "./ffi/_message_batch.ts";
+import { PollSet } from "./ffi/_pollset.ts";
+import * as resolve from "./ffi/_resolve_ops.ts";
+import type { UffdMsg } from "./ffi/_structs.ts";
 import {
   CTRL,
   type HandlerWorkerData,
@@ -42,7 +42,7 @@ import {
   type WorkerRange,
 } from "./handler_protocol.ts";
 import { latencyBucket, STAT } from "./handler_stats.ts";
-import { POLLERR, POLLIN, POLLNVAL } from "./linux.ts";
+import { POLLERR, POLLIN, POLLNVAL } from "./ffi/linux.ts";
 import * as builtins from "./policies.ts";
 import type { Fault, FaultPolicy, PolicyContext, PolicyFactory } from "./policies.ts";
 import {
@@ -58,7 +58,7 @@ import {
   UFFDIO_CONTINUE_MODE_WP,
   UFFDIO_COPY_MODE_WP,
   UFFDIO_WRITEPROTECT_MODE_WP,
-} from "./uapi.ts";
+} from "./ffi/uapi.ts";
 import { Userfaultfd } from "./userfaultfd.ts";
 
 const PAGE = libc.PAGE_SIZE;

@@ -46,9 +46,9 @@
  */
 
 import { ERRNO, UffdError } from "./errors.ts";
-import * as libc from "./ffi/libc.ts";
-import * as resolve from "./ffi/resolve_ops.ts";
-import { MADV_NOHUGEPAGE, MAP_SHARED, PROT_READ, PROT_WRITE } from "./linux.ts";
+import * as libc from "./ffi/_libc.ts";
+import * as resolve from "./ffi/_resolve_ops.ts";
+import { MADV_NOHUGEPAGE, MAP_SHARED, PROT_READ, PROT_WRITE } from "./ffi/linux.ts";
 import { openPageSource, type PageSource } from "./lazy_source.ts";
 import type { LazySourceSpec } from "./lazy_source.ts";
 import type { Fault, FaultPolicy, PolicyContext } from "./policies.ts";

@@ -142,8 +142,8 @@
 import { CheckpointReader } from "./checkpoint_reader.ts";
 import { ERRNO, invalid, UffdError } from "./errors.ts";
 import { FaultHandler, type FaultHandlerOptions } from "./fault_handler.ts";
-import * as libc from "./ffi/libc.ts";
-import { PollSet } from "./ffi/pollset.ts";
+import * as libc from "./ffi/_libc.ts";
+import { PollSet } from "./ffi/_pollset.ts";
 import type { HandlerStats } from "./handler_stats.ts";
 import {
   LAZY_CTRL,
@@ -154,12 +154,12 @@ import {
   PAGE_STATE,
 } from "./lazy_policy.ts";
 import type { LazySourceSpec } from "./lazy_source.ts";
-import { MADV_DONTNEED, MADV_REMOVE, O_CLOEXEC, O_RDONLY, POLLIN } from "./linux.ts";
+import { MADV_DONTNEED, MADV_REMOVE, O_CLOEXEC, O_RDONLY, POLLIN } from "./ffi/linux.ts";
 import { onClose } from "./on_close.ts";
 import { policies } from "./policies.ts";
 import { Region } from "./region.ts";
 import { type PageRun, pageRuns } from "./tracked_pages.ts";
-import type { Feature } from "./uapi.ts";
+import type { Feature } from "./ffi/uapi.ts";
 import { Userfaultfd } from "./userfaultfd.ts";
 import { optionsBag } from "./validate.ts";
 

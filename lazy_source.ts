@@ -39,8 +39,8 @@
 import { CheckpointReader } from "./checkpoint_reader.ts";
 import { crc32cWords } from "./crc32c.ts";
 import { ERRNO, UffdError } from "./errors.ts";
-import * as libc from "./ffi/libc.ts";
-import { O_CLOEXEC, O_RDONLY } from "./linux.ts";
+import * as libc from "./ffi/_libc.ts";
+import { O_CLOEXEC, O_RDONLY } from "./ffi/linux.ts";
 
 /** A page source as the Worker receives it (structured-cloneable). */
 export type LazySourceSpec =

@@ -93,9 +93,9 @@
 
 import { Worker } from "node:worker_threads";
 import { ERRNO, invalid, UffdError } from "./errors.ts";
-import * as libc from "./ffi/libc.ts";
+import * as libc from "./ffi/_libc.ts";
 import { deserializeError } from "./handler_protocol.ts";
-import { EFD_CLOEXEC, EFD_NONBLOCK, MADV_DONTNEED } from "./linux.ts";
+import { EFD_CLOEXEC, EFD_NONBLOCK, MADV_DONTNEED } from "./ffi/linux.ts";
 import { kernelRelease } from "./access.ts";
 import { kernelProfile, type UntouchedPages, untouchedPages } from "./kernel_profile.ts";
 import { readMaps } from "./maps.ts";
@@ -115,7 +115,7 @@ import {
   STALL_BUCKETS,
   type WorkerSinkSpec,
 } from "./snapshot_protocol.ts";
-import { Feature } from "./uapi.ts";
+import { Feature } from "./ffi/uapi.ts";
 import { Userfaultfd } from "./userfaultfd.ts";
 
 /** What a {@linkcode LiveSnapshot} can copy. */

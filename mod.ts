@@ -29,8 +29,8 @@
  * @module
  */
 
-export * from "./uapi.ts";
-export * from "./linux.ts";
+export * from "./ffi/uapi.ts";
+export * from "./ffi/linux.ts";
 export * from "./errors.ts";
 export * from "./range.ts";
 export * from "./region.ts";

@@ -30,10 +30,10 @@
  */
 
 import { ERRNO } from "./errors.ts";
-import * as libc from "./ffi/libc.ts";
-import * as resolve from "./ffi/resolve_ops.ts";
+import * as libc from "./ffi/_libc.ts";
+import * as resolve from "./ffi/_resolve_ops.ts";
 import { kernelProfile, type UntouchedFill } from "./kernel_profile.ts";
-import { MADV_POPULATE_READ } from "./linux.ts";
+import { MADV_POPULATE_READ } from "./ffi/linux.ts";
 import { hasPagemapScan, PagemapScanner, type PreparedQuery, readPagemapRaw } from "./pagemap.ts";
 import {
   PAGE_IS_PFNZERO,
@@ -44,7 +44,7 @@ import {
   PM_PFN_MASK,
   PM_PRESENT,
   PM_SWAP,
-} from "./uapi.ts";
+} from "./ffi/uapi.ts";
 
 const PAGE_SIZE = libc.PAGE_SIZE;
 const PAGE = BigInt(PAGE_SIZE);

@@ -46,9 +46,9 @@
 import { invalid, UffdError } from "./errors.ts";
 import { toAddress } from "./range.ts";
 import type { UffdEvent } from "./events.ts";
-import * as libc from "./ffi/libc.ts";
-import { O_CLOEXEC, O_RDONLY } from "./linux.ts";
-import type { Feature } from "./uapi.ts";
+import * as libc from "./ffi/_libc.ts";
+import { O_CLOEXEC, O_RDONLY } from "./ffi/linux.ts";
+import type { Feature } from "./ffi/uapi.ts";
 import type { Userfaultfd } from "./userfaultfd.ts";
 
 /**

@@ -18,8 +18,8 @@
  */
 
 import { ERRNO, UffdError } from "./errors.ts";
-import * as libc from "./ffi/libc.ts";
-import * as resolve from "./ffi/resolve_ops.ts";
+import * as libc from "./ffi/_libc.ts";
+import * as resolve from "./ffi/_resolve_ops.ts";
 import { COPIER, PageStates } from "./snapshot_pages.ts";
 import { openSink, type PageSink } from "./snapshot_sinks.ts";
 import { COPIER_STATE, PROGRESS, SNAP_CTRL, SNAP_STATE, type SnapshotWorkerData } from "./snapshot_protocol.ts";

@@ -36,13 +36,13 @@
  */
 
 import { ERRNO, UffdError } from "./errors.ts";
-import * as libc from "./ffi/libc.ts";
-import { MessageBatch } from "./ffi/message_batch.ts";
-import { PollSet } from "./ffi/pollset.ts";
-import * as resolve from "./ffi/resolve_ops.ts";
-import type { UffdMsg } from "./ffi/structs.ts";
+import * as libc from "./ffi/_libc.ts";
+import { MessageBatch } from "./ffi/_message_batch.ts";
+import { PollSet } from "./ffi/_pollset.ts";
+import * as resolve from "./ffi/_resolve_ops.ts";
+import type { UffdMsg } from "./ffi/_structs.ts";
 import { latencyBucket } from "./handler_stats.ts";
-import { POLLERR, POLLIN, POLLNVAL } from "./linux.ts";
+import { POLLERR, POLLIN, POLLNVAL } from "./ffi/linux.ts";
 import { fillUntouched, swapActive } from "./page_contents.ts";
 import { PagemapScanner, type PreparedQuery } from "./pagemap.ts";
 import { Region } from "./region.ts";
@@ -59,7 +59,7 @@ import {
   UFFD_EVENT_REMOVE,
   UFFD_EVENT_UNMAP,
   UFFDIO_WRITEPROTECT_MODE_WP,
-} from "./uapi.ts";
+} from "./ffi/uapi.ts";
 import { Userfaultfd } from "./userfaultfd.ts";
 
 const P = libc.PAGE_SIZE;

@@ -25,8 +25,8 @@
 import { encodeCheckpointHeader, encodeCheckpointTable } from "./checkpoint_format.ts";
 import { crc32cWords } from "./crc32c.ts";
 import { ERRNO, UffdError } from "./errors.ts";
-import * as libc from "./ffi/libc.ts";
-import { copyOwnMemory } from "./ffi/own_memory.ts";
+import * as libc from "./ffi/_libc.ts";
+import { copyOwnMemory } from "./ffi/_own_memory.ts";
 import { Region } from "./region.ts";
 import { type FileWritten, QUEUE_EMPTY, SNAP_CTRL, type WorkerSinkSpec } from "./snapshot_protocol.ts";
 

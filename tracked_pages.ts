@@ -18,7 +18,7 @@
  */
 
 import { invalid } from "./errors.ts";
-import { PAGE_SIZE } from "./ffi/libc.ts";
+import { PAGE_SIZE } from "./ffi/_libc.ts";
 import { pageRange, type Range } from "./range.ts";
 
 /** A registered range as a handler tracks it. */

@@ -29,13 +29,13 @@
 
 import { kernelRelease } from "./access.ts";
 import { ERRNO, UffdError } from "./errors.ts";
-import * as libc from "./ffi/libc.ts";
-import { MS_ASYNC } from "./linux.ts";
+import * as libc from "./ffi/_libc.ts";
+import { MS_ASYNC } from "./ffi/linux.ts";
 import { unmappedParts } from "./maps.ts";
 import { kernelProfile } from "./kernel_profile.ts";
 import { visitDataPages } from "./page_contents.ts";
 import { hasPagemapScan, PagemapScanner, type PreparedQuery, prepareQuery } from "./pagemap.ts";
-import { Feature } from "./uapi.ts";
+import { Feature } from "./ffi/uapi.ts";
 import { Userfaultfd } from "./userfaultfd.ts";
 import type { BackendProvider, WatchedSpan, WriteWatchBackend } from "./watch_backend.ts";
 import { missingFeatures } from "./watch_features.ts";

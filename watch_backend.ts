@@ -63,7 +63,7 @@
  */
 
 import type { UntouchedPages } from "./kernel_profile.ts";
-import type { Feature } from "./uapi.ts";
+import type { Feature } from "./ffi/uapi.ts";
 import type { RunList } from "./write_set.ts";
 
 /** The ways to track writes: see {@linkcode WriteWatch}. */

@@ -10,7 +10,7 @@
  */
 
 import { kernelRelease } from "./access.ts";
-import type { Feature } from "./uapi.ts";
+import type { Feature } from "./ffi/uapi.ts";
 import { Userfaultfd } from "./userfaultfd.ts";
 import type { WatchedSpan } from "./watch_backend.ts";
 
@@ -22,7 +22,7 @@ import type { WatchedSpan } from "./watch_backend.ts";
  * @example
  * ```ts
  * import { missingFeatures } from "./watch_features.ts";
- * import { Feature } from "./uapi.ts";
+ * import { Feature } from "./ffi/uapi.ts";
  * const span = { address: 0n, pages: 1, shared: false, decline: [Feature.WP_ASYNC] };
  * console.log(missingFeatures(span, [Feature.WP_ASYNC], "Linux 6.7+")); // "WP_ASYNC declined by the caller's options"
  * ```

@@ -26,11 +26,11 @@
 
 import { kernelRelease } from "./access.ts";
 import { ERRNO, UffdError } from "./errors.ts";
-import * as libc from "./ffi/libc.ts";
-import { MS_ASYNC, O_CLOEXEC, O_WRONLY } from "./linux.ts";
+import * as libc from "./ffi/_libc.ts";
+import { MS_ASYNC, O_CLOEXEC, O_WRONLY } from "./ffi/linux.ts";
 import { unmappedParts } from "./maps.ts";
 import { readPagemapRaw, softDirtySupported } from "./pagemap.ts";
-import { PM_PRESENT, PM_SOFT_DIRTY, PM_SWAP } from "./uapi.ts";
+import { PM_PRESENT, PM_SOFT_DIRTY, PM_SWAP } from "./ffi/uapi.ts";
 import type { BackendProvider, WatchedSpan, WriteWatchBackend } from "./watch_backend.ts";
 import type { RunList } from "./write_set.ts";
 

@@ -74,14 +74,14 @@
 import { kernelRelease } from "./access.ts";
 import { ERRNO, UffdError } from "./errors.ts";
 import { FaultHandler } from "./fault_handler.ts";
-import * as libc from "./ffi/libc.ts";
+import * as libc from "./ffi/_libc.ts";
 import { kernelProfile, type UntouchedFill, type UntouchedPages, untouchedPages } from "./kernel_profile.ts";
 import { readMaps } from "./maps.ts";
 import { fillUntouched, visitDataPages } from "./page_contents.ts";
 import { policies } from "./policies.ts";
 import type { Range } from "./range.ts";
 import { bitmapBytes, type PageRun, pageRuns } from "./tracked_pages.ts";
-import { Feature } from "./uapi.ts";
+import { Feature } from "./ffi/uapi.ts";
 import { Userfaultfd } from "./userfaultfd.ts";
 import type { BackendProvider, WatchedSpan, WriteWatchBackend } from "./watch_backend.ts";
 import { missingFeatures } from "./watch_features.ts";

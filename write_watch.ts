@@ -58,11 +58,11 @@
  */
 
 import { ERRNO, UffdError } from "./errors.ts";
-import * as libc from "./ffi/libc.ts";
+import * as libc from "./ffi/_libc.ts";
 import { readMaps } from "./maps.ts";
 import { pageCeil, pageFloor } from "./range.ts";
 import { Region } from "./region.ts";
-import { type Feature, FEATURES } from "./uapi.ts";
+import { type Feature, FEATURES } from "./ffi/uapi.ts";
 import { asyncBackend } from "./watch_async.ts";
 import type { UntouchedPages } from "./kernel_profile.ts";
 import type { BackendProvider, WatchedSpan, WriteWatchBackend, WriteWatchBackendName } from "./watch_backend.ts";

@@ -12,9 +12,9 @@
  */
 
 import { MADV_DONTNEED, Region, Userfaultfd } from "../mod.ts";
-import { memsetOffThread } from "../ffi/libc.ts";
-import { decodeUffdMsg, SIZEOF_UFFD_MSG, type UffdMsg } from "../ffi/structs.ts";
-import { readMessages } from "../ffi/uffd_ioctls.ts";
+import { memsetOffThread } from "../ffi/_libc.ts";
+import { decodeUffdMsg, SIZEOF_UFFD_MSG, type UffdMsg } from "../ffi/_structs.ts";
+import { readMessages } from "../ffi/_uffd_ioctls.ts";
 import { mapWithoutThp, waitBlocked } from "./lib/fixtures.ts";
 
 const FAULTS = 32;

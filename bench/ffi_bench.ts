@@ -11,8 +11,8 @@
  */
 
 import { Region, UFFDIO_WAKE, Userfaultfd } from "../mod.ts";
-import { encodeUffdioRange } from "../ffi/structs.ts";
-import { uffdioWake } from "../ffi/uffd_ioctls.ts";
+import { encodeUffdioRange } from "../ffi/_structs.ts";
+import { uffdioWake } from "../ffi/_uffd_ioctls.ts";
 import { rawIoctl } from "./lib/raw_libc.ts";
 
 // Lives until the bench process exits: the benches run after this module has loaded.

@@ -2,7 +2,7 @@
  * `deno task bench`: PAGEMAP_SCAN over 1 GiB (`MAP_NORESERVE`, no transparent huge
  * pages), asking for `PRESENT`, with 1% of the pages resident (every 100th: one
  * region each, the most regions 1% can make) and with every page resident. The
- * baseline is the `ScanBuffers` loop of `ffi/pagemap_scan.ts` keeping regions as
+ * baseline is the `ScanBuffers` loop of `ffi/_pagemap_scan.ts` keeping regions as
  * bigints; against it, `pagemapScan()`, the public API. The C side is in
  * `bench/compare.ts`.
  *
@@ -10,9 +10,9 @@
  */
 
 import { PAGE_IS_PRESENT, pagemapScan } from "../mod.ts";
-import * as libc from "../ffi/libc.ts";
-import { ScanBuffers } from "../ffi/pagemap_scan.ts";
-import { O_CLOEXEC, O_RDONLY } from "../linux.ts";
+import * as libc from "../ffi/_libc.ts";
+import { ScanBuffers } from "../ffi/_pagemap_scan.ts";
+import { O_CLOEXEC, O_RDONLY } from "../ffi/linux.ts";
 import { hasPagemapScan } from "../pagemap.ts";
 import { mapWithoutThp, populateFraction } from "./lib/fixtures.ts";
 import type { Region } from "../region.ts";

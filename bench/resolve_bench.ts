@@ -10,7 +10,7 @@
  */
 
 import { MADV_DONTNEED, Region, Userfaultfd } from "../mod.ts";
-import { uffdioCopy, uffdioZeropage } from "../ffi/uffd_ioctls.ts";
+import { uffdioCopy, uffdioZeropage } from "../ffi/_uffd_ioctls.ts";
 import { mapWithoutThp } from "./lib/fixtures.ts";
 
 const PAGES = 256;

@@ -1,7 +1,7 @@
 /**
  * `deno task bench`: struct encoding and `uffd_msg` decoding, the pure-JS part of
  * every ioctl and every fault. Encoding a `uffdio_copy`: the baseline writes the
- * five words into a reused `BigUint64Array` (what `ffi/uffd_ioctls.ts` does on
+ * five words into a reused `BigUint64Array` (what `ffi/_uffd_ioctls.ts` does on
  * the hot path), against `encodeUffdioCopy()` into a preallocated buffer and into
  * a fresh one. Decoding: a full batch of 64 page-fault messages (a buffer built
  * with `encodeUffdMsg`, as the kernel would fill it), read field by field from
@@ -20,14 +20,14 @@ import {
   SIZEOF_UFFD_MSG,
   SIZEOF_UFFDIO_COPY,
   type UffdioCopy,
-} from "../ffi/structs.ts";
-import { UFFD_EVENT_PAGEFAULT, UFFD_PAGEFAULT_FLAG_WRITE } from "../uapi.ts";
+} from "../ffi/_structs.ts";
+import { UFFD_EVENT_PAGEFAULT, UFFD_PAGEFAULT_FLAG_WRITE } from "../ffi/uapi.ts";
 
 const copy: UffdioCopy = { dst: 0x7f00_0000_0000n, src: 0x7f10_0000_0000n, len: 4096n, mode: 0n, copy: 0n };
 const copyInto = new Uint8Array(SIZEOF_UFFDIO_COPY);
 const words = new BigUint64Array(5);
 
-Deno.bench("BigUint64Array words (ffi/uffd_ioctls.ts)", { group: "encode uffdio_copy", baseline: true }, () => {
+Deno.bench("BigUint64Array words (ffi/_uffd_ioctls.ts)", { group: "encode uffdio_copy", baseline: true }, () => {
   words[0] = copy.dst;
   words[1] = copy.src;
   words[2] = copy.len;
@@ -60,7 +60,7 @@ const scan: PmScanArg = {
 const scanInto = new Uint8Array(SIZEOF_PM_SCAN_ARG);
 const scanWords = new BigUint64Array(SIZEOF_PM_SCAN_ARG / 8);
 
-Deno.bench("BigUint64Array words (ffi/pagemap_scan.ts)", { group: "encode pm_scan_arg", baseline: true }, () => {
+Deno.bench("BigUint64Array words (ffi/_pagemap_scan.ts)", { group: "encode pm_scan_arg", baseline: true }, () => {
   scanWords[0] = scan.size;
   scanWords[1] = scan.flags;
   scanWords[2] = scan.start;

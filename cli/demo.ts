@@ -30,7 +30,7 @@
  */
 
 import { parseArgs } from "node:util";
-import { type Feature, FEATURES } from "../uapi.ts";
+import { type Feature, FEATURES } from "../ffi/uapi.ts";
 import type { WriteWatchBackendName } from "../watch_backend.ts";
 import type { WriteWatchOptions } from "../write_watch.ts";
 import { type FeaturesReport, featuresReport } from "./features.ts";

@@ -17,10 +17,10 @@ import { UffdError } from "../errors.ts";
 import { acceptedCategories, hasPagemapScan, softDirtySupported } from "../pagemap.ts";
 import { type KernelProfile, kernelProfile, profileNotes, type ThpTraits, type TraitNote } from "../kernel_profile.ts";
 import { Region } from "../region.ts";
-import { CATEGORIES, type Category, FEATURES, type Ioctl } from "../uapi.ts";
+import { CATEGORIES, type Category, FEATURES, type Ioctl } from "../ffi/uapi.ts";
 import { type Origin, type RegisterOptions, Userfaultfd } from "../userfaultfd.ts";
 import { bold, dim, EXIT, green, printJson, red, table, yellow } from "./output.ts";
-import * as libc from "../ffi/libc.ts";
+import * as libc from "../ffi/_libc.ts";
 
 /** One way of creating a userfaultfd, tried for real. */
 export interface CreationWay {

@@ -23,9 +23,9 @@ import {
   PAGE_IS_PFNZERO,
   PAGE_IS_PRESENT,
   PAGE_IS_SWAPPED,
-} from "../uapi.ts";
+} from "../ffi/uapi.ts";
 import { bold, bytes, cyan, dim, EXIT, printJson, red, table, UsageError, yellow } from "./output.ts";
-import * as libc from "../ffi/libc.ts";
+import * as libc from "../ffi/_libc.ts";
 
 /** Cells in a residency bar. */
 export const BAR_CELLS = 32;

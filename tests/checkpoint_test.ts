@@ -17,7 +17,7 @@ import {
   WriteWatch,
   type WriteWatchTarget,
 } from "../mod.ts";
-import * as libc from "../ffi/libc.ts";
+import * as libc from "../ffi/_libc.ts";
 import { assertUffdError, skipUnless, within } from "./helpers.ts";
 import { wasmWriter } from "./fixtures/wasm_writer.ts";
 

@@ -8,7 +8,7 @@
 
 import assert from "node:assert/strict";
 import { Feature, Region, UffdError, type UffdEvent, Userfaultfd } from "../mod.ts";
-import { memsetOffThread } from "../ffi/libc.ts";
+import { memsetOffThread } from "../ffi/_libc.ts";
 import { needs, within } from "./helpers.ts";
 
 const PAGE = Region.pageSize;

@@ -7,8 +7,8 @@
 
 import assert from "node:assert/strict";
 import { ERRNO, FaultHandler, FaultHandlerError, Feature, policies, Region, UffdError, Userfaultfd } from "../mod.ts";
-import * as libc from "../ffi/libc.ts";
-import { memsetOffThread } from "../ffi/libc.ts";
+import * as libc from "../ffi/_libc.ts";
+import { memsetOffThread } from "../ffi/_libc.ts";
 import { fdCount, needs, scenarioResult, threadCount, waitFor, within } from "./helpers.ts";
 
 const SCENARIOS = new URL("./scenarios/fault_handler.ts", import.meta.url);

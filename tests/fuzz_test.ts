@@ -10,9 +10,9 @@
 
 import assert from "node:assert/strict";
 import { decodePagemapEntry, UFFD_FEATURE_THREAD_ID, type UffdEvent, Userfaultfd } from "../mod.ts";
-import * as libc from "../ffi/libc.ts";
-import * as s from "../ffi/structs.ts";
-import { O_CLOEXEC, O_RDONLY } from "../linux.ts";
+import * as libc from "../ffi/_libc.ts";
+import * as s from "../ffi/_structs.ts";
+import { O_CLOEXEC, O_RDONLY } from "../ffi/linux.ts";
 
 const CASES = 100_000;
 const SEED = Number(Deno.env.get("FUZZ_SEED") ?? 0x5eed_1e55) >>> 0;

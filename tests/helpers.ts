@@ -6,7 +6,7 @@
  */
 
 import assert from "node:assert/strict";
-import { bufferAt } from "../ffi/libc.ts";
+import { bufferAt } from "../ffi/_libc.ts";
 import { hasPagemapScan } from "../pagemap.ts";
 import { type Feature, kernelProfile, type Range, UffdError, Userfaultfd } from "../mod.ts";
 

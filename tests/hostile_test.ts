@@ -10,7 +10,7 @@
 import assert from "node:assert/strict";
 import * as u from "../mod.ts";
 import { Feature, readPagemap, Region, UffdError, Userfaultfd } from "../mod.ts";
-import * as libc from "../ffi/libc.ts";
+import * as libc from "../ffi/_libc.ts";
 import { within } from "./helpers.ts";
 
 const PAGE = Region.pageSize;

@@ -24,8 +24,8 @@ import {
   Userfaultfd,
 } from "../mod.ts";
 import { overrideKernelProfile } from "../kernel_profile.ts";
-import * as libc from "../ffi/libc.ts";
-import * as resolve from "../ffi/resolve_ops.ts";
+import * as libc from "../ffi/_libc.ts";
+import * as resolve from "../ffi/_resolve_ops.ts";
 import { SyscallThread } from "./conformance/helpers.ts";
 import { needs, needsPagemapScan, scenarioResult, waitFor, within } from "./helpers.ts";
 import { fillPattern, PATTERN, startGenerationWriter, until, wrongPages } from "./snapshot_patterns.ts";

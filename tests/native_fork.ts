@@ -18,7 +18,7 @@
  */
 
 import { Region } from "../mod.ts";
-import { PROT_EXEC, PROT_READ } from "../linux.ts";
+import { PROT_EXEC, PROT_READ } from "../ffi/linux.ts";
 
 // mov eax, 57 (fork); syscall; test eax, eax; jnz parent
 // mov [rdi], sil; movzx edi, byte [rdi]; xor edi, esi; mov eax, 231 (exit_group); syscall

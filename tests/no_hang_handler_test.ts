@@ -124,7 +124,7 @@ mem.bytes[0] = 1; // held by the policy: the main isolate waits here until the p
 console.log("not reached");`;
   return `
 import { FaultHandler, policies, Region, Userfaultfd } from "UFFD/mod.ts";
-import * as libc from "UFFD/ffi/libc.ts";
+import * as libc from "UFFD/ffi/_libc.ts";
 import { waitFor } from "UFFD/tests/helpers.ts";
 const mem = Region.map(4 * 4096); // never unmapped: a writer woken at exit may still touch it
 ${end.includes("using") ? "using" : "const"} uffd = Userfaultfd.open();
@@ -172,7 +172,7 @@ Deno.test("no hang: another thread closes the userfaultfd while an events() stre
   const r = await runChild(
     `
 import { Region, Userfaultfd } from "UFFD/mod.ts";
-import * as libc from "UFFD/ffi/libc.ts";
+import * as libc from "UFFD/ffi/_libc.ts";
 const mem = Region.map(4 * 4096); // never unmapped: the writer is woken by the close
 const uffd = Userfaultfd.open();
 uffd.register(mem, { missing: true });

@@ -13,7 +13,7 @@
 
 import assert from "node:assert/strict";
 import { Feature, Region, Userfaultfd } from "../mod.ts";
-import * as libc from "../ffi/libc.ts";
+import * as libc from "../ffi/_libc.ts";
 import { fdCount, mappingCount, threadCount, waitFor, within } from "./helpers.ts";
 import { describeChild, nextFault, runChild } from "./conformance/helpers.ts";
 
@@ -148,7 +148,7 @@ Deno.test("no leak: 200 userfaultfds closed with a fault pending leave no fd, ma
 function blockedChild(writer: "pool" | "worker", end: string): string {
   return `
 import { Region, Userfaultfd } from "UFFD/mod.ts";
-import * as libc from "UFFD/ffi/libc.ts";
+import * as libc from "UFFD/ffi/_libc.ts";
 import { nextFault } from "UFFD/tests/conformance/helpers.ts";
 const mem = Region.map(4 * 4096); // never unmapped: a writer woken at exit may still touch it
 ${end.includes("using") ? "using" : "const"} uffd = Userfaultfd.open();

@@ -30,7 +30,7 @@ import {
   acceptedCategories, diagnoseAccess, Feature, kernelRelease, pagemapScan, readMaps, readPagemap, Region,
   softDirtySupported, UffdError, Userfaultfd,
 } from "UFFD/mod.ts";
-import * as libc from "UFFD/ffi/libc.ts";
+import * as libc from "UFFD/ffi/_libc.ts";
 const out: Record<string, unknown> = {};
 using mem = Region.map(8 * 4096);
 using uffd = Userfaultfd.open({ features: [Feature.WP_ASYNC, Feature.WP_UNPOPULATED] });

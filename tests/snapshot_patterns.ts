@@ -8,7 +8,7 @@
  * @module
  */
 
-import { PAGE_SIZE } from "../ffi/libc.ts";
+import { PAGE_SIZE } from "../ffi/_libc.ts";
 import { within } from "./helpers.ts";
 
 /** The pattern's base: far from the writer's values (small counters). */

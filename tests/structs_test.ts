@@ -4,7 +4,7 @@
  */
 
 import assert from "node:assert/strict";
-import * as s from "../ffi/structs.ts";
+import * as s from "../ffi/_structs.ts";
 import {
   ioctlNames,
   IOCTLS,
@@ -14,7 +14,7 @@ import {
   UFFD_EVENT_REMAP,
   UFFD_EVENT_REMOVE,
   UFFD_EVENT_UNMAP,
-} from "../uapi.ts";
+} from "../ffi/uapi.ts";
 
 /** Little-endian bytes of u64 words, laid out by hand. */
 function le64(...words: bigint[]): Uint8Array {

@@ -103,7 +103,7 @@ Deno.test({
     await withSysctl("0", async () => {
       const r = await asNobody(`
 import { Feature, pagemapScan, Region, UffdError, Userfaultfd, diagnoseAccess } from "UFFD/mod.ts";
-import * as libc from "UFFD/ffi/libc.ts";
+import * as libc from "UFFD/ffi/_libc.ts";
 import { serveUntil } from "UFFD/tests/conformance/helpers.ts";
 ${RESULT}
 const out: Record<string, unknown> = { uid: Deno.uid(), access: diagnoseAccess() };
@@ -169,7 +169,7 @@ Deno.test({
     await withSysctl("1", async () => {
       const r = await asNobody(`
 import { Feature, Region, UffdError, Userfaultfd } from "UFFD/mod.ts";
-import * as libc from "UFFD/ffi/libc.ts";
+import * as libc from "UFFD/ffi/_libc.ts";
 import { serveUntil, SyscallThread } from "UFFD/tests/conformance/helpers.ts";
 ${RESULT}
 const out: Record<string, unknown> = {};

@@ -5,10 +5,10 @@
 
 import assert from "node:assert/strict";
 import { ERRNO, Feature, readPagemap, Region, type UffdEvent, Userfaultfd } from "../mod.ts";
-import * as libc from "../ffi/libc.ts";
-import { uffdioApi } from "../ffi/uffd_ioctls.ts";
-import { sysUserfaultfd } from "../ffi/syscalls.ts";
-import { O_CLOEXEC, O_NONBLOCK } from "../linux.ts";
+import * as libc from "../ffi/_libc.ts";
+import { uffdioApi } from "../ffi/_uffd_ioctls.ts";
+import { sysUserfaultfd } from "../ffi/_syscalls.ts";
+import { O_CLOEXEC, O_NONBLOCK } from "../ffi/linux.ts";
 import { assertUffdError, isRoot, reserveHugePages, skipUnless, waitFor, within } from "./helpers.ts";
 
 const PAGE = Region.pageSize;

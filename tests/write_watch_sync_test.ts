@@ -18,7 +18,7 @@ import {
   type WriteWatchOptions,
 } from "../mod.ts";
 import { overrideKernelProfile } from "../kernel_profile.ts";
-import * as libc from "../ffi/libc.ts";
+import * as libc from "../ffi/_libc.ts";
 import { fdCount, scenarioResult, skipUnless, threadCount, waitFor } from "./helpers.ts";
 import { wasmWriter } from "./fixtures/wasm_writer.ts";
 

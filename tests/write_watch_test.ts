@@ -25,7 +25,7 @@ import {
   type WriteWatchOptions,
   type WriteWatchTarget,
 } from "../mod.ts";
-import * as libc from "../ffi/libc.ts";
+import * as libc from "../ffi/_libc.ts";
 import { assertUffdError, fdCount, skipUnless, threadCount, waitFor, within } from "./helpers.ts";
 import { wasmWriter } from "./fixtures/wasm_writer.ts";
 

@@ -12,7 +12,7 @@
  * @module
  */
 
-import { bufferAt, PAGE_SIZE } from "../../ffi/libc.ts";
+import { bufferAt, PAGE_SIZE } from "../../ffi/_libc.ts";
 import { monotonicNs } from "./raw_libc.ts";
 
 const STALL_NS = 2000;

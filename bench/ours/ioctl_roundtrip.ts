@@ -4,7 +4,7 @@
  * whatever our layer adds. Pairs with `bench/reference/ioctl_roundtrip.c`.
  *
  * `--impl`:
- * - `wrapper`: `uffdioWake()` from `ffi/uffd_ioctls.ts` (struct in a preallocated
+ * - `wrapper`: `uffdioWake()` from `ffi/_uffd_ioctls.ts` (struct in a preallocated
  *   buffer, errno read with the call) — the layer every method sits on;
  * - `method`: `Userfaultfd.wake(region)` (range validation, then the wrapper);
  * - `raw-symbol`: the bare `ioctl` symbol from the benchmarks' own `dlopen`
@@ -18,8 +18,8 @@
  */
 
 import { Region, UFFDIO_WAKE, Userfaultfd } from "../../mod.ts";
-import { uffdioWake } from "../../ffi/uffd_ioctls.ts";
-import { encodeUffdioRange } from "../../ffi/structs.ts";
+import { uffdioWake } from "../../ffi/_uffd_ioctls.ts";
+import { encodeUffdioRange } from "../../ffi/_structs.ts";
 import { rawIoctl } from "../lib/raw_libc.ts";
 import { Args, check, emit, Stopwatch } from "../lib/measure.ts";
 

@@ -7,7 +7,7 @@
  * `--impl`:
  * - `method`: `pagemapScan(mem, { require: ["PRESENT"] })`, the public API
  *   (regions as `PageRange` objects with category names);
- * - `buffers`: the `ScanBuffers` loop of `ffi/pagemap_scan.ts`, regions kept as
+ * - `buffers`: the `ScanBuffers` loop of `ffi/_pagemap_scan.ts`, regions kept as
  *   bigints in a reused array — the floor of what JS can do with the same ioctl.
  *
  * After timing, the present pages found are checked against the pages made
@@ -22,9 +22,9 @@
  */
 
 import { PAGE_IS_PRESENT, pagemapScan, type PageRange } from "../../mod.ts";
-import * as libc from "../../ffi/libc.ts";
-import { ScanBuffers } from "../../ffi/pagemap_scan.ts";
-import { O_CLOEXEC, O_RDONLY } from "../../linux.ts";
+import * as libc from "../../ffi/_libc.ts";
+import { ScanBuffers } from "../../ffi/_pagemap_scan.ts";
+import { O_CLOEXEC, O_RDONLY } from "../../ffi/linux.ts";
 import { mapWithoutThp, populateFraction } from "../lib/fixtures.ts";
 import { Args, check, emit, Stopwatch } from "../lib/measure.ts";
 

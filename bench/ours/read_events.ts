@@ -20,10 +20,10 @@
  */
 
 import { MADV_DONTNEED, Region, Userfaultfd } from "../../mod.ts";
-import { memsetOffThread } from "../../ffi/libc.ts";
-import { decodeUffdMsg, SIZEOF_UFFD_MSG, type UffdMsg } from "../../ffi/structs.ts";
-import { readMessages } from "../../ffi/uffd_ioctls.ts";
-import { UFFD_EVENT_PAGEFAULT } from "../../uapi.ts";
+import { memsetOffThread } from "../../ffi/_libc.ts";
+import { decodeUffdMsg, SIZEOF_UFFD_MSG, type UffdMsg } from "../../ffi/_structs.ts";
+import { readMessages } from "../../ffi/_uffd_ioctls.ts";
+import { UFFD_EVENT_PAGEFAULT } from "../../ffi/uapi.ts";
 import { mapWithoutThp, waitBlocked } from "../lib/fixtures.ts";
 import { Args, check, emit, Stopwatch } from "../lib/measure.ts";
 

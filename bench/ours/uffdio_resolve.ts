@@ -9,7 +9,7 @@
  * `--impl`:
  * - `method`: `uffd.copy({ address, length }, source)` / `uffd.zeropage(range)`,
  *   the public API, with a fresh range object per page as a caller would pass;
- * - `wrapper`: `uffdioCopy()` / `uffdioZeropage()` from `ffi/uffd_ioctls.ts`.
+ * - `wrapper`: `uffdioCopy()` / `uffdioZeropage()` from `ffi/_uffd_ioctls.ts`.
  *
  * Both advance the destination address as a bigint (`dst += PAGE`), as JS must.
  *
@@ -21,7 +21,7 @@
  */
 
 import { MADV_DONTNEED, Region, Userfaultfd } from "../../mod.ts";
-import { uffdioCopy, uffdioZeropage } from "../../ffi/uffd_ioctls.ts";
+import { uffdioCopy, uffdioZeropage } from "../../ffi/_uffd_ioctls.ts";
 import { mapWithoutThp } from "../lib/fixtures.ts";
 import { Args, check, emit, Stopwatch } from "../lib/measure.ts";
 

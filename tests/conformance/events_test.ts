@@ -12,7 +12,7 @@
 
 import assert from "node:assert/strict";
 import { Feature, MADV_DONTNEED, MADV_REMOVE, Region, UffdError, type UffdEvent, Userfaultfd } from "../../mod.ts";
-import * as libc from "../../ffi/libc.ts";
+import * as libc from "../../ffi/_libc.ts";
 import { needs, within } from "../helpers.ts";
 import {
   assertUffdError,

@@ -8,7 +8,7 @@
  * EEXIST-then-wake).
  *
  * The faulting thread is one of Deno's blocking-pool threads (`memcpyOffThread`,
- * `memsetOffThread` in ffi/libc.ts): a thread that is not the one serving.
+ * `memsetOffThread` in ffi/_libc.ts): a thread that is not the one serving.
  */
 
 import assert from "node:assert/strict";
@@ -26,7 +26,7 @@ import {
 
 /** `MADV_COLLAPSE` (Linux 6.1), not among the library's constants. */
 const MADV_COLLAPSE = 25;
-import * as libc from "../../ffi/libc.ts";
+import * as libc from "../../ffi/_libc.ts";
 import { needs, within } from "../helpers.ts";
 import {
   assertUffdError,

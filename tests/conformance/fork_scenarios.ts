@@ -25,7 +25,7 @@ import {
   UffdError,
   Userfaultfd,
 } from "../../mod.ts";
-import * as libc from "../../ffi/libc.ts";
+import * as libc from "../../ffi/_libc.ts";
 import { waitFor } from "../helpers.ts";
 import { mapMemory, type MemType } from "./helpers.ts";
 import { forkPauser, forkReader, waitStatus } from "./native_code.ts";

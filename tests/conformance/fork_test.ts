@@ -14,7 +14,7 @@
 
 import assert from "node:assert/strict";
 import { Feature, Region, UffdError, Userfaultfd } from "../../mod.ts";
-import * as libc from "../../ffi/libc.ts";
+import * as libc from "../../ffi/_libc.ts";
 import { skipUnless } from "../helpers.ts";
 import { type MemType, needsHugetlbSetup, withHugePages } from "./helpers.ts";
 import { forkPauser, nativeCodeAvailable, waitStatus } from "./native_code.ts";

@@ -10,7 +10,7 @@
 import assert from "node:assert/strict";
 import { MAP_PRIVATE, MFD_CLOEXEC, PROT_READ, PROT_WRITE, type Range, Region } from "../../mod.ts";
 import type { PagefaultEvent, UffdEvent, Userfaultfd } from "../../mod.ts";
-import * as libc from "../../ffi/libc.ts";
+import * as libc from "../../ffi/_libc.ts";
 import { isRoot, reserveHugePages, skipUnless } from "../helpers.ts";
 export { assertUffdError } from "../helpers.ts";
 

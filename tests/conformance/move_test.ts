@@ -9,7 +9,7 @@
 
 import assert from "node:assert/strict";
 import { Feature, MADV_HUGEPAGE, MADV_NOHUGEPAGE, Region, Userfaultfd } from "../../mod.ts";
-import * as libc from "../../ffi/libc.ts";
+import * as libc from "../../ffi/_libc.ts";
 import { needs } from "../helpers.ts";
 import { assertUffdError, PAGE, serveUntil } from "./helpers.ts";
 

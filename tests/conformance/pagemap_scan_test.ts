@@ -9,7 +9,7 @@
  * from `walk_end` itself and merges neighbouring regions, so the kernel's
  * one-ioctl answers (a region count, `walk_end` after a full vector or
  * `max_pages`, a wrong `size`, unknown flag bits) are pinned through
- * `ffi/pagemap_scan.ts` (`ScanBuffers`) and a raw ioctl beside the API's answers.
+ * `ffi/_pagemap_scan.ts` (`ScanBuffers`) and a raw ioctl beside the API's answers.
  */
 
 import assert from "node:assert/strict";
@@ -40,9 +40,9 @@ import {
   Region,
   Userfaultfd,
 } from "../../mod.ts";
-import * as libc from "../../ffi/libc.ts";
-import { ScanBuffers } from "../../ffi/pagemap_scan.ts";
-import { encodePmScanArg } from "../../ffi/structs.ts";
+import * as libc from "../../ffi/_libc.ts";
+import { ScanBuffers } from "../../ffi/_pagemap_scan.ts";
+import { encodePmScanArg } from "../../ffi/_structs.ts";
 import { needs, needsPagemapScan } from "../helpers.ts";
 import { assertUffdError, mapMemory, type MemType, needsHugetlbSetup, P, PAGE, withHugePages } from "./helpers.ts";
 

@@ -9,7 +9,7 @@
 
 import assert from "node:assert/strict";
 import { Feature, Userfaultfd } from "../../mod.ts";
-import * as libc from "../../ffi/libc.ts";
+import * as libc from "../../ffi/_libc.ts";
 import { needs } from "../helpers.ts";
 import {
   assertUffdError,
@@ -37,7 +37,7 @@ function writeFrom(address: bigint, length: number): number {
 function childSource(type: MemType): string {
   return `
 import { Feature, Userfaultfd } from "UFFD/mod.ts";
-import * as libc from "UFFD/ffi/libc.ts";
+import * as libc from "UFFD/ffi/_libc.ts";
 import { mapMemory, serveUntil } from "UFFD/tests/conformance/helpers.ts";
 const mem = mapMemory(${JSON.stringify(type)}, 2);
 const size = mem.pageSize;

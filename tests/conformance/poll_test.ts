@@ -23,10 +23,10 @@ import {
   UffdError,
   Userfaultfd,
 } from "../../mod.ts";
-import * as libc from "../../ffi/libc.ts";
-import { PollSet } from "../../ffi/pollset.ts";
-import { sysUserfaultfd } from "../../ffi/syscalls.ts";
-import { uffdioApi } from "../../ffi/uffd_ioctls.ts";
+import * as libc from "../../ffi/_libc.ts";
+import { PollSet } from "../../ffi/_pollset.ts";
+import { sysUserfaultfd } from "../../ffi/_syscalls.ts";
+import { uffdioApi } from "../../ffi/_uffd_ioctls.ts";
 import { skipUnless, waitFor, within } from "../helpers.ts";
 import { describeChild, runChild } from "./helpers.ts";
 import { nativeCodeAvailable } from "./native_code.ts";

@@ -22,8 +22,8 @@ import {
   Region,
   Userfaultfd,
 } from "../../mod.ts";
-import * as libc from "../../ffi/libc.ts";
-import { uffdioRegister, uffdioUnregister } from "../../ffi/uffd_ioctls.ts";
+import * as libc from "../../ffi/_libc.ts";
+import { uffdioRegister, uffdioUnregister } from "../../ffi/_uffd_ioctls.ts";
 import { ioctlNames } from "../../mod.ts";
 import { assertUffdError, mapMemory, type MemType, needsHugetlbSetup, P, PAGE, withHugePages } from "./helpers.ts";
 

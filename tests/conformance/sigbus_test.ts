@@ -13,7 +13,7 @@
 
 import assert from "node:assert/strict";
 import { Feature, Userfaultfd } from "../../mod.ts";
-import * as libc from "../../ffi/libc.ts";
+import * as libc from "../../ffi/_libc.ts";
 import { needs } from "../helpers.ts";
 import { describeChild, mapMemory, type MemType, needsHugetlbSetup, runChild, withHugePages } from "./helpers.ts";
 

@@ -6,7 +6,7 @@
  */
 
 import { type FaultPolicy, type PolicyContext, unprotectPolicy } from "../../mod.ts";
-import { gettid } from "../../ffi/libc.ts";
+import { gettid } from "../../ffi/_libc.ts";
 
 /** The factory the handler's Worker calls. */
 export default function tid(_options: unknown, context: PolicyContext): FaultPolicy {

@@ -12,10 +12,10 @@
 
 import assert from "node:assert/strict";
 import { type Feature, Userfaultfd } from "../../mod.ts";
-import * as libc from "../../ffi/libc.ts";
-import { encodeUffdioApi } from "../../ffi/structs.ts";
-import { sysUserfaultfd } from "../../ffi/syscalls.ts";
-import { uffdioApi, userfaultfdIocNew } from "../../ffi/uffd_ioctls.ts";
+import * as libc from "../../ffi/_libc.ts";
+import { encodeUffdioApi } from "../../ffi/_structs.ts";
+import { sysUserfaultfd } from "../../ffi/_syscalls.ts";
+import { uffdioApi, userfaultfdIocNew } from "../../ffi/_uffd_ioctls.ts";
 import { O_CLOEXEC, O_NONBLOCK, O_RDWR, UFFD_USER_MODE_ONLY, UFFDIO_API } from "../../mod.ts";
 import { isRoot, skipUnless } from "../helpers.ts";
 import { assertUffdError } from "./helpers.ts";

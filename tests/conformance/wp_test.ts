@@ -11,7 +11,7 @@
 
 import assert from "node:assert/strict";
 import { Feature, pagemapScan, readPagemap, Region, Userfaultfd } from "../../mod.ts";
-import * as libc from "../../ffi/libc.ts";
+import * as libc from "../../ffi/_libc.ts";
 import { needs, needsPagemapScan } from "../helpers.ts";
 import { PAGE, serveUntil } from "./helpers.ts";
 

@@ -10,7 +10,7 @@
 
 import assert from "node:assert/strict";
 import { Region, Userfaultfd } from "../../mod.ts";
-import { uffdioZeropage } from "../../ffi/uffd_ioctls.ts";
+import { uffdioZeropage } from "../../ffi/_uffd_ioctls.ts";
 import { assertUffdError, mapMemory, type MemType, needsHugetlbSetup, PAGE, withHugePages } from "./helpers.ts";
 
 const EINVAL = 22;

@@ -14,7 +14,7 @@
  */
 
 import { FaultHandler, FaultHandlerError, policies, Region, Userfaultfd } from "../../mod.ts";
-import * as libc from "../../ffi/libc.ts";
+import * as libc from "../../ffi/_libc.ts";
 import { waitFor, within } from "../helpers.ts";
 
 const PAGE = Region.pageSize;

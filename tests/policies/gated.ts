@@ -9,7 +9,7 @@
 
 import type { Fault, FaultPolicy, PolicyContext } from "../../mod.ts";
 import { unprotectPolicy } from "../../mod.ts";
-import { PollSet } from "../../ffi/pollset.ts";
+import { PollSet } from "../../ffi/_pollset.ts";
 
 /** The factory the handler's Worker calls. */
 export default function gated(_options: unknown, context: PolicyContext): FaultPolicy {

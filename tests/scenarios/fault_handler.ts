@@ -21,7 +21,7 @@ import {
   type UffdEvent,
   Userfaultfd,
 } from "../../mod.ts";
-import * as libc from "../../ffi/libc.ts";
+import * as libc from "../../ffi/_libc.ts";
 import { anonInodes, waitFor, within } from "../helpers.ts";
 import { nativeForkWriter } from "../native_fork.ts";
 

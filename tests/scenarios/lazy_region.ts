@@ -18,7 +18,7 @@ import {
   Region,
   UffdError,
 } from "../../mod.ts";
-import * as libc from "../../ffi/libc.ts";
+import * as libc from "../../ffi/_libc.ts";
 import { anonInodes, within } from "../helpers.ts";
 import { fillPattern, patternWord } from "../sources/pattern.ts";
 

@@ -13,7 +13,7 @@
 
 import assert from "node:assert/strict";
 import { MADV_DONTNEED, Region, WriteWatch } from "../../mod.ts";
-import * as libc from "../../ffi/libc.ts";
+import * as libc from "../../ffi/_libc.ts";
 
 const PAGE = Region.pageSize;
 const SYNC = { backend: "sync" } as const;

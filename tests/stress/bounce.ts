@@ -37,7 +37,7 @@ import {
   UffdError,
   Userfaultfd,
 } from "../../mod.ts";
-import * as libc from "../../ffi/libc.ts";
+import * as libc from "../../ffi/_libc.ts";
 import { mapMemory, type MemType, type TestMemory } from "../conformance/helpers.ts";
 import { reserveHugePages } from "../helpers.ts";
 import type { BouncePolicyStats } from "./bounce_policy.ts";

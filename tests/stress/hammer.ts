@@ -13,7 +13,7 @@
  * @module
  */
 
-import { bufferAt } from "../../ffi/libc.ts";
+import { bufferAt } from "../../ffi/_libc.ts";
 import { check, CTRL, lock, prng, SCRATCH, seal, SLOTS, TOTAL, unlock, WSTAT } from "./page_format.ts";
 
 /** What the Worker is given. */

@@ -11,7 +11,7 @@
  * `[count, word0, generation0, word1, …]`.
  */
 
-import { bufferAt, PAGE_SIZE } from "../../ffi/libc.ts";
+import { bufferAt, PAGE_SIZE } from "../../ffi/_libc.ts";
 
 interface Start {
   address: bigint;

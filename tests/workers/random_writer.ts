@@ -10,7 +10,7 @@
  * `[count, page0, before0, after0, page1, …]`.
  */
 
-import { bufferAt, PAGE_SIZE } from "../../ffi/libc.ts";
+import { bufferAt, PAGE_SIZE } from "../../ffi/_libc.ts";
 
 interface Start {
   address: bigint;

@@ -5,7 +5,7 @@
  * `address + offset` (each write may block in a fault) → `{ done: true, tid }`.
  */
 
-import { bufferAt, gettid } from "../../ffi/libc.ts";
+import { bufferAt, gettid } from "../../ffi/_libc.ts";
 
 type Request = { type: "tid" } | { type: "write"; address: bigint; length: number; offsets: number[]; value: number };
 

@@ -4,7 +4,7 @@
  * `{ address, length, value }` in, `{ done: true }` out once the bytes are written.
  */
 
-import { bufferAt } from "../../ffi/libc.ts";
+import { bufferAt } from "../../ffi/_libc.ts";
 
 self.onmessage = (e: MessageEvent<{ address: bigint; length: number; value: number }>) => {
   const { address, length, value } = e.data;

@@ -10,8 +10,8 @@
  * Out: `{ rc }` (a negative errno on failure).
  */
 
-import * as libc from "../../../ffi/libc.ts";
-import { MREMAP_FIXED, MREMAP_MAYMOVE } from "../../../linux.ts";
+import * as libc from "../../../ffi/_libc.ts";
+import { MREMAP_FIXED, MREMAP_MAYMOVE } from "../../../ffi/linux.ts";
 
 type Request =
   | { op: "madvise"; address: bigint; length: bigint; advice: number }

@@ -6,7 +6,7 @@
  * stop), `sync[1]` counts writers done with the round.
  */
 
-import { bufferAt, PAGE_SIZE } from "../../../ffi/libc.ts";
+import { bufferAt, PAGE_SIZE } from "../../../ffi/_libc.ts";
 
 self.onmessage = (e: MessageEvent<{ address: bigint; access: number; sync: SharedArrayBuffer }>) => {
   const { address, access, sync } = e.data;

@@ -14,7 +14,7 @@
  * @module
  */
 
-import { MAP_FAILED_ADDRESS } from "../linux.ts";
+import { MAP_FAILED_ADDRESS } from "./linux.ts";
 
 if (Deno.build.os !== "linux") {
   throw new Error(`uffd drives Linux userfaultfd; this is ${Deno.build.os}`);

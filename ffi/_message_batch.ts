@@ -14,8 +14,8 @@
  * @module
  */
 
-import { read } from "./libc.ts";
-import { decodeUffdMsg, SIZEOF_UFFD_MSG, type UffdMsg } from "./structs.ts";
+import { read } from "./_libc.ts";
+import { decodeUffdMsg, SIZEOF_UFFD_MSG, type UffdMsg } from "./_structs.ts";
 
 const TWO_32 = 4294967296;
 const MAX_HIGH = 0x1fffff; // high word of 2^53 - 1

@@ -25,9 +25,9 @@ import {
   UFFDIO_WRITEPROTECT,
   UFFDIO_ZEROPAGE,
   USERFAULTFD_IOC_NEW,
-} from "../uapi.ts";
-import { ioctl, ioctlValue, read } from "./libc.ts";
-import { decodeUffdioApi, type UffdioApi } from "./structs.ts";
+} from "./uapi.ts";
+import { ioctl, ioctlValue, read } from "./_libc.ts";
+import { decodeUffdioApi, type UffdioApi } from "./_structs.ts";
 
 /** Five u64 words: the largest uffdio struct is 40 bytes. */
 const words = new BigUint64Array(5);

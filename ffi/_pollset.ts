@@ -8,7 +8,7 @@
  * @module
  */
 
-import { poll, pollOffThread } from "./libc.ts";
+import { poll, pollOffThread } from "./_libc.ts";
 
 const SIZEOF_POLLFD = 8;
 

@@ -20,8 +20,8 @@ import {
   UFFDIO_WAKE,
   UFFDIO_WRITEPROTECT,
   UFFDIO_ZEROPAGE,
-} from "../uapi.ts";
-import { ioctl } from "./libc.ts";
+} from "./uapi.ts";
+import { ioctl } from "./_libc.ts";
 
 const TWO_32 = 4294967296;
 /** Five u64 words as ten u32 halves (little-endian): the largest struct here is `uffdio_copy` (40 bytes). */

@@ -5,9 +5,9 @@
  * @module
  */
 
-import { PAGEMAP_SCAN } from "../uapi.ts";
-import { addressOf, ioctl, pread } from "./libc.ts";
-import { type PageRegion, SIZEOF_PM_SCAN_ARG } from "./structs.ts";
+import { PAGEMAP_SCAN } from "./uapi.ts";
+import { addressOf, ioctl, pread } from "./_libc.ts";
+import { type PageRegion, SIZEOF_PM_SCAN_ARG } from "./_structs.ts";
 
 /** One scan's worth of buffers: the `pm_scan_arg` and a `page_region` vector, reused across calls. */
 export class ScanBuffers {

@@ -20,7 +20,7 @@ import {
   UFFD_EVENT_REMAP,
   UFFD_EVENT_REMOVE,
   UFFD_EVENT_UNMAP,
-} from "../uapi.ts";
+} from "./uapi.ts";
 
 /** `sizeof(struct uffdio_api)` */
 export const SIZEOF_UFFDIO_API = 24;

@@ -15,7 +15,7 @@
  * @module
  */
 
-import { getpid, processVmReadvRaw } from "./libc.ts";
+import { getpid, processVmReadvRaw } from "./_libc.ts";
 
 const TWO_32 = 4294967296;
 /** `struct iovec` = { void *iov_base; size_t iov_len; }: two u64 as four u32 halves. */
