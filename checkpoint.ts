@@ -52,11 +52,11 @@
 import { encodeCheckpointHeader, encodeCheckpointTable } from "./checkpoint_format.ts";
 import { CheckpointReader, imageBytes, isZero } from "./checkpoint_reader.ts";
 import { crc32c, crc32cWords } from "./crc32c.ts";
-import { ERRNO, UffdError } from "./errors.ts";
+import { ERRNO, UffdError } from "./kernel/errors.ts";
 import * as libc from "./ffi/_libc.ts";
-import { readMaps } from "./maps.ts";
-import { visitDataPages } from "./page_contents.ts";
-import { Region } from "./region.ts";
+import { readMaps } from "./kernel/maps.ts";
+import { visitDataPages } from "./kernel/_page_contents.ts";
+import { Region } from "./kernel/region.ts";
 import { RunList } from "./write_set.ts";
 import { WriteWatch, type WriteWatchOptions, type WriteWatchTarget } from "./write_watch.ts";
 

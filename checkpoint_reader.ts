@@ -42,10 +42,10 @@ import {
   decodeCheckpointTable,
 } from "./checkpoint_format.ts";
 import { crc32c, crc32cWords } from "./crc32c.ts";
-import { ERRNO, UffdError } from "./errors.ts";
+import { ERRNO, UffdError } from "./kernel/errors.ts";
 import * as libc from "./ffi/_libc.ts";
 import { O_CLOEXEC, O_RDONLY } from "./ffi/linux.ts";
-import { Region } from "./region.ts";
+import { Region } from "./kernel/region.ts";
 import type { WriteWatchTarget } from "./write_watch.ts";
 
 /** One file of a chain, as its header describes it. */

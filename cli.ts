@@ -16,7 +16,7 @@
  * @module
  */
 
-import { UffdError } from "./errors.ts";
+import { UffdError } from "./kernel/errors.ts";
 import { EXIT, red, UsageError } from "./cli/output.ts";
 
 interface Command {

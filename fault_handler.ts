@@ -30,8 +30,8 @@
  */
 
 import { Worker } from "node:worker_threads";
-import { ERRNO, invalid, UffdError } from "./errors.ts";
-import type { UffdEvent } from "./events.ts";
+import { ERRNO, invalid, UffdError } from "./kernel/errors.ts";
+import type { UffdEvent } from "./kernel/events.ts";
 import * as libc from "./ffi/_libc.ts";
 import {
   CTRL,
@@ -45,12 +45,12 @@ import {
 } from "./handler_protocol.ts";
 import { type HandlerStats, readStats, statsBuffer } from "./handler_stats.ts";
 import { EFD_CLOEXEC, EFD_NONBLOCK } from "./ffi/linux.ts";
-import { onClose } from "./on_close.ts";
+import { onClose } from "./kernel/_on_close.ts";
 import type { CopySourceSpec, PolicySpec } from "./policies.ts";
-import { unmappedParts } from "./maps.ts";
-import type { Range } from "./range.ts";
+import { unmappedParts } from "./kernel/maps.ts";
+import type { Range } from "./kernel/range.ts";
 import { bitmapBytes, type PageRun, pageRuns, type TrackedRange, trackRanges } from "./tracked_pages.ts";
-import { type SharedUserfaultfd, Userfaultfd } from "./userfaultfd.ts";
+import { type SharedUserfaultfd, Userfaultfd } from "./kernel/userfaultfd.ts";
 
 /** Options of {@linkcode FaultHandler.start}. */
 export interface FaultHandlerOptions {

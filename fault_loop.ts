@@ -25,8 +25,8 @@
  * @module
  */
 
-import { ERRNO, UffdError } from "./errors.ts";
-import type { UffdEvent } from "./events.ts";
+import { ERRNO, UffdError } from "./kernel/errors.ts";
+import type { UffdEvent } from "./kernel/events.ts";
 import * as libc from "./ffi/_libc.ts";
 import { MessageBatch } from "./ffi/_message_batch.ts";
 import { PollSet } from "./ffi/_pollset.ts";
@@ -59,7 +59,7 @@ import {
   UFFDIO_COPY_MODE_WP,
   UFFDIO_WRITEPROTECT_MODE_WP,
 } from "./ffi/uapi.ts";
-import { Userfaultfd } from "./userfaultfd.ts";
+import { Userfaultfd } from "./kernel/userfaultfd.ts";
 
 const PAGE = libc.PAGE_SIZE;
 const EAGAIN = ERRNO.EAGAIN!;

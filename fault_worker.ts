@@ -25,7 +25,7 @@ import {
   STATE,
   type WorkerMessage,
 } from "./handler_protocol.ts";
-import { Userfaultfd } from "./userfaultfd.ts";
+import { Userfaultfd } from "./kernel/userfaultfd.ts";
 
 /** Thrown by `process.exit()` in a policy: unwinds the policy; the failure is already reported. */
 class WorkerExit extends Error {

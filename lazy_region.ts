@@ -140,7 +140,7 @@
  */
 
 import { CheckpointReader } from "./checkpoint_reader.ts";
-import { ERRNO, invalid, UffdError } from "./errors.ts";
+import { ERRNO, invalid, UffdError } from "./kernel/errors.ts";
 import { FaultHandler, type FaultHandlerOptions } from "./fault_handler.ts";
 import * as libc from "./ffi/_libc.ts";
 import { PollSet } from "./ffi/_pollset.ts";
@@ -155,13 +155,13 @@ import {
 } from "./lazy_policy.ts";
 import type { LazySourceSpec } from "./lazy_source.ts";
 import { MADV_DONTNEED, MADV_REMOVE, O_CLOEXEC, O_RDONLY, POLLIN } from "./ffi/linux.ts";
-import { onClose } from "./on_close.ts";
+import { onClose } from "./kernel/_on_close.ts";
 import { policies } from "./policies.ts";
-import { Region } from "./region.ts";
+import { Region } from "./kernel/region.ts";
 import { type PageRun, pageRuns } from "./tracked_pages.ts";
 import type { Feature } from "./ffi/uapi.ts";
-import { Userfaultfd } from "./userfaultfd.ts";
-import { optionsBag } from "./validate.ts";
+import { Userfaultfd } from "./kernel/userfaultfd.ts";
+import { optionsBag } from "./kernel/_validate.ts";
 
 export type { LazySourceFactory, LazySourceInfo, PageFiller } from "./lazy_source.ts";
 export type { LazyFill } from "./lazy_policy.ts";

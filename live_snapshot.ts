@@ -92,16 +92,16 @@
  */
 
 import { Worker } from "node:worker_threads";
-import { ERRNO, invalid, UffdError } from "./errors.ts";
+import { ERRNO, invalid, UffdError } from "./kernel/errors.ts";
 import * as libc from "./ffi/_libc.ts";
 import { deserializeError } from "./handler_protocol.ts";
 import { EFD_CLOEXEC, EFD_NONBLOCK, MADV_DONTNEED } from "./ffi/linux.ts";
-import { kernelRelease } from "./access.ts";
-import { kernelProfile, type UntouchedPages, untouchedPages } from "./kernel_profile.ts";
-import { readMaps } from "./maps.ts";
-import { hasPagemapScan } from "./pagemap.ts";
-import { pageCeil, pageFloor } from "./range.ts";
-import { Region } from "./region.ts";
+import { kernelRelease } from "./kernel/access.ts";
+import { kernelProfile, type UntouchedPages, untouchedPages } from "./kernel/profile.ts";
+import { readMaps } from "./kernel/maps.ts";
+import { hasPagemapScan } from "./kernel/pagemap.ts";
+import { pageCeil, pageFloor } from "./kernel/range.ts";
+import { Region } from "./kernel/region.ts";
 import { pageStateBuffers } from "./snapshot_pages.ts";
 import { emptyQueue } from "./snapshot_sinks.ts";
 import {
@@ -116,7 +116,7 @@ import {
   type WorkerSinkSpec,
 } from "./snapshot_protocol.ts";
 import { Feature } from "./ffi/uapi.ts";
-import { Userfaultfd } from "./userfaultfd.ts";
+import { Userfaultfd } from "./kernel/userfaultfd.ts";
 
 /** What a {@linkcode LiveSnapshot} can copy. */
 export type LiveSnapshotTarget = Region | ArrayBufferLike | ArrayBufferView | WebAssembly.Memory;

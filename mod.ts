@@ -31,13 +31,13 @@
 
 export * from "./ffi/uapi.ts";
 export * from "./ffi/linux.ts";
-export * from "./errors.ts";
-export * from "./range.ts";
-export * from "./region.ts";
-export * from "./events.ts";
-export * from "./access.ts";
-export * from "./userfaultfd.ts";
-export * from "./pagemap.ts";
+export * from "./kernel/errors.ts";
+export * from "./kernel/range.ts";
+export * from "./kernel/region.ts";
+export * from "./kernel/events.ts";
+export * from "./kernel/access.ts";
+export * from "./kernel/userfaultfd.ts";
+export * from "./kernel/pagemap.ts";
 export {
   type KernelProfile,
   kernelProfile,
@@ -50,8 +50,8 @@ export {
   untouchedPages,
   type ZeroFill,
   type ZeroPageTraits,
-} from "./kernel_profile.ts";
-export * from "./maps.ts";
+} from "./kernel/profile.ts";
+export * from "./kernel/maps.ts";
 export * from "./write_set.ts";
 export * from "./watch_backend.ts";
 export * from "./watch_async.ts";
@@ -62,7 +62,7 @@ export * from "./crc32c.ts";
 export * from "./checkpoint_format.ts";
 export { type CheckpointFileInfo, CheckpointReader, imageBytes, type PageSource } from "./checkpoint_reader.ts";
 export * from "./checkpoint.ts";
-export * from "./semantics.ts";
+export * from "./kernel/semantics.ts";
 export * from "./fault_handler.ts";
 export * from "./policies.ts";
 export { emptyStats, type HandlerStats } from "./handler_stats.ts";

@@ -21,9 +21,9 @@
  * @module
  */
 
-import type { UntouchedFill } from "./kernel_profile.ts";
+import type { UntouchedFill } from "./kernel/profile.ts";
 import type { SerializedError } from "./handler_protocol.ts";
-import type { SharedUserfaultfd } from "./userfaultfd.ts";
+import type { SharedUserfaultfd } from "./kernel/userfaultfd.ts";
 
 /** Slots of the control block. */
 export const SNAP_CTRL = {

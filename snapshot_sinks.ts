@@ -24,10 +24,10 @@
 
 import { encodeCheckpointHeader, encodeCheckpointTable } from "./checkpoint_format.ts";
 import { crc32cWords } from "./crc32c.ts";
-import { ERRNO, UffdError } from "./errors.ts";
+import { ERRNO, UffdError } from "./kernel/errors.ts";
 import * as libc from "./ffi/_libc.ts";
 import { copyOwnMemory } from "./ffi/_own_memory.ts";
-import { Region } from "./region.ts";
+import { Region } from "./kernel/region.ts";
 import { type FileWritten, QUEUE_EMPTY, SNAP_CTRL, type WorkerSinkSpec } from "./snapshot_protocol.ts";
 
 const P = libc.PAGE_SIZE;

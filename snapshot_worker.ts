@@ -29,7 +29,7 @@ import {
   type SnapshotMessage,
   type SnapshotWorkerData,
 } from "./snapshot_protocol.ts";
-import { Userfaultfd } from "./userfaultfd.ts";
+import { Userfaultfd } from "./kernel/userfaultfd.ts";
 
 const post = (message: SnapshotMessage) => parentPort!.postMessage(message);
 

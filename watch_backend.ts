@@ -62,7 +62,7 @@
  * @module
  */
 
-import type { UntouchedPages } from "./kernel_profile.ts";
+import type { UntouchedPages } from "./kernel/profile.ts";
 import type { Feature } from "./ffi/uapi.ts";
 import type { RunList } from "./write_set.ts";
 

@@ -9,9 +9,9 @@
  * @module
  */
 
-import { kernelRelease } from "./access.ts";
+import { kernelRelease } from "./kernel/access.ts";
 import type { Feature } from "./ffi/uapi.ts";
-import { Userfaultfd } from "./userfaultfd.ts";
+import { Userfaultfd } from "./kernel/userfaultfd.ts";
 import type { WatchedSpan } from "./watch_backend.ts";
 
 /**

@@ -71,18 +71,18 @@
  * @module
  */
 
-import { kernelRelease } from "./access.ts";
-import { ERRNO, UffdError } from "./errors.ts";
+import { kernelRelease } from "./kernel/access.ts";
+import { ERRNO, UffdError } from "./kernel/errors.ts";
 import { FaultHandler } from "./fault_handler.ts";
 import * as libc from "./ffi/_libc.ts";
-import { kernelProfile, type UntouchedFill, type UntouchedPages, untouchedPages } from "./kernel_profile.ts";
-import { readMaps } from "./maps.ts";
-import { fillUntouched, visitDataPages } from "./page_contents.ts";
+import { kernelProfile, type UntouchedFill, type UntouchedPages, untouchedPages } from "./kernel/profile.ts";
+import { readMaps } from "./kernel/maps.ts";
+import { fillUntouched, visitDataPages } from "./kernel/_page_contents.ts";
 import { policies } from "./policies.ts";
-import type { Range } from "./range.ts";
+import type { Range } from "./kernel/range.ts";
 import { bitmapBytes, type PageRun, pageRuns } from "./tracked_pages.ts";
 import { Feature } from "./ffi/uapi.ts";
-import { Userfaultfd } from "./userfaultfd.ts";
+import { Userfaultfd } from "./kernel/userfaultfd.ts";
 import type { BackendProvider, WatchedSpan, WriteWatchBackend } from "./watch_backend.ts";
 import { missingFeatures } from "./watch_features.ts";
 import { SYNC_STATE, type SyncWatchPolicyOptions } from "./watch_sync_policy.ts";

@@ -27,9 +27,9 @@
  * @module
  */
 
-import type { UffdEvent } from "./events.ts";
-import type { UntouchedFill } from "./kernel_profile.ts";
-import { fillUntouched } from "./page_contents.ts";
+import type { UffdEvent } from "./kernel/events.ts";
+import type { UntouchedFill } from "./kernel/profile.ts";
+import { fillUntouched } from "./kernel/_page_contents.ts";
 import { type FaultPolicy, type PolicyContext, unprotectPolicy } from "./policies.ts";
 
 /** Slots of the policy's shared state (`Int32Array`). */

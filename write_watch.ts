@@ -57,14 +57,14 @@
  * @module
  */
 
-import { ERRNO, UffdError } from "./errors.ts";
+import { ERRNO, UffdError } from "./kernel/errors.ts";
 import * as libc from "./ffi/_libc.ts";
-import { readMaps } from "./maps.ts";
-import { pageCeil, pageFloor } from "./range.ts";
-import { Region } from "./region.ts";
+import { readMaps } from "./kernel/maps.ts";
+import { pageCeil, pageFloor } from "./kernel/range.ts";
+import { Region } from "./kernel/region.ts";
 import { type Feature, FEATURES } from "./ffi/uapi.ts";
 import { asyncBackend } from "./watch_async.ts";
-import type { UntouchedPages } from "./kernel_profile.ts";
+import type { UntouchedPages } from "./kernel/profile.ts";
 import type { BackendProvider, WatchedSpan, WriteWatchBackend, WriteWatchBackendName } from "./watch_backend.ts";
 import { softDirtyBackend } from "./watch_soft_dirty.ts";
 import { syncBackend } from "./watch_sync.ts";

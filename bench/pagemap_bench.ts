@@ -13,9 +13,9 @@ import { PAGE_IS_PRESENT, pagemapScan } from "../mod.ts";
 import * as libc from "../ffi/_libc.ts";
 import { ScanBuffers } from "../ffi/_pagemap_scan.ts";
 import { O_CLOEXEC, O_RDONLY } from "../ffi/linux.ts";
-import { hasPagemapScan } from "../pagemap.ts";
+import { hasPagemapScan } from "../kernel/pagemap.ts";
 import { mapWithoutThp, populateFraction } from "./lib/fixtures.ts";
-import type { Region } from "../region.ts";
+import type { Region } from "../kernel/region.ts";
 
 const GiB = 2 ** 30;
 const available = hasPagemapScan();

@@ -28,7 +28,7 @@
  * @module
  */
 
-import { UffdError } from "../errors.ts";
+import { UffdError } from "../kernel/errors.ts";
 import { LiveSnapshot, LiveSnapshotError, type SnapshotResult } from "../live_snapshot.ts";
 import type { DemoContext, StepResult } from "./demo.ts";
 import { checkSnapshot, type SnapshotCheck } from "./demo_snapshot_check.ts";

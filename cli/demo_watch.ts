@@ -27,7 +27,7 @@
  * @module
  */
 
-import { UffdError } from "../errors.ts";
+import { UffdError } from "../kernel/errors.ts";
 import { WriteWatch } from "../write_watch.ts";
 import type { WriteSet } from "../write_set.ts";
 import type { DemoContext, StepResult } from "./demo.ts";

@@ -47,7 +47,7 @@
  * @module
  */
 
-import { Region } from "../region.ts";
+import { Region } from "../kernel/region.ts";
 import { WASM_WRITER_BYTES } from "./demo_wasm.ts";
 import { demoLayout, type WriterLayout } from "./demo_pattern.ts";
 import { writerWorkerSource } from "./demo_writer_worker.ts";

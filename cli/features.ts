@@ -11,14 +11,14 @@
  */
 
 import { parseArgs } from "node:util";
-import { kernelRelease } from "../access.ts";
-import { type AccessDiagnosis, diagnoseAccess, explainAccess } from "../access.ts";
-import { UffdError } from "../errors.ts";
-import { acceptedCategories, hasPagemapScan, softDirtySupported } from "../pagemap.ts";
-import { type KernelProfile, kernelProfile, profileNotes, type ThpTraits, type TraitNote } from "../kernel_profile.ts";
-import { Region } from "../region.ts";
+import { kernelRelease } from "../kernel/access.ts";
+import { type AccessDiagnosis, diagnoseAccess, explainAccess } from "../kernel/access.ts";
+import { UffdError } from "../kernel/errors.ts";
+import { acceptedCategories, hasPagemapScan, softDirtySupported } from "../kernel/pagemap.ts";
+import { type KernelProfile, kernelProfile, profileNotes, type ThpTraits, type TraitNote } from "../kernel/profile.ts";
+import { Region } from "../kernel/region.ts";
 import { CATEGORIES, type Category, FEATURES, type Ioctl } from "../ffi/uapi.ts";
-import { type Origin, type RegisterOptions, Userfaultfd } from "../userfaultfd.ts";
+import { type Origin, type RegisterOptions, Userfaultfd } from "../kernel/userfaultfd.ts";
 import { bold, dim, EXIT, green, printJson, red, table, yellow } from "./output.ts";
 import * as libc from "../ffi/_libc.ts";
 

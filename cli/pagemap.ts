@@ -11,11 +11,11 @@
  */
 
 import { parseArgs } from "node:util";
-import { kernelRelease } from "../access.ts";
-import { UffdError } from "../errors.ts";
-import { type Mapping, readMaps } from "../maps.ts";
-import { hasPagemapScan, pagemapScan, type Pid } from "../pagemap.ts";
-import { Region } from "../region.ts";
+import { kernelRelease } from "../kernel/access.ts";
+import { UffdError } from "../kernel/errors.ts";
+import { type Mapping, readMaps } from "../kernel/maps.ts";
+import { hasPagemapScan, pagemapScan, type Pid } from "../kernel/pagemap.ts";
+import { Region } from "../kernel/region.ts";
 import {
   type Category,
   PAGE_IS_FILE,

@@ -16,7 +16,7 @@ import {
   WP_SCENARIOS,
   type WpCell,
   type WpMatrix,
-} from "../semantics.ts";
+} from "../kernel/semantics.ts";
 import { bold, dim, EXIT, green, printJson, progress, progressDone, red, table, yellow } from "./output.ts";
 
 function mark(value: boolean | null): string {

@@ -17,7 +17,7 @@
  * @module
  */
 
-import { bigintArg, describe } from "../validate.ts";
+import { bigintArg, describe } from "../kernel/_validate.ts";
 
 /** A list of names: any iterable but a string (whose characters are not names). */
 function iterableArg(names: unknown, operation: string): void {

@@ -7,7 +7,7 @@
 
 import assert from "node:assert/strict";
 import { bufferAt } from "../ffi/_libc.ts";
-import { hasPagemapScan } from "../pagemap.ts";
+import { hasPagemapScan } from "../kernel/pagemap.ts";
 import { type Feature, kernelProfile, type Range, UffdError, Userfaultfd } from "../mod.ts";
 
 /**

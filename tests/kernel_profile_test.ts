@@ -17,7 +17,7 @@ import {
   Region,
   Userfaultfd,
 } from "../mod.ts";
-import { overrideKernelProfile } from "../kernel_profile.ts";
+import { overrideKernelProfile } from "../kernel/profile.ts";
 import { isRoot, needsPagemapScan, skipUnless } from "./helpers.ts";
 
 const PAGE = Region.pageSize;

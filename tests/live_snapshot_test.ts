@@ -23,7 +23,7 @@ import {
   type UntouchedFill,
   Userfaultfd,
 } from "../mod.ts";
-import { overrideKernelProfile } from "../kernel_profile.ts";
+import { overrideKernelProfile } from "../kernel/profile.ts";
 import * as libc from "../ffi/_libc.ts";
 import * as resolve from "../ffi/_resolve_ops.ts";
 import { SyscallThread } from "./conformance/helpers.ts";

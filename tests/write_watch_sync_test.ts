@@ -17,7 +17,7 @@ import {
   WriteWatch,
   type WriteWatchOptions,
 } from "../mod.ts";
-import { overrideKernelProfile } from "../kernel_profile.ts";
+import { overrideKernelProfile } from "../kernel/profile.ts";
 import * as libc from "../ffi/_libc.ts";
 import { fdCount, scenarioResult, skipUnless, threadCount, waitFor } from "./helpers.ts";
 import { wasmWriter } from "./fixtures/wasm_writer.ts";

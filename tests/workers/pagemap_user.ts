@@ -1,8 +1,8 @@
 /// <reference lib="deno.worker" />
 /** A test Worker that uses the pagemap probes and a scan once, then says so. */
 
-import { hasPagemapScan, pagemapScan } from "../../pagemap.ts";
-import { Region } from "../../region.ts";
+import { hasPagemapScan, pagemapScan } from "../../kernel/pagemap.ts";
+import { Region } from "../../kernel/region.ts";
 
 self.onmessage = () => {
   const ok = hasPagemapScan();

@@ -20,7 +20,7 @@
  * @example
  * ```ts
  * import { Region } from "@uffd/uffd";
- * import { visitDataPages } from "./page_contents.ts";
+ * import { visitDataPages } from "./_page_contents.ts";
  * using mem = Region.map(4 * Region.pageSize);
  * mem.bytes[Region.pageSize] = 1;
  * visitDataPages(mem, (first, pages) => console.log(first, pages)); // 1 1
@@ -30,10 +30,10 @@
  */
 
 import { ERRNO } from "./errors.ts";
-import * as libc from "./ffi/_libc.ts";
-import * as resolve from "./ffi/_resolve_ops.ts";
-import { kernelProfile, type UntouchedFill } from "./kernel_profile.ts";
-import { MADV_POPULATE_READ } from "./ffi/linux.ts";
+import * as libc from "../ffi/_libc.ts";
+import * as resolve from "../ffi/_resolve_ops.ts";
+import { kernelProfile, type UntouchedFill } from "./profile.ts";
+import { MADV_POPULATE_READ } from "../ffi/linux.ts";
 import { hasPagemapScan, PagemapScanner, type PreparedQuery, readPagemapRaw } from "./pagemap.ts";
 import {
   PAGE_IS_PFNZERO,
@@ -44,7 +44,7 @@ import {
   PM_PFN_MASK,
   PM_PRESENT,
   PM_SWAP,
-} from "./ffi/uapi.ts";
+} from "../ffi/uapi.ts";
 
 const PAGE_SIZE = libc.PAGE_SIZE;
 const PAGE = BigInt(PAGE_SIZE);
@@ -84,7 +84,7 @@ function readEntries(address: bigint, pages: number): BigUint64Array {
  * @example
  * ```ts
  * import { kernelProfile, Region, Userfaultfd } from "@uffd/uffd";
- * import { fillUntouched } from "./page_contents.ts";
+ * import { fillUntouched } from "./_page_contents.ts";
  * using mem = Region.map(4 * Region.pageSize);
  * using uffd = Userfaultfd.open();
  * uffd.register(mem, { wp: true });
@@ -158,7 +158,7 @@ export function swapActive(): boolean {
  * @example
  * ```ts
  * import { Region } from "@uffd/uffd";
- * import { visitDataPages } from "./page_contents.ts";
+ * import { visitDataPages } from "./_page_contents.ts";
  * using mem = Region.map(8 * Region.pageSize);
  * mem.bytes[2 * Region.pageSize] = 7;
  * mem.bytes.fill(0, 5 * Region.pageSize, 6 * Region.pageSize); // written, but only zeros

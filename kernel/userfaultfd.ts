@@ -22,16 +22,16 @@
 import { diagnoseAccess, explainAccess, kernelRelease } from "./access.ts";
 import { ERRNO, invalid, UffdError } from "./errors.ts";
 import { unmappedParts } from "./maps.ts";
-import { eventStream } from "./event_stream.ts";
+import { eventStream } from "./_event_stream.ts";
 import type { EventsOptions, UffdEvent } from "./events.ts";
-import * as libc from "./ffi/_libc.ts";
-import { decodeUffdMsg, SIZEOF_UFFD_MSG, type UffdMsg } from "./ffi/_structs.ts";
-import { sysUserfaultfd } from "./ffi/_syscalls.ts";
-import * as ops from "./ffi/_uffd_ioctls.ts";
-import { O_CLOEXEC, O_NONBLOCK, O_RDWR } from "./ffi/linux.ts";
-import { notifyClosed } from "./on_close.ts";
+import * as libc from "../ffi/_libc.ts";
+import { decodeUffdMsg, SIZEOF_UFFD_MSG, type UffdMsg } from "../ffi/_structs.ts";
+import { sysUserfaultfd } from "../ffi/_syscalls.ts";
+import * as ops from "../ffi/_uffd_ioctls.ts";
+import { O_CLOEXEC, O_NONBLOCK, O_RDWR } from "../ffi/linux.ts";
+import { notifyClosed } from "./_on_close.ts";
 import { pageRange, type Range, toAddress } from "./range.ts";
-import { describe, optionsBag } from "./validate.ts";
+import { describe, optionsBag } from "./_validate.ts";
 import {
   type Feature,
   featureNames,
@@ -63,7 +63,7 @@ import {
   UFFDIO_WRITEPROTECT_MODE_DONTWAKE,
   UFFDIO_WRITEPROTECT_MODE_WP,
   UFFDIO_ZEROPAGE_MODE_DONTWAKE,
-} from "./ffi/uapi.ts";
+} from "../ffi/uapi.ts";
 
 /** How a userfaultfd was created. */
 export type Origin = "syscall" | "device" | "user-mode-only";

@@ -25,12 +25,12 @@
 
 import { kernelRelease } from "./access.ts";
 import { UffdError } from "./errors.ts";
-import * as libc from "./ffi/_libc.ts";
-import { PROT_READ, PROT_WRITE } from "./ffi/linux.ts";
+import * as libc from "../ffi/_libc.ts";
+import { PROT_READ, PROT_WRITE } from "../ffi/linux.ts";
 import { hasPagemapScan, pagemapScan } from "./pagemap.ts";
 import { pageFloor, type Range } from "./range.ts";
 import { Region } from "./region.ts";
-import { type Feature, FEATURES } from "./ffi/uapi.ts";
+import { type Feature, FEATURES } from "../ffi/uapi.ts";
 import { Userfaultfd } from "./userfaultfd.ts";
 
 /** The memory a cell protects: private anonymous memory, or a `memfd` mapping (shmem). */

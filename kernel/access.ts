@@ -15,8 +15,8 @@
  */
 
 import { ERRNO } from "./errors.ts";
-import { close, open, readTextFile } from "./ffi/_libc.ts";
-import { O_CLOEXEC, O_RDWR } from "./ffi/linux.ts";
+import { close, open, readTextFile } from "../ffi/_libc.ts";
+import { O_CLOEXEC, O_RDWR } from "../ffi/linux.ts";
 
 const CAP_SYS_PTRACE = 19n;
 

@@ -10,10 +10,10 @@
 
 import { ERRNO, invalid, UffdError } from "./errors.ts";
 import type { EventsOptions, UffdEvent } from "./events.ts";
-import * as libc from "./ffi/_libc.ts";
-import { PollSet } from "./ffi/_pollset.ts";
-import { EFD_CLOEXEC, EFD_NONBLOCK, POLLERR, POLLNVAL } from "./ffi/linux.ts";
-import { onClose } from "./on_close.ts";
+import * as libc from "../ffi/_libc.ts";
+import { PollSet } from "../ffi/_pollset.ts";
+import { EFD_CLOEXEC, EFD_NONBLOCK, POLLERR, POLLNVAL } from "../ffi/linux.ts";
+import { onClose } from "./_on_close.ts";
 import type { Userfaultfd } from "./userfaultfd.ts";
 
 const ONE = new Uint8Array(new BigUint64Array([1n]).buffer);

@@ -14,7 +14,7 @@
  */
 
 import { invalid } from "./errors.ts";
-import { PAGE_SIZE } from "./ffi/_libc.ts";
+import { PAGE_SIZE } from "../ffi/_libc.ts";
 
 /** A span of memory: a start address and a length in bytes. A `Region` is a `Range`. */
 export interface Range {

@@ -23,7 +23,7 @@
 
 import { kernelRelease } from "./access.ts";
 import { UffdError } from "./errors.ts";
-import * as libc from "./ffi/_libc.ts";
+import * as libc from "../ffi/_libc.ts";
 import {
   MADV_DONTNEED,
   MADV_HUGEPAGE,
@@ -34,9 +34,9 @@ import {
   MAP_PRIVATE,
   PROT_READ,
   PROT_WRITE,
-} from "./ffi/linux.ts";
+} from "../ffi/linux.ts";
 import { acceptedCategories, hasPagemapScan, pagemapScan, readPagemapRaw, softDirtySupported } from "./pagemap.ts";
-import { type Category, type Feature, PM_MMAP_EXCLUSIVE, PM_PFN_MASK, PM_PRESENT, PM_UFFD_WP } from "./ffi/uapi.ts";
+import { type Category, type Feature, PM_MMAP_EXCLUSIVE, PM_PFN_MASK, PM_PRESENT, PM_UFFD_WP } from "../ffi/uapi.ts";
 import { type Origin, Userfaultfd } from "./userfaultfd.ts";
 
 const PAGE_SIZE = libc.PAGE_SIZE;
@@ -202,7 +202,7 @@ export function kernelProfile(): KernelProfile {
  *
  * @example
  * ```ts
- * import { kernelProfile, overrideKernelProfile } from "./kernel_profile.ts";
+ * import { kernelProfile, overrideKernelProfile } from "./profile.ts";
  * overrideKernelProfile({ untouchedFill: "none" }); // as if nothing could fill untouched pages here
  * console.log(kernelProfile().untouchedFill); // "none"
  * overrideKernelProfile(undefined);

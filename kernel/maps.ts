@@ -14,7 +14,7 @@
  */
 
 import { ERRNO, invalid, UffdError } from "./errors.ts";
-import { readTextFile } from "./ffi/_libc.ts";
+import { readTextFile } from "../ffi/_libc.ts";
 
 /** One line of `/proc/<pid>/maps`. */
 export interface Mapping {

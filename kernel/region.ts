@@ -17,7 +17,7 @@
  */
 
 import { invalid, UffdError } from "./errors.ts";
-import * as libc from "./ffi/_libc.ts";
+import * as libc from "../ffi/_libc.ts";
 import {
   MADV_DONTNEED,
   MADV_POPULATE_READ,
@@ -34,9 +34,9 @@ import {
   MREMAP_MAYMOVE,
   PROT_READ,
   PROT_WRITE,
-} from "./ffi/linux.ts";
+} from "../ffi/linux.ts";
 import { pageCeil, pageFloor, pageRange, type Range, toLength } from "./range.ts";
-import { cInt, optionsBag } from "./validate.ts";
+import { cInt, optionsBag } from "./_validate.ts";
 
 /** How {@linkcode Region.map} maps memory. */
 export interface MapOptions {

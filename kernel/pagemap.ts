@@ -31,11 +31,11 @@
 import { isMainThread } from "node:worker_threads";
 import { kernelRelease } from "./access.ts";
 import { ERRNO, invalid, UffdError } from "./errors.ts";
-import * as libc from "./ffi/_libc.ts";
-import { readPagemapEntries, ScanBuffers } from "./ffi/_pagemap_scan.ts";
-import { MAP_ANONYMOUS, MAP_PRIVATE, O_CLOEXEC, O_RDONLY, PROT_READ, PROT_WRITE } from "./ffi/linux.ts";
+import * as libc from "../ffi/_libc.ts";
+import { readPagemapEntries, ScanBuffers } from "../ffi/_pagemap_scan.ts";
+import { MAP_ANONYMOUS, MAP_PRIVATE, O_CLOEXEC, O_RDONLY, PROT_READ, PROT_WRITE } from "../ffi/linux.ts";
 import { pageRange, type Range } from "./range.ts";
-import { bigintArg, optionsBag } from "./validate.ts";
+import { bigintArg, optionsBag } from "./_validate.ts";
 import {
   CATEGORIES,
   type Category,
@@ -53,7 +53,7 @@ import {
   PM_SOFT_DIRTY,
   PM_SWAP,
   PM_UFFD_WP,
-} from "./ffi/uapi.ts";
+} from "../ffi/uapi.ts";
 
 /** Whose pagemap: this process (`"self"`, the default) or a pid. */
 export type Pid = number | "self";
