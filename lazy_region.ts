@@ -141,10 +141,10 @@
 
 import { CheckpointReader } from "./checkpoint_reader.ts";
 import { ERRNO, invalid, UffdError } from "./kernel/errors.ts";
-import { FaultHandler, type FaultHandlerOptions } from "./fault_handler.ts";
+import { FaultHandler, type FaultHandlerOptions } from "./handler/fault_handler.ts";
 import * as libc from "./ffi/_libc.ts";
 import { PollSet } from "./ffi/_pollset.ts";
-import type { HandlerStats } from "./handler_stats.ts";
+import type { HandlerStats } from "./handler/stats.ts";
 import {
   LAZY_CTRL,
   LAZY_MESSAGE_BYTES,
@@ -156,9 +156,9 @@ import {
 import type { LazySourceSpec } from "./lazy_source.ts";
 import { MADV_DONTNEED, MADV_REMOVE, O_CLOEXEC, O_RDONLY, POLLIN } from "./ffi/linux.ts";
 import { onClose } from "./kernel/_on_close.ts";
-import { policies } from "./policies.ts";
+import { policies } from "./handler/policies.ts";
 import { Region } from "./kernel/region.ts";
-import { type PageRun, pageRuns } from "./tracked_pages.ts";
+import { type PageRun, pageRuns } from "./handler/tracked_pages.ts";
 import type { Feature } from "./ffi/uapi.ts";
 import { Userfaultfd } from "./kernel/userfaultfd.ts";
 import { optionsBag } from "./kernel/_validate.ts";

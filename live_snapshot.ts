@@ -94,7 +94,7 @@
 import { Worker } from "node:worker_threads";
 import { ERRNO, invalid, UffdError } from "./kernel/errors.ts";
 import * as libc from "./ffi/_libc.ts";
-import { deserializeError } from "./handler_protocol.ts";
+import { deserializeError } from "./handler/_protocol.ts";
 import { EFD_CLOEXEC, EFD_NONBLOCK, MADV_DONTNEED } from "./ffi/linux.ts";
 import { kernelRelease } from "./kernel/access.ts";
 import { kernelProfile, type UntouchedPages, untouchedPages } from "./kernel/profile.ts";

@@ -63,10 +63,10 @@ export * from "./checkpoint_format.ts";
 export { type CheckpointFileInfo, CheckpointReader, imageBytes, type PageSource } from "./checkpoint_reader.ts";
 export * from "./checkpoint.ts";
 export * from "./kernel/semantics.ts";
-export * from "./fault_handler.ts";
-export * from "./policies.ts";
-export { emptyStats, type HandlerStats } from "./handler_stats.ts";
-export { type PageRun, pageRuns, type TrackedRange } from "./tracked_pages.ts";
+export * from "./handler/fault_handler.ts";
+export * from "./handler/policies.ts";
+export { emptyStats, type HandlerStats } from "./handler/stats.ts";
+export { type PageRun, pageRuns, type TrackedRange } from "./handler/tracked_pages.ts";
 export {
   LiveSnapshot,
   LiveSnapshotError,

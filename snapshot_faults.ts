@@ -41,7 +41,7 @@ import { MessageBatch } from "./ffi/_message_batch.ts";
 import { PollSet } from "./ffi/_pollset.ts";
 import * as resolve from "./ffi/_resolve_ops.ts";
 import type { UffdMsg } from "./ffi/_structs.ts";
-import { latencyBucket } from "./handler_stats.ts";
+import { latencyBucket } from "./handler/stats.ts";
 import { POLLERR, POLLIN, POLLNVAL } from "./ffi/linux.ts";
 import { fillUntouched, swapActive } from "./kernel/_page_contents.ts";
 import { PagemapScanner, type PreparedQuery } from "./kernel/pagemap.ts";

@@ -22,7 +22,7 @@
  */
 
 import type { UntouchedFill } from "./kernel/profile.ts";
-import type { SerializedError } from "./handler_protocol.ts";
+import type { SerializedError } from "./handler/_protocol.ts";
 import type { SharedUserfaultfd } from "./kernel/userfaultfd.ts";
 
 /** Slots of the control block. */

@@ -19,7 +19,7 @@
 
 import process from "node:process";
 import { isMainThread, parentPort, workerData } from "node:worker_threads";
-import { serializeError } from "./handler_protocol.ts";
+import { serializeError } from "./handler/_protocol.ts";
 import { CopierLoop } from "./snapshot_copier.ts";
 import { Aborted, CopierFailed, FaultsLoop } from "./snapshot_faults.ts";
 import {

@@ -73,14 +73,14 @@
 
 import { kernelRelease } from "./kernel/access.ts";
 import { ERRNO, UffdError } from "./kernel/errors.ts";
-import { FaultHandler } from "./fault_handler.ts";
+import { FaultHandler } from "./handler/fault_handler.ts";
 import * as libc from "./ffi/_libc.ts";
 import { kernelProfile, type UntouchedFill, type UntouchedPages, untouchedPages } from "./kernel/profile.ts";
 import { readMaps } from "./kernel/maps.ts";
 import { fillUntouched, visitDataPages } from "./kernel/_page_contents.ts";
-import { policies } from "./policies.ts";
+import { policies } from "./handler/policies.ts";
 import type { Range } from "./kernel/range.ts";
-import { bitmapBytes, type PageRun, pageRuns } from "./tracked_pages.ts";
+import { bitmapBytes, type PageRun, pageRuns } from "./handler/tracked_pages.ts";
 import { Feature } from "./ffi/uapi.ts";
 import { Userfaultfd } from "./kernel/userfaultfd.ts";
 import type { BackendProvider, WatchedSpan, WriteWatchBackend } from "./watch_backend.ts";

@@ -30,7 +30,7 @@
 import type { UffdEvent } from "./kernel/events.ts";
 import type { UntouchedFill } from "./kernel/profile.ts";
 import { fillUntouched } from "./kernel/_page_contents.ts";
-import { type FaultPolicy, type PolicyContext, unprotectPolicy } from "./policies.ts";
+import { type FaultPolicy, type PolicyContext, unprotectPolicy } from "./handler/policies.ts";
 
 /** Slots of the policy's shared state (`Int32Array`). */
 export const SYNC_STATE = {

@@ -223,7 +223,7 @@ Deno.test("the handler works when the package is imported over http (the Worker 
       wp: 3,
       landed: 30,
     });
-    assert.ok(requested.includes("/fault_worker.ts"), "the Worker loaded its module over http");
+    assert.ok(requested.includes("/handler/_worker.ts"), "the Worker loaded its module over http");
   } finally {
     await server.shutdown();
     await Deno.remove(home, { recursive: true });

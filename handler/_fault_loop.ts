@@ -1,6 +1,6 @@
 /**
  * The fault-serving loop of a `FaultHandler`, run inside its Worker (see
- * `fault_worker.ts`), and the {@linkcode PolicyContext} the policy resolves faults
+ * `_worker.ts`), and the {@linkcode PolicyContext} the policy resolves faults
  * through. Internal.
  *
  * One pass: `poll([uffd, eventfd])` → drain the eventfd, look at the stop flag
@@ -25,13 +25,13 @@
  * @module
  */
 
-import { ERRNO, UffdError } from "./kernel/errors.ts";
-import type { UffdEvent } from "./kernel/events.ts";
-import * as libc from "./ffi/_libc.ts";
-import { MessageBatch } from "./ffi/_message_batch.ts";
-import { PollSet } from "./ffi/_pollset.ts";
-import * as resolve from "./ffi/_resolve_ops.ts";
-import type { UffdMsg } from "./ffi/_structs.ts";
+import { ERRNO, UffdError } from "../kernel/errors.ts";
+import type { UffdEvent } from "../kernel/events.ts";
+import * as libc from "../ffi/_libc.ts";
+import { MessageBatch } from "../ffi/_message_batch.ts";
+import { PollSet } from "../ffi/_pollset.ts";
+import * as resolve from "../ffi/_resolve_ops.ts";
+import type { UffdMsg } from "../ffi/_structs.ts";
 import {
   CTRL,
   type HandlerWorkerData,
@@ -40,9 +40,9 @@ import {
   serializeError,
   type WorkerMessage,
   type WorkerRange,
-} from "./handler_protocol.ts";
-import { latencyBucket, STAT } from "./handler_stats.ts";
-import { POLLERR, POLLIN, POLLNVAL } from "./ffi/linux.ts";
+} from "./_protocol.ts";
+import { latencyBucket, STAT } from "./stats.ts";
+import { POLLERR, POLLIN, POLLNVAL } from "../ffi/linux.ts";
 import * as builtins from "./policies.ts";
 import type { Fault, FaultPolicy, PolicyContext, PolicyFactory } from "./policies.ts";
 import {
@@ -58,8 +58,8 @@ import {
   UFFDIO_CONTINUE_MODE_WP,
   UFFDIO_COPY_MODE_WP,
   UFFDIO_WRITEPROTECT_MODE_WP,
-} from "./ffi/uapi.ts";
-import { Userfaultfd } from "./kernel/userfaultfd.ts";
+} from "../ffi/uapi.ts";
+import { Userfaultfd } from "../kernel/userfaultfd.ts";
 
 const PAGE = libc.PAGE_SIZE;
 const EAGAIN = ERRNO.EAGAIN!;

@@ -17,9 +17,9 @@
  * @module
  */
 
-import { invalid } from "./kernel/errors.ts";
-import { PAGE_SIZE } from "./ffi/_libc.ts";
-import { pageRange, type Range } from "./kernel/range.ts";
+import { invalid } from "../kernel/errors.ts";
+import { PAGE_SIZE } from "../ffi/_libc.ts";
+import { pageRange, type Range } from "../kernel/range.ts";
 
 /** A registered range as a handler tracks it. */
 export interface TrackedRange {

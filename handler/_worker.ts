@@ -15,7 +15,7 @@
 
 import process from "node:process";
 import { isMainThread, parentPort, workerData } from "node:worker_threads";
-import { FaultLoop } from "./fault_loop.ts";
+import { FaultLoop } from "./_fault_loop.ts";
 import {
   CTRL,
   type HandlerWorkerData,
@@ -24,8 +24,8 @@ import {
   serializeError,
   STATE,
   type WorkerMessage,
-} from "./handler_protocol.ts";
-import { Userfaultfd } from "./kernel/userfaultfd.ts";
+} from "./_protocol.ts";
+import { Userfaultfd } from "../kernel/userfaultfd.ts";
 
 /** Thrown by `process.exit()` in a policy: unwinds the policy; the failure is already reported. */
 class WorkerExit extends Error {

@@ -15,10 +15,10 @@
  * @module
  */
 
-import { UffdError } from "./kernel/errors.ts";
+import { UffdError } from "../kernel/errors.ts";
 import type { PolicySpec } from "./policies.ts";
-import type { UffdEvent } from "./kernel/events.ts";
-import type { SharedUserfaultfd } from "./kernel/userfaultfd.ts";
+import type { UffdEvent } from "../kernel/events.ts";
+import type { SharedUserfaultfd } from "../kernel/userfaultfd.ts";
 
 /** Slots of the control block. */
 export const CTRL = {

@@ -43,13 +43,13 @@
  * @module
  */
 
-import { invalid, UffdError } from "./kernel/errors.ts";
-import { toAddress } from "./kernel/range.ts";
-import type { UffdEvent } from "./kernel/events.ts";
-import * as libc from "./ffi/_libc.ts";
-import { O_CLOEXEC, O_RDONLY } from "./ffi/linux.ts";
-import type { Feature } from "./ffi/uapi.ts";
-import type { Userfaultfd } from "./kernel/userfaultfd.ts";
+import { invalid, UffdError } from "../kernel/errors.ts";
+import { toAddress } from "../kernel/range.ts";
+import type { UffdEvent } from "../kernel/events.ts";
+import * as libc from "../ffi/_libc.ts";
+import { O_CLOEXEC, O_RDONLY } from "../ffi/linux.ts";
+import type { Feature } from "../ffi/uapi.ts";
+import type { Userfaultfd } from "../kernel/userfaultfd.ts";
 
 /**
  * One page fault, as a policy sees it. The handler reuses this object for the next

@@ -30,9 +30,9 @@
  */
 
 import { Worker } from "node:worker_threads";
-import { ERRNO, invalid, UffdError } from "./kernel/errors.ts";
-import type { UffdEvent } from "./kernel/events.ts";
-import * as libc from "./ffi/_libc.ts";
+import { ERRNO, invalid, UffdError } from "../kernel/errors.ts";
+import type { UffdEvent } from "../kernel/events.ts";
+import * as libc from "../ffi/_libc.ts";
 import {
   CTRL,
   deserializeError,
@@ -42,15 +42,15 @@ import {
   type SerializedError,
   STATE,
   type WorkerMessage,
-} from "./handler_protocol.ts";
-import { type HandlerStats, readStats, statsBuffer } from "./handler_stats.ts";
-import { EFD_CLOEXEC, EFD_NONBLOCK } from "./ffi/linux.ts";
-import { onClose } from "./kernel/_on_close.ts";
+} from "./_protocol.ts";
+import { type HandlerStats, readStats, statsBuffer } from "./stats.ts";
+import { EFD_CLOEXEC, EFD_NONBLOCK } from "../ffi/linux.ts";
+import { onClose } from "../kernel/_on_close.ts";
 import type { CopySourceSpec, PolicySpec } from "./policies.ts";
-import { unmappedParts } from "./kernel/maps.ts";
-import type { Range } from "./kernel/range.ts";
+import { unmappedParts } from "../kernel/maps.ts";
+import type { Range } from "../kernel/range.ts";
 import { bitmapBytes, type PageRun, pageRuns, type TrackedRange, trackRanges } from "./tracked_pages.ts";
-import { type SharedUserfaultfd, Userfaultfd } from "./kernel/userfaultfd.ts";
+import { type SharedUserfaultfd, Userfaultfd } from "../kernel/userfaultfd.ts";
 
 /** Options of {@linkcode FaultHandler.start}. */
 export interface FaultHandlerOptions {
@@ -124,7 +124,7 @@ export class FaultHandlerError extends Error {
   }
 }
 
-const WORKER_URL = new URL("./fault_worker.ts", import.meta.url).href;
+const WORKER_URL = new URL("./_worker.ts", import.meta.url).href;
 const POLICIES_URL = new URL("./policies.ts", import.meta.url).href;
 /**
  * `node:worker_threads` takes `file:` and `data:` URLs only: a `data:` module that
@@ -788,7 +788,7 @@ export class FaultHandler implements AsyncDisposable {
     return this.stats;
   }
 
-  /** The error a failed Worker left in the payload (see `fault_worker.ts`), if any. */
+  /** The error a failed Worker left in the payload (see `_worker.ts`), if any. */
   #workerError(): Error | undefined {
     const ctrl = this.#control;
     if (Atomics.load(ctrl, CTRL.STATE) !== STATE.FAILED || Atomics.load(ctrl, CTRL.STATUS) === 0) return undefined;
