@@ -57,8 +57,8 @@ import * as libc from "./ffi/_libc.ts";
 import { readMaps } from "./kernel/maps.ts";
 import { visitDataPages } from "./kernel/_page_contents.ts";
 import { Region } from "./kernel/region.ts";
-import { RunList } from "./write_set.ts";
-import { WriteWatch, type WriteWatchOptions, type WriteWatchTarget } from "./write_watch.ts";
+import { RunList } from "./watch/write_set.ts";
+import { WriteWatch, type WriteWatchOptions, type WriteWatchTarget } from "./watch/write_watch.ts";
 
 /** Options of {@linkcode Checkpoint.start}: those of `WriteWatch.start`, and durability. */
 export interface CheckpointOptions extends WriteWatchOptions {

@@ -46,7 +46,7 @@ import { ERRNO, UffdError } from "./kernel/errors.ts";
 import * as libc from "./ffi/_libc.ts";
 import { O_CLOEXEC, O_RDONLY } from "./ffi/linux.ts";
 import { Region } from "./kernel/region.ts";
-import type { WriteWatchTarget } from "./write_watch.ts";
+import type { WriteWatchTarget } from "./watch/write_watch.ts";
 
 /** One file of a chain, as its header describes it. */
 export interface CheckpointFileInfo {

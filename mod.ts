@@ -52,12 +52,12 @@ export {
   type ZeroPageTraits,
 } from "./kernel/profile.ts";
 export * from "./kernel/maps.ts";
-export * from "./write_set.ts";
-export * from "./watch_backend.ts";
-export * from "./watch_async.ts";
-export * from "./watch_sync.ts";
-export * from "./watch_soft_dirty.ts";
-export * from "./write_watch.ts";
+export * from "./watch/write_set.ts";
+export * from "./watch/_backend.ts";
+export * from "./watch/_async.ts";
+export * from "./watch/_sync.ts";
+export * from "./watch/_soft_dirty.ts";
+export * from "./watch/write_watch.ts";
 export * from "./crc32c.ts";
 export * from "./checkpoint_format.ts";
 export { type CheckpointFileInfo, CheckpointReader, imageBytes, type PageSource } from "./checkpoint_reader.ts";

@@ -31,8 +31,8 @@
 
 import { parseArgs } from "node:util";
 import { type Feature, FEATURES } from "../ffi/uapi.ts";
-import type { WriteWatchBackendName } from "../watch_backend.ts";
-import type { WriteWatchOptions } from "../write_watch.ts";
+import type { WriteWatchBackendName } from "../watch/_backend.ts";
+import type { WriteWatchOptions } from "../watch/write_watch.ts";
 import { type FeaturesReport, featuresReport } from "./features.ts";
 import { bold, dim, EXIT, green, printJson, red, UsageError } from "./output.ts";
 import { WasmWriter } from "./demo_writer.ts";

@@ -28,8 +28,8 @@
  */
 
 import { UffdError } from "../kernel/errors.ts";
-import { WriteWatch } from "../write_watch.ts";
-import type { WriteSet } from "../write_set.ts";
+import { WriteWatch } from "../watch/write_watch.ts";
+import type { WriteSet } from "../watch/write_set.ts";
 import type { DemoContext, StepResult } from "./demo.ts";
 import type { WriterLayout } from "./demo_writer.ts";
 import { bold, bytes, cyan, dim, green, red, width, yellow } from "./output.ts";
@@ -146,7 +146,7 @@ export interface RoundLog {
  *
  * @example
  * ```ts
- * import { WriteSet } from "../write_set.ts";
+ * import { WriteSet } from "../watch/write_set.ts";
  * import { checkRound } from "./demo_watch.ts";
  * const set = (...runs: number[]) =>
  *   new WriteSet({ runs: new Uint32Array(runs), pageCount: 8, pageSize: 4096, head: 0, byteLength: 32768 });

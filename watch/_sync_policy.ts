@@ -27,10 +27,10 @@
  * @module
  */
 
-import type { UffdEvent } from "./kernel/events.ts";
-import type { UntouchedFill } from "./kernel/profile.ts";
-import { fillUntouched } from "./kernel/_page_contents.ts";
-import { type FaultPolicy, type PolicyContext, unprotectPolicy } from "./handler/policies.ts";
+import type { UffdEvent } from "../kernel/events.ts";
+import type { UntouchedFill } from "../kernel/profile.ts";
+import { fillUntouched } from "../kernel/_page_contents.ts";
+import { type FaultPolicy, type PolicyContext, unprotectPolicy } from "../handler/policies.ts";
 
 /** Slots of the policy's shared state (`Int32Array`). */
 export const SYNC_STATE = {
@@ -63,14 +63,14 @@ export interface SyncWatchPolicyOptions {
  * @example
  * ```ts
  * import { FaultHandler, policies, Region, Userfaultfd } from "@uffd/uffd";
- * import { SYNC_STATE } from "./watch_sync_policy.ts";
+ * import { SYNC_STATE } from "./_sync_policy.ts";
  * using mem = Region.map(4 * Region.pageSize, { populate: true });
  * using uffd = Userfaultfd.open({ require: ["EVENT_UNMAP"] });
  * uffd.register(mem, { wp: true });
  * const lost = new SharedArrayBuffer(1);
  * const state = new SharedArrayBuffer(4 * SYNC_STATE.SIZE);
  * const options = { base: Number(mem.address), removedAsWritten: true, fill: null, lost, state };
- * const policy = policies.module(new URL("./watch_sync_policy.ts", import.meta.url), options, "syncWatchPolicy");
+ * const policy = policies.module(new URL("./_sync_policy.ts", import.meta.url), options, "syncWatchPolicy");
  * await using handler = await FaultHandler.start(uffd, policy);
  * uffd.writeProtect(mem);
  * mem.bytes[Region.pageSize] = 1;

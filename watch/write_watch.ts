@@ -57,17 +57,17 @@
  * @module
  */
 
-import { ERRNO, UffdError } from "./kernel/errors.ts";
-import * as libc from "./ffi/_libc.ts";
-import { readMaps } from "./kernel/maps.ts";
-import { pageCeil, pageFloor } from "./kernel/range.ts";
-import { Region } from "./kernel/region.ts";
-import { type Feature, FEATURES } from "./ffi/uapi.ts";
-import { asyncBackend } from "./watch_async.ts";
-import type { UntouchedPages } from "./kernel/profile.ts";
-import type { BackendProvider, WatchedSpan, WriteWatchBackend, WriteWatchBackendName } from "./watch_backend.ts";
-import { softDirtyBackend } from "./watch_soft_dirty.ts";
-import { syncBackend } from "./watch_sync.ts";
+import { ERRNO, UffdError } from "../kernel/errors.ts";
+import * as libc from "../ffi/_libc.ts";
+import { readMaps } from "../kernel/maps.ts";
+import { pageCeil, pageFloor } from "../kernel/range.ts";
+import { Region } from "../kernel/region.ts";
+import { type Feature, FEATURES } from "../ffi/uapi.ts";
+import { asyncBackend } from "./_async.ts";
+import type { UntouchedPages } from "../kernel/profile.ts";
+import type { BackendProvider, WatchedSpan, WriteWatchBackend, WriteWatchBackendName } from "./_backend.ts";
+import { softDirtyBackend } from "./_soft_dirty.ts";
+import { syncBackend } from "./_sync.ts";
 import { RunList, WriteSet } from "./write_set.ts";
 
 /** What a {@linkcode WriteWatch} can watch. */

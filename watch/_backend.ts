@@ -62,8 +62,8 @@
  * @module
  */
 
-import type { UntouchedPages } from "./kernel/profile.ts";
-import type { Feature } from "./ffi/uapi.ts";
+import type { UntouchedPages } from "../kernel/profile.ts";
+import type { Feature } from "../ffi/uapi.ts";
 import type { RunList } from "./write_set.ts";
 
 /** The ways to track writes: see {@linkcode WriteWatch}. */

@@ -9,10 +9,10 @@
  * @module
  */
 
-import { kernelRelease } from "./kernel/access.ts";
-import type { Feature } from "./ffi/uapi.ts";
-import { Userfaultfd } from "./kernel/userfaultfd.ts";
-import type { WatchedSpan } from "./watch_backend.ts";
+import { kernelRelease } from "../kernel/access.ts";
+import type { Feature } from "../ffi/uapi.ts";
+import { Userfaultfd } from "../kernel/userfaultfd.ts";
+import type { WatchedSpan } from "./_backend.ts";
 
 /**
  * The reason `needed` cannot be had for `span` here, or `undefined` when every
@@ -21,8 +21,8 @@ import type { WatchedSpan } from "./watch_backend.ts";
  *
  * @example
  * ```ts
- * import { missingFeatures } from "./watch_features.ts";
- * import { Feature } from "./ffi/uapi.ts";
+ * import { missingFeatures } from "./_features.ts";
+ * import { Feature } from "../ffi/uapi.ts";
  * const span = { address: 0n, pages: 1, shared: false, decline: [Feature.WP_ASYNC] };
  * console.log(missingFeatures(span, [Feature.WP_ASYNC], "Linux 6.7+")); // "WP_ASYNC declined by the caller's options"
  * ```

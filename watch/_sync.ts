@@ -71,26 +71,26 @@
  * @module
  */
 
-import { kernelRelease } from "./kernel/access.ts";
-import { ERRNO, UffdError } from "./kernel/errors.ts";
-import { FaultHandler } from "./handler/fault_handler.ts";
-import * as libc from "./ffi/_libc.ts";
-import { kernelProfile, type UntouchedFill, type UntouchedPages, untouchedPages } from "./kernel/profile.ts";
-import { readMaps } from "./kernel/maps.ts";
-import { fillUntouched, visitDataPages } from "./kernel/_page_contents.ts";
-import { policies } from "./handler/policies.ts";
-import type { Range } from "./kernel/range.ts";
-import { bitmapBytes, type PageRun, pageRuns } from "./handler/tracked_pages.ts";
-import { Feature } from "./ffi/uapi.ts";
-import { Userfaultfd } from "./kernel/userfaultfd.ts";
-import type { BackendProvider, WatchedSpan, WriteWatchBackend } from "./watch_backend.ts";
-import { missingFeatures } from "./watch_features.ts";
-import { SYNC_STATE, type SyncWatchPolicyOptions } from "./watch_sync_policy.ts";
+import { kernelRelease } from "../kernel/access.ts";
+import { ERRNO, UffdError } from "../kernel/errors.ts";
+import { FaultHandler } from "../handler/fault_handler.ts";
+import * as libc from "../ffi/_libc.ts";
+import { kernelProfile, type UntouchedFill, type UntouchedPages, untouchedPages } from "../kernel/profile.ts";
+import { readMaps } from "../kernel/maps.ts";
+import { fillUntouched, visitDataPages } from "../kernel/_page_contents.ts";
+import { policies } from "../handler/policies.ts";
+import type { Range } from "../kernel/range.ts";
+import { bitmapBytes, type PageRun, pageRuns } from "../handler/tracked_pages.ts";
+import { Feature } from "../ffi/uapi.ts";
+import { Userfaultfd } from "../kernel/userfaultfd.ts";
+import type { BackendProvider, WatchedSpan, WriteWatchBackend } from "./_backend.ts";
+import { missingFeatures } from "./_features.ts";
+import { SYNC_STATE, type SyncWatchPolicyOptions } from "./_sync_policy.ts";
 import type { RunList } from "./write_set.ts";
 
 const PAGE_SIZE = libc.PAGE_SIZE;
 const PAGE = BigInt(PAGE_SIZE);
-const POLICY = new URL("./watch_sync_policy.ts", import.meta.url);
+const POLICY = new URL("./_sync_policy.ts", import.meta.url);
 /**
  * The most pages a watch can grow to: 2^28 pages (1 TiB of 4 KiB pages). The
  * handler's bitmaps reserve room for them (32 MiB of address space each) and
@@ -110,7 +110,7 @@ const NEEDED: readonly Feature[] = [
  * library itself does not need (`--allow-ffi` alone runs everything else).
  */
 function workerCannotLoad(): string | undefined {
-  const home = new URL(".", import.meta.url);
+  const home = new URL("../", import.meta.url); // the package's root: the Worker loads modules from all over it
   if (home.protocol !== "file:") return undefined;
   const path = decodeURIComponent(home.pathname).replace(/\/$/, "");
   let state: string;

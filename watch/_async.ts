@@ -27,18 +27,18 @@
  * @module
  */
 
-import { kernelRelease } from "./kernel/access.ts";
-import { ERRNO, UffdError } from "./kernel/errors.ts";
-import * as libc from "./ffi/_libc.ts";
-import { MS_ASYNC } from "./ffi/linux.ts";
-import { unmappedParts } from "./kernel/maps.ts";
-import { kernelProfile } from "./kernel/profile.ts";
-import { visitDataPages } from "./kernel/_page_contents.ts";
-import { hasPagemapScan, PagemapScanner, type PreparedQuery, prepareQuery } from "./kernel/pagemap.ts";
-import { Feature } from "./ffi/uapi.ts";
-import { Userfaultfd } from "./kernel/userfaultfd.ts";
-import type { BackendProvider, WatchedSpan, WriteWatchBackend } from "./watch_backend.ts";
-import { missingFeatures } from "./watch_features.ts";
+import { kernelRelease } from "../kernel/access.ts";
+import { ERRNO, UffdError } from "../kernel/errors.ts";
+import * as libc from "../ffi/_libc.ts";
+import { MS_ASYNC } from "../ffi/linux.ts";
+import { unmappedParts } from "../kernel/maps.ts";
+import { kernelProfile } from "../kernel/profile.ts";
+import { visitDataPages } from "../kernel/_page_contents.ts";
+import { hasPagemapScan, PagemapScanner, type PreparedQuery, prepareQuery } from "../kernel/pagemap.ts";
+import { Feature } from "../ffi/uapi.ts";
+import { Userfaultfd } from "../kernel/userfaultfd.ts";
+import type { BackendProvider, WatchedSpan, WriteWatchBackend } from "./_backend.ts";
+import { missingFeatures } from "./_features.ts";
 import type { RunList } from "./write_set.ts";
 
 const PAGE_SIZE = libc.PAGE_SIZE;

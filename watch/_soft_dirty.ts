@@ -24,14 +24,14 @@
  * @module
  */
 
-import { kernelRelease } from "./kernel/access.ts";
-import { ERRNO, UffdError } from "./kernel/errors.ts";
-import * as libc from "./ffi/_libc.ts";
-import { MS_ASYNC, O_CLOEXEC, O_WRONLY } from "./ffi/linux.ts";
-import { unmappedParts } from "./kernel/maps.ts";
-import { readPagemapRaw, softDirtySupported } from "./kernel/pagemap.ts";
-import { PM_PRESENT, PM_SOFT_DIRTY, PM_SWAP } from "./ffi/uapi.ts";
-import type { BackendProvider, WatchedSpan, WriteWatchBackend } from "./watch_backend.ts";
+import { kernelRelease } from "../kernel/access.ts";
+import { ERRNO, UffdError } from "../kernel/errors.ts";
+import * as libc from "../ffi/_libc.ts";
+import { MS_ASYNC, O_CLOEXEC, O_WRONLY } from "../ffi/linux.ts";
+import { unmappedParts } from "../kernel/maps.ts";
+import { readPagemapRaw, softDirtySupported } from "../kernel/pagemap.ts";
+import { PM_PRESENT, PM_SOFT_DIRTY, PM_SWAP } from "../ffi/uapi.ts";
+import type { BackendProvider, WatchedSpan, WriteWatchBackend } from "./_backend.ts";
 import type { RunList } from "./write_set.ts";
 
 const PAGE_SIZE = libc.PAGE_SIZE;
