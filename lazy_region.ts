@@ -139,7 +139,7 @@
  * @module
  */
 
-import { CheckpointReader } from "./checkpoint_reader.ts";
+import { CheckpointReader } from "./checkpoint/reader.ts";
 import { ERRNO, invalid, UffdError } from "./kernel/errors.ts";
 import { FaultHandler, type FaultHandlerOptions } from "./handler/fault_handler.ts";
 import * as libc from "./ffi/_libc.ts";

@@ -36,8 +36,8 @@
  * @module
  */
 
-import { CheckpointReader } from "./checkpoint_reader.ts";
-import { crc32cWords } from "./crc32c.ts";
+import { CheckpointReader } from "./checkpoint/reader.ts";
+import { crc32cWords } from "./checkpoint/crc32c.ts";
 import { ERRNO, UffdError } from "./kernel/errors.ts";
 import * as libc from "./ffi/_libc.ts";
 import { O_CLOEXEC, O_RDONLY } from "./ffi/linux.ts";

@@ -22,8 +22,8 @@
  * @module
  */
 
-import { encodeCheckpointHeader, encodeCheckpointTable } from "./checkpoint_format.ts";
-import { crc32cWords } from "./crc32c.ts";
+import { encodeCheckpointHeader, encodeCheckpointTable } from "./checkpoint/_format.ts";
+import { crc32cWords } from "./checkpoint/crc32c.ts";
 import { ERRNO, UffdError } from "./kernel/errors.ts";
 import * as libc from "./ffi/_libc.ts";
 import { copyOwnMemory } from "./ffi/_own_memory.ts";

@@ -21,7 +21,7 @@
  * @module
  */
 
-import { crc32cWords } from "../../crc32c.ts";
+import { crc32cWords } from "../../checkpoint/crc32c.ts";
 
 /** Word offsets in a page. */
 export const INDEX = 0;

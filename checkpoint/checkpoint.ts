@@ -49,16 +49,16 @@
  * @module
  */
 
-import { encodeCheckpointHeader, encodeCheckpointTable } from "./checkpoint_format.ts";
-import { CheckpointReader, imageBytes, isZero } from "./checkpoint_reader.ts";
+import { encodeCheckpointHeader, encodeCheckpointTable } from "./_format.ts";
+import { CheckpointReader, imageBytes, isZero } from "./reader.ts";
 import { crc32c, crc32cWords } from "./crc32c.ts";
-import { ERRNO, UffdError } from "./kernel/errors.ts";
-import * as libc from "./ffi/_libc.ts";
-import { readMaps } from "./kernel/maps.ts";
-import { visitDataPages } from "./kernel/_page_contents.ts";
-import { Region } from "./kernel/region.ts";
-import { RunList } from "./watch/write_set.ts";
-import { WriteWatch, type WriteWatchOptions, type WriteWatchTarget } from "./watch/write_watch.ts";
+import { ERRNO, UffdError } from "../kernel/errors.ts";
+import * as libc from "../ffi/_libc.ts";
+import { readMaps } from "../kernel/maps.ts";
+import { visitDataPages } from "../kernel/_page_contents.ts";
+import { Region } from "../kernel/region.ts";
+import { RunList } from "../watch/write_set.ts";
+import { WriteWatch, type WriteWatchOptions, type WriteWatchTarget } from "../watch/write_watch.ts";
 
 /** Options of {@linkcode Checkpoint.start}: those of `WriteWatch.start`, and durability. */
 export interface CheckpointOptions extends WriteWatchOptions {

@@ -40,13 +40,13 @@ import {
   type CheckpointTable,
   decodeCheckpointHeader,
   decodeCheckpointTable,
-} from "./checkpoint_format.ts";
+} from "./_format.ts";
 import { crc32c, crc32cWords } from "./crc32c.ts";
-import { ERRNO, UffdError } from "./kernel/errors.ts";
-import * as libc from "./ffi/_libc.ts";
-import { O_CLOEXEC, O_RDONLY } from "./ffi/linux.ts";
-import { Region } from "./kernel/region.ts";
-import type { WriteWatchTarget } from "./watch/write_watch.ts";
+import { ERRNO, UffdError } from "../kernel/errors.ts";
+import * as libc from "../ffi/_libc.ts";
+import { O_CLOEXEC, O_RDONLY } from "../ffi/linux.ts";
+import { Region } from "../kernel/region.ts";
+import type { WriteWatchTarget } from "../watch/write_watch.ts";
 
 /** One file of a chain, as its header describes it. */
 export interface CheckpointFileInfo {
@@ -504,7 +504,7 @@ export function imageBytes(target: WriteWatchTarget): Uint8Array {
  *
  * @example
  * ```ts
- * import { isZero } from "./checkpoint_reader.ts";
+ * import { isZero } from "./reader.ts";
  * console.log(isZero(new Uint8Array(4096)), isZero(new Uint8Array([0, 0, 1]))); // true false
  * ```
  */
