@@ -76,6 +76,6 @@ export {
   type SnapshotProgress,
   type SnapshotResult,
   type SnapshotSink,
-} from "./live_snapshot.ts";
-export type { FileWritten } from "./snapshot_protocol.ts";
+} from "./snapshot/live_snapshot.ts";
+export type { FileWritten } from "./snapshot/_protocol.ts";
 export * from "./lazy_region.ts";

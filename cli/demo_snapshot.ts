@@ -29,7 +29,7 @@
  */
 
 import { UffdError } from "../kernel/errors.ts";
-import { LiveSnapshot, LiveSnapshotError, type SnapshotResult } from "../live_snapshot.ts";
+import { LiveSnapshot, LiveSnapshotError, type SnapshotResult } from "../snapshot/live_snapshot.ts";
 import type { DemoContext, StepResult } from "./demo.ts";
 import { checkSnapshot, type SnapshotCheck } from "./demo_snapshot_check.ts";
 import { wrap } from "./demo_watch.ts";

@@ -17,13 +17,13 @@
  * @module
  */
 
-import { ERRNO, UffdError } from "./kernel/errors.ts";
-import * as libc from "./ffi/_libc.ts";
-import * as resolve from "./ffi/_resolve_ops.ts";
-import { COPIER, PageStates } from "./snapshot_pages.ts";
-import { openSink, type PageSink } from "./snapshot_sinks.ts";
-import { COPIER_STATE, PROGRESS, SNAP_CTRL, SNAP_STATE, type SnapshotWorkerData } from "./snapshot_protocol.ts";
-import { Userfaultfd } from "./kernel/userfaultfd.ts";
+import { ERRNO, UffdError } from "../kernel/errors.ts";
+import * as libc from "../ffi/_libc.ts";
+import * as resolve from "../ffi/_resolve_ops.ts";
+import { COPIER, PageStates } from "./_pages.ts";
+import { openSink, type PageSink } from "./_sinks.ts";
+import { COPIER_STATE, PROGRESS, SNAP_CTRL, SNAP_STATE, type SnapshotWorkerData } from "./_protocol.ts";
+import { Userfaultfd } from "../kernel/userfaultfd.ts";
 
 const P = libc.PAGE_SIZE;
 const EAGAIN = ERRNO.EAGAIN!;

@@ -22,13 +22,13 @@
  * @module
  */
 
-import { encodeCheckpointHeader, encodeCheckpointTable } from "./checkpoint/_format.ts";
-import { crc32cWords } from "./checkpoint/crc32c.ts";
-import { ERRNO, UffdError } from "./kernel/errors.ts";
-import * as libc from "./ffi/_libc.ts";
-import { copyOwnMemory } from "./ffi/_own_memory.ts";
-import { Region } from "./kernel/region.ts";
-import { type FileWritten, QUEUE_EMPTY, SNAP_CTRL, type WorkerSinkSpec } from "./snapshot_protocol.ts";
+import { encodeCheckpointHeader, encodeCheckpointTable } from "../checkpoint/_format.ts";
+import { crc32cWords } from "../checkpoint/crc32c.ts";
+import { ERRNO, UffdError } from "../kernel/errors.ts";
+import * as libc from "../ffi/_libc.ts";
+import { copyOwnMemory } from "../ffi/_own_memory.ts";
+import { Region } from "../kernel/region.ts";
+import { type FileWritten, QUEUE_EMPTY, SNAP_CTRL, type WorkerSinkSpec } from "./_protocol.ts";
 
 const P = libc.PAGE_SIZE;
 /** Pages of zeros a `Uint8Array` sink copies from at a time. */

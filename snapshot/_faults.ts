@@ -35,20 +35,20 @@
  * @module
  */
 
-import { ERRNO, UffdError } from "./kernel/errors.ts";
-import * as libc from "./ffi/_libc.ts";
-import { MessageBatch } from "./ffi/_message_batch.ts";
-import { PollSet } from "./ffi/_pollset.ts";
-import * as resolve from "./ffi/_resolve_ops.ts";
-import type { UffdMsg } from "./ffi/_structs.ts";
-import { latencyBucket } from "./handler/stats.ts";
-import { POLLERR, POLLIN, POLLNVAL } from "./ffi/linux.ts";
-import { fillUntouched, swapActive } from "./kernel/_page_contents.ts";
-import { PagemapScanner, type PreparedQuery } from "./kernel/pagemap.ts";
-import { Region } from "./kernel/region.ts";
-import { HANDLER, PageStates, SAVED, UNSAVED_DATA, UNSAVED_ZERO } from "./snapshot_pages.ts";
-import { openSink, type PageSink } from "./snapshot_sinks.ts";
-import { COPIER_STATE, PROGRESS, SNAP_CTRL, type SnapshotWorkerData } from "./snapshot_protocol.ts";
+import { ERRNO, UffdError } from "../kernel/errors.ts";
+import * as libc from "../ffi/_libc.ts";
+import { MessageBatch } from "../ffi/_message_batch.ts";
+import { PollSet } from "../ffi/_pollset.ts";
+import * as resolve from "../ffi/_resolve_ops.ts";
+import type { UffdMsg } from "../ffi/_structs.ts";
+import { latencyBucket } from "../handler/stats.ts";
+import { POLLERR, POLLIN, POLLNVAL } from "../ffi/linux.ts";
+import { fillUntouched, swapActive } from "../kernel/_page_contents.ts";
+import { PagemapScanner, type PreparedQuery } from "../kernel/pagemap.ts";
+import { Region } from "../kernel/region.ts";
+import { HANDLER, PageStates, SAVED, UNSAVED_DATA, UNSAVED_ZERO } from "./_pages.ts";
+import { openSink, type PageSink } from "./_sinks.ts";
+import { COPIER_STATE, PROGRESS, SNAP_CTRL, type SnapshotWorkerData } from "./_protocol.ts";
 import {
   PAGE_IS_PFNZERO,
   PAGE_IS_PRESENT,
@@ -59,8 +59,8 @@ import {
   UFFD_EVENT_REMOVE,
   UFFD_EVENT_UNMAP,
   UFFDIO_WRITEPROTECT_MODE_WP,
-} from "./ffi/uapi.ts";
-import { Userfaultfd } from "./kernel/userfaultfd.ts";
+} from "../ffi/uapi.ts";
+import { Userfaultfd } from "../kernel/userfaultfd.ts";
 
 const P = libc.PAGE_SIZE;
 const EAGAIN = ERRNO.EAGAIN!;

@@ -23,7 +23,7 @@
  * @module
  */
 
-import { SNAP_CTRL } from "./snapshot_protocol.ts";
+import { SNAP_CTRL } from "./_protocol.ts";
 
 /** Not saved; the page was never populated or maps the zero page: it is saved as zeros, without a read. */
 export const UNSAVED_ZERO = 0;

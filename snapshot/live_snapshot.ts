@@ -92,18 +92,18 @@
  */
 
 import { Worker } from "node:worker_threads";
-import { ERRNO, invalid, UffdError } from "./kernel/errors.ts";
-import * as libc from "./ffi/_libc.ts";
-import { deserializeError } from "./handler/_protocol.ts";
-import { EFD_CLOEXEC, EFD_NONBLOCK, MADV_DONTNEED } from "./ffi/linux.ts";
-import { kernelRelease } from "./kernel/access.ts";
-import { kernelProfile, type UntouchedPages, untouchedPages } from "./kernel/profile.ts";
-import { readMaps } from "./kernel/maps.ts";
-import { hasPagemapScan } from "./kernel/pagemap.ts";
-import { pageCeil, pageFloor } from "./kernel/range.ts";
-import { Region } from "./kernel/region.ts";
-import { pageStateBuffers } from "./snapshot_pages.ts";
-import { emptyQueue } from "./snapshot_sinks.ts";
+import { ERRNO, invalid, UffdError } from "../kernel/errors.ts";
+import * as libc from "../ffi/_libc.ts";
+import { deserializeError } from "../handler/_protocol.ts";
+import { EFD_CLOEXEC, EFD_NONBLOCK, MADV_DONTNEED } from "../ffi/linux.ts";
+import { kernelRelease } from "../kernel/access.ts";
+import { kernelProfile, type UntouchedPages, untouchedPages } from "../kernel/profile.ts";
+import { readMaps } from "../kernel/maps.ts";
+import { hasPagemapScan } from "../kernel/pagemap.ts";
+import { pageCeil, pageFloor } from "../kernel/range.ts";
+import { Region } from "../kernel/region.ts";
+import { pageStateBuffers } from "./_pages.ts";
+import { emptyQueue } from "./_sinks.ts";
 import {
   type FileWritten,
   PROGRESS,
@@ -114,9 +114,9 @@ import {
   type SnapshotWorkerData,
   STALL_BUCKETS,
   type WorkerSinkSpec,
-} from "./snapshot_protocol.ts";
-import { Feature } from "./ffi/uapi.ts";
-import { Userfaultfd } from "./kernel/userfaultfd.ts";
+} from "./_protocol.ts";
+import { Feature } from "../ffi/uapi.ts";
+import { Userfaultfd } from "../kernel/userfaultfd.ts";
 
 /** What a {@linkcode LiveSnapshot} can copy. */
 export type LiveSnapshotTarget = Region | ArrayBufferLike | ArrayBufferView | WebAssembly.Memory;
@@ -235,7 +235,7 @@ export class LiveSnapshotError extends Error {
 }
 
 const P = libc.PAGE_SIZE;
-const WORKER_URL = new URL("./snapshot_worker.ts", import.meta.url).href;
+const WORKER_URL = new URL("./_worker.ts", import.meta.url).href;
 /** `node:worker_threads` takes `file:` and `data:` URLs only: a `data:` module that imports the real one works for both. */
 const BOOTSTRAP = new URL(`data:text/javascript,${encodeURIComponent(`import ${JSON.stringify(WORKER_URL)};`)}`);
 const ONE = new Uint8Array(new BigUint64Array([1n]).buffer);

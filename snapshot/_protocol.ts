@@ -21,9 +21,9 @@
  * @module
  */
 
-import type { UntouchedFill } from "./kernel/profile.ts";
-import type { SerializedError } from "./handler/_protocol.ts";
-import type { SharedUserfaultfd } from "./kernel/userfaultfd.ts";
+import type { UntouchedFill } from "../kernel/profile.ts";
+import type { SerializedError } from "../handler/_protocol.ts";
+import type { SharedUserfaultfd } from "../kernel/userfaultfd.ts";
 
 /** Slots of the control block. */
 export const SNAP_CTRL = {

@@ -19,17 +19,11 @@
 
 import process from "node:process";
 import { isMainThread, parentPort, workerData } from "node:worker_threads";
-import { serializeError } from "./handler/_protocol.ts";
-import { CopierLoop } from "./snapshot_copier.ts";
-import { Aborted, CopierFailed, FaultsLoop } from "./snapshot_faults.ts";
-import {
-  COPIER_STATE,
-  SNAP_CTRL,
-  SNAP_STATE,
-  type SnapshotMessage,
-  type SnapshotWorkerData,
-} from "./snapshot_protocol.ts";
-import { Userfaultfd } from "./kernel/userfaultfd.ts";
+import { serializeError } from "../handler/_protocol.ts";
+import { CopierLoop } from "./_copier.ts";
+import { Aborted, CopierFailed, FaultsLoop } from "./_faults.ts";
+import { COPIER_STATE, SNAP_CTRL, SNAP_STATE, type SnapshotMessage, type SnapshotWorkerData } from "./_protocol.ts";
+import { Userfaultfd } from "../kernel/userfaultfd.ts";
 
 const post = (message: SnapshotMessage) => parentPort!.postMessage(message);
 
