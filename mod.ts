@@ -78,4 +78,4 @@ export {
   type SnapshotSink,
 } from "./snapshot/live_snapshot.ts";
 export type { FileWritten } from "./snapshot/_protocol.ts";
-export * from "./lazy_region.ts";
+export * from "./lazy/lazy_region.ts";

@@ -22,7 +22,7 @@
  *
  * @example A file source, read from this thread
  * ```ts
- * import { openPageSource } from "./lazy_source.ts";
+ * import { openPageSource } from "./_source.ts";
  * const path = Deno.makeTempFileSync();
  * Deno.writeFileSync(path, new Uint8Array(5000).fill(7));
  * const source = await openPageSource({ kind: "file", path }, 4096, 3);
@@ -36,11 +36,11 @@
  * @module
  */
 
-import { CheckpointReader } from "./checkpoint/reader.ts";
-import { crc32cWords } from "./checkpoint/crc32c.ts";
-import { ERRNO, UffdError } from "./kernel/errors.ts";
-import * as libc from "./ffi/_libc.ts";
-import { O_CLOEXEC, O_RDONLY } from "./ffi/linux.ts";
+import { CheckpointReader } from "../checkpoint/reader.ts";
+import { crc32cWords } from "../checkpoint/crc32c.ts";
+import { ERRNO, UffdError } from "../kernel/errors.ts";
+import * as libc from "../ffi/_libc.ts";
+import { O_CLOEXEC, O_RDONLY } from "../ffi/linux.ts";
 
 /** A page source as the Worker receives it (structured-cloneable). */
 export type LazySourceSpec =

@@ -139,12 +139,12 @@
  * @module
  */
 
-import { CheckpointReader } from "./checkpoint/reader.ts";
-import { ERRNO, invalid, UffdError } from "./kernel/errors.ts";
-import { FaultHandler, type FaultHandlerOptions } from "./handler/fault_handler.ts";
-import * as libc from "./ffi/_libc.ts";
-import { PollSet } from "./ffi/_pollset.ts";
-import type { HandlerStats } from "./handler/stats.ts";
+import { CheckpointReader } from "../checkpoint/reader.ts";
+import { ERRNO, invalid, UffdError } from "../kernel/errors.ts";
+import { FaultHandler, type FaultHandlerOptions } from "../handler/fault_handler.ts";
+import * as libc from "../ffi/_libc.ts";
+import { PollSet } from "../ffi/_pollset.ts";
+import type { HandlerStats } from "../handler/stats.ts";
 import {
   LAZY_CTRL,
   LAZY_MESSAGE_BYTES,
@@ -152,19 +152,19 @@ import {
   type LazyFill,
   type LazyPolicyOptions,
   PAGE_STATE,
-} from "./lazy_policy.ts";
-import type { LazySourceSpec } from "./lazy_source.ts";
-import { MADV_DONTNEED, MADV_REMOVE, O_CLOEXEC, O_RDONLY, POLLIN } from "./ffi/linux.ts";
-import { onClose } from "./kernel/_on_close.ts";
-import { policies } from "./handler/policies.ts";
-import { Region } from "./kernel/region.ts";
-import { type PageRun, pageRuns } from "./handler/tracked_pages.ts";
-import type { Feature } from "./ffi/uapi.ts";
-import { Userfaultfd } from "./kernel/userfaultfd.ts";
-import { optionsBag } from "./kernel/_validate.ts";
+} from "./_policy.ts";
+import type { LazySourceSpec } from "./_source.ts";
+import { MADV_DONTNEED, MADV_REMOVE, O_CLOEXEC, O_RDONLY, POLLIN } from "../ffi/linux.ts";
+import { onClose } from "../kernel/_on_close.ts";
+import { policies } from "../handler/policies.ts";
+import { Region } from "../kernel/region.ts";
+import { type PageRun, pageRuns } from "../handler/tracked_pages.ts";
+import type { Feature } from "../ffi/uapi.ts";
+import { Userfaultfd } from "../kernel/userfaultfd.ts";
+import { optionsBag } from "../kernel/_validate.ts";
 
-export type { LazySourceFactory, LazySourceInfo, PageFiller } from "./lazy_source.ts";
-export type { LazyFill } from "./lazy_policy.ts";
+export type { LazySourceFactory, LazySourceInfo, PageFiller } from "./_source.ts";
+export type { LazyFill } from "./_policy.ts";
 
 /**
  * Where a {@linkcode LazyRegion} gets its pages (page `i` is the source's bytes
@@ -256,7 +256,7 @@ export interface LazyStats {
 /** Where a lazy region is in its life. */
 export type LazyState = "restoring" | "ready" | "failed" | "closed";
 
-const POLICY_URL = new URL("./lazy_policy.ts", import.meta.url).href;
+const POLICY_URL = new URL("./_policy.ts", import.meta.url).href;
 const PAGE = libc.PAGE_SIZE;
 /** How long the mapping outlives an unclean close, for threads woken by it to finish their access. */
 const GRACE_MS = 1000;

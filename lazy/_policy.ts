@@ -45,14 +45,14 @@
  * @module
  */
 
-import { ERRNO, UffdError } from "./kernel/errors.ts";
-import * as libc from "./ffi/_libc.ts";
-import * as resolve from "./ffi/_resolve_ops.ts";
-import { MADV_NOHUGEPAGE, MAP_SHARED, PROT_READ, PROT_WRITE } from "./ffi/linux.ts";
-import { openPageSource, type PageSource } from "./lazy_source.ts";
-import type { LazySourceSpec } from "./lazy_source.ts";
-import type { Fault, FaultPolicy, PolicyContext } from "./handler/policies.ts";
-import { Region } from "./kernel/region.ts";
+import { ERRNO, UffdError } from "../kernel/errors.ts";
+import * as libc from "../ffi/_libc.ts";
+import * as resolve from "../ffi/_resolve_ops.ts";
+import { MADV_NOHUGEPAGE, MAP_SHARED, PROT_READ, PROT_WRITE } from "../ffi/linux.ts";
+import { openPageSource, type PageSource } from "./_source.ts";
+import type { LazySourceSpec } from "./_source.ts";
+import type { Fault, FaultPolicy, PolicyContext } from "../handler/policies.ts";
+import { Region } from "../kernel/region.ts";
 
 /** Where a page is, one byte per page in shared memory. */
 export const PAGE_STATE = {
