@@ -17,7 +17,7 @@
  */
 
 import { UffdError } from "./kernel/errors.ts";
-import { EXIT, red, UsageError } from "./cli/output.ts";
+import { EXIT, red, UsageError } from "./cli/_output.ts";
 
 interface Command {
   summary: string;
@@ -42,7 +42,7 @@ const COMMANDS: Record<string, Command> = {
       "Exits 0 when every step ran (or this kernel lacks what one needs: it says so), 1 when a check failed,\n" +
       "3 when the permissions (the snapshot's Workers need --allow-read of the package) or a forced backend\n" +
       "refuse it.",
-    load: () => import("./cli/demo.ts"),
+    load: () => import("./cli/_demo.ts"),
   },
   features: {
     summary: "what this kernel offers, measured: features, ioctls, access, PAGEMAP_SCAN, huge pages, traits",
@@ -55,7 +55,7 @@ const COMMANDS: Record<string, Command> = {
       "MADV_POPULATE_READ and UFFDIO_ZEROPAGE map, which PAGEMAP_SCAN answers hold), each with its effect.\n" +
       "--profile   print only the kernel profile (with --json: the profile alone)\n" +
       "Exits 3 when this process cannot create a userfaultfd (and says what to change).",
-    load: () => import("./cli/features.ts"),
+    load: () => import("./cli/_features.ts"),
   },
   semantics: {
     summary: "which writes a write-protect tracker sees: page states x modes, measured",
@@ -65,7 +65,7 @@ const COMMANDS: Record<string, Command> = {
       "sync+unpopulated, async, async+unpopulated): did one write fault, and does PAGEMAP_SCAN report the\n" +
       "page written before and after it. Each cell runs on its own mapping and userfaultfd.\n" +
       "Exits 1 when a cell could not run, 3 when no userfaultfd can be created.",
-    load: () => import("./cli/semantics.ts"),
+    load: () => import("./cli/_semantics.ts"),
   },
   pagemap: {
     summary: "a process's mappings with present/swapped/file/zero/huge page counts and residency",
@@ -73,7 +73,7 @@ const COMMANDS: Record<string, Command> = {
     details: "One line per mapping of /proc/<pid>/maps, counted with one PAGEMAP_SCAN walk per mapping.\n" +
       "--range A-B   only this address range (hex, with or without 0x, as /proc/<pid>/maps prints it)\n" +
       "Exits 1 when the process does not exist, 3 when its memory map may not be read (and says why).",
-    load: () => import("./cli/pagemap.ts"),
+    load: () => import("./cli/_pagemap.ts"),
   },
 };
 

@@ -6,7 +6,7 @@
 
 import assert from "node:assert/strict";
 import { PROT_READ, readMaps, Region } from "../mod.ts";
-import { parseRange, residencyBar } from "../cli/pagemap.ts";
+import { parseRange, residencyBar } from "../cli/_pagemap.ts";
 import { isRoot, needsPagemapScan, readFaultMapsZeroPage, skipUnless } from "./helpers.ts";
 import { hasStackTrace, onPath, runCli } from "./cli_run.ts";
 

@@ -9,10 +9,10 @@
 
 import assert from "node:assert/strict";
 import { Feature, LiveSnapshot, type WriteSet, WriteWatch } from "../mod.ts";
-import { checkRound, ROUNDS } from "../cli/demo_watch.ts";
-import { checkSnapshot } from "../cli/demo_snapshot_check.ts";
-import { WasmWriter } from "../cli/demo_writer.ts";
-import { wasmStrideWriter } from "../cli/demo_wasm.ts";
+import { checkRound, ROUNDS } from "../cli/_demo_watch.ts";
+import { checkSnapshot } from "../cli/_demo_snapshot_check.ts";
+import { WasmWriter } from "../cli/_demo_writer.ts";
+import { wasmStrideWriter } from "../cli/_demo_wasm.ts";
 import { hasStackTrace, onPath, runCli, runCliOnTerminal } from "./cli_run.ts";
 import { needs, needsPagemapScan, skipUnless } from "./helpers.ts";
 

@@ -19,7 +19,7 @@ import { type KernelProfile, kernelProfile, profileNotes, type ThpTraits, type T
 import { Region } from "../kernel/region.ts";
 import { CATEGORIES, type Category, FEATURES, type Ioctl } from "../ffi/uapi.ts";
 import { type Origin, type RegisterOptions, Userfaultfd } from "../kernel/userfaultfd.ts";
-import { bold, dim, EXIT, green, printJson, red, table, yellow } from "./output.ts";
+import { bold, dim, EXIT, green, printJson, red, table, yellow } from "./_output.ts";
 import * as libc from "../ffi/_libc.ts";
 
 /** One way of creating a userfaultfd, tried for real. */

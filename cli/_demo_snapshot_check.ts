@@ -30,7 +30,7 @@
  *
  * @example
  * ```ts
- * import { checkSnapshot, replay } from "./demo_snapshot_check.ts";
+ * import { checkSnapshot, replay } from "./_demo_snapshot_check.ts";
  * // Two passes of 2 pages; the first ended before take() began (after 0 < mark 1), the second
  * // ran during it, the third began after it returned (before 1 >= mark 1).
  * const passes = [{ before: 0, after: 0 }, { before: 0, after: 1 }, { before: 1, after: 1 }];
@@ -44,8 +44,8 @@
  * @module
  */
 
-import { stampOffset } from "./demo_pattern.ts";
-import type { PassLog } from "./demo_writer.ts";
+import { stampOffset } from "./_demo_pattern.ts";
+import type { PassLog } from "./_demo_writer.ts";
 
 /** An instant in the writer's life: right after store `store` of pass `pass`. */
 export interface Instant {
@@ -138,7 +138,7 @@ function words(bytes: Uint8Array): Uint32Array {
  *
  * @example
  * ```ts
- * import { replay } from "./demo_snapshot_check.ts";
+ * import { replay } from "./_demo_snapshot_check.ts";
  * const log = { count: 1, at: () => ({ before: 0, after: 0, runs: [1, 1, 1] }) };
  * const memory = replay(log, 4096, 2 * 4096, { pass: 1, store: 1 });
  * console.log(new Uint32Array(memory.buffer).slice(1024 + 2, 1024 + 4)); // Uint32Array(2) [ 1, 1 ] (page 1, pass 1)
@@ -168,7 +168,7 @@ export function replay(log: PassLog, pageSize: number, length: number, instant: 
  *
  * @example
  * ```ts
- * import { checkSnapshot } from "./demo_snapshot_check.ts";
+ * import { checkSnapshot } from "./_demo_snapshot_check.ts";
  * const log = { count: 1, at: () => ({ before: 0, after: 0, runs: [0, 1, 1] }) };
  * console.log(checkSnapshot(new Uint8Array(4096), log, 1, 4096).reason); // the writer's log does not reach past the snapshot (1 passes logged)
  * ```

@@ -6,7 +6,7 @@
  *
  * @example
  * ```ts
- * import { demoLayout, passRuns } from "./demo_pattern.ts";
+ * import { demoLayout, passRuns } from "./_demo_pattern.ts";
  * const layout = demoLayout(256, 900);
  * console.log(passRuns(layout, 0, 1).length / 3); // 3 (runs: globals, hot spot, stripes)
  * ```
@@ -33,7 +33,7 @@ export interface WriterLayout {
  *
  * @example
  * ```ts
- * import { demoLayout } from "./demo_pattern.ts";
+ * import { demoLayout } from "./_demo_pattern.ts";
  * const layout = demoLayout(256, 750);
  * console.log(layout.globals, layout.stripes.first); // { first: 0, pages: 4 } 192
  * ```
@@ -58,7 +58,7 @@ export function demoLayout(pages: number, crossMs: number): WriterLayout {
  *
  * @example
  * ```ts
- * import { demoLayout, passRuns } from "./demo_pattern.ts";
+ * import { demoLayout, passRuns } from "./_demo_pattern.ts";
  * console.log(passRuns(demoLayout(64, 100), 0, 2)); // [0, 1, 1, 2, 3, 1, 48, 8, 2]
  * ```
  */
@@ -87,7 +87,7 @@ export function passRuns(layout: WriterLayout, elapsedMs: number, marks: number)
  *
  * @example
  * ```ts
- * import { stampOffset } from "./demo_pattern.ts";
+ * import { stampOffset } from "./_demo_pattern.ts";
  * console.log(stampOffset(1, 4096), stampOffset(511, 4096), stampOffset(512, 4096)); // 8 4088 0
  * ```
  */

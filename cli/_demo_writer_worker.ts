@@ -13,15 +13,15 @@
  *
  * @example
  * ```ts
- * import { writerWorkerSource } from "./demo_writer_worker.ts";
+ * import { writerWorkerSource } from "./_demo_writer_worker.ts";
  * console.log(writerWorkerSource().includes("function writerWorker")); // true
  * ```
  *
  * @module
  */
 
-import { passRuns, stampOffset } from "./demo_pattern.ts";
-import type { WriterInit } from "./demo_writer.ts";
+import { passRuns, stampOffset } from "./_demo_pattern.ts";
+import type { WriterInit } from "./_demo_writer.ts";
 
 /** The part of a Worker's global scope the writer uses. */
 export interface WriterScope {
@@ -44,7 +44,7 @@ export interface WriterPattern {
  *
  * @example
  * ```ts
- * import { writerWorker } from "./demo_writer_worker.ts";
+ * import { writerWorker } from "./_demo_writer_worker.ts";
  * console.log(writerWorker.length); // 2
  * ```
  */
@@ -117,7 +117,7 @@ export function writerWorker(scope: WriterScope, pattern: WriterPattern): void {
  *
  * @example
  * ```ts
- * import { writerWorkerSource } from "./demo_writer_worker.ts";
+ * import { writerWorkerSource } from "./_demo_writer_worker.ts";
  * const url = URL.createObjectURL(new Blob([writerWorkerSource()], { type: "text/javascript" }));
  * console.log(url.startsWith("blob:")); // true
  * URL.revokeObjectURL(url);

@@ -24,7 +24,7 @@ import {
   PAGE_IS_PRESENT,
   PAGE_IS_SWAPPED,
 } from "../ffi/uapi.ts";
-import { bold, bytes, cyan, dim, EXIT, printJson, red, table, UsageError, yellow } from "./output.ts";
+import { bold, bytes, cyan, dim, EXIT, printJson, red, table, UsageError, yellow } from "./_output.ts";
 import * as libc from "../ffi/_libc.ts";
 
 /** Cells in a residency bar. */

@@ -17,7 +17,7 @@ import {
   type WpCell,
   type WpMatrix,
 } from "../kernel/semantics.ts";
-import { bold, dim, EXIT, green, printJson, progress, progressDone, red, table, yellow } from "./output.ts";
+import { bold, dim, EXIT, green, printJson, progress, progressDone, red, table, yellow } from "./_output.ts";
 
 function mark(value: boolean | null): string {
   return value === null ? "?" : value ? "✓" : "-";

@@ -22,7 +22,7 @@
  *
  * @example
  * ```ts
- * import { run } from "./demo.ts";
+ * import { run } from "./_demo.ts";
  * console.log(typeof run); // "function"
  * ```
  *
@@ -33,11 +33,11 @@ import { parseArgs } from "node:util";
 import { type Feature, FEATURES } from "../ffi/uapi.ts";
 import type { WriteWatchBackendName } from "../watch/_backend.ts";
 import type { WriteWatchOptions } from "../watch/write_watch.ts";
-import { type FeaturesReport, featuresReport } from "./features.ts";
-import { bold, dim, EXIT, green, printJson, red, UsageError } from "./output.ts";
-import { WasmWriter } from "./demo_writer.ts";
-import { liveWriteWatch, wrap } from "./demo_watch.ts";
-import { liveSnapshot } from "./demo_snapshot.ts";
+import { type FeaturesReport, featuresReport } from "./_features.ts";
+import { bold, dim, EXIT, green, printJson, red, UsageError } from "./_output.ts";
+import { WasmWriter } from "./_demo_writer.ts";
+import { liveWriteWatch, wrap } from "./_demo_watch.ts";
+import { liveSnapshot } from "./_demo_snapshot.ts";
 
 /** What every step gets. */
 export interface DemoContext {

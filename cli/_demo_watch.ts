@@ -20,7 +20,7 @@
  *
  * @example
  * ```ts
- * import { heatCells } from "./demo_watch.ts";
+ * import { heatCells } from "./_demo_watch.ts";
  * console.log(heatCells([0, 1, 2, 3, 5], 8, 4)); // [4, 1]
  * ```
  *
@@ -30,9 +30,9 @@
 import { UffdError } from "../kernel/errors.ts";
 import { WriteWatch } from "../watch/write_watch.ts";
 import type { WriteSet } from "../watch/write_set.ts";
-import type { DemoContext, StepResult } from "./demo.ts";
-import type { WriterLayout } from "./demo_writer.ts";
-import { bold, bytes, cyan, dim, green, red, width, yellow } from "./output.ts";
+import type { DemoContext, StepResult } from "./_demo.ts";
+import type { WriterLayout } from "./_demo_writer.ts";
+import { bold, bytes, cyan, dim, green, red, width, yellow } from "./_output.ts";
 
 /** Rounds of the watch. */
 export const ROUNDS = 5;
@@ -90,7 +90,7 @@ export interface WatchRound {
  *
  * @example
  * ```ts
- * import { heatCells } from "./demo_watch.ts";
+ * import { heatCells } from "./_demo_watch.ts";
  * console.log(heatCells([1, 6, 7], 8, 2)); // [1, 0, 0, 2]
  * ```
  */
@@ -147,7 +147,7 @@ export interface RoundLog {
  * @example
  * ```ts
  * import { WriteSet } from "../watch/write_set.ts";
- * import { checkRound } from "./demo_watch.ts";
+ * import { checkRound } from "./_demo_watch.ts";
  * const set = (...runs: number[]) =>
  *   new WriteSet({ runs: new Uint32Array(runs), pageCount: 8, pageSize: 4096, head: 0, byteLength: 32768 });
  * const log = { due: [0, 1, 2, 0, 0, 0, 0, 0], may: [0, 1, 1, 1, 0, 0, 0, 0] };
@@ -208,7 +208,7 @@ function describeCheck(c: RoundCheck, atomic: boolean): string {
  *
  * @example
  * ```ts
- * import { wrap } from "./demo_watch.ts";
+ * import { wrap } from "./_demo_watch.ts";
  * console.log(wrap("one two three", 8)); // ["one two", "three"]
  * ```
  */
@@ -240,7 +240,7 @@ const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, Math.
  *
  * @example
  * ```ts ignore
- * import { liveWriteWatch } from "./demo_watch.ts";
+ * import { liveWriteWatch } from "./_demo_watch.ts";
  * const result = await liveWriteWatch(ctx); // ctx: the demo's context
  * ```
  */

@@ -40,7 +40,7 @@
  *
  * @example
  * ```ts
- * import { wasmStrideWriter } from "./demo_wasm.ts";
+ * import { wasmStrideWriter } from "./_demo_wasm.ts";
  * const memory = new WebAssembly.Memory({ initial: 1, maximum: 1, shared: true });
  * const stride = wasmStrideWriter(memory);
  * stride(100, 10, 3, 7);
@@ -51,7 +51,7 @@
  * @module
  */
 
-import { leb, name, section } from "./wasm_bytes.ts";
+import { leb, name, section } from "./_wasm_bytes.ts";
 
 /** `stride(at, step, count, value)`: see the module documentation. */
 export type StrideWriter = (at: number, step: number, count: number, value: number) => void;
@@ -183,7 +183,7 @@ export const WASM_WRITER_BYTES: Uint8Array<ArrayBuffer> = new Uint8Array([
  *
  * @example
  * ```ts
- * import { wasmStrideWriter } from "./demo_wasm.ts";
+ * import { wasmStrideWriter } from "./_demo_wasm.ts";
  * const memory = new WebAssembly.Memory({ initial: 1, maximum: 2, shared: true });
  * wasmStrideWriter(memory)(0, 1, 4, 9);
  * console.log([...new Uint8Array(memory.buffer, 0, 5)]); // [9, 9, 9, 9, 0]
@@ -199,7 +199,7 @@ export function wasmStrideWriter(memory: WebAssembly.Memory): StrideWriter {
  *
  * @example
  * ```ts
- * import { wasmStampWriter } from "./demo_wasm.ts";
+ * import { wasmStampWriter } from "./_demo_wasm.ts";
  * const memory = new WebAssembly.Memory({ initial: 1, maximum: 1, shared: true });
  * wasmStampWriter(memory)(8, 4096, 3, 7, 10, 1); // pages 0, 1, 2 of the memory, stamped as pages 10, 11, 12
  * const words = new Uint32Array(memory.buffer);

@@ -37,7 +37,7 @@
  *
  * @example
  * ```ts
- * import { WasmWriter } from "./demo_writer.ts";
+ * import { WasmWriter } from "./_demo_writer.ts";
  * await using writer = await WasmWriter.start();
  * const { index } = writer.mark(() => undefined);
  * await writer.settled(index);
@@ -48,9 +48,9 @@
  */
 
 import { Region } from "../kernel/region.ts";
-import { WASM_WRITER_BYTES } from "./demo_wasm.ts";
-import { demoLayout, type WriterLayout } from "./demo_pattern.ts";
-import { writerWorkerSource } from "./demo_writer_worker.ts";
+import { WASM_WRITER_BYTES } from "./_demo_wasm.ts";
+import { demoLayout, type WriterLayout } from "./_demo_pattern.ts";
+import { writerWorkerSource } from "./_demo_writer_worker.ts";
 
 export type { WriterLayout };
 
@@ -170,7 +170,7 @@ const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
  *
  * @example
  * ```ts
- * import { WasmWriter } from "./demo_writer.ts";
+ * import { WasmWriter } from "./_demo_writer.ts";
  * const writer = await WasmWriter.start({ pages: 64 });
  * console.log(writer.memory.buffer.byteLength === 64 * writer.pageSize); // true
  * await writer.stop();
@@ -217,7 +217,7 @@ export class WasmWriter implements AsyncDisposable {
     this.#may = new Uint8Array(may);
     this.#passLog = new Int32Array(passLog);
     Atomics.store(this.#control, SLOT.recorded, -1);
-    // From a blob: URL, so that no permission is needed (see demo_writer_worker.ts).
+    // From a blob: URL, so that no permission is needed (see _demo_writer_worker.ts).
     const url = URL.createObjectURL(new Blob([writerWorkerSource()], { type: "text/javascript" }));
     this.#worker = new Worker(url, { type: "module" });
     URL.revokeObjectURL(url);
@@ -311,7 +311,7 @@ export class WasmWriter implements AsyncDisposable {
    *
    * @example
    * ```ts
-   * import { WasmWriter } from "./demo_writer.ts";
+   * import { WasmWriter } from "./_demo_writer.ts";
    * await using writer = await WasmWriter.start({ pages: 64 });
    * const m = await writer.markAsync(() => new Promise((r) => setTimeout(() => r("ok"), 20)));
    * console.log(m.index, m.result, m.ms >= 19); // 1 ok true
@@ -357,7 +357,7 @@ export class WasmWriter implements AsyncDisposable {
    *
    * @example
    * ```ts
-   * import { WasmWriter } from "./demo_writer.ts";
+   * import { WasmWriter } from "./_demo_writer.ts";
    * await using writer = await WasmWriter.start({ pages: 64 });
    * const log = writer.passLog;
    * console.log(log.count >= 1, log.at(1).runs.length); // true 9

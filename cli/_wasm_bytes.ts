@@ -5,7 +5,7 @@
  *
  * @example
  * ```ts
- * import { leb, name, section } from "./wasm_bytes.ts";
+ * import { leb, name, section } from "./_wasm_bytes.ts";
  * console.log(leb(300), section(1, [0x60]), name("run")); // [ 172, 2 ] [ 1, 1, 96 ] [ 3, 114, 117, 110 ]
  * ```
  *

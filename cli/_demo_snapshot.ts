@@ -21,7 +21,7 @@
  *
  * @example
  * ```ts
- * import { workerAccess } from "./demo_snapshot.ts";
+ * import { workerAccess } from "./_demo_snapshot.ts";
  * console.log(workerAccess()); // undefined (the tests run with --allow-all)
  * ```
  *
@@ -30,10 +30,10 @@
 
 import { UffdError } from "../kernel/errors.ts";
 import { LiveSnapshot, LiveSnapshotError, type SnapshotResult } from "../snapshot/live_snapshot.ts";
-import type { DemoContext, StepResult } from "./demo.ts";
-import { checkSnapshot, type SnapshotCheck } from "./demo_snapshot_check.ts";
-import { wrap } from "./demo_watch.ts";
-import { bold, bytes, dim, green, red, yellow } from "./output.ts";
+import type { DemoContext, StepResult } from "./_demo.ts";
+import { checkSnapshot, type SnapshotCheck } from "./_demo_snapshot_check.ts";
+import { wrap } from "./_demo_watch.ts";
+import { bold, bytes, dim, green, red, yellow } from "./_output.ts";
 
 /** The package's directory (or remote base), from which `LiveSnapshot`'s Workers load their modules. */
 const PACKAGE = new URL("../", import.meta.url);
@@ -46,7 +46,7 @@ const PACKAGE = new URL("../", import.meta.url);
  *
  * @example
  * ```ts
- * import { workerAccess } from "./demo_snapshot.ts";
+ * import { workerAccess } from "./_demo_snapshot.ts";
  * const missing = workerAccess();
  * console.log(missing === undefined || missing.includes("--allow-")); // true
  * ```
@@ -168,7 +168,7 @@ function report(
  *
  * @example
  * ```ts ignore
- * import { liveSnapshot } from "./demo_snapshot.ts";
+ * import { liveSnapshot } from "./_demo_snapshot.ts";
  * const result = await liveSnapshot(ctx); // ctx: the demo's context
  * ```
  */
