@@ -31,6 +31,7 @@
 
 export * from "./ffi/uapi.ts";
 export * from "./ffi/linux.ts";
+export * from "./kernel/names.ts";
 export * from "./kernel/errors.ts";
 export * from "./kernel/range.ts";
 export * from "./kernel/region.ts";

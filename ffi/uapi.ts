@@ -5,7 +5,8 @@
  * categories. Names follow `include/uapi/linux/userfaultfd.h` and
  * `include/uapi/linux/fs.h`; numbers are the same on x86_64 and aarch64.
  *
- * This module holds data only: no FFI, no I/O.
+ * This module holds data only: no FFI, no I/O. The names of the bits in a mask
+ * (`featureNames`, `categoryMask`, …) are in `kernel/names.ts`.
  *
  * @example
  * ```ts
@@ -16,15 +17,6 @@
  *
  * @module
  */
-
-import { bigintArg, describe } from "../kernel/_validate.ts";
-
-/** A list of names: any iterable but a string (whose characters are not names). */
-function iterableArg(names: unknown, operation: string): void {
-  if (typeof names !== "object" || names === null || !(Symbol.iterator in names)) {
-    throw new TypeError(`${operation}: names must be a list of names, not ${describe(names)}`);
-  }
-}
 
 /** `UFFD_API`: the only API version the kernel knows (`struct uffdio_api.api`). */
 export const UFFD_API = 0xaan;
@@ -166,40 +158,6 @@ export const UFFD_FEATURE_MOVE: bigint = 1n << 16n;
 /** Every feature bit mainline defines through 6.18 (`0x1ffff`). */
 export const UFFD_KNOWN_FEATURES: bigint = (1n << 17n) - 1n;
 
-/**
- * Names of the known features set in a mask, in bit order; unknown bits are ignored.
- *
- * @example
- * ```ts
- * import { featureNames } from "@uffd/uffd";
- * console.log(featureNames(0x8001n)); // ["PAGEFAULT_FLAG_WP", "WP_ASYNC"]
- * ```
- */
-export function featureNames(mask: bigint): Feature[] {
-  bigintArg(mask, "featureNames", "mask");
-  return FEATURES.filter((f) => (mask & f.mask) !== 0n).map((f) => f.name);
-}
-
-/**
- * The mask of a list of feature names.
- *
- * @example
- * ```ts
- * import { featureMask } from "@uffd/uffd";
- * console.log(featureMask(["WP_ASYNC", "WP_UNPOPULATED"]) === 0xa000n); // true
- * ```
- */
-export function featureMask(names: Iterable<Feature>): bigint {
-  iterableArg(names, "featureMask");
-  let mask = 0n;
-  for (const name of names) {
-    const bit = FEATURE_MASK[name];
-    if (bit === undefined) throw new TypeError(`unknown userfaultfd feature: ${String(name)}`);
-    mask |= bit;
-  }
-  return mask;
-}
-
 // ---------------------------------------------------------------------------
 // Ioctls
 
@@ -274,21 +232,6 @@ export const IOCTLS: readonly IoctlInfo[] = Object.freeze([
   ioctl("POISON", 0x08, UFFDIO_POISON, 32),
   ioctl("API", 0x3f, UFFDIO_API, 24),
 ]);
-
-/**
- * Decodes an `ioctls` bit set (from `uffdio_api` or `uffdio_register`) into ioctl names.
- * The bits are ioctl *numbers* (`1 << _UFFDIO_COPY`), not request values.
- *
- * @example
- * ```ts
- * import { ioctlNames } from "@uffd/uffd";
- * console.log(ioctlNames(0x17cn)); // ["WAKE", "COPY", "ZEROPAGE", "MOVE", "WRITEPROTECT", "POISON"]
- * ```
- */
-export function ioctlNames(mask: bigint): Ioctl[] {
-  bigintArg(mask, "ioctlNames", "mask");
-  return IOCTLS.filter((i) => (mask & (1n << BigInt(i.number))) !== 0n).map((i) => i.name);
-}
 
 /** `UFFDIO_REGISTER_MODE_MISSING`: report faults on missing pages. */
 export const UFFDIO_REGISTER_MODE_MISSING = 1n;
@@ -419,40 +362,6 @@ export const CATEGORIES: readonly CategoryInfo[] = Object.freeze([
 
 /** Every category bit through 6.18 (`0x1ff`). */
 export const PAGE_IS_KNOWN: bigint = 0x1ffn;
-
-/**
- * Names of the categories set in a mask, in bit order.
- *
- * @example
- * ```ts
- * import { categoryNames } from "@uffd/uffd";
- * console.log(categoryNames(0xan)); // ["WRITTEN", "PRESENT"]
- * ```
- */
-export function categoryNames(mask: bigint): Category[] {
-  bigintArg(mask, "categoryNames", "mask");
-  return CATEGORIES.filter((c) => (mask & c.mask) !== 0n).map((c) => c.name);
-}
-
-/**
- * The mask of a list of category names.
- *
- * @example
- * ```ts
- * import { categoryMask } from "@uffd/uffd";
- * console.log(categoryMask(["WRITTEN", "PRESENT"])); // 10n
- * ```
- */
-export function categoryMask(names: Iterable<Category>): bigint {
-  iterableArg(names, "categoryMask");
-  let mask = 0n;
-  for (const name of names) {
-    const info = CATEGORIES.find((c) => c.name === name);
-    if (!info) throw new TypeError(`unknown PAGEMAP_SCAN category: ${String(name)}`);
-    mask |= info.mask;
-  }
-  return mask;
-}
 
 // ---------------------------------------------------------------------------
 // /proc/<pid>/pagemap entries (Documentation/admin-guide/mm/pagemap.rst)

@@ -39,8 +39,6 @@ import { bigintArg, optionsBag } from "./_validate.ts";
 import {
   CATEGORIES,
   type Category,
-  categoryMask,
-  categoryNames,
   PAGE_IS_KNOWN,
   PAGE_IS_SOFT_DIRTY,
   PM_FILE,
@@ -54,6 +52,7 @@ import {
   PM_SWAP,
   PM_UFFD_WP,
 } from "../ffi/uapi.ts";
+import { categoryMask, categoryNames } from "./names.ts";
 
 /** Whose pagemap: this process (`"self"`, the default) or a pid. */
 export type Pid = number | "self";

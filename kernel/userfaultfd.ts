@@ -34,10 +34,8 @@ import { pageRange, type Range, toAddress } from "./range.ts";
 import { describe, optionsBag } from "./_validate.ts";
 import {
   type Feature,
-  featureNames,
   FEATURES,
   type Ioctl,
-  ioctlNames,
   UFFD_EVENT_FORK,
   UFFD_EVENT_PAGEFAULT,
   UFFD_EVENT_REMAP,
@@ -64,6 +62,7 @@ import {
   UFFDIO_WRITEPROTECT_MODE_WP,
   UFFDIO_ZEROPAGE_MODE_DONTWAKE,
 } from "../ffi/uapi.ts";
+import { featureNames, ioctlNames } from "./names.ts";
 
 /** How a userfaultfd was created. */
 export type Origin = "syscall" | "device" | "user-mode-only";

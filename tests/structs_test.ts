@@ -5,8 +5,8 @@
 
 import assert from "node:assert/strict";
 import * as s from "../ffi/_structs.ts";
+import { ioctlNames } from "../kernel/names.ts";
 import {
-  ioctlNames,
   IOCTLS,
   PAGEMAP_SCAN,
   UFFD_EVENT_FORK,
