@@ -42,7 +42,7 @@ import {
   decodeCheckpointTable,
 } from "./_format.ts";
 import { crc32c, crc32cWords } from "./crc32c.ts";
-import { ERRNO, UffdError } from "../kernel/errors.ts";
+import { ERRNO, failure, UffdError } from "../kernel/errors.ts";
 import * as libc from "../ffi/_libc.ts";
 import { O_CLOEXEC, O_RDONLY } from "../ffi/linux.ts";
 import { Region } from "../kernel/region.ts";
@@ -105,7 +105,7 @@ function preadAll(fd: number, into: Uint8Array, offset: number, path: string, se
   let done = 0;
   while (done < into.length) {
     const got = libc.pread(fd, into.subarray(done), into.length - done, BigInt(offset + done));
-    if (got < 0) throw new UffdError({ errno: -got, operation: "pread", args: { path, offset: offset + done } });
+    if (got < 0) throw failure("pread", got, { path, offset: offset + done });
     if (got === 0) throw fileError(path, sequence, `unexpected end of file at ${offset + done}`);
     done += got;
   }
@@ -421,7 +421,7 @@ export class CheckpointReader implements Disposable {
 /** Opens one file and checks its header, length and table. */
 function openFile(path: string): OpenFile {
   const fd = libc.open(path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0) throw new UffdError({ errno: -fd, operation: "open", args: { path } });
+  if (fd < 0) throw failure("open", fd, { path });
   try {
     let size: number;
     try {
@@ -431,7 +431,7 @@ function openFile(path: string): OpenFile {
     }
     const head = new Uint8Array(CHECKPOINT_HEADER_SIZE);
     const got = libc.pread(fd, head, head.length, 0n);
-    if (got < 0) throw new UffdError({ errno: -got, operation: "pread", args: { path } });
+    if (got < 0) throw failure("pread", got, { path });
     let header: CheckpointHeader;
     try {
       header = decodeCheckpointHeader(head.subarray(0, got));

@@ -25,7 +25,7 @@
  * @module
  */
 
-import { ERRNO, UffdError } from "../kernel/errors.ts";
+import { ERRNO, failure, UffdError } from "../kernel/errors.ts";
 import type { UffdEvent } from "../kernel/events.ts";
 import * as libc from "../ffi/_libc.ts";
 import { MessageBatch } from "../ffi/_message_batch.ts";
@@ -226,7 +226,7 @@ export class FaultLoop implements PolicyContext {
       const ready = poll.poll(this.#deferred > 0 ? 1 : this.#idle ? 0 : IDLE_POLL_MS);
       if (ready !== 0 || this.#deferred > 0) this.#stats[STAT.wakeups]++;
       if (ready < 0 && ready !== -EINTR) {
-        throw new UffdError({ errno: -ready, operation: "poll", args: { fd: this.#fd } });
+        throw failure("poll", ready, { fd: this.#fd });
       }
       if (poll.revents(1) & POLLIN) libc.read(this.#efd, this.#efdBuffer);
       this.#checkAborted();
@@ -329,7 +329,7 @@ export class FaultLoop implements PolicyContext {
   wake(address: number, length: number): void {
     const rc = resolve.wake(this.#fd, address, length);
     if (rc < 0 && rc !== -ENOENT) {
-      throw new UffdError({ errno: -rc, operation: "UFFDIO_WAKE", args: { start: BigInt(address), len: length } });
+      throw failure("UFFDIO_WAKE", rc, { start: BigInt(address), len: length });
     }
   }
 
@@ -379,7 +379,7 @@ export class FaultLoop implements PolicyContext {
       const n = batch.read(this.#fd);
       if (n < 0) {
         if (n === -EAGAIN) break;
-        throw new UffdError({ errno: -n, operation: "read", args: { fd: this.#fd } });
+        throw failure("read", n, { fd: this.#fd });
       }
       stats[STAT.batches]++;
       stats[STAT.messages] += n;
@@ -552,7 +552,7 @@ export class FaultLoop implements PolicyContext {
       this.#stats[STAT.vanished]++;
       return false;
     }
-    throw new UffdError({ errno: -rc, operation, args: { start: BigInt(address), len: length } });
+    throw failure(operation, rc, { start: BigInt(address), len: length });
   }
 
   #defer(): void {
@@ -777,11 +777,7 @@ export class FaultLoop implements PolicyContext {
           continue;
         }
         if (rc < 0 && rc !== -ENOENT) {
-          throw new UffdError({
-            errno: -rc,
-            operation: "UFFDIO_WRITEPROTECT",
-            args: { start: BigInt(start), len: (end - page) * PAGE, mode: "wp" },
-          });
+          throw failure("UFFDIO_WRITEPROTECT", rc, { start: BigInt(start), len: (end - page) * PAGE, mode: "wp" });
         }
       }
       for (let i = page; i < end; i++) {

@@ -30,7 +30,7 @@
  */
 
 import { Worker } from "node:worker_threads";
-import { ERRNO, invalid, UffdError } from "../kernel/errors.ts";
+import { ERRNO, failure, invalid } from "../kernel/errors.ts";
 import type { UffdEvent } from "../kernel/events.ts";
 import * as libc from "../ffi/_libc.ts";
 import {
@@ -471,11 +471,11 @@ export class FaultHandler implements AsyncDisposable {
       if (!MODES.test(r.mode)) throw invalid(operation, `unexpected registration mode ${r.mode}`);
     }
     const ownFd = libc.dupCloexec(uffd.fd);
-    if (ownFd < 0) throw new UffdError({ errno: -ownFd, operation: "fcntl(F_DUPFD_CLOEXEC)", args: { fd: uffd.fd } });
+    if (ownFd < 0) throw failure("fcntl(F_DUPFD_CLOEXEC)", ownFd, { fd: uffd.fd });
     const eventFd = libc.eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (eventFd < 0) {
       libc.close(ownFd);
-      throw new UffdError({ errno: -eventFd, operation: "eventfd" });
+      throw failure("eventfd", eventFd);
     }
     const own: SharedUserfaultfd = {
       fd: ownFd,

@@ -43,7 +43,7 @@
  * @module
  */
 
-import { invalid, UffdError } from "../kernel/errors.ts";
+import { failure, invalid } from "../kernel/errors.ts";
 import { toAddress } from "../kernel/range.ts";
 import type { UffdEvent } from "../kernel/events.ts";
 import * as libc from "../ffi/_libc.ts";
@@ -462,7 +462,7 @@ export function copyPolicy(options: MapPagesOptions & { source: CopySourceSpec }
   let fd = -1;
   if (source.kind === "file") {
     fd = libc.open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) throw new UffdError({ errno: -fd, operation: "open", args: { path } });
+    if (fd < 0) throw failure("open", fd, { path });
   } else if (source.kind === "bytes") {
     base = Number(libc.addressOf(new Uint8Array(source.buffer))) + source.offset;
     length = source.length;
@@ -486,7 +486,7 @@ export function copyPolicy(options: MapPagesOptions & { source: CopySourceSpec }
       const offset = index * context.pageSize;
       if (fd >= 0) {
         const got = libc.pread(fd, scratch, size, BigInt(offset));
-        if (got < 0) throw new UffdError({ errno: -got, operation: "pread", args: { path, offset } });
+        if (got < 0) throw failure("pread", got, { path, offset });
         if (got < size) scratch.fill(0, got, size);
         context.copy(fault.page, scratchAddress, size, wp);
       } else if (offset + size <= length) {

@@ -8,7 +8,7 @@
  * @module
  */
 
-import { ERRNO, invalid, UffdError } from "./errors.ts";
+import { ERRNO, failure, invalid, UffdError } from "./errors.ts";
 import type { EventsOptions, UffdEvent } from "./events.ts";
 import * as libc from "../ffi/_libc.ts";
 import { PollSet } from "../ffi/_pollset.ts";
@@ -48,7 +48,7 @@ export function eventStream(uffd: Userfaultfd, options: EventsOptions): AsyncIte
 async function* stream(uffd: Userfaultfd, signal: AbortSignal | undefined): AsyncGenerator<UffdEvent[], void> {
   if (signal?.aborted || uffd.closed) return;
   const efd = libc.eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-  if (efd < 0) throw new UffdError({ errno: -efd, operation: "eventfd" });
+  if (efd < 0) throw failure("eventfd", efd);
   const set = new PollSet([uffd.fd, efd]);
   let woken = false;
   const wake = () => {

@@ -21,8 +21,17 @@
  * @module
  */
 
-/** Linux errno numbers by name (asm-generic/errno-base.h and errno.h; the same on x86_64 and aarch64). */
-export const ERRNO: Readonly<Record<string, number>> = Object.freeze({
+/**
+ * Linux errno numbers by name (asm-generic/errno-base.h and errno.h; the same on
+ * x86_64 and aarch64). Typed by its keys: `ERRNO.EINVL` does not compile.
+ *
+ * @example
+ * ```ts
+ * import { ERRNO } from "@uffd/uffd";
+ * console.log(ERRNO.EAGAIN); // 11
+ * ```
+ */
+export const ERRNO = {
   EPERM: 1,
   ENOENT: 2,
   ESRCH: 3,
@@ -54,11 +63,17 @@ export const ERRNO: Readonly<Record<string, number>> = Object.freeze({
   EOVERFLOW: 75,
   EOPNOTSUPP: 95,
   EHWPOISON: 133,
-});
+} satisfies Record<string, number>;
+Object.freeze(ERRNO);
 
-const NAMES: Record<number, string> = Object.fromEntries(Object.entries(ERRNO).map(([name, n]) => [n, name]));
+/** The name of an errno the library knows (`"EINVAL"`, `"EPERM"`, …): a key of {@linkcode ERRNO}. */
+export type ErrnoName = keyof typeof ERRNO;
 
-const DESCRIPTIONS: Record<string, string> = {
+const NAMES: Record<number, ErrnoName> = Object.fromEntries(
+  Object.entries(ERRNO).map(([name, n]) => [n, name as ErrnoName]),
+);
+
+const DESCRIPTIONS: Record<ErrnoName, string> = {
   EPERM: "Operation not permitted",
   ENOENT: "No such file or directory",
   ESRCH: "No such process",
@@ -162,7 +177,7 @@ export class UffdError extends Error {
     }
     const code = errnoName(init.errno);
     const what = init.detail === undefined
-      ? `${code} (${DESCRIPTIONS[code] ?? "unknown error"})`
+      ? `${code} (${DESCRIPTIONS[code as ErrnoName] ?? "unknown error"})`
       : `${code}: ${init.detail}`;
     const args = init.args && Object.keys(init.args).length > 0 ? ` ${formatArgs(init.args)}` : "";
     const hint = init.hint ? ` — ${init.hint}` : "";
@@ -205,4 +220,93 @@ export function invalid(
   errno: number = ERRNO.EINVAL,
 ): UffdError {
   return new UffdError({ errno, operation, detail, args, beforeSyscall: true });
+}
+
+/**
+ * The one conversion of a failed call into an error: `rc` is what `ffi/` returns
+ * on failure, the negative errno (a number, or a bigint for calls that return
+ * addresses), and the result is the `UffdError` to throw.
+ *
+ * @param operation The system call or ioctl that failed (`"mmap"`, `"UFFDIO_COPY"`).
+ * @param rc The failed call's result: `-errno`.
+ * @param args The arguments it was given, for the message.
+ * @param hint What usually causes this and what to change.
+ * @param detail What went wrong, in place of the errno's generic description.
+ * @returns A `UffdError` with `errno` = `-rc`.
+ *
+ * @example
+ * ```ts
+ * import { failure } from "./errors.ts";
+ * console.log(failure("mmap", -12, { length: 4096n }).message); // mmap { length: 0x1000 }: ENOMEM (Cannot allocate memory)
+ * ```
+ */
+export function failure(
+  operation: string,
+  rc: number | bigint,
+  args?: Record<string, unknown>,
+  hint?: string,
+  detail?: string,
+): UffdError {
+  return new UffdError({ errno: -Number(rc), operation, args, hint, detail });
+}
+
+/** Why a `UFFDIO_*` ioctl usually fails with this errno, and what to change, by ioctl and errno name. */
+const HINTS: Readonly<Record<string, Partial<Record<ErrnoName, string>>>> = {
+  UFFDIO_API: {
+    EINVAL: "UFFDIO_API runs once per userfaultfd, with features this kernel supports (see Userfaultfd.supported())",
+    EPERM: "EVENT_FORK needs CAP_SYS_PTRACE",
+  },
+  UFFDIO_REGISTER: {
+    EINVAL: "the range must lie in mappings that support the mode: minor needs shmem or hugetlbfs, " +
+      "hugetlb ranges must be huge-page aligned, and write-protect needs Linux 5.7+",
+    EBUSY: "another userfaultfd has already registered part of this range",
+    EPERM: "the mapping can never be writable (a read-only file mapping)",
+    ENOMEM: "part of the range is not mapped",
+  },
+  UFFDIO_WRITEPROTECT: {
+    ENOENT: "the range is not registered for write-protect: register it with { wp: true }",
+    EAGAIN: "the address space is changing: read pending events (remove/remap/unmap/fork), then retry",
+  },
+  UFFDIO_COPY: {
+    EEXIST: "the page is already mapped (another thread or fault filled it)",
+    ENOENT: "the range is not registered for missing faults, or its mapping went away",
+    EAGAIN: "the address space is changing: read pending events (remove/remap/unmap/fork), then retry",
+    ESRCH: "the process that registered the range has exited",
+  },
+  UFFDIO_ZEROPAGE: {
+    EEXIST: "the page is already mapped (another thread or fault filled it)",
+    ENOENT: "the range is not registered for missing faults, or its mapping went away",
+    EAGAIN: "the address space is changing: read pending events (remove/remap/unmap/fork), then retry",
+    EINVAL: "zeropage works on anonymous and shmem ranges registered for missing faults (not hugetlb)",
+  },
+  UFFDIO_CONTINUE: {
+    EFAULT: "there is no page in the page cache at this offset: write it through another mapping first",
+    EEXIST: "the page is already mapped",
+    ENOENT: "the range is not registered for minor faults",
+    EAGAIN: "the address space is changing: read pending events, then retry",
+  },
+  UFFDIO_POISON: {
+    EEXIST: "the page is already mapped",
+    ENOENT: "the range is not registered for missing faults",
+    EAGAIN: "the address space is changing: read pending events (remove/remap/unmap/fork), then retry",
+  },
+  UFFDIO_MOVE: {
+    EINVAL: "move needs private anonymous memory on both sides, page-aligned and registered for missing faults",
+    EBUSY: "a source page is shared (after fork) or pinned: copy it instead",
+    ENOENT: "the source range has holes: pass { allowSrcHoles: true }",
+    EEXIST: "the destination page is already mapped",
+    EAGAIN: "the address space is changing: read pending events, then retry",
+  },
+  UFFDIO_WAKE: {},
+  UFFDIO_UNREGISTER: { EINVAL: "the range must lie inside mappings" },
+};
+
+/**
+ * The hint for a failed `UFFDIO_*` ioctl, if the table has one for its errno.
+ *
+ * @param operation The ioctl (`"UFFDIO_REGISTER"`, …).
+ * @param rc Its result: `-errno`.
+ */
+export function uffdioHint(operation: string, rc: number): string | undefined {
+  return HINTS[operation]?.[errnoName(-rc) as ErrnoName];
 }

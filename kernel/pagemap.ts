@@ -30,7 +30,7 @@
 
 import { isMainThread } from "node:worker_threads";
 import { kernelRelease } from "./access.ts";
-import { ERRNO, invalid, UffdError } from "./errors.ts";
+import { ERRNO, failure, invalid, UffdError } from "./errors.ts";
 import * as libc from "../ffi/_libc.ts";
 import { readPagemapEntries, ScanBuffers } from "../ffi/_pagemap_scan.ts";
 import { MAP_ANONYMOUS, MAP_PRIVATE, O_CLOEXEC, O_RDONLY, PROT_READ, PROT_WRITE } from "../ffi/linux.ts";
@@ -198,15 +198,15 @@ function openPagemap(pid: Pid, operation: string): number {
         hint: "it does not exist or has exited",
       });
     }
-    throw new UffdError({
-      errno: -fd,
+    throw failure(
       operation,
-      args: { path },
-      hint: fd === -ERRNO.EACCES || fd === -ERRNO.EPERM
+      fd,
+      { path },
+      fd === -ERRNO.EACCES || fd === -ERRNO.EPERM
         ? `no permission to read another process's pagemap: it takes ptrace read access to process ${pid} ` +
           "(the same user and a ptrace_scope that allows it, or CAP_SYS_PTRACE)"
         : undefined,
-    });
+    );
   }
   if (pid === "self" && KEEP_SELF_FD) selfFd = fd;
   return fd;
@@ -650,12 +650,12 @@ export function readPagemapRaw(range: Range, options?: { pid?: Pid; into?: BigUi
       const address = start + BigInt(done) * PAGE;
       const got = readPagemapEntries(fd, address, PAGE_SIZE, into.subarray(done, done + want));
       if (got < 0) {
-        throw new UffdError({
-          errno: -got,
+        throw failure(
           operation,
-          args: { start: address, pages: want, pid },
-          hint: got === -ERRNO.ESRCH ? `process ${pid} has exited` : undefined,
-        });
+          got,
+          { start: address, pages: want, pid },
+          got === -ERRNO.ESRCH ? `process ${pid} has exited` : undefined,
+        );
       }
       if (got === 0) break;
       done += got;
@@ -737,7 +737,7 @@ export function softDirtySupported(): boolean {
   if (softDirtyCache === undefined) {
     const length = BigInt(PAGE_SIZE);
     const address = libc.mmap(0n, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0n);
-    if (address < 0n) throw new UffdError({ errno: -Number(address), operation: "mmap", args: { length } });
+    if (address < 0n) throw failure("mmap", address, { length });
     try {
       new Uint8Array(libc.bufferAt(address, 1))[0] = 1;
       softDirtyCache = readPagemap({ address, length })[0]?.softDirty === true;

@@ -22,7 +22,7 @@
  */
 
 import { kernelRelease } from "./access.ts";
-import { UffdError } from "./errors.ts";
+import { failure } from "./errors.ts";
 import * as libc from "../ffi/_libc.ts";
 import {
   MADV_DONTNEED,
@@ -227,7 +227,7 @@ export function overrideKernelProfile(decisions: Partial<Pick<KernelProfile, "un
 /** An anonymous private mapping of the probe's own, unmapped by `dispose`. */
 function scratch(length: bigint): { address: bigint; [Symbol.dispose](): void } {
   const address = libc.mmap(0n, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0n);
-  if (address < 0n) throw new UffdError({ errno: -Number(address), operation: "mmap", args: { length } });
+  if (address < 0n) throw failure("mmap", address, { length });
   return { address, [Symbol.dispose]: () => void libc.munmap(address, length) };
 }
 

@@ -16,7 +16,7 @@
  * @module
  */
 
-import { invalid, UffdError } from "./errors.ts";
+import { failure, invalid } from "./errors.ts";
 import * as libc from "../ffi/_libc.ts";
 import {
   MADV_DONTNEED,
@@ -74,7 +74,7 @@ function hugePageSize(): number {
 }
 
 function fail(rc: number | bigint, operation: string, args: Record<string, unknown>, hint?: string): never {
-  throw new UffdError({ errno: -Number(rc), operation, args, hint });
+  throw failure(operation, rc, args, hint);
 }
 
 /**

@@ -20,7 +20,7 @@
  */
 
 import { diagnoseAccess, explainAccess, kernelRelease } from "./access.ts";
-import { ERRNO, invalid, UffdError } from "./errors.ts";
+import { ERRNO, failure, invalid, UffdError, uffdioHint } from "./errors.ts";
 import { unmappedParts } from "./maps.ts";
 import { eventStream } from "./_event_stream.ts";
 import type { EventsOptions, UffdEvent } from "./events.ts";
@@ -148,60 +148,9 @@ function describeMode(mode: bigint): string {
   return names.join("+");
 }
 
-const HINTS: Record<string, Record<string, string>> = {
-  UFFDIO_API: {
-    EINVAL: "UFFDIO_API runs once per userfaultfd, with features this kernel supports (see Userfaultfd.supported())",
-    EPERM: "EVENT_FORK needs CAP_SYS_PTRACE",
-  },
-  UFFDIO_REGISTER: {
-    EINVAL: "the range must lie in mappings that support the mode: minor needs shmem or hugetlbfs, " +
-      "hugetlb ranges must be huge-page aligned, and write-protect needs Linux 5.7+",
-    EBUSY: "another userfaultfd has already registered part of this range",
-    EPERM: "the mapping can never be writable (a read-only file mapping)",
-    ENOMEM: "part of the range is not mapped",
-  },
-  UFFDIO_WRITEPROTECT: {
-    ENOENT: "the range is not registered for write-protect: register it with { wp: true }",
-    EAGAIN: "the address space is changing: read pending events (remove/remap/unmap/fork), then retry",
-  },
-  UFFDIO_COPY: {
-    EEXIST: "the page is already mapped (another thread or fault filled it)",
-    ENOENT: "the range is not registered for missing faults, or its mapping went away",
-    EAGAIN: "the address space is changing: read pending events (remove/remap/unmap/fork), then retry",
-    ESRCH: "the process that registered the range has exited",
-  },
-  UFFDIO_ZEROPAGE: {
-    EEXIST: "the page is already mapped (another thread or fault filled it)",
-    ENOENT: "the range is not registered for missing faults, or its mapping went away",
-    EAGAIN: "the address space is changing: read pending events (remove/remap/unmap/fork), then retry",
-    EINVAL: "zeropage works on anonymous and shmem ranges registered for missing faults (not hugetlb)",
-  },
-  UFFDIO_CONTINUE: {
-    EFAULT: "there is no page in the page cache at this offset: write it through another mapping first",
-    EEXIST: "the page is already mapped",
-    ENOENT: "the range is not registered for minor faults",
-    EAGAIN: "the address space is changing: read pending events, then retry",
-  },
-  UFFDIO_POISON: {
-    EEXIST: "the page is already mapped",
-    ENOENT: "the range is not registered for missing faults",
-    EAGAIN: "the address space is changing: read pending events (remove/remap/unmap/fork), then retry",
-  },
-  UFFDIO_MOVE: {
-    EINVAL: "move needs private anonymous memory on both sides, page-aligned and registered for missing faults",
-    EBUSY: "a source page is shared (after fork) or pinned: copy it instead",
-    ENOENT: "the source range has holes: pass { allowSrcHoles: true }",
-    EEXIST: "the destination page is already mapped",
-    EAGAIN: "the address space is changing: read pending events, then retry",
-  },
-  UFFDIO_WAKE: {},
-  UFFDIO_UNREGISTER: { EINVAL: "the range must lie inside mappings" },
-};
-
+/** A failed `UFFDIO_*` call as a `UffdError`, with the hint for its errno. */
 function kernelError(operation: string, rc: number, args: Record<string, unknown>): UffdError {
-  const errno = -rc;
-  const code = Object.entries(ERRNO).find(([, n]) => n === errno)?.[0] ?? "";
-  return new UffdError({ errno, operation, args, hint: HINTS[operation]?.[code] });
+  return failure(operation, rc, args, uffdioHint(operation, rc));
 }
 
 /** The mask of a list of feature names, refusing names the kernel does not define. */
@@ -232,7 +181,7 @@ function create(flags: number, options: OpenOptions): { fd: number; origin: Orig
   let firstErrno = 0;
   const note = (what: string, rc: number) => {
     firstErrno ||= -rc;
-    failures.push(`${what}: ${new UffdError({ errno: -rc, operation: what }).code}`);
+    failures.push(`${what}: ${failure(what, rc).code}`);
   };
   if (via !== "device" && umo !== true) {
     const fd = libc.userfaultfd(nr, flags);

@@ -45,7 +45,7 @@
  * @module
  */
 
-import { ERRNO, UffdError } from "../kernel/errors.ts";
+import { ERRNO, failure, UffdError } from "../kernel/errors.ts";
 import * as libc from "../ffi/_libc.ts";
 import * as resolve from "../ffi/_resolve_ops.ts";
 import { MADV_NOHUGEPAGE, MAP_SHARED, PROT_READ, PROT_WRITE } from "../ffi/linux.ts";
@@ -289,7 +289,7 @@ export async function lazyPolicy(options: LazyPolicyOptions, context: PolicyCont
     if (rc === -EAGAIN) return 0;
     if (rc === -ENOENT || rc === -ESRCH) return -1;
     const operation = op === "zero" ? "UFFDIO_ZEROPAGE" : `UFFDIO_${op.toUpperCase()}`;
-    throw new UffdError({ errno: -rc, operation, args: { start: BigInt(dst), len } });
+    throw failure(operation, rc, { start: BigInt(dst), len });
   }
 
   /**
@@ -324,7 +324,7 @@ export async function lazyPolicy(options: LazyPolicyOptions, context: PolicyCont
     if (rc >= 0 || rc === -EEXIST) return 1;
     if (rc === -EAGAIN) return 0;
     if (rc === -ENOENT || rc === -ESRCH) return -1;
-    throw new UffdError({ errno: -rc, operation: "UFFDIO_POISON", args: { start: BigInt(base + page * P), len: P } });
+    throw failure("UFFDIO_POISON", rc, { start: BigInt(base + page * P), len: P });
   }
 
   /** Places `count` pages already read (their bytes at `src`, words at `words[w…]`), zero runs apart. */

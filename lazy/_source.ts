@@ -38,7 +38,7 @@
 
 import { CheckpointReader } from "../checkpoint/reader.ts";
 import { crc32cWords } from "../checkpoint/crc32c.ts";
-import { ERRNO, UffdError } from "../kernel/errors.ts";
+import { ERRNO, failure, UffdError } from "../kernel/errors.ts";
 import * as libc from "../ffi/_libc.ts";
 import { O_CLOEXEC, O_RDONLY } from "../ffi/linux.ts";
 
@@ -130,12 +130,7 @@ function preadFully(fd: number, into: Uint8Array, length: number, offset: number
     const view = done === 0 ? into : into.subarray(done);
     const got = libc.pread(fd, view, length - done, BigInt(offset + done));
     if (got < 0) {
-      throw new UffdError({
-        errno: -got,
-        operation: "pread",
-        args: { path, offset: offset + done },
-        detail: `page ${page}`,
-      });
+      throw failure("pread", got, { path, offset: offset + done }, undefined, `page ${page}`);
     }
     if (got === 0) {
       into.fill(0, done, length);
@@ -156,7 +151,7 @@ class FileSource implements PageSource {
     this.#path = path;
     this.#page = pageSize;
     this.#fd = libc.open(path, O_RDONLY | O_CLOEXEC);
-    if (this.#fd < 0) throw new UffdError({ errno: -this.#fd, operation: "open", args: { path } });
+    if (this.#fd < 0) throw failure("open", this.#fd, { path });
     const size = libc.fileSize(this.#fd);
     this.length = size >= 0 ? size : Number.MAX_SAFE_INTEGER; // unknown: short reads zero-fill
   }
@@ -274,7 +269,7 @@ class CheckpointSource implements PageSource {
       }
       for (const f of reader.files) {
         const fd = libc.open(f.path, O_RDONLY | O_CLOEXEC);
-        if (fd < 0) throw new UffdError({ errno: -fd, operation: "open", args: { path: f.path } });
+        if (fd < 0) throw failure("open", fd, { path: f.path });
         this.#files.push({ fd, path: f.path });
       }
     } catch (e) {

@@ -140,7 +140,7 @@
  */
 
 import { CheckpointReader } from "../checkpoint/reader.ts";
-import { ERRNO, invalid, UffdError } from "../kernel/errors.ts";
+import { ERRNO, failure, invalid, UffdError } from "../kernel/errors.ts";
 import { FaultHandler, type FaultHandlerOptions } from "../handler/fault_handler.ts";
 import * as libc from "../ffi/_libc.ts";
 import { PollSet } from "../ffi/_pollset.ts";
@@ -313,10 +313,10 @@ function prepareSource(source: LazySource, operation: string): Prepared {
     } else if (typeof file === "string") path = file;
     else throw new TypeError(`${operation}: file must be a path or a file: URL`);
     const fd = libc.open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) throw new UffdError({ errno: -fd, operation: "open", args: { path } });
+    if (fd < 0) throw failure("open", fd, { path });
     const size = libc.fileSize(fd);
     libc.close(fd);
-    if (size < 0) throw new UffdError({ errno: -size, operation: "lseek", args: { path } });
+    if (size < 0) throw failure("lseek", size, { path });
     return { spec: { kind: "file", path }, length: size, kind: "file" };
   }
   if ("module" in source) {

@@ -17,7 +17,7 @@
  * @module
  */
 
-import { ERRNO, UffdError } from "../kernel/errors.ts";
+import { ERRNO, failure } from "../kernel/errors.ts";
 import * as libc from "../ffi/_libc.ts";
 import * as resolve from "../ffi/_resolve_ops.ts";
 import { COPIER, PageStates } from "./_pages.ts";
@@ -66,7 +66,7 @@ export class CopierLoop {
       // EAGAIN: an address-space change is in flight; the pages stay protected, and a write to one
       // faults and is let through by the fault handler (they are saved).
       if (rc < 0 && rc !== -EAGAIN && rc !== -ENOENT) {
-        throw new UffdError({ errno: -rc, operation: "UFFDIO_WRITEPROTECT", args: { start: BigInt(d.base) } });
+        throw failure("UFFDIO_WRITEPROTECT", rc, { start: BigInt(d.base) });
       }
     };
     const copy = (first: number, end: number, data: boolean) => {

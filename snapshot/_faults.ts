@@ -35,7 +35,7 @@
  * @module
  */
 
-import { ERRNO, UffdError } from "../kernel/errors.ts";
+import { ERRNO, failure, UffdError } from "../kernel/errors.ts";
 import * as libc from "../ffi/_libc.ts";
 import { MessageBatch } from "../ffi/_message_batch.ts";
 import { PollSet } from "../ffi/_pollset.ts";
@@ -192,7 +192,7 @@ export class FaultsLoop {
         const rc = fillUntouched(this.#fd, span.address, span.length, d.untouchedFill);
         if (rc < 0 && rc !== -EINTR && rc !== -EAGAIN) {
           const operation = d.untouchedFill === "uffd-zeropage" ? "UFFDIO_ZEROPAGE" : "MADV_POPULATE_READ";
-          throw new UffdError({ errno: -rc, operation, args: { start: span.address } });
+          throw failure(operation, rc, { start: span.address });
         }
       }
       const rc = resolve.writeprotect(this.#fd, this.#base, span.length, MODE_WP);
@@ -203,7 +203,7 @@ export class FaultsLoop {
         continue;
       }
       if (rc < 0) {
-        throw new UffdError({ errno: -rc, operation: "UFFDIO_WRITEPROTECT", args: { start: span.address } });
+        throw failure("UFFDIO_WRITEPROTECT", rc, { start: span.address });
       }
       if (this.#scanner.visit(span, QUERIES.anyUnprotected, () => {}).pages === 0) break;
     }
@@ -244,7 +244,7 @@ export class FaultsLoop {
       if (this.#pendingWake.length > 0) this.#retryWakes();
       const ready = poll.poll(this.#pendingWake.length > 0 ? 1 : -1);
       if (ready < 0 && ready !== -EINTR) {
-        throw new UffdError({ errno: -ready, operation: "poll", args: { fd: this.#fd } });
+        throw failure("poll", ready, { fd: this.#fd });
       }
       if (poll.revents(1) & POLLIN) libc.read(this.#efd, this.#efdBuffer);
       const revents = poll.revents(0);
@@ -290,7 +290,7 @@ export class FaultsLoop {
         continue;
       }
       if (rc < 0 && rc !== -ENOENT) {
-        throw new UffdError({ errno: -rc, operation: "UFFDIO_WRITEPROTECT", args: { start: BigInt(pending[k]!) } });
+        throw failure("UFFDIO_WRITEPROTECT", rc, { start: BigInt(pending[k]!) });
       }
       pending[k] = pending[pending.length - 1]!;
       pending.pop();
@@ -310,7 +310,7 @@ export class FaultsLoop {
       this.#epoch = this.#states.nextEpoch();
       const n = batch.read(this.#fd);
       if (n === -EAGAIN) return;
-      if (n < 0) throw new UffdError({ errno: -n, operation: "read", args: { fd: this.#fd } });
+      if (n < 0) throw failure("read", n, { fd: this.#fd });
       const t0 = performance.now();
       // Events first: a fault of this batch may be on a page whose removal the same read let go on.
       for (let i = 0; i < n; i++) if (batch.event(i) !== UFFD_EVENT_PAGEFAULT) this.#event(batch.message(i));
@@ -349,7 +349,7 @@ export class FaultsLoop {
       return;
     }
     if (rc < 0 && rc !== -ENOENT) {
-      throw new UffdError({ errno: -rc, operation: "UFFDIO_WRITEPROTECT", args: { start: BigInt(page), len: P } });
+      throw failure("UFFDIO_WRITEPROTECT", rc, { start: BigInt(page), len: P });
     }
     this.#progress[PROGRESS.stall + latencyBucket((performance.now() - t0) * 1000)]++;
   }
@@ -487,7 +487,7 @@ export class FaultsLoop {
       this.#epoch = this.#states.nextEpoch();
       const n = this.#batch.read(this.#fd);
       if (n === -EAGAIN) return;
-      if (n < 0) throw new UffdError({ errno: -n, operation: "read", args: { fd: this.#fd } });
+      if (n < 0) throw failure("read", n, { fd: this.#fd });
       for (let i = 0; i < n; i++) {
         const event = this.#batch.event(i);
         if (event === UFFD_EVENT_PAGEFAULT) this.#setupFaults.push(this.#batch.address(i));
@@ -530,7 +530,7 @@ export class FaultsLoop {
       this.#epoch = this.#states.nextEpoch();
       const n = this.#batch.read(this.#fd);
       if (n === -EAGAIN) return;
-      if (n < 0) throw new UffdError({ errno: -n, operation: "read", args: { fd: this.#fd } });
+      if (n < 0) throw failure("read", n, { fd: this.#fd });
       for (let i = 0; i < n; i++) {
         if (this.#batch.event(i) !== UFFD_EVENT_PAGEFAULT) this.#event(this.#batch.message(i));
       }

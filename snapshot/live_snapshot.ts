@@ -92,7 +92,7 @@
  */
 
 import { Worker } from "node:worker_threads";
-import { ERRNO, invalid, UffdError } from "../kernel/errors.ts";
+import { ERRNO, failure, invalid } from "../kernel/errors.ts";
 import * as libc from "../ffi/_libc.ts";
 import { deserializeError } from "../handler/_protocol.ts";
 import { EFD_CLOEXEC, EFD_NONBLOCK, MADV_DONTNEED } from "../ffi/linux.ts";
@@ -579,10 +579,10 @@ export class LiveSnapshot implements AsyncDisposable {
       uffd.register({ address: spanStart, length: pages * P }, { wp: true });
       // The copier's own reference: it unprotects what it saved without sharing the fault Worker's fd number.
       const dup = libc.dupCloexec(uffd.fd);
-      if (dup < 0) throw new UffdError({ errno: -dup, operation: "fcntl(F_DUPFD_CLOEXEC)", args: { fd: uffd.fd } });
+      if (dup < 0) throw failure("fcntl(F_DUPFD_CLOEXEC)", dup, { fd: uffd.fd });
       copierUffd = Userfaultfd.adopt(dup, uffd.featureMask, uffd.nonblocking);
       eventFd = libc.eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-      if (eventFd < 0) throw new UffdError({ errno: -eventFd, operation: "eventfd" });
+      if (eventFd < 0) throw failure("eventfd", eventFd);
       if (sinkSpec.kind === "staging") {
         staging = Region.map(pages * P);
         sinkSpec = { ...sinkSpec, address: Number(staging.address) };

@@ -28,7 +28,7 @@
  */
 
 import { kernelRelease } from "../kernel/access.ts";
-import { ERRNO, UffdError } from "../kernel/errors.ts";
+import { ERRNO, failure, UffdError } from "../kernel/errors.ts";
 import * as libc from "../ffi/_libc.ts";
 import { MS_ASYNC } from "../ffi/linux.ts";
 import { unmappedParts } from "../kernel/maps.ts";
@@ -157,7 +157,7 @@ class AsyncBackend implements WriteWatchBackend {
     }
     const rc = libc.msync(this.#address, BigInt(this.#range.length), MS_ASYNC);
     if (rc === 0) return;
-    if (rc !== -ERRNO.ENOMEM) throw new UffdError({ errno: -rc, operation: "msync", args: { start: this.#address } });
+    if (rc !== -ERRNO.ENOMEM) throw failure("msync", rc, { start: this.#address });
     const end = this.#address + BigInt(this.#range.length);
     const holes = unmappedParts(this.#address, end);
     if (holes === undefined) {

@@ -25,7 +25,7 @@
  */
 
 import { kernelRelease } from "../kernel/access.ts";
-import { ERRNO, UffdError } from "../kernel/errors.ts";
+import { ERRNO, failure, UffdError } from "../kernel/errors.ts";
 import * as libc from "../ffi/_libc.ts";
 import { MS_ASYNC, O_CLOEXEC, O_WRONLY } from "../ffi/linux.ts";
 import { unmappedParts } from "../kernel/maps.ts";
@@ -43,12 +43,13 @@ function clearRefs(): void {
   const rc = fd < 0 ? fd : libc.write(fd, CLEAR_SOFT_DIRTY);
   if (fd >= 0) libc.close(fd);
   if (rc < 0) {
-    throw new UffdError({
-      errno: -rc,
-      operation: "clear_refs",
-      detail: "writing 4 to /proc/self/clear_refs failed",
-      hint: "soft-dirty needs a kernel built with CONFIG_MEM_SOFT_DIRTY and a writable /proc/self/clear_refs",
-    });
+    throw failure(
+      "clear_refs",
+      rc,
+      undefined,
+      "soft-dirty needs a kernel built with CONFIG_MEM_SOFT_DIRTY and a writable /proc/self/clear_refs",
+      "writing 4 to /proc/self/clear_refs failed",
+    );
   }
 }
 

@@ -72,7 +72,7 @@
  */
 
 import { kernelRelease } from "../kernel/access.ts";
-import { ERRNO, UffdError } from "../kernel/errors.ts";
+import { ERRNO, failure, UffdError } from "../kernel/errors.ts";
 import { FaultHandler } from "../handler/fault_handler.ts";
 import * as libc from "../ffi/_libc.ts";
 import { kernelProfile, type UntouchedFill, type UntouchedPages, untouchedPages } from "../kernel/profile.ts";
@@ -128,7 +128,7 @@ function fill(uffd: Userfaultfd, address: bigint, length: number, how: Untouched
   const rc = fillUntouched(uffd.fd, address, length, how);
   if (rc < 0) {
     const operation = how === "uffd-zeropage" ? "UFFDIO_ZEROPAGE" : "MADV_POPULATE_READ";
-    throw new UffdError({ errno: -rc, operation, args: { start: address, length } });
+    throw failure(operation, rc, { start: address, length });
   }
 }
 
