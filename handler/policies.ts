@@ -50,6 +50,7 @@ import * as libc from "../ffi/_libc.ts";
 import { O_CLOEXEC, O_RDONLY } from "../ffi/linux.ts";
 import type { Feature } from "../ffi/uapi.ts";
 import type { Userfaultfd } from "../kernel/userfaultfd.ts";
+import { flag, optionsBag, positiveInteger } from "../kernel/_validate.ts";
 
 /**
  * One page fault, as a policy sees it. The handler reuses this object for the next
@@ -229,28 +230,6 @@ function spec(name: string, exportName: string, options: unknown): PolicySpec {
   return Object.freeze({ name, module: SELF, export: exportName, options });
 }
 
-function positiveInteger(value: unknown, operation: string, name: string): number {
-  if (typeof value !== "number") throw new TypeError(`${operation}: ${name} must be a number`);
-  if (!Number.isSafeInteger(value) || value < 1) {
-    throw invalid(operation, `${name} must be a positive integer`, { [name]: value });
-  }
-  return value;
-}
-
-/** `options` as an object (`{}` when omitted); anything else is a `TypeError`. */
-function optionsOf<T extends object>(options: T | undefined, operation: string): Partial<T> {
-  if (options === undefined) return {};
-  if (options === null || typeof options !== "object") throw new TypeError(`${operation}: options must be an object`);
-  return options;
-}
-
-/** An optional boolean option: `false` when omitted. */
-function flag(value: unknown, operation: string, name: string): boolean {
-  if (value === undefined) return false;
-  if (typeof value !== "boolean") throw new TypeError(`${operation}: ${name} must be a boolean`);
-  return value;
-}
-
 function copySourceSpec(source: CopySource): CopySourceSpec {
   const operation = "policies.copyFrom";
   if (typeof source === "string") {
@@ -309,7 +288,7 @@ export interface Policies {
 export const policies: Policies = Object.freeze({
   unprotect(options?: UnprotectOptions): PolicySpec {
     const operation = "policies.unprotect";
-    const o = optionsOf(options, operation);
+    const o = optionsBag(options, operation);
     const chunk = positiveInteger(o.chunk ?? 1, operation, "chunk");
     return spec("unprotect", "unprotectPolicy", {
       chunk,
@@ -320,12 +299,12 @@ export const policies: Policies = Object.freeze({
     return spec("zerofill", "zerofillPolicy", {});
   },
   copyFrom(source: CopySource, options?: MapPagesOptions): PolicySpec {
-    const wp = flag(optionsOf(options, "policies.copyFrom").wp, "policies.copyFrom", "wp");
+    const wp = flag(optionsBag(options, "policies.copyFrom").wp, "policies.copyFrom", "wp");
     return spec("copyFrom", "copyPolicy", { source: copySourceSpec(source), wp });
   },
   continue(options?: MapPagesOptions): PolicySpec {
     return spec("continue", "continuePolicy", {
-      wp: flag(optionsOf(options, "policies.continue").wp, "policies.continue", "wp"),
+      wp: flag(optionsBag(options, "policies.continue").wp, "policies.continue", "wp"),
     });
   },
   module(url: string | URL, options: unknown = {}, exportName = "default"): PolicySpec {

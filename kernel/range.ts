@@ -14,6 +14,7 @@
  */
 
 import { invalid } from "./errors.ts";
+import { describe } from "./_validate.ts";
 import { PAGE_SIZE } from "../ffi/_libc.ts";
 
 /** A span of memory: a start address and a length in bytes. A `Region` is a `Range`. */
@@ -48,7 +49,7 @@ export function toLength(length: unknown, operation: string, name = "length"): b
     return length;
   }
   if (typeof length !== "number") {
-    throw new TypeError(`${operation}: ${name} must be a number or a bigint, not ${typeOf(length)}`);
+    throw new TypeError(`${operation}: ${name} must be a number or a bigint, not ${describe(length)}`);
   }
   if (!Number.isSafeInteger(length) || length < 0) {
     throw invalid(operation, `${name} must be a non-negative safe integer`, { [name]: length });
@@ -59,7 +60,7 @@ export function toLength(length: unknown, operation: string, name = "length"): b
 /** Refuses anything but a bigint address in `[0, 2^64)`. */
 export function toAddress(address: unknown, operation: string, name = "address"): bigint {
   if (typeof address !== "bigint") {
-    throw new TypeError(`${operation}: ${name} must be a bigint, not ${typeOf(address)}`);
+    throw new TypeError(`${operation}: ${name} must be a bigint, not ${describe(address)}`);
   }
   if (address < 0n || address >= LIMIT) {
     throw invalid(operation, `${name} must be in [0, 2^64)`, { [name]: address });
@@ -80,7 +81,7 @@ export function toAddress(address: unknown, operation: string, name = "address")
  */
 export function pageRange(range: Range | (Range & PageSpanned), operation: string): KernelRange {
   if (range === null || typeof range !== "object") {
-    throw new TypeError(`${operation}: a range must be an object with address and length, not ${typeOf(range)}`);
+    throw new TypeError(`${operation}: a range must be an object with address and length, not ${describe(range)}`);
   }
   if ("mapped" in range && range.mapped === false) {
     throw invalid(operation, "the region has been unmapped", { address: range.address });
@@ -101,19 +102,13 @@ export function pageRange(range: Range | (Range & PageSpanned), operation: strin
 
 /** Rounds an address down to its page. */
 export function pageFloor(address: bigint): bigint {
-  if (typeof address !== "bigint") throw new TypeError(`pageFloor: address must be a bigint, not ${typeOf(address)}`);
+  if (typeof address !== "bigint") throw new TypeError(`pageFloor: address must be a bigint, not ${describe(address)}`);
   return address - (address % PAGE);
 }
 
 /** Rounds an address up to the next page boundary. */
 export function pageCeil(address: bigint): bigint {
-  if (typeof address !== "bigint") throw new TypeError(`pageCeil: address must be a bigint, not ${typeOf(address)}`);
+  if (typeof address !== "bigint") throw new TypeError(`pageCeil: address must be a bigint, not ${describe(address)}`);
   const rest = address % PAGE;
   return rest === 0n ? address : address + PAGE - rest;
-}
-
-function typeOf(value: unknown): string {
-  if (value === null) return "null";
-  if (Array.isArray(value)) return "an array";
-  return typeof value;
 }

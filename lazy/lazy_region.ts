@@ -161,7 +161,7 @@ import { Region } from "../kernel/region.ts";
 import { type PageRun, pageRuns } from "../handler/tracked_pages.ts";
 import type { Feature } from "../ffi/uapi.ts";
 import { Userfaultfd } from "../kernel/userfaultfd.ts";
-import { optionsBag } from "../kernel/_validate.ts";
+import { optionsBag, positiveInteger } from "../kernel/_validate.ts";
 
 export type { LazySourceFactory, LazySourceInfo, PageFiller } from "./_source.ts";
 export type { LazyFill } from "./_policy.ts";
@@ -363,15 +363,6 @@ function targetRegion(target: Region | WebAssembly.Memory, operation: string): R
   return region;
 }
 
-function positive(value: unknown, operation: string, name: string, fallback: number, max: number): number {
-  if (value === undefined) return fallback;
-  if (typeof value !== "number") throw new TypeError(`${operation}: ${name} must be a number`);
-  if (!Number.isSafeInteger(value) || value < 1 || value > max) {
-    throw invalid(operation, `${name} must be an integer in [1, ${max}]`, { [name]: value });
-  }
-  return value;
-}
-
 /**
  * Memory filled on first touch from a source: see the module documentation.
  *
@@ -508,7 +499,7 @@ export class LazyRegion implements AsyncDisposable {
       throw invalid(operation, "a memfd region is filled through its page cache (UFFDIO_CONTINUE): no fill option");
     }
     const fill: LazyFill = memory === "memfd" ? "continue" : options.fill ?? "copy";
-    const chunk = positive(options.prefetchChunk, operation, "prefetchChunk", 32, 4096);
+    const chunk = positiveInteger(options.prefetchChunk, operation, "prefetchChunk", 32, 4096);
     const prefetch = options.prefetch === true;
     const required: Feature[] = [];
     if (fill === "move") required.push("MOVE");

@@ -117,6 +117,7 @@ import {
 } from "./_protocol.ts";
 import { Feature } from "../ffi/uapi.ts";
 import { Userfaultfd } from "../kernel/userfaultfd.ts";
+import { positiveInteger } from "../kernel/_validate.ts";
 
 /** What a {@linkcode LiveSnapshot} can copy. */
 export type LiveSnapshotTarget = Region | ArrayBufferLike | ArrayBufferView | WebAssembly.Memory;
@@ -315,15 +316,6 @@ function privateAnonymous(target: LiveSnapshotTarget, start: bigint, end: bigint
   }
 }
 
-function positiveInteger(value: unknown, name: string, fallback: number, max: number): number {
-  if (value === undefined) return fallback;
-  if (typeof value !== "number") throw new TypeError(`LiveSnapshot.take: ${name} must be a number`);
-  if (!Number.isSafeInteger(value) || value < 1 || value > max) {
-    throw invalid("LiveSnapshot.take", `${name} must be an integer in [1, ${max}]`, { [name]: value });
-  }
-  return value;
-}
-
 function filePath(sink: string | URL): string {
   if (sink instanceof URL) {
     if (sink.protocol !== "file:") {
@@ -510,8 +502,8 @@ export class LiveSnapshot implements AsyncDisposable {
         ERRNO.EOPNOTSUPP,
       );
     }
-    const chunkPages = positiveInteger(options.chunkPages, "chunkPages", 64, 1 << 16);
-    const stagingPages = positiveInteger(options.stagingPages, "stagingPages", 4096, 1 << 30);
+    const chunkPages = positiveInteger(options.chunkPages, operation, "chunkPages", 64, 1 << 16);
+    const stagingPages = positiveInteger(options.stagingPages, operation, "stagingPages", 4096, 1 << 30);
     const startTimeout = options.startTimeoutMs ?? 30_000;
     if (typeof startTimeout !== "number" || !(startTimeout >= 0)) {
       throw new TypeError(`${operation}: startTimeoutMs must be a non-negative number`);
