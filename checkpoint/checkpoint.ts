@@ -53,7 +53,7 @@ import { encodeCheckpointHeader, encodeCheckpointTable } from "./_format.ts";
 import { CheckpointReader, imageBytes, isZero } from "./reader.ts";
 import { crc32c, crc32cWords } from "./crc32c.ts";
 import { ERRNO, UffdError } from "../kernel/errors.ts";
-import * as libc from "../ffi/_libc.ts";
+import { PAGE_SIZE } from "../ffi/_libc.ts";
 import { readMaps } from "../kernel/maps.ts";
 import { visitDataPages } from "../kernel/_page_contents.ts";
 import { Region } from "../kernel/region.ts";
@@ -86,7 +86,6 @@ export interface CheckpointWritten {
 
 /** Pages copied per staging buffer: 1 MiB of 4 KiB pages. */
 const STAGING_BYTES = 1 << 20;
-const PAGE_SIZE = libc.PAGE_SIZE;
 
 /**
  * Writes a base image, then deltas of the pages written since the previous file:

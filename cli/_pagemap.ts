@@ -133,8 +133,8 @@ export function parseRange(text: string): { start: bigint; end: bigint } {
  * residency bar's cells.
  */
 export function scanVma(start: bigint, end: bigint, pid: Pid): Omit<VmaReport, "perms" | "path" | "start" | "end"> {
-  const PAGE = BigInt(Region.pageSize);
-  const pages = Number((end - start) / PAGE);
+  const PAGE_SIZE_N = BigInt(Region.pageSize);
+  const pages = Number((end - start) / PAGE_SIZE_N);
   const cells = Math.min(BAR_CELLS, pages);
   const presentInCell = new Array<number>(cells).fill(0);
   const counts = { present: 0, swapped: 0, file: 0, zero: 0, huge: 0 };

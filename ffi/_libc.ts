@@ -81,8 +81,11 @@ function orErrnoAddress(address: bigint): bigint {
 
 const _SC_PAGESIZE = 30;
 
-/** The page size of this machine, from `sysconf(_SC_PAGESIZE)`. */
+/** The page size of this machine, from `sysconf(_SC_PAGESIZE)`: the one name for it as a number. */
 export const PAGE_SIZE: number = Number(libc.sysconf(_SC_PAGESIZE));
+
+/** {@linkcode PAGE_SIZE} as a bigint, for address arithmetic: the one name for it as a bigint. */
+export const PAGE_SIZE_N: bigint = BigInt(PAGE_SIZE);
 
 /** A NUL-terminated copy of a string, for paths and names. */
 export function cString(text: string): Uint8Array {

@@ -28,6 +28,7 @@
 import { ERRNO, failure, UffdError } from "../kernel/errors.ts";
 import type { UffdEvent } from "../kernel/events.ts";
 import * as libc from "../ffi/_libc.ts";
+import { PAGE_SIZE } from "../ffi/_libc.ts";
 import { MessageBatch } from "../ffi/_message_batch.ts";
 import { PollSet } from "../ffi/_pollset.ts";
 import * as resolve from "../ffi/_resolve_ops.ts";
@@ -61,7 +62,6 @@ import {
 } from "../ffi/uapi.ts";
 import { Userfaultfd } from "../kernel/userfaultfd.ts";
 
-const PAGE = libc.PAGE_SIZE;
 const EAGAIN = ERRNO.EAGAIN!;
 const EEXIST = ERRNO.EEXIST!;
 const ENOENT = ERRNO.ENOENT!;
@@ -89,7 +89,7 @@ const IDLE_POLL_MS = 100;
 class FaultRecord implements Fault {
   address = 0;
   page = 0;
-  pageSize = PAGE;
+  pageSize = PAGE_SIZE;
   pageIndex = -1;
   flags = 0;
   write = false;
@@ -117,7 +117,7 @@ const decoder = new TextDecoder();
 
 /** The loop and the policy's context. One per Worker. */
 export class FaultLoop implements PolicyContext {
-  readonly pageSize: number = PAGE;
+  readonly pageSize: number = PAGE_SIZE;
   pages: number;
   readonly features: ReadonlySet<Feature>;
   readonly uffd: Userfaultfd;
@@ -185,7 +185,7 @@ export class FaultLoop implements PolicyContext {
     this.pages = data.pages;
     this.#segments = data.ranges.map((r: WorkerRange) => ({
       start: r.start,
-      end: r.start + r.pages * PAGE,
+      end: r.start + r.pages * PAGE_SIZE,
       firstPage: r.firstPage,
       pages: r.pages,
       wp: r.wp,
@@ -281,12 +281,12 @@ export class FaultLoop implements PolicyContext {
 
   pageIndex(address: number): number {
     const s = this.#segmentAt(address);
-    return s === undefined ? -1 : s.firstPage + Math.floor((address - s.start) / PAGE);
+    return s === undefined ? -1 : s.firstPage + Math.floor((address - s.start) / PAGE_SIZE);
   }
 
   pageAddress(index: number): number {
     const s = this.#segmentOf(index);
-    return s === undefined ? -1 : s.start + (index - s.firstPage) * PAGE;
+    return s === undefined ? -1 : s.start + (index - s.firstPage) * PAGE_SIZE;
   }
 
   rangeFirstPage(index: number): number {
@@ -346,8 +346,8 @@ export class FaultLoop implements PolicyContext {
       const from = Math.max(start, s.start);
       const to = Math.min(end, s.end);
       if (from >= to) continue;
-      const first = s.firstPage + Math.floor((from - s.start) / PAGE);
-      const last = s.firstPage + Math.ceil((to - s.start) / PAGE);
+      const first = s.firstPage + Math.floor((from - s.start) / PAGE_SIZE);
+      const last = s.firstPage + Math.ceil((to - s.start) / PAGE_SIZE);
       this.markWritten(first, last - first);
     }
   }
@@ -488,15 +488,15 @@ export class FaultLoop implements PolicyContext {
     f.threadId = threadId;
     const s = this.#segmentAt(address);
     if (s === undefined) {
-      f.page = address - (address % PAGE);
-      f.pageSize = PAGE;
+      f.page = address - (address % PAGE_SIZE);
+      f.pageSize = PAGE_SIZE;
       f.pageIndex = -1;
       return false;
     }
     const size = s.pageSize;
     f.page = address - (address % size);
     f.pageSize = size;
-    f.pageIndex = s.firstPage + (f.page - s.start) / PAGE;
+    f.pageIndex = s.firstPage + (f.page - s.start) / PAGE_SIZE;
     return true;
   }
 
@@ -629,8 +629,8 @@ export class FaultLoop implements PolicyContext {
     const piece = (s: Segment, a: number, b: number, shift: number): Segment => ({
       start: a + shift,
       end: b + shift,
-      firstPage: s.firstPage + (a - s.start) / PAGE,
-      pages: (b - a) / PAGE,
+      firstPage: s.firstPage + (a - s.start) / PAGE_SIZE,
+      pages: (b - a) / PAGE_SIZE,
       wp: s.wp,
       pageSize: s.pageSize,
     });
@@ -710,7 +710,7 @@ export class FaultLoop implements PolicyContext {
       }
       this.#segments.push({
         start: r.start,
-        end: r.start + r.pages * PAGE,
+        end: r.start + r.pages * PAGE_SIZE,
         firstPage: r.firstPage,
         pages: r.pages,
         wp: r.wp,
@@ -762,8 +762,8 @@ export class FaultLoop implements PolicyContext {
       let end = page + 1;
       while (end < limit && (written[end >> 3]! & (1 << (end & 7))) !== 0) end++;
       if (s !== undefined && s.wp) {
-        const start = s.start + (page - s.firstPage) * PAGE;
-        const rc = resolve.writeprotect(this.#fd, start, (end - page) * PAGE, WRITEPROTECT_WP);
+        const start = s.start + (page - s.firstPage) * PAGE_SIZE;
+        const rc = resolve.writeprotect(this.#fd, start, (end - page) * PAGE_SIZE, WRITEPROTECT_WP);
         if (rc === -EAGAIN) {
           // An address-space event is waiting: read it (serving faults meanwhile), then retry.
           if (performance.now() > deadline) {
@@ -777,7 +777,7 @@ export class FaultLoop implements PolicyContext {
           continue;
         }
         if (rc < 0 && rc !== -ENOENT) {
-          throw failure("UFFDIO_WRITEPROTECT", rc, { start: BigInt(start), len: (end - page) * PAGE, mode: "wp" });
+          throw failure("UFFDIO_WRITEPROTECT", rc, { start: BigInt(start), len: (end - page) * PAGE_SIZE, mode: "wp" });
         }
       }
       for (let i = page; i < end; i++) {

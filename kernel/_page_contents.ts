@@ -31,6 +31,7 @@
 
 import { ERRNO } from "./errors.ts";
 import * as libc from "../ffi/_libc.ts";
+import { PAGE_SIZE, PAGE_SIZE_N } from "../ffi/_libc.ts";
 import * as resolve from "../ffi/_resolve_ops.ts";
 import { kernelProfile, type UntouchedFill } from "./profile.ts";
 import { MADV_POPULATE_READ } from "../ffi/linux.ts";
@@ -46,8 +47,6 @@ import {
   PM_SWAP,
 } from "../ffi/uapi.ts";
 
-const PAGE_SIZE = libc.PAGE_SIZE;
-const PAGE = BigInt(PAGE_SIZE);
 /** Pagemap entries read at a time (512 KiB of entries, 256 MiB of memory). */
 const CHUNK = 65536;
 
@@ -100,7 +99,7 @@ export function fillUntouched(fd: number, address: bigint, length: number, how: 
   const pages = length / PAGE_SIZE;
   for (let done = 0; done < pages;) {
     const want = Math.min(CHUNK, pages - done);
-    const chunk = address + BigInt(done) * PAGE;
+    const chunk = address + BigInt(done) * PAGE_SIZE_N;
     const raw = readEntries(chunk, want);
     for (let i = 0; i < want;) {
       if ((raw[i]! & (PM_PRESENT | PM_SWAP)) !== 0n) {
@@ -194,7 +193,7 @@ export function visitDataPages(span: PageSpan, visit: RunVisitor, options?: { co
   let runEnd = -1;
   for (let done = 0; done < pages;) {
     const want = Math.min(CHUNK, pages - done);
-    const raw = readEntries(span.address + BigInt(done) * PAGE, want);
+    const raw = readEntries(span.address + BigInt(done) * PAGE_SIZE_N, want);
     for (let i = 0; i < want; i++) {
       const e = raw[i]!;
       let data: boolean;
@@ -221,7 +220,7 @@ export function visitDataPages(span: PageSpan, visit: RunVisitor, options?: { co
 /** A visitor that reads each page of a run and passes on only the runs of pages holding a non-zero byte. */
 function nonZero(base: bigint, visit: RunVisitor): RunVisitor {
   return (first, count) => {
-    const words = new Int32Array(libc.bufferAt(base + BigInt(first) * PAGE, count * PAGE_SIZE));
+    const words = new Int32Array(libc.bufferAt(base + BigInt(first) * PAGE_SIZE_N, count * PAGE_SIZE));
     const perPage = PAGE_SIZE / 4;
     let runFirst = -1;
     for (let p = 0; p < count; p++) {

@@ -32,6 +32,7 @@ import { isMainThread } from "node:worker_threads";
 import { kernelRelease } from "./access.ts";
 import { ERRNO, failure, invalid, UffdError } from "./errors.ts";
 import * as libc from "../ffi/_libc.ts";
+import { PAGE_SIZE, PAGE_SIZE_N } from "../ffi/_libc.ts";
 import { readPagemapEntries, ScanBuffers } from "../ffi/_pagemap_scan.ts";
 import { MAP_ANONYMOUS, MAP_PRIVATE, O_CLOEXEC, O_RDONLY, PROT_READ, PROT_WRITE } from "../ffi/linux.ts";
 import { pageRange, type Range } from "./range.ts";
@@ -158,8 +159,6 @@ export interface PreparedQuery {
   readonly maxPages: number;
 }
 
-const PAGE_SIZE = libc.PAGE_SIZE;
-const PAGE = BigInt(PAGE_SIZE);
 const DEFAULT_VECTOR = 1024;
 /** User-space addresses on x86_64 and aarch64 stay below 2^53, so they are exact as numbers (the fast path). */
 const ADDRESS_LIMIT = BigInt(Number.MAX_SAFE_INTEGER);
@@ -531,9 +530,9 @@ let scanAvailableCache: boolean | undefined;
 function probe(categories: bigint): number {
   const buffers = new ScanBuffers(0);
   const fd = openPagemap("self", "PAGEMAP_SCAN");
-  const here = libc.addressOf(new Uint8Array(1)) / PAGE * PAGE;
+  const here = libc.addressOf(new Uint8Array(1)) / PAGE_SIZE_N * PAGE_SIZE_N;
   try {
-    return buffers.scan(fd, here, here + PAGE, 0n, 0n, 0n, categories, 0n, categories, 0);
+    return buffers.scan(fd, here, here + PAGE_SIZE_N, 0n, 0n, 0n, categories, 0n, categories, 0);
   } finally {
     releasePagemap(fd);
   }
@@ -627,7 +626,7 @@ export function readPagemapRaw(range: Range, options?: { pid?: Pid; into?: BigUi
   const operation = "pagemap";
   const { start, len } = pageRange(range, operation);
   options = optionsBag(options, operation);
-  const pages = Number(len / PAGE);
+  const pages = Number(len / PAGE_SIZE_N);
   if (pages > MAX_ENTRIES) {
     throw invalid(
       operation,
@@ -647,7 +646,7 @@ export function readPagemapRaw(range: Range, options?: { pid?: Pid; into?: BigUi
   try {
     for (let done = 0; done < pages;) {
       const want = Math.min(RAW_CHUNK, pages - done);
-      const address = start + BigInt(done) * PAGE;
+      const address = start + BigInt(done) * PAGE_SIZE_N;
       const got = readPagemapEntries(fd, address, PAGE_SIZE, into.subarray(done, done + want));
       if (got < 0) {
         throw failure(
@@ -682,7 +681,7 @@ export function readPagemap(range: Range, options?: { pid?: Pid }): PagemapEntry
   const { start } = pageRange(range, "pagemap");
   const raw = readPagemapRaw(range, options);
   const out: PagemapEntry[] = new Array(raw.length);
-  for (let i = 0; i < raw.length; i++) out[i] = decodeEntry(start + BigInt(i) * PAGE, raw[i]!);
+  for (let i = 0; i < raw.length; i++) out[i] = decodeEntry(start + BigInt(i) * PAGE_SIZE_N, raw[i]!);
   return out;
 }
 
@@ -735,7 +734,7 @@ let softDirtyCache: boolean | undefined;
  */
 export function softDirtySupported(): boolean {
   if (softDirtyCache === undefined) {
-    const length = BigInt(PAGE_SIZE);
+    const length = PAGE_SIZE_N;
     const address = libc.mmap(0n, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0n);
     if (address < 0n) throw failure("mmap", address, { length });
     try {

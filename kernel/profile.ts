@@ -24,6 +24,7 @@
 import { kernelRelease } from "./access.ts";
 import { failure } from "./errors.ts";
 import * as libc from "../ffi/_libc.ts";
+import { PAGE_SIZE, PAGE_SIZE_N } from "../ffi/_libc.ts";
 import {
   MADV_DONTNEED,
   MADV_HUGEPAGE,
@@ -38,9 +39,6 @@ import {
 import { acceptedCategories, hasPagemapScan, pagemapScan, readPagemapRaw, softDirtySupported } from "./pagemap.ts";
 import { type Category, type Feature, PM_MMAP_EXCLUSIVE, PM_PFN_MASK, PM_PRESENT, PM_UFFD_WP } from "../ffi/uapi.ts";
 import { type Origin, Userfaultfd } from "./userfaultfd.ts";
-
-const PAGE_SIZE = libc.PAGE_SIZE;
-const PAGE = BigInt(PAGE_SIZE);
 
 /** What a mechanism put in a page that held nothing: the shared zero page, or a page of its own (zero-filled). */
 export type ZeroFill = "zero-page" | "allocates";
@@ -232,7 +230,7 @@ function scratch(length: bigint): { address: bigint; [Symbol.dispose](): void } 
 }
 
 function entry(address: bigint): bigint {
-  return readPagemapRaw({ address, length: PAGE })[0]!;
+  return readPagemapRaw({ address, length: PAGE_SIZE_N })[0]!;
 }
 
 /** A present page that this process does not map exclusively is the zero page (no fork is in play here). */
@@ -285,8 +283,8 @@ function measure(): KernelProfile {
   let readFault = true;
   let zeroPfn: bigint | null = null;
   {
-    using m = scratch(PAGE);
-    libc.madvise(m.address, PAGE, MADV_NOHUGEPAGE);
+    using m = scratch(PAGE_SIZE_N);
+    libc.madvise(m.address, PAGE_SIZE_N, MADV_NOHUGEPAGE);
     readByte(m.address);
     const raw = entry(m.address);
     readFault = fillOf(raw) !== "allocates";
@@ -294,17 +292,19 @@ function measure(): KernelProfile {
   }
   let populateRead: ZeroPageTraits["populateRead"] = "unsupported";
   {
-    using m = scratch(PAGE);
-    libc.madvise(m.address, PAGE, MADV_NOHUGEPAGE);
-    if (libc.madvise(m.address, PAGE, MADV_POPULATE_READ) === 0) populateRead = fillOf(entry(m.address)) ?? "allocates";
+    using m = scratch(PAGE_SIZE_N);
+    libc.madvise(m.address, PAGE_SIZE_N, MADV_NOHUGEPAGE);
+    if (libc.madvise(m.address, PAGE_SIZE_N, MADV_POPULATE_READ) === 0) {
+      populateRead = fillOf(entry(m.address)) ?? "allocates";
+    }
   }
   let uffdZeropage: ZeroPageTraits["uffdZeropage"] = "unavailable";
   let uffdWpBit: boolean | null = null;
   if (support !== undefined) {
     try {
-      using m = scratch(2n * PAGE);
+      using m = scratch(2n * PAGE_SIZE_N);
       using uffd = Userfaultfd.open({ features: ["PAGEFAULT_FLAG_WP"] });
-      const zero = { address: m.address, length: PAGE };
+      const zero = { address: m.address, length: PAGE_SIZE_N };
       uffd.register(zero, { missing: true });
       if (uffd.zeropage(zero) === PAGE_SIZE) {
         const raw = entry(m.address);
@@ -313,7 +313,7 @@ function measure(): KernelProfile {
       }
       if (uffd.features.has("PAGEFAULT_FLAG_WP")) {
         // A page written before protection; only read afterwards (a write would wait for a handler).
-        const page = { address: m.address + PAGE, length: PAGE };
+        const page = { address: m.address + PAGE_SIZE_N, length: PAGE_SIZE_N };
         new Uint8Array(libc.bufferAt(page.address, 1))[0] = 1;
         uffd.register(page, { wp: true });
         uffd.writeProtect(page);
@@ -338,7 +338,7 @@ function measure(): KernelProfile {
 
   const scan = pagemapScanTraits(has("WP_ASYNC") && has("WP_UNPOPULATED"), zeroPage, pmd);
   const pfnVisible = (() => {
-    using m = scratch(PAGE);
+    using m = scratch(PAGE_SIZE_N);
     new Uint8Array(libc.bufferAt(m.address, 1))[0] = 1;
     return (entry(m.address) & PM_PFN_MASK) !== 0n;
   })();
@@ -388,14 +388,14 @@ function pagemapScanTraits(async: boolean, zero: ZeroPageTraits, pmd: number): P
   let pfnZero: boolean | null = null;
   if (zero.readFault || zero.uffdZeropage === "zero-page") {
     try {
-      using m = scratch(PAGE);
+      using m = scratch(PAGE_SIZE_N);
       if (zero.readFault) readByte(m.address);
       else {
         using uffd = Userfaultfd.open();
-        uffd.register({ address: m.address, length: PAGE }, { missing: true });
-        uffd.zeropage({ address: m.address, length: PAGE });
+        uffd.register({ address: m.address, length: PAGE_SIZE_N }, { missing: true });
+        uffd.zeropage({ address: m.address, length: PAGE_SIZE_N });
       }
-      pfnZero = pagemapScan({ address: m.address, length: PAGE }, { require: ["PFNZERO"] }).length === 1;
+      pfnZero = pagemapScan({ address: m.address, length: PAGE_SIZE_N }, { require: ["PFNZERO"] }).length === 1;
     } catch { /* left unmeasured */ }
   }
   let writtenFastPath: boolean | null = null;
@@ -407,9 +407,9 @@ function pagemapScanTraits(async: boolean, zero: ZeroPageTraits, pmd: number): P
       using m = scratch(length);
       const base = hugeHole ? (m.address + BigInt(pmd) - 1n) / BigInt(pmd) * BigInt(pmd) : m.address;
       const small = { address: base, length: 5 * PAGE_SIZE };
-      const at = (page: number) => base + BigInt(page) * PAGE;
+      const at = (page: number) => base + BigInt(page) * PAGE_SIZE_N;
       const write = (address: bigint) => void (new Uint8Array(libc.bufferAt(address, 1))[0] = 1);
-      libc.madvise(base, 5n * PAGE, MADV_NOHUGEPAGE);
+      libc.madvise(base, 5n * PAGE_SIZE_N, MADV_NOHUGEPAGE);
       write(at(0));
       write(at(1));
       write(at(3));
@@ -424,7 +424,7 @@ function pagemapScanTraits(async: boolean, zero: ZeroPageTraits, pmd: number): P
       uffd.register(range, { wp: true });
       uffd.writeProtect(range);
       write(at(0));
-      libc.madvise(at(3), PAGE, MADV_DONTNEED);
+      libc.madvise(at(3), PAGE_SIZE_N, MADV_DONTNEED);
       if (huge) libc.madvise(huge.address, BigInt(pmd), MADV_DONTNEED);
       const pages = (regions: readonly { firstPage: number; pages: number }[]) => {
         const out: number[] = [];

@@ -15,7 +15,7 @@
 
 import { invalid } from "./errors.ts";
 import { describe } from "./_validate.ts";
-import { PAGE_SIZE } from "../ffi/_libc.ts";
+import { PAGE_SIZE, PAGE_SIZE_N } from "../ffi/_libc.ts";
 
 /** A span of memory: a start address and a length in bytes. A `Region` is a `Range`. */
 export interface Range {
@@ -39,7 +39,6 @@ export interface KernelRange {
   readonly len: bigint;
 }
 
-const PAGE = BigInt(PAGE_SIZE);
 const LIMIT = 1n << 64n;
 
 /** Converts a length given as a number or bigint, refusing what is not a non-negative integer. */
@@ -89,11 +88,11 @@ export function pageRange(range: Range | (Range & PageSpanned), operation: strin
   const spanned = "pageSpan" in range ? range.pageSpan : range;
   const start = toAddress(spanned.address, operation);
   const len = toLength(spanned.length, operation);
-  if (start % PAGE !== 0n) {
+  if (start % PAGE_SIZE_N !== 0n) {
     throw invalid(operation, `address must be page-aligned (${PAGE_SIZE})`, { start, len });
   }
   if (len === 0n) throw invalid(operation, "length must not be zero", { start, len });
-  if (len % PAGE !== 0n) {
+  if (len % PAGE_SIZE_N !== 0n) {
     throw invalid(operation, `length must be a multiple of the page size (${PAGE_SIZE})`, { start, len });
   }
   if (start + len > LIMIT) throw invalid(operation, "address + length overflows 2^64", { start, len });
@@ -103,12 +102,12 @@ export function pageRange(range: Range | (Range & PageSpanned), operation: strin
 /** Rounds an address down to its page. */
 export function pageFloor(address: bigint): bigint {
   if (typeof address !== "bigint") throw new TypeError(`pageFloor: address must be a bigint, not ${describe(address)}`);
-  return address - (address % PAGE);
+  return address - (address % PAGE_SIZE_N);
 }
 
 /** Rounds an address up to the next page boundary. */
 export function pageCeil(address: bigint): bigint {
   if (typeof address !== "bigint") throw new TypeError(`pageCeil: address must be a bigint, not ${describe(address)}`);
-  const rest = address % PAGE;
-  return rest === 0n ? address : address + PAGE - rest;
+  const rest = address % PAGE_SIZE_N;
+  return rest === 0n ? address : address + PAGE_SIZE_N - rest;
 }

@@ -283,7 +283,7 @@ export class Region implements Range, Disposable {
     if (!Number.isInteger(index) || index < 0 || index > this.pageCount) {
       throw new RangeError(`page index ${index} is outside [0, ${this.pageCount}]`);
     }
-    return this.pageSpan.address + BigInt(index) * BigInt(libc.PAGE_SIZE);
+    return this.pageSpan.address + BigInt(index) * libc.PAGE_SIZE_N;
   }
 
   /** A sub-range of whole base pages: `count` pages from page `first`. */

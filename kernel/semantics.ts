@@ -26,6 +26,7 @@
 import { kernelRelease } from "./access.ts";
 import { UffdError } from "./errors.ts";
 import * as libc from "../ffi/_libc.ts";
+import { PAGE_SIZE } from "../ffi/_libc.ts";
 import { PROT_READ, PROT_WRITE } from "../ffi/linux.ts";
 import { hasPagemapScan, pagemapScan } from "./pagemap.ts";
 import { pageFloor, type Range } from "./range.ts";
@@ -424,7 +425,6 @@ export async function measureWpCell(
     };
   }
 
-  const PAGE = Region.pageSize;
   let mem: Region | undefined;
   let destination: Region | undefined;
   let uffd: Userfaultfd | undefined;
@@ -435,7 +435,7 @@ export async function measureWpCell(
     cell.error = cell.error === undefined ? why : `${cell.error}; ${why}`;
   };
   try {
-    mem = Region.map(PAGES * PAGE, { memfd: memory === "shmem", name: "uffd-semantics" });
+    mem = Region.map(PAGES * PAGE_SIZE, { memfd: memory === "shmem", name: "uffd-semantics" });
     const page = mem.pages(TARGET);
     if (scenario !== "unpopulated" && scenario !== "zeropage" && scenario !== "read-after-protect") {
       mem.page(TARGET)[0] = 1;
@@ -462,8 +462,8 @@ export async function measureWpCell(
         uffd.unprotect(page);
         break;
       case "mremap-moved":
-        destination = Region.map(PAGE);
-        target = { address: mem.movePages(page, destination.address), length: PAGE };
+        destination = Region.map(PAGE_SIZE);
+        target = { address: mem.movePages(page, destination.address), length: PAGE_SIZE };
         break;
     }
 
@@ -482,7 +482,7 @@ export async function measureWpCell(
       return cell;
     }
     cell.writtenAfter = written(target.address);
-    const landed = (destination ?? mem).bytes[destination ? 0 : TARGET * PAGE];
+    const landed = (destination ?? mem).bytes[destination ? 0 : TARGET * PAGE_SIZE];
     if (landed !== WRITE_VALUE) fail(`the written byte reads back as ${landed}, not ${WRITE_VALUE}`);
     return cell;
   } catch (e) {

@@ -143,6 +143,7 @@ import { CheckpointReader } from "../checkpoint/reader.ts";
 import { ERRNO, failure, invalid, UffdError } from "../kernel/errors.ts";
 import { FaultHandler, type FaultHandlerOptions } from "../handler/fault_handler.ts";
 import * as libc from "../ffi/_libc.ts";
+import { PAGE_SIZE } from "../ffi/_libc.ts";
 import { PollSet } from "../ffi/_pollset.ts";
 import type { HandlerStats } from "../handler/stats.ts";
 import {
@@ -257,7 +258,6 @@ export interface LazyStats {
 export type LazyState = "restoring" | "ready" | "failed" | "closed";
 
 const POLICY_URL = new URL("./_policy.ts", import.meta.url).href;
-const PAGE = libc.PAGE_SIZE;
 /** How long the mapping outlives an unclean close, for threads woken by it to finish their access. */
 const GRACE_MS = 1000;
 
@@ -295,8 +295,8 @@ function prepareSource(source: LazySource, operation: string): Prepared {
     }
     // Checked here, so that a bad chain is an error of open() (the Worker opens it again).
     using reader = CheckpointReader.open([...paths]);
-    if (reader.pageSize !== PAGE) {
-      throw invalid(operation, `the checkpoint's page size is ${reader.pageSize}; this machine's is ${PAGE}`);
+    if (reader.pageSize !== PAGE_SIZE) {
+      throw invalid(operation, `the checkpoint's page size is ${reader.pageSize}; this machine's is ${PAGE_SIZE}`);
     }
     return {
       spec: { kind: "checkpoint", paths: [...paths], verify: source.verify !== false },
@@ -424,7 +424,7 @@ export class LazyRegion implements AsyncDisposable {
     this.#owned = owned;
     this.region = region;
     this.length = region.length;
-    this.pages = region.length / PAGE;
+    this.pages = region.length / PAGE_SIZE;
     this.memory = fill === "continue" ? "memfd" : "anonymous";
     this.fill = fill;
     this.prefetch = prefetch;
@@ -479,11 +479,11 @@ export class LazyRegion implements AsyncDisposable {
     let length = target?.length ?? options.length;
     if (length === undefined) {
       if (prepared.length < 0) throw invalid(operation, "a module source needs options.length");
-      length = Math.ceil(prepared.length / PAGE) * PAGE;
+      length = Math.ceil(prepared.length / PAGE_SIZE) * PAGE_SIZE;
     }
     if (typeof length !== "number") throw new TypeError(`${operation}: length must be a number`);
-    if (!Number.isSafeInteger(length) || length <= 0 || length % PAGE !== 0) {
-      throw invalid(operation, `length must be a positive multiple of the page size (${PAGE})`, { length });
+    if (!Number.isSafeInteger(length) || length <= 0 || length % PAGE_SIZE !== 0) {
+      throw invalid(operation, `length must be a positive multiple of the page size (${PAGE_SIZE})`, { length });
     }
     const memory = options.memory ?? "anonymous";
     if (memory !== "anonymous" && memory !== "memfd") {
@@ -515,7 +515,7 @@ export class LazyRegion implements AsyncDisposable {
       uffd.close();
       throw e;
     }
-    const pages = length / PAGE;
+    const pages = length / PAGE_SIZE;
     const state = new Uint8Array(new SharedArrayBuffer(pages));
     const stats = new Float64Array(new SharedArrayBuffer(LAZY_STAT.SIZE * 8));
     const ctrl = new Int32Array(new SharedArrayBuffer(LAZY_CTRL.SIZE * 4));
@@ -752,8 +752,8 @@ export class LazyRegion implements AsyncDisposable {
   #prepare(operation: string, offset: number, length: number): boolean {
     if (this.#failure || Atomics.load(this.#ctrl, LAZY_CTRL.FAILED) === 1) throw this.#failed(operation);
     const state = this.#state;
-    const first = Math.floor(offset / PAGE);
-    const last = Math.floor((offset + length - 1) / PAGE);
+    const first = Math.floor(offset / PAGE_SIZE);
+    const last = Math.floor((offset + length - 1) / PAGE_SIZE);
     let resident = true;
     for (let i = first; i <= last; i++) {
       const s = state[i];
@@ -774,7 +774,7 @@ export class LazyRegion implements AsyncDisposable {
         ? libc.processVmWritev(pid, here, remote, length - done)
         : libc.processVmReadv(pid, here, remote, length - done);
       if (rc <= 0) {
-        const page = Math.floor((offset + done) / PAGE);
+        const page = Math.floor((offset + done) / PAGE_SIZE);
         if (this.#state[page] === PAGE_STATE.POISONED) throw this.#poisonedError(operation, page);
         if (this.#failure || Atomics.load(this.#ctrl, LAZY_CTRL.FAILED) === 1) throw this.#failed(operation);
         throw new UffdError({

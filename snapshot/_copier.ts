@@ -19,13 +19,13 @@
 
 import { ERRNO, failure } from "../kernel/errors.ts";
 import * as libc from "../ffi/_libc.ts";
+import { PAGE_SIZE } from "../ffi/_libc.ts";
 import * as resolve from "../ffi/_resolve_ops.ts";
 import { COPIER, PageStates } from "./_pages.ts";
 import { openSink, type PageSink } from "./_sinks.ts";
 import { COPIER_STATE, PROGRESS, SNAP_CTRL, SNAP_STATE, type SnapshotWorkerData } from "./_protocol.ts";
 import { Userfaultfd } from "../kernel/userfaultfd.ts";
 
-const P = libc.PAGE_SIZE;
 const EAGAIN = ERRNO.EAGAIN!;
 const ENOENT = ERRNO.ENOENT!;
 const ONE = new Uint8Array(new BigUint64Array([1n]).buffer);
@@ -62,7 +62,7 @@ export class CopierLoop {
     const geometry = { base: d.base, pages: d.pages, head: d.head, length: d.length };
     const sink = this.#sink = openSink(d.sink, geometry, d.chunkPages, ctrl, false);
     const unprotect = (first: number, end: number) => {
-      const rc = resolve.writeprotect(this.#fd, d.base + first * P, (end - first) * P, 0);
+      const rc = resolve.writeprotect(this.#fd, d.base + first * PAGE_SIZE, (end - first) * PAGE_SIZE, 0);
       // EAGAIN: an address-space change is in flight; the pages stay protected, and a write to one
       // faults and is let through by the fault handler (they are saved).
       if (rc < 0 && rc !== -EAGAIN && rc !== -ENOENT) {
@@ -73,7 +73,7 @@ export class CopierLoop {
       if (data) {
         sink.copy(first, end - first);
         sink.commit(first, end - first);
-        this.#progress[PROGRESS.bytesCopier] += (end - first) * P;
+        this.#progress[PROGRESS.bytesCopier] += (end - first) * PAGE_SIZE;
       } else {
         sink.zero(first, end - first);
         this.#progress[PROGRESS.zeroCopier] += end - first;

@@ -37,6 +37,7 @@
 
 import { ERRNO, failure, UffdError } from "../kernel/errors.ts";
 import * as libc from "../ffi/_libc.ts";
+import { PAGE_SIZE } from "../ffi/_libc.ts";
 import { MessageBatch } from "../ffi/_message_batch.ts";
 import { PollSet } from "../ffi/_pollset.ts";
 import * as resolve from "../ffi/_resolve_ops.ts";
@@ -62,7 +63,6 @@ import {
 } from "../ffi/uapi.ts";
 import { Userfaultfd } from "../kernel/userfaultfd.ts";
 
-const P = libc.PAGE_SIZE;
 const EAGAIN = ERRNO.EAGAIN!;
 const ENOENT = ERRNO.ENOENT!;
 const EINTR = ERRNO.EINTR!;
@@ -165,8 +165,8 @@ export class FaultsLoop {
     this.#batch = new MessageBatch(data.batch);
     this.#base = data.base;
     this.#pages = data.pages;
-    this.#end = data.base + data.pages * P;
-    this.#probePage = Region.map(P);
+    this.#end = data.base + data.pages * PAGE_SIZE;
+    this.#probePage = Region.map(PAGE_SIZE);
     this.#probeAddress = Number(this.#probePage.address);
     this.#progress[PROGRESS.pages] = data.pages;
     const geometry = { base: this.#base, pages: this.#pages, head: data.head, length: data.length };
@@ -182,7 +182,7 @@ export class FaultsLoop {
    */
   setup(): number {
     const d = this.#data;
-    const span = { address: BigInt(this.#base), length: this.#pages * P };
+    const span = { address: BigInt(this.#base), length: this.#pages * PAGE_SIZE };
     for (let round = 0;; round++) {
       if (round === SETUP_ROUNDS) {
         throw torn("the target's pages kept being dropped while it was being write-protected");
@@ -284,7 +284,7 @@ export class FaultsLoop {
   #retryWakes(): void {
     const pending = this.#pendingWake;
     for (let k = 0; k < pending.length;) {
-      const rc = resolve.writeprotect(this.#fd, pending[k]!, P, 0);
+      const rc = resolve.writeprotect(this.#fd, pending[k]!, PAGE_SIZE, 0);
       if (rc === -EAGAIN) {
         k++;
         continue;
@@ -325,9 +325,9 @@ export class FaultsLoop {
 
   /** A write to page `address`: save its old content if nobody has, then let the write through. */
   #fault(address: number, t0: number): void {
-    const page = address - (address % P);
+    const page = address - (address % PAGE_SIZE);
     if (page >= this.#base && page < this.#end) {
-      const index = (page - this.#base) / P;
+      const index = (page - this.#base) / PAGE_SIZE;
       const states = this.#states;
       const c = states.chunkOf(index);
       if (!states.done(c)) {
@@ -340,7 +340,7 @@ export class FaultsLoop {
         }
       }
     }
-    const rc = resolve.writeprotect(this.#fd, page, P, 0);
+    const rc = resolve.writeprotect(this.#fd, page, PAGE_SIZE, 0);
     if (rc === -EAGAIN) {
       // An address-space change is in flight. Holding it: save everything left, then the close wakes
       // this writer. Otherwise: wake it once the change's event is read.
@@ -349,7 +349,7 @@ export class FaultsLoop {
       return;
     }
     if (rc < 0 && rc !== -ENOENT) {
-      throw failure("UFFDIO_WRITEPROTECT", rc, { start: BigInt(page), len: P });
+      throw failure("UFFDIO_WRITEPROTECT", rc, { start: BigInt(page), len: PAGE_SIZE });
     }
     this.#progress[PROGRESS.stall + latencyBucket((performance.now() - t0) * 1000)]++;
   }
@@ -393,7 +393,7 @@ export class FaultsLoop {
     const from = Math.max(start, this.#base);
     const to = Math.min(stop, this.#end);
     if (from >= to) return [0, 0];
-    return [Math.floor((from - this.#base) / P), Math.ceil((to - this.#base) / P)];
+    return [Math.floor((from - this.#base) / PAGE_SIZE), Math.ceil((to - this.#base) / PAGE_SIZE)];
   }
 
   /**
@@ -451,7 +451,7 @@ export class FaultsLoop {
       if (after.length > 0) throw this.#dropped(after);
       for (const [i, n] of data) {
         this.#sink.commit(i, n);
-        this.#count(i, i + n, PROGRESS.byHandler, n * P, false);
+        this.#count(i, i + n, PROGRESS.byHandler, n * PAGE_SIZE, false);
         this.#progress[PROGRESS.rescued] += n;
         states.markSaved(i, i + n, 0);
       }
@@ -464,7 +464,7 @@ export class FaultsLoop {
   #unprotected(runs: [number, number][]): [number, number][] {
     const out: [number, number][] = [];
     for (const [first, n] of runs) {
-      const range = { address: BigInt(this.#base + first * P), length: n * P };
+      const range = { address: BigInt(this.#base + first * PAGE_SIZE), length: n * PAGE_SIZE };
       this.#scanner.visit(range, QUERIES.unprotected, (f, m) => {
         for (let i = first + f; i < first + f + m; i++) addRun(out, i);
       });
@@ -504,7 +504,7 @@ export class FaultsLoop {
 
   /** `UFFDIO_WRITEPROTECT` on the Worker's own unregistered page: `-EAGAIN` while an event is in flight. */
   #probe(): number {
-    return resolve.writeprotect(this.#fd, this.#probeAddress, P, 0);
+    return resolve.writeprotect(this.#fd, this.#probeAddress, PAGE_SIZE, 0);
   }
 
   /**
@@ -576,7 +576,7 @@ export class FaultsLoop {
     if (data) {
       sink.copy(first, end - first);
       sink.commit(first, end - first);
-      this.#count(first, end, by, (end - first) * P, false);
+      this.#count(first, end, by, (end - first) * PAGE_SIZE, false);
     } else {
       sink.zero(first, end - first);
       this.#count(first, end, by, 0, true);

@@ -26,11 +26,11 @@ import { encodeCheckpointHeader, encodeCheckpointTable } from "../checkpoint/_fo
 import { crc32cWords } from "../checkpoint/crc32c.ts";
 import { ERRNO, UffdError } from "../kernel/errors.ts";
 import * as libc from "../ffi/_libc.ts";
+import { PAGE_SIZE } from "../ffi/_libc.ts";
 import { copyOwnMemory } from "../ffi/_own_memory.ts";
 import { Region } from "../kernel/region.ts";
 import { type FileWritten, QUEUE_EMPTY, SNAP_CTRL, type WorkerSinkSpec } from "./_protocol.ts";
 
-const P = libc.PAGE_SIZE;
 /** Pages of zeros a `Uint8Array` sink copies from at a time. */
 const ZERO_PAGES = 256;
 
@@ -109,7 +109,7 @@ export function openSink(
 
 /** The image bytes `[from, to)` that pages `[first, first + count)` hold. */
 function imageSlice(g: SinkGeometry, first: number, count: number): [number, number] {
-  return [Math.max(0, first * P - g.head), Math.min(g.length, (first + count) * P - g.head)];
+  return [Math.max(0, first * PAGE_SIZE - g.head), Math.min(g.length, (first + count) * PAGE_SIZE - g.head)];
 }
 
 /**
@@ -131,7 +131,7 @@ function bytesSink(address: number, g: SinkGeometry): PageSink {
     },
     commit() {},
     zero(first, count) {
-      zeros ??= Region.map(ZERO_PAGES * P);
+      zeros ??= Region.map(ZERO_PAGES * PAGE_SIZE);
       const source = Number(zeros.address);
       for (let at = first; at < first + count; at += ZERO_PAGES) {
         const n = Math.min(ZERO_PAGES, first + count - at);
@@ -168,7 +168,7 @@ function stagingSink(
   const zero = (i: number) => -1 - i;
   return {
     copy(first, count) {
-      read(address + first * P, g.base + first * P, count * P, first, count);
+      read(address + first * PAGE_SIZE, g.base + first * PAGE_SIZE, count * PAGE_SIZE, first, count);
     },
     commit(first, count) {
       publish(staged, first, count);
@@ -201,7 +201,7 @@ function fileSink(
   const ranks = new Int32Array(spec.ranks);
   const crcs = new Uint32Array(spec.crcs);
   const stagingPages = Math.max(16, Math.min(chunkPages, 256));
-  const staging = new Uint8Array(stagingPages * P);
+  const staging = new Uint8Array(stagingPages * PAGE_SIZE);
   const words = new Uint32Array(staging.buffer);
   const stagingAddress = Number(libc.addressOf(staging));
   const imageEnd = g.head + g.length; // offset of the image's end from the span's start
@@ -221,14 +221,14 @@ function fileSink(
     copy(first, count) {
       for (let at = first; at < first + count; at += stagingPages) {
         const n = Math.min(stagingPages, first + count - at);
-        read(stagingAddress, g.base + at * P, n * P, at, n);
+        read(stagingAddress, g.base + at * PAGE_SIZE, n * PAGE_SIZE, at, n);
         // Bytes of the span outside the image are stored as zeros.
         if (at === 0 && g.head > 0) staging.fill(0, 0, g.head);
-        const end = imageEnd - at * P;
-        if (end < n * P) staging.fill(0, end, n * P);
+        const end = imageEnd - at * PAGE_SIZE;
+        if (end < n * PAGE_SIZE) staging.fill(0, end, n * PAGE_SIZE);
         const rank = ranks[at]!;
-        for (let k = 0; k < n; k++) crcs[rank + k] = crc32cWords(words, (k * P) / 4, P / 4);
-        writeAt(P * (1 + rank), staging.subarray(0, n * P));
+        for (let k = 0; k < n; k++) crcs[rank + k] = crc32cWords(words, (k * PAGE_SIZE) / 4, PAGE_SIZE / 4);
+        writeAt(PAGE_SIZE * (1 + rank), staging.subarray(0, n * PAGE_SIZE));
       }
     },
     commit() {},
@@ -239,16 +239,16 @@ function fileSink(
     throttled: () => false,
     finish() {
       const slots = dataPages.length;
-      const tableOffset = P * (1 + slots);
+      const tableOffset = PAGE_SIZE * (1 + slots);
       const offsets = new Float64Array(slots);
-      for (let j = 0; j < slots; j++) offsets[j] = P * (1 + j);
+      for (let j = 0; j < slots; j++) offsets[j] = PAGE_SIZE * (1 + j);
       const table = { pages: dataPages, crcs: new Uint32Array(crcs.subarray(0, slots)), offsets };
       writeAt(tableOffset, encodeCheckpointTable(table));
       writeAt(
         0,
         encodeCheckpointHeader({
           kind: "base",
-          pageSize: P,
+          pageSize: PAGE_SIZE,
           imageLength: g.length,
           head: g.head,
           imagePages: g.pages,

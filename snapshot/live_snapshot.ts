@@ -94,6 +94,7 @@
 import { Worker } from "node:worker_threads";
 import { ERRNO, failure, invalid } from "../kernel/errors.ts";
 import * as libc from "../ffi/_libc.ts";
+import { PAGE_SIZE, PAGE_SIZE_N } from "../ffi/_libc.ts";
 import { deserializeError } from "../handler/_protocol.ts";
 import { EFD_CLOEXEC, EFD_NONBLOCK, MADV_DONTNEED } from "../ffi/linux.ts";
 import { kernelRelease } from "../kernel/access.ts";
@@ -235,7 +236,6 @@ export class LiveSnapshotError extends Error {
   }
 }
 
-const P = libc.PAGE_SIZE;
 const WORKER_URL = new URL("./_worker.ts", import.meta.url).href;
 /** `node:worker_threads` takes `file:` and `data:` URLs only: a `data:` module that imports the real one works for both. */
 const BOOTSTRAP = new URL(`data:text/javascript,${encodeURIComponent(`import ${JSON.stringify(WORKER_URL)};`)}`);
@@ -295,9 +295,9 @@ function ownsSpan(location: Location): boolean {
   const end = pageCeil(location.address + BigInt(location.length));
   // Pages wholly inside the owner's memory are its own.
   if (start >= owner.address && end <= owner.address + BigInt(owner.length)) return true;
-  const head = Number(owner.address % BigInt(P));
+  const head = Number(owner.address % PAGE_SIZE_N);
   const ownerEnd = owner.address + BigInt(owner.length);
-  if (head === 0 && ownerEnd % BigInt(P) === 0n) return true;
+  if (head === 0 && ownerEnd % PAGE_SIZE_N === 0n) return true;
   if (head !== 16) return false;
   const header = new BigUint64Array(libc.bufferAt(owner.address - 16n, 16));
   const size = header[1]!;
@@ -369,7 +369,7 @@ export class LiveSnapshot implements AsyncDisposable {
   /** Pages in the snapshot: those of the smallest page-aligned span covering the target. */
   readonly pageCount: number;
   /** The page size. */
-  readonly pageSize: number = P;
+  readonly pageSize: number = PAGE_SIZE;
   /** Offset of the target's first byte inside page 0 (0 when page-aligned). */
   readonly head: number;
   /** Length of the target in bytes. */
@@ -472,9 +472,9 @@ export class LiveSnapshot implements AsyncDisposable {
     }
     const spanStart = pageFloor(location.address);
     const spanEnd = pageCeil(location.address + BigInt(location.length));
-    const pages = Number(spanEnd - spanStart) / P;
+    const pages = Number(spanEnd - spanStart) / PAGE_SIZE;
     const head = Number(location.address - spanStart);
-    if (target instanceof Region && target.pageSize !== P) {
+    if (target instanceof Region && target.pageSize !== PAGE_SIZE) {
       throw invalid(operation, "huge-page memory is not supported", { pageSize: target.pageSize }, ERRNO.EOPNOTSUPP);
     }
     if (!ownsSpan(location)) {
@@ -568,7 +568,7 @@ export class LiveSnapshot implements AsyncDisposable {
     let copierUffd: Userfaultfd | undefined;
     let snapshot: LiveSnapshot;
     try {
-      uffd.register({ address: spanStart, length: pages * P }, { wp: true });
+      uffd.register({ address: spanStart, length: pages * PAGE_SIZE }, { wp: true });
       // The copier's own reference: it unprotects what it saved without sharing the fault Worker's fd number.
       const dup = libc.dupCloexec(uffd.fd);
       if (dup < 0) throw failure("fcntl(F_DUPFD_CLOEXEC)", dup, { fd: uffd.fd });
@@ -576,7 +576,7 @@ export class LiveSnapshot implements AsyncDisposable {
       eventFd = libc.eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
       if (eventFd < 0) throw failure("eventfd", eventFd);
       if (sinkSpec.kind === "staging") {
-        staging = Region.map(pages * P);
+        staging = Region.map(pages * PAGE_SIZE);
         sinkSpec = { ...sinkSpec, address: Number(staging.address) };
       }
       const data: SnapshotWorkerData = {
@@ -665,7 +665,7 @@ export class LiveSnapshot implements AsyncDisposable {
       heldChanges: p[PROGRESS.heldChanges]!,
       rescuedPages: p[PROGRESS.rescued]!,
       elapsedMs,
-      bytesPerSecond: elapsedMs > 0 ? (savedPages * P * 1000) / elapsedMs : 0,
+      bytesPerSecond: elapsedMs > 0 ? (savedPages * PAGE_SIZE * 1000) / elapsedMs : 0,
       stallMicros: Array.from(p.subarray(PROGRESS.stall, PROGRESS.stall + STALL_BUCKETS)),
     };
   }
@@ -817,7 +817,7 @@ export class LiveSnapshot implements AsyncDisposable {
     const queue = this.#queue!;
     const staging = this.#staging!;
     const stagedBytes = staging.bytes;
-    const zeros = new Uint8Array(P);
+    const zeros = new Uint8Array(PAGE_SIZE);
     const callback = this.#callback!;
     const pages = this.pageCount;
     const imageEnd = this.head + this.byteLength;
@@ -854,8 +854,8 @@ export class LiveSnapshot implements AsyncDisposable {
         const entry = Atomics.load(queue, delivered);
         if (entry === QUEUE_EMPTY) break;
         const page = entry >= 0 ? entry : -1 - entry;
-        const from = Math.max(page * P, this.head);
-        const to = Math.min((page + 1) * P, imageEnd);
+        const from = Math.max(page * PAGE_SIZE, this.head);
+        const to = Math.min((page + 1) * PAGE_SIZE, imageEnd);
         const bytes = entry >= 0 ? stagedBytes.subarray(from, to) : zeros.subarray(0, to - from);
         const result = callback(page, bytes);
         if (result !== undefined && typeof (result as Promise<void>)?.then === "function") await result;

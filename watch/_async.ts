@@ -30,6 +30,7 @@
 import { kernelRelease } from "../kernel/access.ts";
 import { ERRNO, failure, UffdError } from "../kernel/errors.ts";
 import * as libc from "../ffi/_libc.ts";
+import { PAGE_SIZE, PAGE_SIZE_N } from "../ffi/_libc.ts";
 import { MS_ASYNC } from "../ffi/linux.ts";
 import { unmappedParts } from "../kernel/maps.ts";
 import { kernelProfile } from "../kernel/profile.ts";
@@ -41,8 +42,6 @@ import type { BackendProvider, WatchedSpan, WriteWatchBackend } from "./_backend
 import { missingFeatures } from "./_features.ts";
 import type { RunList } from "./write_set.ts";
 
-const PAGE_SIZE = libc.PAGE_SIZE;
-const PAGE = BigInt(PAGE_SIZE);
 /** Regions per PAGEMAP_SCAN ioctl: 4096 × 24 bytes. */
 const VECTOR_LENGTH = 4096;
 
@@ -107,7 +106,10 @@ class AsyncBackend implements WriteWatchBackend {
   extend(pages: number, written: RunList): void {
     this.#check();
     if (pages <= this.#pages) return;
-    const tail = { address: this.#address + BigInt(this.#pages) * PAGE, length: (pages - this.#pages) * PAGE_SIZE };
+    const tail = {
+      address: this.#address + BigInt(this.#pages) * PAGE_SIZE_N,
+      length: (pages - this.#pages) * PAGE_SIZE,
+    };
     this.#uffd.register(tail, { wp: true });
     this.#uffd.writeProtect(tail);
     // After protection, a page that holds data was written before (or just after,
@@ -165,7 +167,9 @@ class AsyncBackend implements WriteWatchBackend {
       lost.add(0, this.#pages);
       return;
     }
-    for (const h of holes) lost.add(Number((h.start - this.#address) / PAGE), Number((h.end - h.start) / PAGE));
+    for (const h of holes) {
+      lost.add(Number((h.start - this.#address) / PAGE_SIZE_N), Number((h.end - h.start) / PAGE_SIZE_N));
+    }
   }
 
   #check(): void {

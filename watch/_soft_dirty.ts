@@ -27,15 +27,13 @@
 import { kernelRelease } from "../kernel/access.ts";
 import { ERRNO, failure, UffdError } from "../kernel/errors.ts";
 import * as libc from "../ffi/_libc.ts";
+import { PAGE_SIZE, PAGE_SIZE_N } from "../ffi/_libc.ts";
 import { MS_ASYNC, O_CLOEXEC, O_WRONLY } from "../ffi/linux.ts";
 import { unmappedParts } from "../kernel/maps.ts";
 import { readPagemapRaw, softDirtySupported } from "../kernel/pagemap.ts";
 import { PM_PRESENT, PM_SOFT_DIRTY, PM_SWAP } from "../ffi/uapi.ts";
 import type { BackendProvider, WatchedSpan, WriteWatchBackend } from "./_backend.ts";
 import type { RunList } from "./write_set.ts";
-
-const PAGE_SIZE = libc.PAGE_SIZE;
-const PAGE = BigInt(PAGE_SIZE);
 
 /** Writes "4" to /proc/self/clear_refs through libc (Deno's file APIs refuse /proc without --allow-all). */
 function clearRefs(): void {
@@ -123,12 +121,14 @@ class SoftDirtyBackend implements WriteWatchBackend {
   }
 
   #findLost(lost: RunList): void {
-    const length = BigInt(this.#pages) * PAGE;
+    const length = BigInt(this.#pages) * PAGE_SIZE_N;
     const rc = libc.msync(this.#address, length, MS_ASYNC);
     if (rc === 0) return;
     const holes = unmappedParts(this.#address, this.#address + length);
     if (holes === undefined) return lost.add(0, this.#pages);
-    for (const h of holes) lost.add(Number((h.start - this.#address) / PAGE), Number((h.end - h.start) / PAGE));
+    for (const h of holes) {
+      lost.add(Number((h.start - this.#address) / PAGE_SIZE_N), Number((h.end - h.start) / PAGE_SIZE_N));
+    }
   }
 
   #check(): void {

@@ -74,7 +74,7 @@
 import { kernelRelease } from "../kernel/access.ts";
 import { ERRNO, failure, UffdError } from "../kernel/errors.ts";
 import { FaultHandler } from "../handler/fault_handler.ts";
-import * as libc from "../ffi/_libc.ts";
+import { PAGE_SIZE, PAGE_SIZE_N } from "../ffi/_libc.ts";
 import { kernelProfile, type UntouchedFill, type UntouchedPages, untouchedPages } from "../kernel/profile.ts";
 import { readMaps } from "../kernel/maps.ts";
 import { fillUntouched, visitDataPages } from "../kernel/_page_contents.ts";
@@ -88,8 +88,6 @@ import { missingFeatures } from "./_features.ts";
 import { SYNC_STATE, type SyncWatchPolicyOptions } from "./_sync_policy.ts";
 import type { RunList } from "./write_set.ts";
 
-const PAGE_SIZE = libc.PAGE_SIZE;
-const PAGE = BigInt(PAGE_SIZE);
 const POLICY = new URL("./_sync_policy.ts", import.meta.url);
 /**
  * The most pages a watch can grow to: 2^28 pages (1 TiB of 4 KiB pages). The
@@ -198,9 +196,9 @@ class SyncBackend implements WriteWatchBackend {
   constructor(span: WatchedSpan) {
     this.#address = span.address;
     this.#pages = span.pages;
-    const spanEnd = span.address + BigInt(span.pages) * PAGE;
+    const spanEnd = span.address + BigInt(span.pages) * PAGE_SIZE_N;
     const skipFirst = span.partial?.first === true && mayBeShared(span.address, span.address, spanEnd, "first");
-    const skipLast = span.partial?.last === true && mayBeShared(spanEnd - PAGE, span.address, spanEnd, "last");
+    const skipLast = span.partial?.last === true && mayBeShared(spanEnd - PAGE_SIZE_N, span.address, spanEnd, "last");
     this.#first = skipFirst ? 1 : 0;
     this.#end = Math.max(this.#first, skipLast ? span.pages - 1 : span.pages);
     const tracked = this.#end - this.#first;
@@ -219,7 +217,7 @@ class SyncBackend implements WriteWatchBackend {
         new SharedArrayBuffer(Math.max(1, bitmapBytes(tracked)), { maxByteLength: bitmapBytes(MAX_PAGES) }),
       );
       this.#state = new Int32Array(new SharedArrayBuffer(4 * SYNC_STATE.SIZE));
-      const range = { address: span.address + BigInt(this.#first) * PAGE, length: tracked * PAGE_SIZE };
+      const range = { address: span.address + BigInt(this.#first) * PAGE_SIZE_N, length: tracked * PAGE_SIZE };
       if (tracked > 0) this.#uffd.register(range, { wp: true });
       const options: SyncWatchPolicyOptions = {
         base: Number(range.address),
@@ -258,7 +256,7 @@ class SyncBackend implements WriteWatchBackend {
     // (Memory that grows — a WebAssembly.Memory, a resizable ArrayBuffer — is a reservation of its
     // own: its new last page is not shared with other data.)
     const from = this.#end;
-    const tail = { address: this.#address + BigInt(from) * PAGE, length: (pages - from) * PAGE_SIZE };
+    const tail = { address: this.#address + BigInt(from) * PAGE_SIZE_N, length: (pages - from) * PAGE_SIZE };
     const tracked = pages - this.#first;
     const lost = this.#lost.buffer as SharedArrayBuffer;
     if (lost.byteLength < bitmapBytes(tracked)) lost.grow(bitmapBytes(tracked));

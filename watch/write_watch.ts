@@ -59,6 +59,7 @@
 
 import { ERRNO, UffdError } from "../kernel/errors.ts";
 import * as libc from "../ffi/_libc.ts";
+import { PAGE_SIZE, PAGE_SIZE_N } from "../ffi/_libc.ts";
 import { readMaps } from "../kernel/maps.ts";
 import { pageCeil, pageFloor } from "../kernel/range.ts";
 import { Region } from "../kernel/region.ts";
@@ -99,7 +100,6 @@ export interface BackendAvailability {
 /** The backends in the order automatic selection tries them. */
 const PROVIDERS: readonly BackendProvider[] = [asyncBackend, syncBackend, softDirtyBackend];
 const NAMES: readonly WriteWatchBackendName[] = PROVIDERS.map((p) => p.name);
-const PAGE_SIZE = libc.PAGE_SIZE;
 
 /** Where the watched memory's bytes are right now. */
 interface Location {
@@ -150,10 +150,9 @@ function span(location: Location): { address: bigint; head: number; pages: numbe
 
 /** Whether the memory's first and last pages also hold bytes that are not the memory's. */
 function partialPages(location: Location): { first: boolean; last: boolean } {
-  const page = BigInt(PAGE_SIZE);
   return {
-    first: location.address % page !== 0n,
-    last: (location.address + BigInt(location.length)) % page !== 0n,
+    first: location.address % PAGE_SIZE_N !== 0n,
+    last: (location.address + BigInt(location.length)) % PAGE_SIZE_N !== 0n,
   };
 }
 
