@@ -35,7 +35,6 @@ export * from "./kernel/names.ts";
 export * from "./kernel/errors.ts";
 export * from "./kernel/range.ts";
 export * from "./kernel/region.ts";
-export * from "./kernel/events.ts";
 export * from "./kernel/access.ts";
 export * from "./kernel/userfaultfd.ts";
 export * from "./kernel/pagemap.ts";

@@ -265,6 +265,17 @@ export function eventfd(initval: number, flags: number): number {
   return orErrno(libc.eventfd(initval, flags));
 }
 
+/** The 8-byte counter value 1, written by {@linkcode eventfdSignal}. */
+const ONE = new Uint8Array(new BigUint64Array([1n]).buffer);
+
+/**
+ * Adds 1 to an eventfd's counter (`write(fd, &1, 8)`), which wakes whoever polls
+ * it: the one way the library wakes a loop blocked in `poll()`. 8, or `-errno`.
+ */
+export function eventfdSignal(fd: number): number {
+  return write(fd, ONE);
+}
+
 /** `getpid()` */
 export function getpid(): number {
   return libc.getpid();

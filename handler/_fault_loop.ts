@@ -26,7 +26,6 @@
  */
 
 import { ERRNO, failure, UffdError } from "../kernel/errors.ts";
-import type { UffdEvent } from "../kernel/events.ts";
 import * as libc from "../ffi/_libc.ts";
 import { PAGE_SIZE } from "../ffi/_libc.ts";
 import { MessageBatch } from "../ffi/_message_batch.ts";
@@ -60,7 +59,7 @@ import {
   UFFDIO_COPY_MODE_WP,
   UFFDIO_WRITEPROTECT_MODE_WP,
 } from "../ffi/uapi.ts";
-import { Userfaultfd } from "../kernel/userfaultfd.ts";
+import { type UffdEvent, Userfaultfd } from "../kernel/userfaultfd.ts";
 
 const EAGAIN = ERRNO.EAGAIN!;
 const EEXIST = ERRNO.EEXIST!;

@@ -17,8 +17,7 @@
 
 import { UffdError } from "../kernel/errors.ts";
 import type { PolicySpec } from "./policies.ts";
-import type { UffdEvent } from "../kernel/events.ts";
-import type { SharedUserfaultfd } from "../kernel/userfaultfd.ts";
+import type { SharedUserfaultfd, UffdEvent } from "../kernel/userfaultfd.ts";
 
 /** Slots of the control block. */
 export const CTRL = {

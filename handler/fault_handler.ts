@@ -31,7 +31,6 @@
 
 import { Worker } from "node:worker_threads";
 import { ERRNO, failure, invalid } from "../kernel/errors.ts";
-import type { UffdEvent } from "../kernel/events.ts";
 import * as libc from "../ffi/_libc.ts";
 import {
   CTRL,
@@ -50,7 +49,7 @@ import type { CopySourceSpec, PolicySpec } from "./policies.ts";
 import { unmappedParts } from "../kernel/maps.ts";
 import type { Range } from "../kernel/range.ts";
 import { bitmapBytes, type PageRun, pageRuns, type TrackedRange, trackRanges } from "./tracked_pages.ts";
-import { type SharedUserfaultfd, Userfaultfd } from "../kernel/userfaultfd.ts";
+import { type UffdEvent, Userfaultfd } from "../kernel/userfaultfd.ts";
 
 /** Options of {@linkcode FaultHandler.start}. */
 export interface FaultHandlerOptions {
@@ -147,7 +146,6 @@ import(${JSON.stringify(WORKER_URL)}).catch((e) => {
   throw e;
 });`)
 }`);
-const ONE = new Uint8Array(new BigUint64Array([1n]).buffer);
 const MODES = /^(missing|wp|minor)(\+(missing|wp|minor))*$/;
 
 /** The longest timer delay (setTimeout fires at once beyond it). */
@@ -269,7 +267,7 @@ export class FaultHandler implements AsyncDisposable {
     policy: PolicySpec,
     ranges: TrackedRange[],
     options: FaultHandlerOptions,
-    own: SharedUserfaultfd,
+    own: Userfaultfd,
     eventFd: number,
   ) {
     this.uffd = uffd;
@@ -277,7 +275,7 @@ export class FaultHandler implements AsyncDisposable {
     this.#ranges = Object.freeze(ranges);
     this.#pages = ranges.reduce((n, r) => n + r.pages, 0);
     this.#maxPages = Math.max(this.#pages, options.maxPages ?? 0);
-    this.#own = Userfaultfd.adopt(own);
+    this.#own = own;
     this.#eventFd = eventFd;
     this.#control = new Int32Array(new SharedArrayBuffer(CTRL.SIZE * 4));
     this.#payload = new Uint8Array(new SharedArrayBuffer(PAYLOAD_BYTES));
@@ -299,7 +297,7 @@ export class FaultHandler implements AsyncDisposable {
     this.#done.catch(() => {}); // observed through done/stop(); never an unhandled rejection
     const data: HandlerWorkerData = {
       uffd: uffd.share(),
-      own,
+      own: own.share(),
       eventFd,
       control: this.#control.buffer as SharedArrayBuffer,
       payload: this.#payload.buffer as SharedArrayBuffer,
@@ -470,24 +468,17 @@ export class FaultHandler implements AsyncDisposable {
     for (const r of ranges) {
       if (!MODES.test(r.mode)) throw invalid(operation, `unexpected registration mode ${r.mode}`);
     }
-    const ownFd = libc.dupCloexec(uffd.fd);
-    if (ownFd < 0) throw failure("fcntl(F_DUPFD_CLOEXEC)", ownFd, { fd: uffd.fd });
+    // The handler's own reference, the fd it polls: the caller's close() cannot pull it from under the Worker.
+    const own = uffd.duplicate();
     const eventFd = libc.eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (eventFd < 0) {
-      libc.close(ownFd);
+      own.close();
       throw failure("eventfd", eventFd);
     }
-    const own: SharedUserfaultfd = {
-      fd: ownFd,
-      featureMask: uffd.featureMask,
-      nonblocking: uffd.nonblocking,
-      origin: uffd.origin,
-      state: new SharedArrayBuffer(4),
-    };
     try {
       return { handler: new FaultHandler(uffd, policy, ranges, options, own, eventFd), startTimeout };
     } catch (e) {
-      libc.close(ownFd);
+      own.close();
       libc.close(eventFd);
       throw e;
     }
@@ -809,7 +800,7 @@ export class FaultHandler implements AsyncDisposable {
 
   /** Wakes the Worker through the eventfd (until the Worker has exited and the eventfd is closed). */
   #wake(): void {
-    if (!this.#exited) libc.write(this.#eventFd, ONE);
+    if (!this.#exited) libc.eventfdSignal(this.#eventFd);
   }
 
   /** Sends a control request and waits for its answer; returns `CTRL.LENGTH`. */

@@ -45,11 +45,10 @@
 
 import { failure, invalid } from "../kernel/errors.ts";
 import { toAddress } from "../kernel/range.ts";
-import type { UffdEvent } from "../kernel/events.ts";
 import * as libc from "../ffi/_libc.ts";
 import { O_CLOEXEC, O_RDONLY } from "../ffi/linux.ts";
 import type { Feature } from "../ffi/uapi.ts";
-import type { Userfaultfd } from "../kernel/userfaultfd.ts";
+import type { UffdEvent, Userfaultfd } from "../kernel/userfaultfd.ts";
 import { flag, optionsBag, positiveInteger } from "../kernel/_validate.ts";
 
 /**

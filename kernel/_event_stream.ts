@@ -1,22 +1,32 @@
 /**
- * The implementation of `Userfaultfd.events()`: typed events in batches, waiting
- * with `poll()` on one of Deno's blocking-pool threads so that the main isolate's
+ * The implementation of `Userfaultfd.events()`: batches of events, waiting with
+ * `poll()` on one of Deno's blocking-pool threads so that the main isolate's
  * event loop keeps running. Each wait polls the userfaultfd and an `eventfd`
  * that an `AbortSignal` or `close()` writes, so the stream ends promptly; at most
- * one pool thread is held per stream at any time. Internal: use `uffd.events()`.
+ * one pool thread is held per stream at any time. Generic over its
+ * {@linkcode EventSource}, so that it needs nothing of `Userfaultfd` but what it
+ * reads. Internal: use `uffd.events()`.
  *
  * @module
  */
 
-import { ERRNO, failure, invalid, UffdError } from "./errors.ts";
-import type { EventsOptions, UffdEvent } from "./events.ts";
 import * as libc from "../ffi/_libc.ts";
 import { PollSet } from "../ffi/_pollset.ts";
 import { EFD_CLOEXEC, EFD_NONBLOCK, POLLERR, POLLNVAL } from "../ffi/linux.ts";
 import { onClose } from "./_on_close.ts";
-import type { Userfaultfd } from "./userfaultfd.ts";
+import { ERRNO, failure, invalid, UffdError } from "./errors.ts";
 
-const ONE = new Uint8Array(new BigUint64Array([1n]).buffer);
+/** What the stream reads from: a non-blocking fd, its closed flag, and a read of every queued event. */
+export interface EventSource<Event> {
+  /** The fd polled. */
+  readonly fd: number;
+  /** `true` once closed (on any thread): the stream ends. */
+  readonly closed: boolean;
+  /** Whether the fd is `O_NONBLOCK` (a blocking userfaultfd reports `POLLERR` to `poll()`). */
+  readonly nonblocking: boolean;
+  /** Reads every queued event; an empty array when none is queued. */
+  readEvents(): Event[];
+}
 /**
  * How long one wait lasts before the stream looks at the closed flag again: a close
  * by another thread holding a `share()` of the userfaultfd does not wake the poll,
@@ -25,7 +35,10 @@ const ONE = new Uint8Array(new BigUint64Array([1n]).buffer);
 const POLL_MS = 100;
 
 /** Validates the arguments now, and returns the stream (which starts polling on the first `next()`). */
-export function eventStream(uffd: Userfaultfd, options: EventsOptions): AsyncIterableIterator<UffdEvent[]> {
+export function eventStream<Event>(
+  uffd: EventSource<Event>,
+  options: { signal?: AbortSignal },
+): AsyncIterableIterator<Event[]> {
   const operation = "Userfaultfd.events";
   if (options === null || typeof options !== "object") {
     throw new TypeError(`${operation}: options must be an object like { signal }`);
@@ -45,7 +58,10 @@ export function eventStream(uffd: Userfaultfd, options: EventsOptions): AsyncIte
   return stream(uffd, signal);
 }
 
-async function* stream(uffd: Userfaultfd, signal: AbortSignal | undefined): AsyncGenerator<UffdEvent[], void> {
+async function* stream<Event>(
+  uffd: EventSource<Event>,
+  signal: AbortSignal | undefined,
+): AsyncGenerator<Event[], void> {
   if (signal?.aborted || uffd.closed) return;
   const efd = libc.eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (efd < 0) throw failure("eventfd", efd);
@@ -54,7 +70,7 @@ async function* stream(uffd: Userfaultfd, signal: AbortSignal | undefined): Asyn
   const wake = () => {
     if (woken) return;
     woken = true;
-    libc.write(efd, ONE);
+    libc.eventfdSignal(efd);
   };
   signal?.addEventListener("abort", wake);
   const unwatch = onClose(uffd, wake);
@@ -62,7 +78,7 @@ async function* stream(uffd: Userfaultfd, signal: AbortSignal | undefined): Asyn
   try {
     for (;;) {
       if (ended()) return;
-      let batch: UffdEvent[];
+      let batch: Event[];
       try {
         batch = uffd.readEvents();
       } catch (e) {

@@ -2,9 +2,10 @@
  * {@linkcode Userfaultfd}: one userfaultfd as an object. It is created through the
  * syscall (falling back to `/dev/userfaultfd`, then to `UFFD_USER_MODE_ONLY` when
  * that is what lets an unprivileged process in), negotiates features with the
- * `UFFDIO_API` handshake, and offers every `UFFDIO_*` operation on typed ranges.
- * Ranges are validated before any system call; failures are `UffdError`s with the
- * errno name, the operation, the arguments and a hint.
+ * `UFFDIO_API` handshake (`_create.ts`), and offers every `UFFDIO_*` operation on
+ * typed ranges and its messages as typed events ({@linkcode UffdEvent}). Ranges are
+ * validated before any system call; failures are `UffdError`s with the errno name,
+ * the operation, the arguments and a hint.
  *
  * @example
  * ```ts
@@ -19,19 +20,10 @@
  * @module
  */
 
-import { diagnoseAccess, explainAccess, kernelRelease } from "./access.ts";
-import { ERRNO, failure, invalid, UffdError, uffdioHint } from "./errors.ts";
-import { unmappedParts } from "./maps.ts";
-import { eventStream } from "./_event_stream.ts";
-import type { EventsOptions, UffdEvent } from "./events.ts";
 import * as libc from "../ffi/_libc.ts";
 import { decodeUffdMsg, SIZEOF_UFFD_MSG, type UffdMsg } from "../ffi/_structs.ts";
-import { sysUserfaultfd } from "../ffi/_syscalls.ts";
 import * as ops from "../ffi/_uffd_ioctls.ts";
-import { O_CLOEXEC, O_NONBLOCK, O_RDWR } from "../ffi/linux.ts";
-import { notifyClosed } from "./_on_close.ts";
-import { pageRange, type Range, toAddress } from "./range.ts";
-import { describe, optionsBag } from "./_validate.ts";
+import { O_CLOEXEC, O_NONBLOCK } from "../ffi/linux.ts";
 import {
   type Feature,
   FEATURES,
@@ -41,13 +33,11 @@ import {
   UFFD_EVENT_REMAP,
   UFFD_EVENT_REMOVE,
   UFFD_EVENT_UNMAP,
-  UFFD_FEATURE_EVENT_FORK,
   UFFD_FEATURE_MOVE,
   UFFD_FEATURE_THREAD_ID,
   UFFD_PAGEFAULT_FLAG_MINOR,
   UFFD_PAGEFAULT_FLAG_WP,
   UFFD_PAGEFAULT_FLAG_WRITE,
-  UFFD_USER_MODE_ONLY,
   UFFDIO_CONTINUE_MODE_DONTWAKE,
   UFFDIO_CONTINUE_MODE_WP,
   UFFDIO_COPY_MODE_DONTWAKE,
@@ -62,10 +52,116 @@ import {
   UFFDIO_WRITEPROTECT_MODE_WP,
   UFFDIO_ZEROPAGE_MODE_DONTWAKE,
 } from "../ffi/uapi.ts";
+import { handshake, namedFeatures, type Origin, probe } from "./_create.ts";
+import { eventStream } from "./_event_stream.ts";
+import { notifyClosed } from "./_on_close.ts";
+import { describeMode, Registrations } from "./_registrations.ts";
+import { describe, optionsBag } from "./_validate.ts";
+import { kernelRelease } from "./access.ts";
+import { ERRNO, failure, invalid, UffdError, uffdioHint } from "./errors.ts";
+import { unmappedParts } from "./maps.ts";
 import { featureNames, ioctlNames } from "./names.ts";
+import { pageRange, type Range, toAddress } from "./range.ts";
 
-/** How a userfaultfd was created. */
-export type Origin = "syscall" | "device" | "user-mode-only";
+export type { Origin } from "./_create.ts";
+
+// ---------------------------------------------------------------------------
+// Events: what readEvents() and events() yield, one object per uffd_msg.
+
+/** A thread touched a registered page: `UFFD_EVENT_PAGEFAULT`. */
+export interface PagefaultEvent {
+  /** Discriminant. */
+  readonly type: "pagefault";
+  /** The faulting address: exact with `EXACT_ADDRESS`, otherwise page-aligned. */
+  readonly address: bigint;
+  /** The raw `UFFD_PAGEFAULT_FLAG_*` bits. */
+  readonly flags: bigint;
+  /** The access was a write. */
+  readonly write: boolean;
+  /** A write to a write-protected page (`UFFD_PAGEFAULT_FLAG_WP`). */
+  readonly wp: boolean;
+  /** A minor fault: the page is in the page cache but not mapped. */
+  readonly minor: boolean;
+  /** The faulting thread's id, when `THREAD_ID` was negotiated. */
+  readonly threadId: number | undefined;
+}
+
+/** The process forked with `EVENT_FORK`: the child's userfaultfd. */
+export interface ForkEvent {
+  /** Discriminant. */
+  readonly type: "fork";
+  /** The child's userfaultfd, installed in this process; close it when done. */
+  readonly uffd: Userfaultfd;
+}
+
+/** A registered range moved with `mremap` (`EVENT_REMAP`). */
+export interface RemapEvent {
+  /** Discriminant. */
+  readonly type: "remap";
+  /** The old start address. */
+  readonly from: bigint;
+  /** The new start address. */
+  readonly to: bigint;
+  /** The old length in bytes. */
+  readonly length: bigint;
+}
+
+/** Pages of a registered range were zapped (`MADV_DONTNEED`/`MADV_REMOVE`, `EVENT_REMOVE`). */
+export interface RemoveEvent {
+  /** Discriminant. */
+  readonly type: "remove";
+  /** Start address. */
+  readonly start: bigint;
+  /** End address (exclusive). */
+  readonly end: bigint;
+}
+
+/** A registered range was unmapped (`EVENT_UNMAP`). */
+export interface UnmapEvent {
+  /** Discriminant. */
+  readonly type: "unmap";
+  /** Start address. */
+  readonly start: bigint;
+  /** End address (exclusive). */
+  readonly end: bigint;
+}
+
+/** A message with an event code this library does not know. */
+export interface UnknownEvent {
+  /** Discriminant. */
+  readonly type: "unknown";
+  /** The `event` byte. */
+  readonly code: number;
+  /** The whole 32-byte `uffd_msg`. */
+  readonly raw: Uint8Array;
+}
+
+/** Options of `Userfaultfd.events()`. */
+export interface EventsOptions {
+  /** Ends the iteration (without an error) when aborted. */
+  signal?: AbortSignal;
+}
+
+/**
+ * Any event a userfaultfd can deliver: each `uffd_msg` becomes one object with a
+ * `type`; an event code this library does not know becomes an
+ * {@linkcode UnknownEvent} carrying the raw 32 bytes instead of an exception.
+ *
+ * @example
+ * ```ts
+ * import type { UffdEvent } from "@uffd/uffd";
+ * function describe(event: UffdEvent): string {
+ *   switch (event.type) {
+ *     case "pagefault": return `${event.wp ? "wp" : "missing"} fault at 0x${event.address.toString(16)}`;
+ *     case "remove": return `removed [0x${event.start.toString(16)}, 0x${event.end.toString(16)})`;
+ *     default: return event.type;
+ *   }
+ * }
+ * ```
+ */
+export type UffdEvent = PagefaultEvent | ForkEvent | RemapEvent | RemoveEvent | UnmapEvent | UnknownEvent;
+
+// ---------------------------------------------------------------------------
 
 /** Options of {@linkcode Userfaultfd.open}. */
 export interface OpenOptions {
@@ -131,83 +227,12 @@ export interface SharedUserfaultfd {
   readonly state: SharedArrayBuffer;
 }
 
-interface Registration {
-  start: bigint;
-  end: bigint;
-  mode: bigint;
-}
-
 const MESSAGES_PER_READ = 64;
 let supportCache: Support | undefined;
-
-function describeMode(mode: bigint): string {
-  const names = [];
-  if (mode & UFFDIO_REGISTER_MODE_MISSING) names.push("missing");
-  if (mode & UFFDIO_REGISTER_MODE_WP) names.push("wp");
-  if (mode & UFFDIO_REGISTER_MODE_MINOR) names.push("minor");
-  return names.join("+");
-}
 
 /** A failed `UFFDIO_*` call as a `UffdError`, with the hint for its errno. */
 function kernelError(operation: string, rc: number, args: Record<string, unknown>): UffdError {
   return failure(operation, rc, args, uffdioHint(operation, rc));
-}
-
-/** The mask of a list of feature names, refusing names the kernel does not define. */
-function namedFeatures(names: Iterable<Feature> | undefined, option: string): bigint {
-  if (names === undefined) return 0n;
-  if (typeof names !== "object" || names === null || !(Symbol.iterator in names)) {
-    throw new TypeError(`Userfaultfd.open: ${option} must be a list of feature names`);
-  }
-  let mask = 0n;
-  for (const name of names) {
-    const info = FEATURES.find((f) => f.name === name);
-    if (!info) {
-      throw invalid("UFFDIO_API", `unknown feature ${JSON.stringify(name)} in ${option}`, {
-        known: FEATURES.map((f) => f.name).join("|"),
-      });
-    }
-    mask |= info.mask;
-  }
-  return mask;
-}
-
-/** Creates a userfaultfd fd, trying the ways `options` allow in order. */
-function create(flags: number, options: OpenOptions): { fd: number; origin: Origin } {
-  const via = options.via ?? "auto";
-  const umo = options.userModeOnly ?? "auto";
-  const nr = sysUserfaultfd();
-  const failures: string[] = [];
-  let firstErrno = 0;
-  const note = (what: string, rc: number) => {
-    firstErrno ||= -rc;
-    failures.push(`${what}: ${failure(what, rc).code}`);
-  };
-  if (via !== "device" && umo !== true) {
-    const fd = libc.userfaultfd(nr, flags);
-    if (fd >= 0) return { fd, origin: "syscall" };
-    note("userfaultfd()", fd);
-  }
-  if (via !== "syscall" && umo !== true) {
-    const dev = libc.open("/dev/userfaultfd", O_RDWR | O_CLOEXEC);
-    if (dev >= 0) {
-      const fd = ops.userfaultfdIocNew(dev, flags);
-      libc.close(dev);
-      if (fd >= 0) return { fd, origin: "device" };
-      note("USERFAULTFD_IOC_NEW", fd);
-    } else note("open(/dev/userfaultfd)", dev);
-  }
-  if (via !== "device" && umo !== false) {
-    const fd = libc.userfaultfd(nr, flags | UFFD_USER_MODE_ONLY);
-    if (fd >= 0) return { fd, origin: "user-mode-only" };
-    note("userfaultfd(UFFD_USER_MODE_ONLY)", fd);
-  }
-  throw new UffdError({
-    errno: firstErrno || ERRNO.EPERM,
-    operation: "userfaultfd",
-    detail: `no way to create a userfaultfd worked (${failures.join(", ")})`,
-    hint: explainAccess(diagnoseAccess()),
-  });
 }
 
 /**
@@ -241,7 +266,8 @@ export class Userfaultfd implements Disposable {
 
   readonly #state: Int32Array;
   readonly #messages = new Uint8Array(MESSAGES_PER_READ * SIZEOF_UFFD_MSG);
-  readonly #registrations: Registration[] = [];
+  readonly #registrations = new Registrations();
+  readonly #ioctlMask: bigint;
 
   private constructor(
     fd: number,
@@ -258,6 +284,7 @@ export class Userfaultfd implements Disposable {
     this.nonblocking = nonblocking;
     this.origin = origin;
     this.#state = state;
+    this.#ioctlMask = ioctls;
   }
 
   /**
@@ -273,20 +300,14 @@ export class Userfaultfd implements Disposable {
    */
   static supported(): Support {
     if (supportCache) return supportCache;
-    const { fd, origin } = create(O_CLOEXEC | O_NONBLOCK, {});
-    try {
-      const { rc, api } = ops.uffdioApi(fd, 0n);
-      if (rc < 0) throw kernelError("UFFDIO_API", rc, { features: 0n });
-      supportCache = Object.freeze({
-        features: new Set(featureNames(api.features)),
-        featureMask: api.features,
-        ioctls: new Set(ioctlNames(api.ioctls)),
-        origin,
-      });
-      return supportCache;
-    } finally {
-      libc.close(fd);
-    }
+    const { features, ioctls, origin } = probe(O_CLOEXEC | O_NONBLOCK);
+    supportCache = Object.freeze({
+      features: new Set(featureNames(features)),
+      featureMask: features,
+      ioctls: new Set(ioctlNames(ioctls)),
+      origin,
+    });
+    return supportCache;
   }
 
   /**
@@ -330,21 +351,8 @@ export class Userfaultfd implements Disposable {
     }
     const nonblocking = options.nonblocking ?? true;
     const flags = (options.closeOnExec ?? true ? O_CLOEXEC : 0) | (nonblocking ? O_NONBLOCK : 0);
-    let request = (wanted & available) | required;
-    for (;;) {
-      const { fd, origin } = create(flags, options);
-      const { rc, api } = ops.uffdioApi(fd, request);
-      if (rc >= 0) {
-        return new Userfaultfd(fd, request, api.ioctls, nonblocking, origin, new Int32Array(new SharedArrayBuffer(4)));
-      }
-      libc.close(fd);
-      // EVENT_FORK needs CAP_SYS_PTRACE; when it was only wished for, go on without it.
-      if (rc === -ERRNO.EPERM && (request & UFFD_FEATURE_EVENT_FORK) && !(required & UFFD_FEATURE_EVENT_FORK)) {
-        request &= ~UFFD_FEATURE_EVENT_FORK;
-        continue;
-      }
-      throw kernelError("UFFDIO_API", rc, { features: featureNames(request).join("|") || "none" });
-    }
+    const { fd, origin, features, ioctls } = handshake(flags, options, (wanted & available) | required, required);
+    return new Userfaultfd(fd, features, ioctls, nonblocking, origin, new Int32Array(new SharedArrayBuffer(4)));
   }
 
   /**
@@ -379,6 +387,34 @@ export class Userfaultfd implements Disposable {
       from.origin,
       new Int32Array(from.state),
     );
+  }
+
+  /**
+   * A second reference to this userfaultfd: a new descriptor for the same file
+   * (`fcntl(F_DUPFD_CLOEXEC)`, closed on `exec`), with the same features, ioctls
+   * and mode, closed on its own. The kernel releases the userfaultfd — and with it
+   * every registration and waiting fault — only when the last descriptor is
+   * closed; a handler keeps one of its own this way, so that the caller's `close()`
+   * cannot pull the fd it polls from under it. Registrations made through either
+   * reference apply to both; each object records only its own.
+   *
+   * @returns A new `Userfaultfd` that owns the new descriptor.
+   * @throws {UffdError} `EBADF` when this one is closed; `EMFILE` when the process has no descriptor left.
+   *
+   * @example
+   * ```ts
+   * import { Userfaultfd } from "@uffd/uffd";
+   * using uffd = Userfaultfd.open();
+   * using second = uffd.duplicate();
+   * console.log(second.fd !== uffd.fd, second.featureMask === uffd.featureMask); // true true
+   * ```
+   */
+  duplicate(): Userfaultfd {
+    this.#check("duplicate");
+    const fd = libc.dupCloexec(this.fd);
+    if (fd < 0) throw failure("fcntl(F_DUPFD_CLOEXEC)", fd, { fd: this.fd });
+    const state = new Int32Array(new SharedArrayBuffer(4));
+    return new Userfaultfd(fd, this.featureMask, this.#ioctlMask, this.nonblocking, this.origin, state);
   }
 
   /**
@@ -418,7 +454,7 @@ export class Userfaultfd implements Disposable {
       (options.wp ? UFFDIO_REGISTER_MODE_WP : 0n) |
       (options.minor ? UFFDIO_REGISTER_MODE_MINOR : 0n);
     if (mode === 0n) throw invalid(operation, "choose at least one of missing, wp, minor", { start, len });
-    this.#refuseOverlap(start, start + len, operation);
+    this.#registrations.refuseOverlap(start, start + len, operation);
     // The kernel registers a range with holes as long as one mapping meets it; a range
     // that runs past its mapping is almost always a mistake that can reach memory the
     // caller does not own, so refuse holes here.
@@ -435,7 +471,7 @@ export class Userfaultfd implements Disposable {
     }
     const { rc, ioctls } = ops.uffdioRegister(this.fd, start, len, mode);
     if (rc < 0) throw kernelError(operation, rc, { start, len, mode: describeMode(mode) });
-    this.#registrations.push({ start, end: start + len, mode });
+    this.#registrations.add(start, start + len, mode);
     return new Set(ioctlNames(ioctls));
   }
 
@@ -446,12 +482,12 @@ export class Userfaultfd implements Disposable {
     const { start, len } = pageRange(range, operation);
     const rc = ops.uffdioUnregister(this.fd, start, len);
     if (rc < 0) throw kernelError(operation, rc, { start, len });
-    this.#forget(start, start + len);
+    this.#registrations.unmapped(start, start + len);
   }
 
   /** The ranges this object has registered, as far as it knows (events and unregister update it). */
   get registrations(): readonly { start: bigint; end: bigint; mode: string }[] {
-    return this.#registrations.map((r) => ({ start: r.start, end: r.end, mode: describeMode(r.mode) }));
+    return this.#registrations.list();
   }
 
   /**
@@ -608,7 +644,8 @@ export class Userfaultfd implements Disposable {
       }
       for (let offset = 0; offset + SIZEOF_UFFD_MSG <= got; offset += SIZEOF_UFFD_MSG) {
         const event = toEvent(decodeUffdMsg(buf, offset), threadIds, (fd) => Userfaultfd.adopt(fd, this.featureMask));
-        this.#track(event);
+        if (event.type === "unmap") this.#registrations.unmapped(event.start, event.end);
+        else if (event.type === "remap") this.#registrations.moved(event.from, event.to, event.length);
         events.push(event);
       }
       if (got < buf.byteLength || !this.nonblocking) break;
@@ -663,7 +700,7 @@ export class Userfaultfd implements Disposable {
    */
   close(): void {
     if (Atomics.compareExchange(this.#state, 0, 0, 1) !== 0) return;
-    this.#registrations.length = 0;
+    this.#registrations.clear();
     libc.close(this.fd);
     notifyClosed(this);
   }
@@ -688,52 +725,6 @@ export class Userfaultfd implements Disposable {
       throw invalid(operation, `source has ${source.byteLength} bytes; the destination needs ${len}`, { len });
     }
     return libc.addressOf(source);
-  }
-
-  #refuseOverlap(start: bigint, end: bigint, operation: string): void {
-    const clash = this.#registrations.find((r) => r.start < end && start < r.end);
-    if (!clash) return;
-    // Only the part that overlaps matters: the rest of an old registration may be gone while this part is not,
-    // or the other way round (a MAP_FIXED mapping over part of it).
-    const overlapStart = clash.start > start ? clash.start : start;
-    const overlapEnd = clash.end < end ? clash.end : end;
-    if (!stillRegistered(overlapStart, overlapEnd)) {
-      // The mapping there went away (munmap, or a new mapping over it, without EVENT_UNMAP): forget that part.
-      this.#forget(overlapStart, overlapEnd);
-      return this.#refuseOverlap(start, end, operation);
-    }
-    throw invalid(
-      operation,
-      `overlaps [0x${clash.start.toString(16)}, 0x${clash.end.toString(16)}) already registered ` +
-        `(${describeMode(clash.mode)}) on this userfaultfd; unregister it first`,
-      { start, len: end - start },
-      ERRNO.EBUSY,
-    );
-  }
-
-  #forget(start: bigint, end: bigint): void {
-    const kept: Registration[] = [];
-    for (const r of this.#registrations) {
-      if (r.end <= start || r.start >= end) kept.push(r);
-      else {
-        if (r.start < start) kept.push({ start: r.start, end: start, mode: r.mode });
-        if (r.end > end) kept.push({ start: end, end: r.end, mode: r.mode });
-      }
-    }
-    this.#registrations.splice(0, this.#registrations.length, ...kept);
-  }
-
-  #track(event: UffdEvent): void {
-    if (event.type === "unmap") this.#forget(event.start, event.end);
-    else if (event.type === "remap") {
-      const moved = this.#registrations.filter((r) => r.start < event.from + event.length && event.from < r.end);
-      this.#forget(event.from, event.from + event.length);
-      for (const r of moved) {
-        const s = r.start > event.from ? r.start : event.from;
-        const e = r.end < event.from + event.length ? r.end : event.from + event.length;
-        this.#registrations.push({ start: s - event.from + event.to, end: e - event.from + event.to, mode: r.mode });
-      }
-    }
   }
 }
 
@@ -764,27 +755,4 @@ function toEvent(msg: UffdMsg, threadIds: boolean, adopt: (fd: number) => Userfa
       return { type: "unmap", start: msg.start, end: msg.end };
   }
   throw new Error("unreachable");
-}
-
-/**
- * Whether `/proc/self/smaps` still shows a userfaultfd registration (`um`, `uw` or
- * `ui` in VmFlags) somewhere in `[start, end)`. Used only when our own record of
- * registrations disagrees with a new one, to tell a real overlap from a mapping
- * that was unmapped behind our back. Unreadable smaps counts as registered.
- */
-function stillRegistered(start: bigint, end: bigint): boolean {
-  const smaps = libc.readTextFile("/proc/self/smaps");
-  if (typeof smaps !== "string") return true;
-  let inside = false;
-  for (const line of smaps.split("\n")) {
-    const header = /^([0-9a-f]+)-([0-9a-f]+) /.exec(line);
-    if (header) {
-      const s = BigInt(`0x${header[1]}`);
-      const e = BigInt(`0x${header[2]}`);
-      inside = s < end && start < e;
-    } else if (inside && line.startsWith("VmFlags:")) {
-      if (/ (um|uw|ui)\b/.test(line)) return true;
-    }
-  }
-  return false;
 }

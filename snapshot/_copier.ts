@@ -28,7 +28,6 @@ import { Userfaultfd } from "../kernel/userfaultfd.ts";
 
 const EAGAIN = ERRNO.EAGAIN!;
 const ENOENT = ERRNO.ENOENT!;
-const ONE = new Uint8Array(new BigUint64Array([1n]).buffer);
 
 /** The copier's run. */
 export class CopierLoop {
@@ -106,7 +105,7 @@ export class CopierLoop {
     Userfaultfd.adopt(this.#data.uffd).close();
     Atomics.store(this.#ctrl, SNAP_CTRL.COPIER, state);
     Atomics.notify(this.#ctrl, SNAP_CTRL.COPIER);
-    libc.write(this.#data.eventFd, ONE);
+    libc.eventfdSignal(this.#data.eventFd);
   }
 
   /** Nothing left to do: every page saved, or the snapshot given up. */

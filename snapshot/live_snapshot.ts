@@ -239,7 +239,6 @@ export class LiveSnapshotError extends Error {
 const WORKER_URL = new URL("./_worker.ts", import.meta.url).href;
 /** `node:worker_threads` takes `file:` and `data:` URLs only: a `data:` module that imports the real one works for both. */
 const BOOTSTRAP = new URL(`data:text/javascript,${encodeURIComponent(`import ${JSON.stringify(WORKER_URL)};`)}`);
-const ONE = new Uint8Array(new BigUint64Array([1n]).buffer);
 const ABORT_GRACE_MS = 5_000;
 /** The two Workers: the fault handler and the copier. */
 type Role = "faults" | "copier";
@@ -570,9 +569,7 @@ export class LiveSnapshot implements AsyncDisposable {
     try {
       uffd.register({ address: spanStart, length: pages * PAGE_SIZE }, { wp: true });
       // The copier's own reference: it unprotects what it saved without sharing the fault Worker's fd number.
-      const dup = libc.dupCloexec(uffd.fd);
-      if (dup < 0) throw failure("fcntl(F_DUPFD_CLOEXEC)", dup, { fd: uffd.fd });
-      copierUffd = Userfaultfd.adopt(dup, uffd.featureMask, uffd.nonblocking);
+      copierUffd = uffd.duplicate();
       eventFd = libc.eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
       if (eventFd < 0) throw failure("eventfd", eventFd);
       if (sinkSpec.kind === "staging") {
@@ -705,7 +702,7 @@ export class LiveSnapshot implements AsyncDisposable {
 
   /** Wakes the fault Worker through the eventfd, and the copier where it waits. */
   #wake(): void {
-    if (!this.#exited.faults.settled || !this.#exited.copier.settled) libc.write(this.#eventFd, ONE);
+    if (!this.#exited.faults.settled || !this.#exited.copier.settled) libc.eventfdSignal(this.#eventFd);
     Atomics.notify(this.#control, SNAP_CTRL.STATE);
     Atomics.notify(this.#control, SNAP_CTRL.DELIVERED);
   }

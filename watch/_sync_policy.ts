@@ -27,7 +27,7 @@
  * @module
  */
 
-import type { UffdEvent } from "../kernel/events.ts";
+import type { UffdEvent } from "../kernel/userfaultfd.ts";
 import type { UntouchedFill } from "../kernel/profile.ts";
 import { fillUntouched } from "../kernel/_page_contents.ts";
 import { type FaultPolicy, type PolicyContext, unprotectPolicy } from "../handler/policies.ts";
