@@ -38,6 +38,7 @@ export * from "./kernel/region.ts";
 export * from "./kernel/access.ts";
 export * from "./kernel/userfaultfd.ts";
 export * from "./kernel/pagemap.ts";
+export * from "./kernel/pagemap_scan.ts";
 export {
   type KernelProfile,
   kernelProfile,

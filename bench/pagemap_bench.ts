@@ -13,7 +13,7 @@ import { PAGE_IS_PRESENT, pagemapScan } from "../mod.ts";
 import * as libc from "../ffi/_libc.ts";
 import { ScanBuffers } from "../ffi/_pagemap_scan.ts";
 import { O_CLOEXEC, O_RDONLY } from "../ffi/linux.ts";
-import { hasPagemapScan } from "../kernel/pagemap.ts";
+import { hasPagemapScan } from "../kernel/pagemap_scan.ts";
 import { mapWithoutThp, populateFraction } from "./lib/fixtures.ts";
 import type { Region } from "../kernel/region.ts";
 

@@ -14,7 +14,7 @@
  */
 
 import { PM_PRESENT, PM_UFFD_WP, readPagemapRaw, WriteWatch } from "../mod.ts";
-import { hasPagemapScan } from "../kernel/pagemap.ts";
+import { hasPagemapScan } from "../kernel/pagemap_scan.ts";
 import { mapWithoutThp } from "./lib/fixtures.ts";
 
 const GiB = 2 ** 30;

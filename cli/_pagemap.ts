@@ -14,7 +14,8 @@ import { parseArgs } from "node:util";
 import { kernelRelease } from "../kernel/access.ts";
 import { UffdError } from "../kernel/errors.ts";
 import { type Mapping, readMaps } from "../kernel/maps.ts";
-import { hasPagemapScan, pagemapScan, type Pid } from "../kernel/pagemap.ts";
+import type { Pid } from "../kernel/pagemap.ts";
+import { hasPagemapScan, pagemapScan } from "../kernel/pagemap_scan.ts";
 import { Region } from "../kernel/region.ts";
 import {
   type Category,

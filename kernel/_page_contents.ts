@@ -35,7 +35,8 @@ import { PAGE_SIZE, PAGE_SIZE_N } from "../ffi/_libc.ts";
 import * as resolve from "../ffi/_resolve_ops.ts";
 import { kernelProfile, type UntouchedFill } from "./profile.ts";
 import { MADV_POPULATE_READ } from "../ffi/linux.ts";
-import { hasPagemapScan, PagemapScanner, type PreparedQuery, readPagemapRaw } from "./pagemap.ts";
+import { readPagemapRaw } from "./pagemap.ts";
+import { hasPagemapScan, PagemapScanner, type PreparedQuery } from "./pagemap_scan.ts";
 import {
   PAGE_IS_PFNZERO,
   PAGE_IS_PRESENT,

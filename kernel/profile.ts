@@ -36,7 +36,8 @@ import {
   PROT_READ,
   PROT_WRITE,
 } from "../ffi/linux.ts";
-import { acceptedCategories, hasPagemapScan, pagemapScan, readPagemapRaw, softDirtySupported } from "./pagemap.ts";
+import { readPagemapRaw, softDirtySupported } from "./pagemap.ts";
+import { acceptedCategories, hasPagemapScan, pagemapScan } from "./pagemap_scan.ts";
 import { type Category, type Feature, PM_MMAP_EXCLUSIVE, PM_PFN_MASK, PM_PRESENT, PM_UFFD_WP } from "../ffi/uapi.ts";
 import { type Origin, Userfaultfd } from "./userfaultfd.ts";
 

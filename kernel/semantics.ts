@@ -28,7 +28,7 @@ import { UffdError } from "./errors.ts";
 import * as libc from "../ffi/_libc.ts";
 import { PAGE_SIZE } from "../ffi/_libc.ts";
 import { PROT_READ, PROT_WRITE } from "../ffi/linux.ts";
-import { hasPagemapScan, pagemapScan } from "./pagemap.ts";
+import { hasPagemapScan, pagemapScan } from "./pagemap_scan.ts";
 import { pageFloor, type Range } from "./range.ts";
 import { Region } from "./region.ts";
 import { type Feature, FEATURES } from "../ffi/uapi.ts";

@@ -45,7 +45,7 @@ import type { UffdMsg } from "../ffi/_structs.ts";
 import { latencyBucket } from "../handler/stats.ts";
 import { POLLERR, POLLIN, POLLNVAL } from "../ffi/linux.ts";
 import { fillUntouched, swapActive } from "../kernel/_page_contents.ts";
-import { PagemapScanner, type PreparedQuery } from "../kernel/pagemap.ts";
+import { PagemapScanner, type PreparedQuery } from "../kernel/pagemap_scan.ts";
 import { Region } from "../kernel/region.ts";
 import { HANDLER, PageStates, SAVED, UNSAVED_DATA, UNSAVED_ZERO } from "./_pages.ts";
 import { openSink, type PageSink } from "./_sinks.ts";

@@ -100,7 +100,7 @@ import { EFD_CLOEXEC, EFD_NONBLOCK, MADV_DONTNEED } from "../ffi/linux.ts";
 import { kernelRelease } from "../kernel/access.ts";
 import { kernelProfile, type UntouchedPages, untouchedPages } from "../kernel/profile.ts";
 import { readMaps } from "../kernel/maps.ts";
-import { hasPagemapScan } from "../kernel/pagemap.ts";
+import { hasPagemapScan } from "../kernel/pagemap_scan.ts";
 import { pageCeil, pageFloor } from "../kernel/range.ts";
 import { Region } from "../kernel/region.ts";
 import { pageStateBuffers } from "./_pages.ts";

@@ -7,7 +7,7 @@
 
 import assert from "node:assert/strict";
 import { bufferAt } from "../ffi/_libc.ts";
-import { hasPagemapScan } from "../kernel/pagemap.ts";
+import { hasPagemapScan } from "../kernel/pagemap_scan.ts";
 import { type Feature, kernelProfile, type Range, UffdError, Userfaultfd } from "../mod.ts";
 
 /**

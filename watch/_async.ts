@@ -35,7 +35,7 @@ import { MS_ASYNC } from "../ffi/linux.ts";
 import { unmappedParts } from "../kernel/maps.ts";
 import { kernelProfile } from "../kernel/profile.ts";
 import { visitDataPages } from "../kernel/_page_contents.ts";
-import { hasPagemapScan, PagemapScanner, type PreparedQuery, prepareQuery } from "../kernel/pagemap.ts";
+import { hasPagemapScan, PagemapScanner, type PreparedQuery, prepareQuery } from "../kernel/pagemap_scan.ts";
 import { Feature } from "../ffi/uapi.ts";
 import { Userfaultfd } from "../kernel/userfaultfd.ts";
 import type { BackendProvider, WatchedSpan, WriteWatchBackend } from "./_backend.ts";

@@ -1,7 +1,7 @@
 /// <reference lib="deno.worker" />
 /** A test Worker that uses the pagemap probes and a scan once, then says so. */
 
-import { hasPagemapScan, pagemapScan } from "../../kernel/pagemap.ts";
+import { hasPagemapScan, pagemapScan } from "../../kernel/pagemap_scan.ts";
 import { Region } from "../../kernel/region.ts";
 
 self.onmessage = () => {
