@@ -35,6 +35,7 @@ export * from "./kernel/names.ts";
 export * from "./kernel/errors.ts";
 export * from "./kernel/range.ts";
 export * from "./kernel/region.ts";
+export { type MemoryTarget } from "./kernel/target.ts";
 export * from "./kernel/access.ts";
 export * from "./kernel/userfaultfd.ts";
 export * from "./kernel/pagemap.ts";
@@ -61,7 +62,7 @@ export * from "./watch/_soft_dirty.ts";
 export * from "./watch/write_watch.ts";
 export * from "./checkpoint/crc32c.ts";
 export * from "./checkpoint/_format.ts";
-export { type CheckpointFileInfo, CheckpointReader, imageBytes, type PageSource } from "./checkpoint/reader.ts";
+export { type CheckpointFileInfo, CheckpointReader, type PageSource } from "./checkpoint/reader.ts";
 export * from "./checkpoint/checkpoint.ts";
 export * from "./kernel/semantics.ts";
 export * from "./handler/fault_handler.ts";
@@ -72,7 +73,6 @@ export {
   LiveSnapshot,
   LiveSnapshotError,
   type LiveSnapshotOptions,
-  type LiveSnapshotTarget,
   type SnapshotPageCallback,
   type SnapshotProgress,
   type SnapshotResult,

@@ -50,15 +50,14 @@
  */
 
 import { encodeCheckpointHeader, encodeCheckpointTable } from "./_format.ts";
-import { CheckpointReader, imageBytes, isZero } from "./reader.ts";
+import { CheckpointReader, isZero } from "./reader.ts";
 import { crc32c, crc32cWords } from "./crc32c.ts";
 import { ERRNO, UffdError } from "../kernel/errors.ts";
 import { PAGE_SIZE } from "../ffi/_libc.ts";
-import { readMaps } from "../kernel/maps.ts";
 import { visitDataPages } from "../kernel/_page_contents.ts";
-import { Region } from "../kernel/region.ts";
 import { RunList } from "../watch/write_set.ts";
-import { WriteWatch, type WriteWatchOptions, type WriteWatchTarget } from "../watch/write_watch.ts";
+import { WriteWatch, type WriteWatchOptions } from "../watch/write_watch.ts";
+import { imageBytes, type MemoryTarget, privateAnonymous } from "../kernel/target.ts";
 
 /** Options of {@linkcode Checkpoint.start}: those of `WriteWatch.start`, and durability. */
 export interface CheckpointOptions extends WriteWatchOptions {
@@ -108,7 +107,7 @@ export class Checkpoint implements Disposable {
   readonly watch: WriteWatch;
   /** The chain's random id, written into every file. */
   readonly chainId: bigint;
-  readonly #target: WriteWatchTarget;
+  readonly #target: MemoryTarget;
   readonly #durable: boolean;
   readonly #files: string[] = [];
   #parentCrc = 0;
@@ -116,7 +115,7 @@ export class Checkpoint implements Disposable {
   /** The pages of a delta that failed to be written (a bad path, a full disk): kept for the next one. */
   #unwritten: Uint32Array | undefined;
 
-  private constructor(target: WriteWatchTarget, watch: WriteWatch, durable: boolean) {
+  private constructor(target: MemoryTarget, watch: WriteWatch, durable: boolean) {
     this.#target = target;
     this.watch = watch;
     this.#durable = durable;
@@ -128,7 +127,7 @@ export class Checkpoint implements Disposable {
    * Starts watching `target` for writes; the first {@linkcode write} writes the
    * base image.
    */
-  static start(target: WriteWatchTarget, options: CheckpointOptions = {}): Checkpoint {
+  static start(target: MemoryTarget, options: CheckpointOptions = {}): Checkpoint {
     const watch = WriteWatch.start(target, options);
     return new Checkpoint(target, watch, options.durable ?? false);
   }
@@ -145,7 +144,7 @@ export class Checkpoint implements Disposable {
    * // checkpoint: EINVAL: no files: a chain starts with its base
    * ```
    */
-  static restore(target: WriteWatchTarget, paths: readonly string[]): number {
+  static restore(target: MemoryTarget, paths: readonly string[]): number {
     using reader = CheckpointReader.open(paths);
     return reader.restore(target);
   }
@@ -352,15 +351,4 @@ function copyPages(image: Uint8Array, first: number, count: number, head: number
 function writeAll(file: Deno.FsFile, bytes: Uint8Array): void {
   let done = 0;
   while (done < bytes.length) done += file.writeSync(bytes.subarray(done));
-}
-
-/** Whether every mapping under `[start, end)` is private anonymous memory. */
-function privateAnonymous(target: WriteWatchTarget, start: bigint, end: bigint): boolean {
-  if (target instanceof Region && target.kind !== "external") return target.kind === "private";
-  try {
-    const maps = readMaps().filter((m) => m.start < end && start < m.end);
-    return maps.length > 0 && maps.every((m) => m.perms[3] === "p" && m.inode === 0);
-  } catch {
-    return false;
-  }
 }

@@ -45,8 +45,7 @@ import { crc32c, crc32cWords } from "./crc32c.ts";
 import { ERRNO, failure, UffdError } from "../kernel/errors.ts";
 import * as libc from "../ffi/_libc.ts";
 import { O_CLOEXEC, O_RDONLY } from "../ffi/linux.ts";
-import { Region } from "../kernel/region.ts";
-import type { WriteWatchTarget } from "../watch/write_watch.ts";
+import { imageBytes, type MemoryTarget } from "../kernel/target.ts";
 
 /** One file of a chain, as its header describes it. */
 export interface CheckpointFileInfo {
@@ -316,7 +315,7 @@ export class CheckpointReader implements Disposable {
    * zero in the image are written only where the target is not already zero (so a
    * fresh target stays unpopulated there). Returns the number of pages written.
    */
-  restore(target: WriteWatchTarget): number {
+  restore(target: MemoryTarget): number {
     this.#check();
     const bytes = imageBytes(target);
     if (bytes.length !== this.imageLength) {
@@ -472,31 +471,6 @@ function openFile(path: string): OpenFile {
     libc.close(fd);
     throw e;
   }
-}
-
-/**
- * The bytes of a checkpoint target: a `Region`'s bytes, or those of the memory
- * `Region.of` would wrap (the current buffer of a `WebAssembly.Memory`).
- *
- * @example
- * ```ts
- * import { imageBytes } from "@uffd/uffd";
- * console.log(imageBytes(new WebAssembly.Memory({ initial: 1 })).length); // 65536
- * ```
- */
-export function imageBytes(target: WriteWatchTarget): Uint8Array {
-  if (target instanceof Region) return target.bytes;
-  if (target instanceof WebAssembly.Memory) return Region.of(target).bytes;
-  if (
-    ArrayBuffer.isView(target) || target instanceof ArrayBuffer ||
-    (typeof SharedArrayBuffer !== "undefined" && target instanceof SharedArrayBuffer)
-  ) {
-    return target.byteLength === 0 ? new Uint8Array(0) : Region.of(target).bytes;
-  }
-  throw new TypeError(
-    "imageBytes: expected a Region, an ArrayBuffer, a typed array, a DataView or a WebAssembly.Memory, not " +
-      (target === null ? "null" : typeof target),
-  );
 }
 
 /**

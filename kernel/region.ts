@@ -201,24 +201,17 @@ export class Region implements Range, Disposable {
    * ```
    */
   static of(memory: ExternalMemory): Region {
-    let address: bigint;
-    let length: number;
     const buffer = ArrayBuffer.isView(memory) ? memory.buffer : memory;
     if (buffer instanceof ArrayBuffer && buffer.detached) {
       throw invalid("Region.of", "the memory is empty or detached", { length: 0 });
     }
-    if (memory instanceof WebAssembly.Memory) {
-      address = libc.addressOf(memory.buffer);
-      length = memory.buffer.byteLength;
-    } else if (ArrayBuffer.isView(memory)) {
-      address = libc.addressOf(memory);
-      length = memory.byteLength;
-    } else if (memory instanceof ArrayBuffer || memory instanceof SharedArrayBuffer) {
-      address = libc.addressOf(memory);
-      length = memory.byteLength;
-    } else {
+    if (
+      !(memory instanceof WebAssembly.Memory) && !ArrayBuffer.isView(memory) && !(memory instanceof ArrayBuffer) &&
+      !(memory instanceof SharedArrayBuffer)
+    ) {
       throw new TypeError("Region.of: expected an ArrayBuffer, a typed array, a DataView or a WebAssembly.Memory");
     }
+    const { address, length } = spanOf(memory);
     if (length === 0 || address === 0n) throw invalid("Region.of", "the memory is empty or detached", { length });
     return new Region(address, length, "external", libc.PAGE_SIZE, undefined, memory);
   }
@@ -417,6 +410,20 @@ export class Region implements Range, Disposable {
     }
     return r;
   }
+}
+
+/**
+ * Where the bytes of memory someone else owns are: the address of the first byte
+ * (`0n` when there is none) and the length — of a `WebAssembly.Memory`'s current
+ * buffer, of just the bytes a view views, or of a whole buffer. The one place that
+ * asks (`Region.of` and `locateTarget` use it).
+ */
+export function spanOf(memory: ExternalMemory): { address: bigint; length: number } {
+  if (memory instanceof WebAssembly.Memory) {
+    const buffer = memory.buffer;
+    return { address: libc.addressOf(buffer), length: buffer.byteLength };
+  }
+  return { address: memory.byteLength === 0 ? 0n : libc.addressOf(memory), length: memory.byteLength };
 }
 
 const HUGETLB_HINT = "huge pages must be reserved first: echo N > /proc/sys/vm/nr_hugepages (as root)";

@@ -99,10 +99,10 @@ import { deserializeError } from "../handler/_protocol.ts";
 import { EFD_CLOEXEC, EFD_NONBLOCK, MADV_DONTNEED } from "../ffi/linux.ts";
 import { kernelRelease } from "../kernel/access.ts";
 import { kernelProfile, type UntouchedPages, untouchedPages } from "../kernel/profile.ts";
-import { readMaps } from "../kernel/maps.ts";
 import { hasPagemapScan } from "../kernel/pagemap_scan.ts";
 import { pageCeil, pageFloor } from "../kernel/range.ts";
 import { Region } from "../kernel/region.ts";
+import { checkTarget, locateTarget, type MemoryTarget, privateAnonymous, type TargetSpan } from "../kernel/target.ts";
 import { pageStateBuffers } from "./_pages.ts";
 import { emptyQueue } from "./_sinks.ts";
 import {
@@ -119,9 +119,6 @@ import {
 import { Feature } from "../ffi/uapi.ts";
 import { Userfaultfd } from "../kernel/userfaultfd.ts";
 import { positiveInteger } from "../kernel/_validate.ts";
-
-/** What a {@linkcode LiveSnapshot} can copy. */
-export type LiveSnapshotTarget = Region | ArrayBufferLike | ArrayBufferView | WebAssembly.Memory;
 
 /** A callback sink: receives each page once, on the main thread (see the module documentation). */
 export type SnapshotPageCallback = (pageIndex: number, bytes: Uint8Array) => void | Promise<void>;
@@ -246,37 +243,14 @@ const ROLES: readonly Role[] = ["faults", "copier"];
 /** glibc's `IS_MMAPPED` bit in a chunk's size word. */
 const IS_MMAPPED = 2n;
 
-/** Where the target's bytes are. */
-interface Location {
-  address: bigint;
-  length: number;
-  /** The memory the bytes belong to (whose pages around them are its own), for non-Region targets. */
-  owner: { address: bigint; length: number } | undefined;
-}
-
-function locate(target: LiveSnapshotTarget): Location {
+/** Where the target's bytes are; an unmapped region is refused. */
+function locate(target: MemoryTarget): TargetSpan {
   const operation = "LiveSnapshot.take";
-  if (target instanceof Region) {
-    if (!target.mapped) throw invalid(operation, "the region has been unmapped", { address: target.address });
-    return { address: target.address, length: target.length, owner: undefined };
+  checkTarget(target, operation);
+  if (target instanceof Region && !target.mapped) {
+    throw invalid(operation, "the region has been unmapped", { address: target.address });
   }
-  if (target instanceof WebAssembly.Memory) {
-    const buffer = target.buffer;
-    return { address: libc.addressOf(buffer), length: buffer.byteLength, owner: undefined };
-  }
-  if (ArrayBuffer.isView(target)) {
-    const buffer = target.buffer;
-    const owner = { address: buffer.byteLength === 0 ? 0n : libc.addressOf(buffer), length: buffer.byteLength };
-    return { address: target.byteLength === 0 ? 0n : libc.addressOf(target), length: target.byteLength, owner };
-  }
-  if (target instanceof ArrayBuffer || target instanceof SharedArrayBuffer) {
-    const address = target.byteLength === 0 ? 0n : libc.addressOf(target);
-    return { address, length: target.byteLength, owner: { address, length: target.byteLength } };
-  }
-  throw new TypeError(
-    "LiveSnapshot.take: expected a Region, an ArrayBuffer, a SharedArrayBuffer, a typed array, a DataView " +
-      `or a WebAssembly.Memory, not ${target === null ? "null" : typeof target}`,
-  );
+  return locateTarget(target);
 }
 
 /**
@@ -287,7 +261,7 @@ function locate(target: LiveSnapshotTarget): Location {
  * `IS_MMAPPED` set. A smaller buffer shares its pages with other allocations —
  * which the snapshot's own Worker might write, and it would wait for itself.
  */
-function ownsSpan(location: Location): boolean {
+function ownsSpan(location: TargetSpan): boolean {
   const owner = location.owner;
   if (owner === undefined) return true;
   const start = pageFloor(location.address);
@@ -302,17 +276,6 @@ function ownsSpan(location: Location): boolean {
   const size = header[1]!;
   if ((size & IS_MMAPPED) === 0n) return false;
   return owner.address - 16n + (size & ~7n) >= pageCeil(ownerEnd);
-}
-
-/** Whether every mapping under `[start, end)` is private anonymous memory. */
-function privateAnonymous(target: LiveSnapshotTarget, start: bigint, end: bigint): boolean {
-  if (target instanceof Region && target.kind !== "external") return target.kind === "private";
-  try {
-    const maps = readMaps().filter((m) => m.start < end && start < m.end);
-    return maps.length > 0 && maps.every((m) => m.perms[3] === "p" && m.inode === 0);
-  } catch {
-    return false;
-  }
 }
 
 function filePath(sink: string | URL): string {
@@ -462,7 +425,7 @@ export class LiveSnapshot implements AsyncDisposable {
    * console.log(seen.size, seen.get(5)); // 16 9
    * ```
    */
-  static async take(target: LiveSnapshotTarget, options: LiveSnapshotOptions): Promise<LiveSnapshot> {
+  static async take(target: MemoryTarget, options: LiveSnapshotOptions): Promise<LiveSnapshot> {
     const operation = "LiveSnapshot.take";
     if (options === null || typeof options !== "object") throw new TypeError(`${operation}: options must be an object`);
     const location = locate(target);

@@ -7,17 +7,9 @@
  */
 
 import assert from "node:assert/strict";
-import {
-  Checkpoint,
-  CheckpointReader,
-  crc32c,
-  imageBytes,
-  Region,
-  type UffdError,
-  WriteWatch,
-  type WriteWatchTarget,
-} from "../mod.ts";
+import { Checkpoint, CheckpointReader, crc32c, type MemoryTarget, Region, type UffdError, WriteWatch } from "../mod.ts";
 import * as libc from "../ffi/_libc.ts";
+import { imageBytes } from "../kernel/target.ts";
 import { assertUffdError, skipUnless, within } from "./helpers.ts";
 import { wasmWriter } from "./fixtures/wasm_writer.ts";
 
@@ -414,7 +406,7 @@ Deno.test("crc32c: the standard check value, continuation, and imageBytes of eve
   const data = crypto.getRandomValues(new Uint8Array(1001));
   assert.equal(crc32c(data.subarray(3), crc32c(data.subarray(0, 3))), crc32c(data));
   assert.equal(crc32c(data.subarray(1, 1000)), crc32c(data.slice(1, 1000)), "unaligned views");
-  const targets: [WriteWatchTarget, number][] = [
+  const targets: [MemoryTarget, number][] = [
     [new ArrayBuffer(10), 10],
     [new Uint16Array(8), 16],
     [new DataView(new ArrayBuffer(12), 4), 8],

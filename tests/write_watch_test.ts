@@ -15,6 +15,7 @@ import assert from "node:assert/strict";
 import {
   asyncBackend,
   type BackendProvider,
+  type MemoryTarget,
   readPagemap,
   Region,
   softDirtyBackend,
@@ -23,7 +24,6 @@ import {
   WriteWatch,
   type WriteWatchBackendName,
   type WriteWatchOptions,
-  type WriteWatchTarget,
 } from "../mod.ts";
 import * as libc from "../ffi/_libc.ts";
 import { assertUffdError, fdCount, skipUnless, threadCount, waitFor, within } from "./helpers.ts";
@@ -538,8 +538,8 @@ eachVariant(
 );
 
 Deno.test("bad input: wrong target types are TypeErrors; empty, detached or unknown things are refused", () => {
-  assert.throws(() => WriteWatch.start({} as unknown as WriteWatchTarget), TypeError);
-  assert.throws(() => WriteWatch.start(null as unknown as WriteWatchTarget), TypeError);
+  assert.throws(() => WriteWatch.start({} as unknown as MemoryTarget), TypeError);
+  assert.throws(() => WriteWatch.start(null as unknown as MemoryTarget), TypeError);
   assert.throws(
     () => WriteWatch.start(new ArrayBuffer(8), { backend: "magic" as WriteWatchBackendName }),
     /unknown backend/,

@@ -58,11 +58,10 @@
  */
 
 import { ERRNO, UffdError } from "../kernel/errors.ts";
-import * as libc from "../ffi/_libc.ts";
 import { PAGE_SIZE, PAGE_SIZE_N } from "../ffi/_libc.ts";
-import { readMaps } from "../kernel/maps.ts";
-import { pageCeil, pageFloor } from "../kernel/range.ts";
 import { Region } from "../kernel/region.ts";
+import { pageCeil, pageFloor } from "../kernel/range.ts";
+import { checkTarget, locateTarget, type MemoryTarget, sharedMemory, type TargetSpan } from "../kernel/target.ts";
 import { type Feature, FEATURES } from "../ffi/uapi.ts";
 import { asyncBackend } from "./_async.ts";
 import type { UntouchedPages } from "../kernel/profile.ts";
@@ -70,9 +69,6 @@ import type { BackendProvider, WatchedSpan, WriteWatchBackend, WriteWatchBackend
 import { softDirtyBackend } from "./_soft_dirty.ts";
 import { syncBackend } from "./_sync.ts";
 import { RunList, WriteSet } from "./write_set.ts";
-
-/** What a {@linkcode WriteWatch} can watch. */
-export type WriteWatchTarget = Region | ArrayBufferLike | ArrayBufferView | WebAssembly.Memory;
 
 /** Options of {@linkcode WriteWatch.start}. */
 export interface WriteWatchOptions {
@@ -101,55 +97,14 @@ export interface BackendAvailability {
 const PROVIDERS: readonly BackendProvider[] = [asyncBackend, syncBackend, softDirtyBackend];
 const NAMES: readonly WriteWatchBackendName[] = PROVIDERS.map((p) => p.name);
 
-/** Where the watched memory's bytes are right now. */
-interface Location {
-  address: bigint;
-  length: number;
-}
-
-function locate(target: WriteWatchTarget): Location {
-  if (target instanceof Region) {
-    if (!target.mapped) return { address: 0n, length: 0 };
-    return { address: target.address, length: target.length };
-  }
-  if (target instanceof WebAssembly.Memory) {
-    return { address: libc.addressOf(target.buffer), length: target.buffer.byteLength };
-  }
-  if (ArrayBuffer.isView(target)) {
-    return { address: target.byteLength === 0 ? 0n : libc.addressOf(target), length: target.byteLength };
-  }
-  return { address: target.byteLength === 0 ? 0n : libc.addressOf(target), length: target.byteLength };
-}
-
-function checkTarget(target: unknown): asserts target is WriteWatchTarget {
-  if (
-    target instanceof Region || target instanceof WebAssembly.Memory || ArrayBuffer.isView(target) ||
-    target instanceof ArrayBuffer || (typeof SharedArrayBuffer !== "undefined" && target instanceof SharedArrayBuffer)
-  ) return;
-  throw new TypeError(
-    "WriteWatch.start: expected a Region, an ArrayBuffer, a SharedArrayBuffer, a typed array, a DataView " +
-      `or a WebAssembly.Memory, not ${target === null ? "null" : typeof target}`,
-  );
-}
-
-/** Whether any mapping under the span is shared (`s` in `/proc/self/maps`). */
-function isShared(target: WriteWatchTarget, start: bigint, end: bigint): boolean {
-  if (target instanceof Region && target.kind !== "external") return target.kind !== "private";
-  try {
-    return readMaps().some((m) => m.start < end && start < m.end && m.perms[3] === "s");
-  } catch {
-    return false;
-  }
-}
-
-function span(location: Location): { address: bigint; head: number; pages: number } {
+function span(location: TargetSpan): { address: bigint; head: number; pages: number } {
   const address = pageFloor(location.address);
   const end = pageCeil(location.address + BigInt(location.length));
   return { address, head: Number(location.address - address), pages: Number(end - address) / PAGE_SIZE };
 }
 
 /** Whether the memory's first and last pages also hold bytes that are not the memory's. */
-function partialPages(location: Location): { first: boolean; last: boolean } {
+function partialPages(location: TargetSpan): { first: boolean; last: boolean } {
   return {
     first: location.address % PAGE_SIZE_N !== 0n,
     last: (location.address + BigInt(location.length)) % PAGE_SIZE_N !== 0n,
@@ -175,7 +130,7 @@ function refuse(name: WriteWatchBackendName, why: string, errno: number): UffdEr
  * ```
  */
 export class WriteWatch implements Disposable {
-  readonly #target: WriteWatchTarget;
+  readonly #target: MemoryTarget;
   readonly #provider: BackendProvider;
   readonly #shared: boolean;
   readonly #decline: readonly Feature[] | undefined;
@@ -195,10 +150,10 @@ export class WriteWatch implements Disposable {
   #stopped = false;
 
   private constructor(
-    target: WriteWatchTarget,
+    target: MemoryTarget,
     provider: BackendProvider,
     backend: WriteWatchBackend,
-    location: Location,
+    location: TargetSpan,
     watched: WatchedSpan,
   ) {
     const s = span(location);
@@ -227,8 +182,8 @@ export class WriteWatch implements Disposable {
    * console.log(watch.backend, watch.collect().count); // async 1
    * ```
    */
-  static start(target: WriteWatchTarget, options: WriteWatchOptions = {}): WriteWatch {
-    checkTarget(target);
+  static start(target: MemoryTarget, options: WriteWatchOptions = {}): WriteWatch {
+    checkTarget(target, "WriteWatch.start");
     if (options === null || typeof options !== "object") {
       throw new TypeError("WriteWatch.start: options must be an object");
     }
@@ -249,7 +204,7 @@ export class WriteWatch implements Disposable {
         throw new TypeError(`WriteWatch.start: unknown backend or feature ${JSON.stringify(name)} in decline`);
       }
     }
-    const location = locate(target);
+    const location = locateTarget(target);
     if (location.length === 0) {
       throw new UffdError({
         errno: ERRNO.EINVAL,
@@ -262,7 +217,7 @@ export class WriteWatch implements Disposable {
     const watched: WatchedSpan = {
       address: s.address,
       pages: s.pages,
-      shared: isShared(target, s.address, s.address + BigInt(s.pages * PAGE_SIZE)),
+      shared: sharedMemory(target, s.address, s.address + BigInt(s.pages * PAGE_SIZE)),
       partial: partialPages(location),
       decline: Object.freeze(features),
     };
@@ -482,7 +437,7 @@ export class WriteWatch implements Disposable {
    */
   #follow(written: RunList): "same" | "grew" | "moved" {
     if (this.#target instanceof Region) return "same";
-    const location = locate(this.#target);
+    const location = locateTarget(this.#target);
     if (location.length === 0) {
       throw new UffdError({
         errno: ERRNO.EINVAL,
