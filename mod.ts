@@ -67,6 +67,7 @@ export * from "./checkpoint/checkpoint.ts";
 export * from "./kernel/semantics.ts";
 export * from "./handler/fault_handler.ts";
 export * from "./handler/policies.ts";
+export * from "./handler/builtin_policies.ts";
 export { emptyStats, type HandlerStats } from "./handler/stats.ts";
 export { type PageRun, pageRuns, type TrackedRange } from "./handler/tracked_pages.ts";
 export {

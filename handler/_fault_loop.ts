@@ -43,8 +43,8 @@ import {
 } from "./_protocol.ts";
 import { latencyBucket, STAT } from "./stats.ts";
 import { POLLERR, POLLIN, POLLNVAL } from "../ffi/linux.ts";
-import * as builtins from "./policies.ts";
-import type { Fault, FaultPolicy, PolicyContext, PolicyFactory } from "./policies.ts";
+import * as builtins from "./builtin_policies.ts";
+import { BUILTIN_POLICIES, type Fault, type FaultPolicy, type PolicyContext, type PolicyFactory } from "./policies.ts";
 import {
   type Feature,
   UFFD_EVENT_FORK,
@@ -72,7 +72,6 @@ const FLAG_MINOR = Number(UFFD_PAGEFAULT_FLAG_MINOR);
 const WRITEPROTECT_WP = Number(UFFDIO_WRITEPROTECT_MODE_WP);
 const COPY_WP = Number(UFFDIO_COPY_MODE_WP);
 const CONTINUE_WP = Number(UFFDIO_CONTINUE_MODE_WP);
-const BUILTINS_URL = new URL("./policies.ts", import.meta.url).href;
 /** How long `stop()` keeps serving what is already queued, and how long a collect waits out `EAGAIN`. */
 const DRAIN_MS = 200;
 const COLLECT_EAGAIN_MS = 5000;
@@ -196,7 +195,7 @@ export class FaultLoop implements PolicyContext {
   static async create(data: HandlerWorkerData, post: (message: WorkerMessage) => void): Promise<FaultLoop> {
     const loop = new FaultLoop(data, post);
     const spec = data.policy;
-    const exports: Record<string, unknown> = spec.module === BUILTINS_URL ? builtins : await import(spec.module);
+    const exports: Record<string, unknown> = spec.module === BUILTIN_POLICIES ? builtins : await import(spec.module);
     const factory = exports[spec.export];
     if (typeof factory !== "function") {
       throw new TypeError(`policy module ${spec.module} has no function export ${JSON.stringify(spec.export)}`);

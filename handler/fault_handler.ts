@@ -45,7 +45,7 @@ import {
 import { type HandlerStats, readStats, statsBuffer } from "./stats.ts";
 import { EFD_CLOEXEC, EFD_NONBLOCK } from "../ffi/linux.ts";
 import { onClose } from "../kernel/_on_close.ts";
-import type { CopySourceSpec, PolicySpec } from "./policies.ts";
+import { BUILTIN_POLICIES, type CopySourceSpec, type PolicySpec } from "./policies.ts";
 import { unmappedParts } from "../kernel/maps.ts";
 import type { Range } from "../kernel/range.ts";
 import { bitmapBytes, type PageRun, pageRuns, type TrackedRange, trackRanges } from "./tracked_pages.ts";
@@ -124,7 +124,6 @@ export class FaultHandlerError extends Error {
 }
 
 const WORKER_URL = new URL("./_worker.ts", import.meta.url).href;
-const POLICIES_URL = new URL("./policies.ts", import.meta.url).href;
 /**
  * `node:worker_threads` takes `file:` and `data:` URLs only: a `data:` module that
  * imports the real one works for both. When the import fails (no read permission,
@@ -180,7 +179,7 @@ function checkCopySource(
   registrations: readonly { start: bigint; end: bigint; mode: string }[],
   operation: string,
 ): void {
-  if (policy.module !== POLICIES_URL || policy.export !== "copyPolicy") return;
+  if (policy.module !== BUILTIN_POLICIES || policy.export !== "copyPolicy") return;
   const source = (policy.options as { source?: CopySourceSpec } | null)?.source;
   if (source?.kind !== "memory" || source.length === 0) return;
   const start = source.address;

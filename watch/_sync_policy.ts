@@ -30,7 +30,8 @@
 import type { UffdEvent } from "../kernel/userfaultfd.ts";
 import type { UntouchedFill } from "../kernel/profile.ts";
 import { fillUntouched } from "../kernel/_page_contents.ts";
-import { type FaultPolicy, type PolicyContext, unprotectPolicy } from "../handler/policies.ts";
+import { unprotectPolicy } from "../handler/builtin_policies.ts";
+import type { FaultPolicy, PolicyContext } from "../handler/policies.ts";
 
 /** Slots of the policy's shared state (`Int32Array`). */
 export const SYNC_STATE = {
