@@ -16,7 +16,6 @@
  * @module
  */
 
-import { UffdError } from "./kernel/errors.ts";
 import { EXIT, red, UsageError } from "./cli/_output.ts";
 
 interface Command {
@@ -145,7 +144,7 @@ export async function main(args: string[]): Promise<number> {
       console.error(`uffd ${name}: ${oneLine(e.message)} (usage: ${command.usage})`);
       return EXIT.usage;
     }
-    if (e instanceof UffdError) {
+    if (isUffdError(e)) {
       console.error(red(`uffd ${name}: ${e.message}`));
       return REFUSED.has(e.code) ? EXIT.refused : EXIT.failure;
     }
@@ -156,6 +155,14 @@ export async function main(args: string[]): Promise<number> {
     console.error(red(`uffd ${name}: ${e instanceof Error ? e.stack ?? e.message : String(e)}`));
     return EXIT.failure;
   }
+}
+
+/**
+ * A `UffdError`, told by its name: this module does not import the library (which
+ * opens libc, and `--help` must run without `--allow-ffi`); a command loads it.
+ */
+function isUffdError(e: unknown): e is Error & { code: string } {
+  return e instanceof Error && e.name === "UffdError" && typeof (e as { code?: unknown }).code === "string";
 }
 
 /** parseArgs messages can span lines; a usage error is one line. */

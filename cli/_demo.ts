@@ -30,40 +30,13 @@
  */
 
 import { parseArgs } from "node:util";
-import { type Feature, FEATURES } from "../ffi/uapi.ts";
-import type { WriteWatchBackendName } from "../watch/_backend.ts";
-import type { WriteWatchOptions } from "../watch/write_watch.ts";
-import { type FeaturesReport, featuresReport } from "./_features.ts";
+import { type Feature, FEATURES, type WriteWatchBackendName, type WriteWatchOptions } from "../mod.ts";
+import { featuresReport } from "./_features.ts";
 import { bold, dim, EXIT, green, printJson, red, UsageError } from "./_output.ts";
 import { WasmWriter } from "./_demo_writer.ts";
 import { liveWriteWatch, wrap } from "./_demo_watch.ts";
 import { liveSnapshot } from "./_demo_snapshot.ts";
-
-/** What every step gets. */
-export interface DemoContext {
-  /** `--json`: steps print nothing; their data goes into the one JSON document. */
-  readonly json: boolean;
-  /** Prints a line on stdout in text mode (nothing with `--json`). */
-  say(line?: string): void;
-  /** The measured feature report (taken once). */
-  readonly features: FeaturesReport;
-  /** The options for `WriteWatch.start` (`--backend`, `--decline`). */
-  readonly watchOptions: WriteWatchOptions;
-  /** The userfaultfd features `LiveSnapshot.take` must do without (`--decline FEATURE`). */
-  readonly snapshotDecline: readonly Feature[];
-  /** The running wasm writer: started on first use, stopped when the demo ends. */
-  writer(): Promise<WasmWriter>;
-}
-
-/** How a step ended. */
-export interface StepResult {
-  /** `skipped`: this kernel lacks what the step needs (not an error); `refused`: permissions or a forced choice. */
-  status: "ok" | "skipped" | "refused" | "failed";
-  /** The step's part of the JSON document (with `status` and `reason` added). */
-  data: Record<string, unknown>;
-  /** Why it was skipped, refused or failed (printed on stderr when refused or failed). */
-  reason?: string;
-}
+import type { DemoContext, StepResult } from "./_demo_context.ts";
 
 /** One step of the demo. */
 export interface DemoStep {

@@ -1,8 +1,9 @@
 /**
  * What the demo's wasm writer writes: a layout of regions in its memory, the
  * runs of pages one pass writes ({@linkcode passRuns}), and where in each page it
- * puts its stamp ({@linkcode stampOffset}). Pure functions, shared by the main
- * thread (to draw the regions, to replay the writes) and the Worker (to make them).
+ * puts its stamp ({@linkcode stampOffset}), and what the Worker is started with
+ * ({@linkcode WriterInit}). Pure functions and data, shared by the main thread (to
+ * draw the regions, to replay the writes) and the Worker (to make them).
  *
  * @example
  * ```ts
@@ -93,4 +94,64 @@ export function passRuns(layout: WriterLayout, elapsedMs: number, marks: number)
  */
 export function stampOffset(pass: number, pageSize: number): number {
   return (pass * 8) % pageSize;
+}
+
+/** The shared control block's slots (an `Int32Array`). */
+export const SLOT = {
+  /** The index of the last mark whose action has begun. */
+  started: 0,
+  /** The index of the last mark whose action has returned. */
+  done: 1,
+  /** Set to 1 to stop the writer. */
+  stop: 2,
+  /** Passes completed. */
+  passes: 3,
+  /** Stores (stamps) made, all passes. */
+  stores: 4,
+  /** The `done` value read at the start of the last recorded pass (-1: none yet). */
+  recorded: 5,
+  /** Passes in the pass log (its entries `1 … logged` are complete). */
+  logged: 6,
+} as const;
+
+/** The fields of one pass's entry in the pass log (an `Int32Array`, entry `g` at `g × size`). */
+export const PASS_LOG_FIELDS = {
+  /** `done` read before the pass's first store. */
+  before: 0,
+  /** `started` read after its last store. */
+  after: 1,
+  /** Its runs, `[firstPage, count, stepPages] × 3`. */
+  runs: 2,
+  /** Int32 slots per entry. */
+  size: 11,
+} as const;
+
+/** What the Worker is started with. */
+export interface WriterInit {
+  /** The shared memory it writes. */
+  memory: WebAssembly.Memory;
+  /** The page size. */
+  pageSize: number;
+  /** Where it writes. */
+  layout: WriterLayout;
+  /** The control block (see {@linkcode SLOT}). */
+  control: SharedArrayBuffer;
+  /** `due`, an `Int32Array` of `(maxMarks + 1) × pages`. */
+  due: SharedArrayBuffer;
+  /** `may`, a `Uint8Array` of `(maxMarks + 1) × pages`. */
+  may: SharedArrayBuffer;
+  /** The pass log, an `Int32Array` of `(maxPasses + 1) × PASS_LOG_FIELDS.size`. */
+  passLog: SharedArrayBuffer;
+  /** The last mark index the log has room for. */
+  maxMarks: number;
+  /** The last pass the pass log has room for. */
+  maxPasses: number;
+  /** The pass log's fields. */
+  passLogFields: typeof PASS_LOG_FIELDS;
+  /** Pause between passes, in milliseconds. */
+  pauseMs: number;
+  /** The wasm module's bytes. */
+  wasm: Uint8Array<ArrayBuffer>;
+  /** The control block's slots. */
+  slot: typeof SLOT;
 }

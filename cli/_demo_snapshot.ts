@@ -28,9 +28,8 @@
  * @module
  */
 
-import { UffdError } from "../kernel/errors.ts";
-import { LiveSnapshot, LiveSnapshotError, type SnapshotResult } from "../snapshot/live_snapshot.ts";
-import type { DemoContext, StepResult } from "./_demo.ts";
+import { LiveSnapshot, LiveSnapshotError, type SnapshotResult, UffdError } from "../mod.ts";
+import type { DemoContext, StepResult } from "./_demo_context.ts";
 import { checkSnapshot, type SnapshotCheck } from "./_demo_snapshot_check.ts";
 import { wrap } from "./_demo_watch.ts";
 import { bold, bytes, dim, green, red, yellow } from "./_output.ts";

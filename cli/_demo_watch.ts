@@ -27,10 +27,8 @@
  * @module
  */
 
-import { UffdError } from "../kernel/errors.ts";
-import { WriteWatch } from "../watch/write_watch.ts";
-import type { WriteSet } from "../watch/write_set.ts";
-import type { DemoContext, StepResult } from "./_demo.ts";
+import { UffdError, type WriteSet, WriteWatch } from "../mod.ts";
+import type { DemoContext, StepResult } from "./_demo_context.ts";
 import type { WriterLayout } from "./_demo_writer.ts";
 import { bold, bytes, cyan, dim, green, red, width, yellow } from "./_output.ts";
 
@@ -146,7 +144,7 @@ export interface RoundLog {
  *
  * @example
  * ```ts
- * import { WriteSet } from "../watch/write_set.ts";
+ * import { WriteSet } from "@uffd/uffd";
  * import { checkRound } from "./_demo_watch.ts";
  * const set = (...runs: number[]) =>
  *   new WriteSet({ runs: new Uint32Array(runs), pageCount: 8, pageSize: 4096, head: 0, byteLength: 32768 });

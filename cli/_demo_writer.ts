@@ -47,42 +47,12 @@
  * @module
  */
 
-import { Region } from "../kernel/region.ts";
+import { Region } from "../mod.ts";
 import { WASM_WRITER_BYTES } from "./_demo_wasm.ts";
-import { demoLayout, type WriterLayout } from "./_demo_pattern.ts";
+import { demoLayout, PASS_LOG_FIELDS, SLOT, type WriterInit, type WriterLayout } from "./_demo_pattern.ts";
 import { writerWorkerSource } from "./_demo_writer_worker.ts";
 
 export type { WriterLayout };
-
-/** The shared control block's slots (an `Int32Array`). */
-export const SLOT = {
-  /** The index of the last mark whose action has begun. */
-  started: 0,
-  /** The index of the last mark whose action has returned. */
-  done: 1,
-  /** Set to 1 to stop the writer. */
-  stop: 2,
-  /** Passes completed. */
-  passes: 3,
-  /** Stores (stamps) made, all passes. */
-  stores: 4,
-  /** The `done` value read at the start of the last recorded pass (-1: none yet). */
-  recorded: 5,
-  /** Passes in the pass log (its entries `1 … logged` are complete). */
-  logged: 6,
-} as const;
-
-/** The fields of one pass's entry in the pass log (an `Int32Array`, entry `g` at `g × size`). */
-export const PASS_LOG_FIELDS = {
-  /** `done` read before the pass's first store. */
-  before: 0,
-  /** `started` read after its last store. */
-  after: 1,
-  /** Its runs, `[firstPage, count, stepPages] × 3`. */
-  runs: 2,
-  /** Int32 slots per entry. */
-  size: 11,
-} as const;
 
 /** One pass of the writer, as the pass log records it. */
 export interface PassRecord {
@@ -100,36 +70,6 @@ export interface PassLog {
   readonly count: number;
   /** Pass `pass` (`1 … count`). */
   at(pass: number): PassRecord;
-}
-
-/** What the Worker is started with. */
-export interface WriterInit {
-  /** The shared memory it writes. */
-  memory: WebAssembly.Memory;
-  /** The page size. */
-  pageSize: number;
-  /** Where it writes. */
-  layout: WriterLayout;
-  /** The control block (see {@linkcode SLOT}). */
-  control: SharedArrayBuffer;
-  /** `due`, an `Int32Array` of `(maxMarks + 1) × pages`. */
-  due: SharedArrayBuffer;
-  /** `may`, a `Uint8Array` of `(maxMarks + 1) × pages`. */
-  may: SharedArrayBuffer;
-  /** The pass log, an `Int32Array` of `(maxPasses + 1) × PASS_LOG_FIELDS.size`. */
-  passLog: SharedArrayBuffer;
-  /** The last mark index the log has room for. */
-  maxMarks: number;
-  /** The last pass the pass log has room for. */
-  maxPasses: number;
-  /** The pass log's fields. */
-  passLogFields: typeof PASS_LOG_FIELDS;
-  /** Pause between passes, in milliseconds. */
-  pauseMs: number;
-  /** The wasm module's bytes. */
-  wasm: Uint8Array<ArrayBuffer>;
-  /** The control block's slots. */
-  slot: typeof SLOT;
 }
 
 /** Options of {@linkcode WasmWriter.start}. */

@@ -20,8 +20,7 @@
  * @module
  */
 
-import { passRuns, stampOffset } from "./_demo_pattern.ts";
-import type { WriterInit } from "./_demo_writer.ts";
+import { passRuns, stampOffset, type WriterInit } from "./_demo_pattern.ts";
 
 /** The part of a Worker's global scope the writer uses. */
 export interface WriterScope {

@@ -11,17 +11,31 @@
  */
 
 import { parseArgs } from "node:util";
-import { kernelRelease } from "../kernel/access.ts";
-import { type AccessDiagnosis, diagnoseAccess, explainAccess } from "../kernel/access.ts";
-import { UffdError } from "../kernel/errors.ts";
-import { softDirtySupported } from "../kernel/pagemap.ts";
-import { acceptedCategories, hasPagemapScan } from "../kernel/pagemap_scan.ts";
-import { type KernelProfile, kernelProfile, profileNotes, type ThpTraits, type TraitNote } from "../kernel/profile.ts";
-import { Region } from "../kernel/region.ts";
-import { CATEGORIES, type Category, FEATURES, type Ioctl } from "../ffi/uapi.ts";
-import { type Origin, type RegisterOptions, Userfaultfd } from "../kernel/userfaultfd.ts";
+import {
+  acceptedCategories,
+  type AccessDiagnosis,
+  CATEGORIES,
+  type Category,
+  diagnoseAccess,
+  explainAccess,
+  FEATURES,
+  hasPagemapScan,
+  type Ioctl,
+  type KernelProfile,
+  kernelProfile,
+  kernelRelease,
+  type Origin,
+  profileNotes,
+  readProcFile,
+  Region,
+  type RegisterOptions,
+  softDirtySupported,
+  type ThpTraits,
+  type TraitNote,
+  UffdError,
+  Userfaultfd,
+} from "../mod.ts";
 import { bold, dim, EXIT, green, printJson, red, table, yellow } from "./_output.ts";
-import * as libc from "../ffi/_libc.ts";
 
 /** One way of creating a userfaultfd, tried for real. */
 export interface CreationWay {
@@ -130,10 +144,7 @@ function tryWays(): CreationWay[] {
 }
 
 /** Reads a /proc or /sys file through libc (Deno's file APIs refuse them without --allow-all). */
-function readText(path: string): string | undefined {
-  const text = libc.readTextFile(path);
-  return typeof text === "string" ? text : undefined;
-}
+const readText = readProcFile;
 
 function hugetlb(): HugetlbReport {
   const meminfo = readText("/proc/meminfo") ?? "";

@@ -11,22 +11,24 @@
  */
 
 import { parseArgs } from "node:util";
-import { kernelRelease } from "../kernel/access.ts";
-import { UffdError } from "../kernel/errors.ts";
-import { type Mapping, readMaps } from "../kernel/maps.ts";
-import type { Pid } from "../kernel/pagemap.ts";
-import { hasPagemapScan, pagemapScan } from "../kernel/pagemap_scan.ts";
-import { Region } from "../kernel/region.ts";
 import {
   type Category,
+  hasPagemapScan,
+  kernelRelease,
+  type Mapping,
   PAGE_IS_FILE,
   PAGE_IS_HUGE,
   PAGE_IS_PFNZERO,
   PAGE_IS_PRESENT,
   PAGE_IS_SWAPPED,
-} from "../ffi/uapi.ts";
+  pagemapScan,
+  type Pid,
+  readMaps,
+  readProcFile,
+  Region,
+  UffdError,
+} from "../mod.ts";
 import { bold, bytes, cyan, dim, EXIT, printJson, red, table, UsageError, yellow } from "./_output.ts";
-import * as libc from "../ffi/_libc.ts";
 
 /** Cells in a residency bar. */
 export const BAR_CELLS = 32;
@@ -172,8 +174,7 @@ export function residencyBar(residency: number[]): string {
 }
 
 function readComm(pid: Pid): string {
-  const comm = libc.readTextFile(`/proc/${pid}/comm`);
-  return typeof comm === "string" ? comm.trim() : "?";
+  return readProcFile(`/proc/${pid}/comm`)?.trim() ?? "?";
 }
 
 /** A refusal to read the process, with what to change (exit 3). */

@@ -16,7 +16,7 @@ import {
   WP_SCENARIOS,
   type WpCell,
   type WpMatrix,
-} from "../kernel/semantics.ts";
+} from "../mod.ts";
 import { bold, dim, EXIT, green, printJson, progress, progressDone, red, table, yellow } from "./_output.ts";
 
 function mark(value: boolean | null): string {

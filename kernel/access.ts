@@ -43,8 +43,22 @@ export interface AccessDiagnosis {
   };
 }
 
-/** A `/proc` file's text through libc (Deno's file APIs need `--allow-all` for `/proc`). */
-function readText(path: string): string | undefined {
+/**
+ * The text of a `/proc` or `/sys` file, read through libc, or `undefined` when it
+ * cannot be read. Deno's own file APIs refuse those paths without `--allow-all`;
+ * this needs only the `--allow-ffi` the library needs anyway.
+ *
+ * @param path An absolute path, e.g. `"/proc/meminfo"`.
+ * @returns The whole text, or `undefined` (no such file, no permission, …).
+ *
+ * @example
+ * ```ts
+ * import { readProcFile } from "@uffd/uffd";
+ * console.log(readProcFile("/proc/self/comm")?.trim()); // "deno"
+ * ```
+ */
+export function readProcFile(path: string): string | undefined {
+  if (typeof path !== "string") throw new TypeError(`readProcFile: path must be a string, not ${typeof path}`);
   const text = readTextFile(path);
   return typeof text === "string" ? text : undefined;
 }
@@ -60,7 +74,7 @@ function readText(path: string): string | undefined {
  * ```
  */
 export function kernelRelease(): string {
-  return readText("/proc/sys/kernel/osrelease")?.trim() || "unknown";
+  return readProcFile("/proc/sys/kernel/osrelease")?.trim() || "unknown";
 }
 
 /**
@@ -73,8 +87,8 @@ export function kernelRelease(): string {
  * ```
  */
 export function diagnoseAccess(): AccessDiagnosis {
-  const sysctl = readText("/proc/sys/vm/unprivileged_userfaultfd");
-  const status = readText("/proc/self/status") ?? "";
+  const sysctl = readProcFile("/proc/sys/vm/unprivileged_userfaultfd");
+  const status = readProcFile("/proc/self/status") ?? "";
   const capEff = /^CapEff:\s*([0-9a-f]+)/m.exec(status);
   const seccomp = /^Seccomp:\s*(\d+)/m.exec(status);
   // Uid: real effective saved fs
