@@ -5,16 +5,21 @@
  * another thread, and ask the kernel which pages were written — through
  * `Deno.dlopen` on libc, with no compiled addon.
  *
- * - {@linkcode Userfaultfd}: a userfaultfd with typed ranges, every `UFFDIO_*`
- *   operation and typed events.
- * - {@linkcode Region}: memory the library maps, or wraps (`ArrayBuffer`,
- *   `WebAssembly.Memory`).
- * - The kernel interface as constants: {@linkcode FEATURES}, {@linkcode IOCTLS},
- *   {@linkcode CATEGORIES}, `UFFDIO_*`, `UFFD_FEATURE_*`, `PAGE_IS_*`.
- * - {@linkcode UffdError}: every failure, with the errno name, the operation and a hint.
+ * Everything, from one module; or one capability at a time, from its entry:
  *
- * Linux only (x86_64, aarch64). Needs `--allow-ffi` (and `--allow-read` for the
- * `/proc` files some features read).
+ * - `@uffd/uffd/kernel`: {@linkcode Userfaultfd}, {@linkcode Region},
+ *   {@linkcode pagemapScan}, {@linkcode readPagemap}, {@linkcode kernelProfile},
+ *   {@linkcode UffdError} and the kernel's constants (`UFFDIO_*`,
+ *   `UFFD_FEATURE_*`, `PAGE_IS_*`, `MADV_*`, …).
+ * - `@uffd/uffd/handler`: {@linkcode FaultHandler} and its {@linkcode policies}.
+ * - `@uffd/uffd/watch`: {@linkcode WriteWatch}, which pages were written.
+ * - `@uffd/uffd/checkpoint`: {@linkcode Checkpoint} and {@linkcode CheckpointReader}.
+ * - `@uffd/uffd/snapshot`: {@linkcode LiveSnapshot}, a copy while writers go on.
+ * - `@uffd/uffd/lazy`: {@linkcode LazyRegion}, memory filled on first touch.
+ * - `@uffd/uffd/cli`: the `uffd` command.
+ *
+ * Linux only (x86_64, aarch64). Needs `--allow-ffi`; what starts a Worker also
+ * `--allow-read` of the package.
  *
  * @example Track writes asynchronously (Linux 6.7+)
  * ```ts
@@ -29,48 +34,272 @@
  * @module
  */
 
-export * from "./ffi/uapi.ts";
-export * from "./ffi/linux.ts";
-export * from "./kernel/names.ts";
-export * from "./kernel/errors.ts";
-export * from "./kernel/range.ts";
-export * from "./kernel/region.ts";
-export { type MemoryTarget } from "./kernel/target.ts";
-export * from "./kernel/access.ts";
-export * from "./kernel/userfaultfd.ts";
-export * from "./kernel/pagemap.ts";
-export * from "./kernel/pagemap_scan.ts";
 export {
+  acceptedCategories,
+  type AccessDiagnosis,
+  CATEGORIES,
+  type Category,
+  type CategoryInfo,
+  categoryMask,
+  categoryNames,
+  decodePagemapEntry,
+  diagnoseAccess,
+  EFD_CLOEXEC,
+  EFD_NONBLOCK,
+  ERRNO,
+  type ErrnoName,
+  errnoName,
+  type EventsOptions,
+  explainAccess,
+  type ExternalMemory,
+  Feature,
+  FEATURE_MASK,
+  type FeatureInfo,
+  featureMask,
+  featureNames,
+  FEATURES,
+  type ForkEvent,
+  hasPagemapScan,
+  type Ioctl,
+  type IoctlInfo,
+  ioctlNames,
+  IOCTLS,
   type KernelProfile,
   kernelProfile,
+  kernelRelease,
+  losesWrite,
+  MADV_COLD,
+  MADV_DOFORK,
+  MADV_DONTFORK,
+  MADV_DONTNEED,
+  MADV_FREE,
+  MADV_GUARD_INSTALL,
+  MADV_GUARD_REMOVE,
+  MADV_HUGEPAGE,
+  MADV_NOHUGEPAGE,
+  MADV_NORMAL,
+  MADV_PAGEOUT,
+  MADV_POPULATE_READ,
+  MADV_POPULATE_WRITE,
+  MADV_RANDOM,
+  MADV_REMOVE,
+  MADV_SEQUENTIAL,
+  MADV_WILLNEED,
+  MAP_ANONYMOUS,
+  MAP_FAILED_ADDRESS,
+  MAP_FIXED,
+  MAP_FIXED_NOREPLACE,
+  MAP_HUGETLB,
+  MAP_NORESERVE,
+  MAP_POPULATE,
+  MAP_PRIVATE,
+  MAP_SHARED,
+  type MapOptions,
+  type Mapping,
+  measureWpCell,
+  measureWpSemantics,
+  type MemoryTarget,
+  MFD_CLOEXEC,
+  MFD_HUGETLB,
+  MREMAP_DONTUNMAP,
+  MREMAP_FIXED,
+  MREMAP_MAYMOVE,
+  MS_ASYNC,
+  MS_INVALIDATE,
+  MS_SYNC,
+  O_CLOEXEC,
+  O_NONBLOCK,
+  O_RDONLY,
+  O_RDWR,
+  O_WRONLY,
+  type OpenOptions,
+  type Origin,
+  PAGE_IS_FILE,
+  PAGE_IS_GUARD,
+  PAGE_IS_HUGE,
+  PAGE_IS_KNOWN,
+  PAGE_IS_PFNZERO,
+  PAGE_IS_PRESENT,
+  PAGE_IS_SOFT_DIRTY,
+  PAGE_IS_SWAPPED,
+  PAGE_IS_WPALLOWED,
+  PAGE_IS_WRITTEN,
+  type PagefaultEvent,
+  PAGEMAP_SCAN,
+  type PagemapEntry,
+  pagemapScan,
+  PagemapScanner,
   type PagemapScanTraits,
+  type PageRange,
+  parseMaps,
+  type Pid,
+  PM_FILE,
+  PM_GUARD_REGION,
+  PM_MMAP_EXCLUSIVE,
+  PM_PFN_MASK,
+  PM_PRESENT,
+  PM_SCAN_CHECK_WPASYNC,
+  PM_SCAN_WP_MATCHING,
+  PM_SOFT_DIRTY,
+  PM_SWAP,
+  PM_UFFD_WP,
+  POLLERR,
+  POLLHUP,
+  POLLIN,
+  POLLNVAL,
+  type PreparedQuery,
+  prepareQuery,
   profileNotes,
+  PROT_EXEC,
+  PROT_NONE,
+  PROT_READ,
+  PROT_WRITE,
+  type Range,
+  readMaps,
+  readPagemap,
+  readPagemapRaw,
+  readProcFile,
+  Region,
+  type RegionKind,
+  type RegionVisitor,
+  type RegisterOptions,
+  type RemapEvent,
+  type RemoveEvent,
+  type ScanOptions,
+  type ScanQuery,
+  type ScanResult,
+  type SharedUserfaultfd,
+  softDirtySupported,
+  type Support,
   type ThpTraits,
   type TraitNote,
+  UFFD_API,
+  UFFD_EVENT_FORK,
+  UFFD_EVENT_PAGEFAULT,
+  UFFD_EVENT_REMAP,
+  UFFD_EVENT_REMOVE,
+  UFFD_EVENT_UNMAP,
+  UFFD_FEATURE_EVENT_FORK,
+  UFFD_FEATURE_EVENT_REMAP,
+  UFFD_FEATURE_EVENT_REMOVE,
+  UFFD_FEATURE_EVENT_UNMAP,
+  UFFD_FEATURE_EXACT_ADDRESS,
+  UFFD_FEATURE_MINOR_HUGETLBFS,
+  UFFD_FEATURE_MINOR_SHMEM,
+  UFFD_FEATURE_MISSING_HUGETLBFS,
+  UFFD_FEATURE_MISSING_SHMEM,
+  UFFD_FEATURE_MOVE,
+  UFFD_FEATURE_PAGEFAULT_FLAG_WP,
+  UFFD_FEATURE_POISON,
+  UFFD_FEATURE_SIGBUS,
+  UFFD_FEATURE_THREAD_ID,
+  UFFD_FEATURE_WP_ASYNC,
+  UFFD_FEATURE_WP_HUGETLBFS_SHMEM,
+  UFFD_FEATURE_WP_UNPOPULATED,
+  UFFD_KNOWN_FEATURES,
+  UFFD_PAGEFAULT_FLAG_MINOR,
+  UFFD_PAGEFAULT_FLAG_WP,
+  UFFD_PAGEFAULT_FLAG_WRITE,
+  UFFD_USER_MODE_ONLY,
+  UffdError,
+  type UffdErrorInit,
+  type UffdEvent,
+  UFFDIO,
+  UFFDIO_API,
+  UFFDIO_CONTINUE,
+  UFFDIO_CONTINUE_MODE_DONTWAKE,
+  UFFDIO_CONTINUE_MODE_WP,
+  UFFDIO_COPY,
+  UFFDIO_COPY_MODE_DONTWAKE,
+  UFFDIO_COPY_MODE_WP,
+  UFFDIO_MOVE,
+  UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES,
+  UFFDIO_MOVE_MODE_DONTWAKE,
+  UFFDIO_POISON,
+  UFFDIO_POISON_MODE_DONTWAKE,
+  UFFDIO_REGISTER,
+  UFFDIO_REGISTER_MODE_MINOR,
+  UFFDIO_REGISTER_MODE_MISSING,
+  UFFDIO_REGISTER_MODE_WP,
+  UFFDIO_UNREGISTER,
+  UFFDIO_WAKE,
+  UFFDIO_WRITEPROTECT,
+  UFFDIO_WRITEPROTECT_MODE_DONTWAKE,
+  UFFDIO_WRITEPROTECT_MODE_WP,
+  UFFDIO_ZEROPAGE,
+  UFFDIO_ZEROPAGE_MODE_DONTWAKE,
+  type UnknownEvent,
+  type UnmapEvent,
   type UntouchedFill,
   type UntouchedPages,
   untouchedPages,
+  Userfaultfd,
+  USERFAULTFD_IOC_NEW,
+  type VisitSummary,
+  type WakeOptions,
+  WP_MEMORY_KINDS,
+  WP_MODES,
+  WP_SCENARIOS,
+  type WpCell,
+  type WpMatrix,
+  type WpMemory,
+  type WpMode,
+  type WpScenario,
+  type WpSemanticsOptions,
   type ZeroFill,
   type ZeroPageTraits,
-} from "./kernel/profile.ts";
-export * from "./kernel/maps.ts";
-export * from "./watch/write_set.ts";
-export * from "./watch/_backend.ts";
-export * from "./watch/_async.ts";
-export * from "./watch/_sync.ts";
-export * from "./watch/_soft_dirty.ts";
-export * from "./watch/write_watch.ts";
-export * from "./checkpoint/crc32c.ts";
-export * from "./checkpoint/_format.ts";
-export { type CheckpointFileInfo, CheckpointReader, type PageSource } from "./checkpoint/reader.ts";
-export * from "./checkpoint/checkpoint.ts";
-export * from "./kernel/semantics.ts";
-export * from "./handler/fault_handler.ts";
-export * from "./handler/policies.ts";
-export * from "./handler/builtin_policies.ts";
-export { emptyStats, type HandlerStats } from "./handler/stats.ts";
-export { type PageRun, pageRuns, type TrackedRange } from "./handler/tracked_pages.ts";
+} from "./kernel/mod.ts";
+
 export {
+  continuePolicy,
+  copyPolicy,
+  type CopySource,
+  type CopySourceSpec,
+  emptyStats,
+  type Fault,
+  FaultHandler,
+  FaultHandlerError,
+  type FaultHandlerOptions,
+  type FaultPolicy,
+  type HandlerState,
+  type HandlerStats,
+  type MapPagesOptions,
+  type PageRun,
+  type Policies,
+  policies,
+  type PolicyContext,
+  type PolicyFactory,
+  type PolicySpec,
+  type TrackedRange,
+  type UnprotectOptions,
+  unprotectPolicy,
+  zerofillPolicy,
+} from "./handler/mod.ts";
+
+export {
+  type BackendAvailability,
+  type ByteSpan,
+  type PageSpan,
+  WriteSet,
+  type WriteSetInit,
+  WriteWatch,
+  type WriteWatchBackendName,
+  type WriteWatchOptions,
+} from "./watch/mod.ts";
+
+export {
+  Checkpoint,
+  type CheckpointFileInfo,
+  type CheckpointKind,
+  type CheckpointOptions,
+  CheckpointReader,
+  type CheckpointWritten,
+  crc32c,
+  type PageSource,
+} from "./checkpoint/mod.ts";
+
+export {
+  type FileWritten,
   LiveSnapshot,
   LiveSnapshotError,
   type LiveSnapshotOptions,
@@ -78,6 +307,16 @@ export {
   type SnapshotProgress,
   type SnapshotResult,
   type SnapshotSink,
-} from "./snapshot/live_snapshot.ts";
-export type { FileWritten } from "./snapshot/_protocol.ts";
-export * from "./lazy/lazy_region.ts";
+} from "./snapshot/mod.ts";
+
+export {
+  type LazyFill,
+  LazyRegion,
+  type LazyRegionOptions,
+  type LazySource,
+  type LazySourceFactory,
+  type LazySourceInfo,
+  type LazyState,
+  type LazyStats,
+  type PageFiller,
+} from "./lazy/mod.ts";

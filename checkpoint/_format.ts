@@ -30,7 +30,7 @@
  *
  * @example
  * ```ts
- * import { decodeCheckpointHeader, encodeCheckpointHeader } from "@uffd/uffd";
+ * import { decodeCheckpointHeader, encodeCheckpointHeader } from "./_format.ts";
  * const bytes = encodeCheckpointHeader({
  *   kind: "base", pageSize: 4096, imageLength: 8192, head: 0, imagePages: 2, sequence: 0,
  *   entries: 1, chainId: 7n, tableOffset: 8192, parentCrc: 0,
@@ -100,7 +100,7 @@ const END_MAGIC = new TextEncoder().encode(CHECKPOINT_END_MAGIC);
  *
  * @example
  * ```ts
- * import { encodeCheckpointHeader } from "@uffd/uffd";
+ * import { encodeCheckpointHeader } from "./_format.ts";
  * const h = encodeCheckpointHeader({
  *   kind: "delta", pageSize: 4096, imageLength: 4096, head: 0, imagePages: 1, sequence: 1,
  *   entries: 0, chainId: 1n, tableOffset: 4096, parentCrc: 0x1234,
@@ -133,7 +133,7 @@ export function encodeCheckpointHeader(fields: CheckpointHeaderFields): Uint8Arr
  *
  * @example
  * ```ts
- * import { decodeCheckpointHeader } from "@uffd/uffd";
+ * import { decodeCheckpointHeader } from "./_format.ts";
  * try { decodeCheckpointHeader(new Uint8Array(64)); } catch (e) { console.log((e as Error).message); }
  * // not a checkpoint file (bad magic)
  * ```
@@ -183,7 +183,7 @@ export function decodeCheckpointHeader(bytes: Uint8Array): CheckpointHeader {
  *
  * @example
  * ```ts
- * import { checkpointFileLength } from "@uffd/uffd";
+ * import { checkpointFileLength } from "./_format.ts";
  * console.log(checkpointFileLength({
  *   kind: "base", pageSize: 4096, imageLength: 8192, head: 0, imagePages: 2, sequence: 0,
  *   entries: 2, chainId: 1n, tableOffset: 3 * 4096, parentCrc: 0,
@@ -209,7 +209,7 @@ export interface CheckpointTable {
  *
  * @example
  * ```ts
- * import { decodeCheckpointTable, encodeCheckpointTable } from "@uffd/uffd";
+ * import { decodeCheckpointTable, encodeCheckpointTable } from "./_format.ts";
  * const bytes = encodeCheckpointTable({
  *   pages: new Uint32Array([3]), crcs: new Uint32Array([0xabc]), offsets: new Float64Array([4096]),
  * });
@@ -237,7 +237,7 @@ export function encodeCheckpointTable(table: CheckpointTable): Uint8Array<ArrayB
  *
  * @example
  * ```ts
- * import { decodeCheckpointTable } from "@uffd/uffd";
+ * import { decodeCheckpointTable } from "./_format.ts";
  * try { decodeCheckpointTable(new Uint8Array(8), 0, 4096, 4096, 1); } catch (e) { console.log((e as Error).message); }
  * // page table checksum mismatch ...
  * ```

@@ -62,7 +62,8 @@ export function crc32c(bytes: Uint8Array, crc = 0): number {
  *
  * @example
  * ```ts
- * import { crc32c, crc32cWords } from "@uffd/uffd";
+ * import { crc32c } from "@uffd/uffd";
+ * import { crc32cWords } from "./crc32c.ts";
  * const page = new Uint32Array(1024).fill(7);
  * console.log(crc32cWords(page, 0, 1024) === crc32c(new Uint8Array(page.buffer))); // true
  * ```

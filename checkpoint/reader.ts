@@ -47,6 +47,8 @@ import * as libc from "../ffi/_libc.ts";
 import { O_CLOEXEC, O_RDONLY } from "../ffi/linux.ts";
 import { imageBytes, type MemoryTarget } from "../kernel/target.ts";
 
+export type { CheckpointKind } from "./_format.ts";
+
 /** One file of a chain, as its header describes it. */
 export interface CheckpointFileInfo {
   /** Where it is. */

@@ -9,7 +9,7 @@
  *
  * @example
  * ```ts
- * import { pageRuns } from "@uffd/uffd";
+ * import { pageRuns } from "./tracked_pages.ts";
  * const bitmap = new Uint8Array([0b1110_0001, 0b0000_0001]);
  * console.log(pageRuns(bitmap, 16)); // [{ firstPage: 0, pages: 1 }, { firstPage: 5, pages: 4 }]
  * ```
@@ -109,7 +109,7 @@ export function bitmapBytes(pages: number): number {
  *
  * @example
  * ```ts
- * import { pageRuns } from "@uffd/uffd";
+ * import { pageRuns } from "./tracked_pages.ts";
  * console.log(pageRuns(new Uint8Array([0xff, 0x01]), 16)); // [{ firstPage: 0, pages: 9 }]
  * ```
  */

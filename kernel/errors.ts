@@ -208,7 +208,7 @@ function formatArgs(args: Record<string, unknown>): string {
  *
  * @example
  * ```ts
- * import { invalid } from "@uffd/uffd";
+ * import { invalid } from "./errors.ts";
  * const e = invalid("UFFDIO_REGISTER", "length must be a multiple of the page size (4096)", { length: 10 });
  * console.log(e.code, e.beforeSyscall); // EINVAL true
  * ```

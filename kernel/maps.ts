@@ -94,7 +94,8 @@ export function parseMaps(text: string): Mapping[] {
  *
  * @example
  * ```ts
- * import { Region, unmappedParts } from "@uffd/uffd";
+ * import { Region } from "@uffd/uffd";
+ * import { unmappedParts } from "./maps.ts";
  * using mem = Region.map(Region.pageSize);
  * console.log(unmappedParts(mem.address, mem.address + 4096n)); // []
  * ```

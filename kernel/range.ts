@@ -5,7 +5,8 @@
  *
  * @example
  * ```ts
- * import { pageRange, Region } from "@uffd/uffd";
+ * import { Region } from "@uffd/uffd";
+ * import { pageRange } from "./range.ts";
  * const r = pageRange({ address: 0x10000n, length: 2 * Region.pageSize }, "example");
  * console.log(r.start, r.len); // 65536n 8192n
  * ```
@@ -74,7 +75,7 @@ export function toAddress(address: unknown, operation: string, name = "address")
  *
  * @example
  * ```ts
- * import { pageRange } from "@uffd/uffd";
+ * import { pageRange } from "./range.ts";
  * try { pageRange({ address: 1n, length: 4096 }, "demo"); } catch (e) { console.log((e as Error).message); }
  * ```
  */

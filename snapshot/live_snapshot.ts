@@ -120,6 +120,8 @@ import { Feature } from "../ffi/uapi.ts";
 import { Userfaultfd } from "../kernel/userfaultfd.ts";
 import { positiveInteger } from "../kernel/_validate.ts";
 
+export type { FileWritten } from "./_protocol.ts";
+
 /** A callback sink: receives each page once, on the main thread (see the module documentation). */
 export type SnapshotPageCallback = (pageIndex: number, bytes: Uint8Array) => void | Promise<void>;
 

@@ -11,6 +11,9 @@ import assert from "node:assert/strict";
 import * as u from "../mod.ts";
 import { Feature, readPagemap, Region, UffdError, Userfaultfd } from "../mod.ts";
 import * as libc from "../ffi/_libc.ts";
+import { invalid } from "../kernel/errors.ts";
+import { unmappedParts } from "../kernel/maps.ts";
+import { pageCeil, pageFloor, pageRange, toAddress, toLength } from "../kernel/range.ts";
 import { within } from "./helpers.ts";
 
 const PAGE = Region.pageSize;
@@ -75,31 +78,31 @@ Deno.test("hostile input: constants and pure helpers (uapi, errors, range, maps,
     refuses(() => new UffdError(X({ errno: -1, operation: "x" })), "TypeError", /errno must be a positive integer/);
     refuses(() => new UffdError(X({ errno: NaN, operation: "x" })), "TypeError", /errno/);
     refuses(() => new UffdError(X({ errno: 22 })), "TypeError", /operation must be a string/);
-    refuses(() => u.invalid(X(5), "detail"), "TypeError", /operation/);
+    refuses(() => invalid(X(5), "detail"), "TypeError", /operation/);
   });
   await t.step("toLength, toAddress, pageRange, pageFloor, pageCeil", () => {
-    for (const bad of [NaN, Infinity, -1, -0.5, 1.5, 2 ** 53]) refuses(() => u.toLength(bad, "op"), "EINVAL", /^op/);
-    refuses(() => u.toLength(-1n, "op"), "EINVAL", /must not be negative/);
-    refuses(() => u.toLength("1", "op"), "TypeError", /^op: length must be a number or a bigint/);
-    for (const bad of [-1n, TOP, TOP + 1n]) refuses(() => u.toAddress(bad, "op"), "EINVAL", /\[0, 2\^64\)/);
-    for (const [, v] of WRONG_TYPES) refuses(() => u.toAddress(v, "op"), "TypeError", /^op: address must be a bigint/);
-    refuses(() => u.toAddress(4096, "op"), "TypeError", /not number/);
-    refuses(() => u.pageRange({ address: TOP - P, length: 2 * PAGE }, "op"), "EINVAL", /overflows 2\^64/);
-    refuses(() => u.pageRange({ address: TOP - P, length: TOP }, "op"), "EINVAL", /overflows/);
-    refuses(() => u.pageRange({ address: 1n, length: PAGE }, "op"), "EINVAL", /page-aligned/);
-    refuses(() => u.pageRange({ address: 0n, length: 1 }, "op"), "EINVAL", /multiple of the page size/);
-    refuses(() => u.pageRange(X(undefined), "op"), "TypeError", /^op: a range must be an object/);
-    refuses(() => u.pageFloor(X(4096)), "TypeError", /pageFloor/);
-    refuses(() => u.pageCeil(X("1")), "TypeError", /pageCeil/);
-    assert.equal(u.pageCeil(TOP - 1n), TOP, "the end of the address space is 2^64, not an overflow");
+    for (const bad of [NaN, Infinity, -1, -0.5, 1.5, 2 ** 53]) refuses(() => toLength(bad, "op"), "EINVAL", /^op/);
+    refuses(() => toLength(-1n, "op"), "EINVAL", /must not be negative/);
+    refuses(() => toLength("1", "op"), "TypeError", /^op: length must be a number or a bigint/);
+    for (const bad of [-1n, TOP, TOP + 1n]) refuses(() => toAddress(bad, "op"), "EINVAL", /\[0, 2\^64\)/);
+    for (const [, v] of WRONG_TYPES) refuses(() => toAddress(v, "op"), "TypeError", /^op: address must be a bigint/);
+    refuses(() => toAddress(4096, "op"), "TypeError", /not number/);
+    refuses(() => pageRange({ address: TOP - P, length: 2 * PAGE }, "op"), "EINVAL", /overflows 2\^64/);
+    refuses(() => pageRange({ address: TOP - P, length: TOP }, "op"), "EINVAL", /overflows/);
+    refuses(() => pageRange({ address: 1n, length: PAGE }, "op"), "EINVAL", /page-aligned/);
+    refuses(() => pageRange({ address: 0n, length: 1 }, "op"), "EINVAL", /multiple of the page size/);
+    refuses(() => pageRange(X(undefined), "op"), "TypeError", /^op: a range must be an object/);
+    refuses(() => pageFloor(X(4096)), "TypeError", /pageFloor/);
+    refuses(() => pageCeil(X("1")), "TypeError", /pageCeil/);
+    assert.equal(pageCeil(TOP - 1n), TOP, "the end of the address space is 2^64, not an overflow");
   });
   await t.step("parseMaps, readMaps, unmappedParts, explainAccess, decodePagemapEntry", () => {
     refuses(() => u.parseMaps(X(42)), "TypeError", /parseMaps/);
     assert.deepEqual(u.parseMaps("garbage\n\0\nffff-0 rw-p\n"), [], "garbage text is no mapping");
     for (const pid of [-1, 0, 1.5, NaN, X("../self")]) refuses(() => u.readMaps(pid), "ESRCH", /readMaps/);
     refuses(() => u.readMaps(2 ** 30), "ESRCH", /no process/);
-    refuses(() => u.unmappedParts(X(1), 2n), "TypeError", /unmappedParts/);
-    assert.deepEqual(u.unmappedParts(5n, 1n), [], "an empty range has no hole");
+    refuses(() => unmappedParts(X(1), 2n), "TypeError", /unmappedParts/);
+    assert.deepEqual(unmappedParts(5n, 1n), [], "an empty range has no hole");
     refuses(() => u.explainAccess(X({})), "TypeError", /explainAccess/);
     refuses(() => u.decodePagemapEntry(X(1), 1n), "TypeError", /decodePagemapEntry: address/);
     refuses(() => u.decodePagemapEntry(0n, X("1")), "TypeError", /decodePagemapEntry: raw/);
@@ -443,7 +446,7 @@ Deno.test("hostile input: FaultHandler.start — wrong types, bad options and ra
     const freed = Region.map(PAGE);
     const spec = u.policies.copyFrom(freed);
     freed.unmap();
-    if (u.unmappedParts(freed.address, freed.address + P)?.length) {
+    if (unmappedParts(freed.address, freed.address + P)?.length) {
       await refusesAsync(() => u.FaultHandler.start(uffd, spec), "EFAULT", /source is not mapped/);
     }
     assert.equal(uffd.closed, false);

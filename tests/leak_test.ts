@@ -1,7 +1,8 @@
 /** Opening and closing many userfaultfds and regions leaves fds and mappings where they started. */
 
 import assert from "node:assert/strict";
-import { Feature, type MapOptions, Region, unmappedParts, Userfaultfd } from "../mod.ts";
+import { Feature, type MapOptions, Region, Userfaultfd } from "../mod.ts";
+import { unmappedParts } from "../kernel/maps.ts";
 import { fdCount, mappingCount } from "./helpers.ts";
 
 /** Mappings whose path names them ours: memfd regions and shared anonymous regions never merge with others. */

@@ -13,19 +13,19 @@
 
 import assert from "node:assert/strict";
 import {
-  asyncBackend,
-  type BackendProvider,
   type MemoryTarget,
   readPagemap,
   Region,
-  softDirtyBackend,
-  syncBackend,
   WriteSet,
   WriteWatch,
   type WriteWatchBackendName,
   type WriteWatchOptions,
 } from "../mod.ts";
 import * as libc from "../ffi/_libc.ts";
+import { asyncBackend } from "../watch/_async.ts";
+import type { BackendProvider } from "../watch/_backend.ts";
+import { softDirtyBackend } from "../watch/_soft_dirty.ts";
+import { syncBackend } from "../watch/_sync.ts";
 import { assertUffdError, fdCount, skipUnless, threadCount, waitFor, within } from "./helpers.ts";
 import { wasmWriter } from "./fixtures/wasm_writer.ts";
 

@@ -186,7 +186,8 @@ class AsyncBackend implements WriteWatchBackend {
  *
  * @example
  * ```ts
- * import { asyncBackend, Region } from "@uffd/uffd";
+ * import { Region } from "@uffd/uffd";
+ * import { asyncBackend } from "./_async.ts";
  * console.log(asyncBackend.unavailable({ address: 0n, pages: 1, shared: false }) ?? "available");
  * ```
  */

@@ -39,7 +39,8 @@
  *
  * @example
  * ```ts
- * import type { BackendProvider, RunList, WatchedSpan, WriteWatchBackend } from "@uffd/uffd";
+ * import type { BackendProvider, WatchedSpan, WriteWatchBackend } from "./_backend.ts";
+ * import type { RunList } from "./write_set.ts";
  * // A backend that never sees a write (for illustration only).
  * class Blind implements WriteWatchBackend {
  *   readonly name = "sync";

@@ -17,7 +17,7 @@
  *
  * @example
  * ```ts
- * import { softDirtyBackend } from "@uffd/uffd";
+ * import { softDirtyBackend } from "./_soft_dirty.ts";
  * console.log(softDirtyBackend.unavailable({ address: 0n, pages: 1, shared: false }) ?? "available");
  * ```
  *
@@ -144,7 +144,8 @@ class SoftDirtyBackend implements WriteWatchBackend {
  *
  * @example
  * ```ts
- * import { softDirtyBackend, softDirtySupported } from "@uffd/uffd";
+ * import { softDirtySupported } from "@uffd/uffd";
+ * import { softDirtyBackend } from "./_soft_dirty.ts";
  * console.log(softDirtySupported() === (softDirtyBackend.unavailable({ address: 0n, pages: 1, shared: false }) === undefined)); // true
  * ```
  */

@@ -349,7 +349,7 @@ class SyncBackend implements WriteWatchBackend {
  *
  * @example
  * ```ts
- * import { syncBackend } from "@uffd/uffd";
+ * import { syncBackend } from "./_sync.ts";
  * console.log(syncBackend.unavailable({ address: 0n, pages: 1, shared: false }) ?? "available");
  * ```
  */

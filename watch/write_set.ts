@@ -47,7 +47,7 @@ export interface ByteSpan {
  *
  * @example
  * ```ts
- * import { RunList } from "@uffd/uffd";
+ * import { RunList } from "./write_set.ts";
  * const runs = new RunList();
  * runs.add(3, 1);
  * runs.add(4, 2);

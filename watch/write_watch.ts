@@ -70,6 +70,8 @@ import { softDirtyBackend } from "./_soft_dirty.ts";
 import { syncBackend } from "./_sync.ts";
 import { RunList, WriteSet } from "./write_set.ts";
 
+export type { WriteWatchBackendName } from "./_backend.ts";
+
 /** Options of {@linkcode WriteWatch.start}. */
 export interface WriteWatchOptions {
   /** The backend to use; `"auto"` (default) picks the best one available: async, then sync, then soft-dirty. */
