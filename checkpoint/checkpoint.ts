@@ -2,33 +2,11 @@
  * Incremental checkpoints of memory: {@linkcode Checkpoint} watches a `Region`, an
  * `ArrayBuffer`, a typed array or a `WebAssembly.Memory` with a `WriteWatch`,
  * writes a base image first and then deltas that hold only the pages written since
- * the previous file, and restores any prefix of the chain (base + deltas) into
- * memory of the same size.
- *
- * The format (version 1, all little-endian; see `docs/checkpoint-format.md`):
- * a 64-byte header — magic `UFFDCKPT`, version, kind (base/delta), page size, image
- * length, head (offset of the image's first byte in its first page), image pages,
- * sequence number, entry count, chain id, table offset, the previous file's header
- * CRC and the header's own CRC-32C — padded to one page; then the page slots, one
- * page each; then the page table (page index, CRC-32C of the slot, slot offset or 0
- * for a zero page) with its CRC-32C and an end magic. Page data is page-aligned in
- * the file, so a restorer can `mmap` or `pread` single pages.
- *
- * Writing is streamed: pages go from the memory through one 1 MiB staging buffer
- * to the file, so no second copy of the memory is ever made. Each page is copied
- * into the staging buffer once and checksummed there, so the checksum always
- * matches the bytes written even while other threads keep writing (their writes
- * land in the next delta). A base skips pages that are zero (for private anonymous
- * memory, untouched pages are not even read). Files are written under a temporary
- * name and renamed into place, so a crash never leaves a half-written file at the
- * final path.
- *
- * Deltas contain what the write watch sees: for shared memory, writes made through
- * another mapping (another process, an alias) after the base are not in them.
- *
- * A consistent point-in-time image needs the writers paused while `write()` runs;
- * otherwise each page is as recent as the moment it was copied, and every page
- * written meanwhile is in the next delta.
+ * the previous file, and restores any prefix of the chain into memory of the same
+ * size. Files are streamed through one staging buffer, checksummed as copied, and
+ * renamed into place complete. A consistent point-in-time image needs the writers
+ * paused while `write()` runs (or a `LiveSnapshot`). The format and how files are
+ * written: `docs/checkpoint-format.md`.
  *
  * @example
  * ```ts

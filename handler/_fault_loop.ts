@@ -1,26 +1,9 @@
 /**
  * The fault-serving loop of a `FaultHandler`, run inside its Worker (see
  * `_worker.ts`), and the {@linkcode PolicyContext} the policy resolves faults
- * through. Internal.
- *
- * One pass: `poll([uffd, eventfd])` → drain the eventfd, look at the stop flag
- * and at control requests → `read` a batch of messages into a buffer allocated
- * once → decode each page fault into one reused {@linkcode Fault} record (numbers,
- * no allocation) → the policy resolves it with the number-taking ioctl wrappers of
- * `ffi/_resolve_ops.ts` → statistics in shared memory → next batch, until `read`
- * says `EAGAIN`. A policy with an `idle` method gets a call whenever the queue is
- * empty (the loop then polls without sleeping until `idle` says it is done), so
- * background work never delays a fault by more than one piece. This path is
- * synchronous — no promise per fault or per wake-up; only a policy that returns a
- * promise switches to an async path, which resumes the batch where the promise
- * appeared.
- *
- * Address-space events (remap, remove, unmap, fork) update the view of the
- * tracked ranges and go to the policy and, when asked, to the main side. While
- * such an event is unread, resolving ioctls fail with `EAGAIN`: the fault is kept
- * and retried after the event is read (polling with a 1 ms timeout while any is
- * kept). Control requests (`collect()`, `control()`) run between two batches, so
- * they never interleave with a fault's resolution.
+ * through: poll, read a batch, serve each fault through the policy without an
+ * allocation, answer control requests between batches. Internal; the loop step by
+ * step: `docs/fault-handler.md`, "The Worker's loop".
  *
  * @module
  */

@@ -1,16 +1,8 @@
 /**
  * What the main side of a `FaultHandler` and its Worker share: the data the Worker
  * starts with, the layout of the control block (an `Int32Array` over a
- * `SharedArrayBuffer`), and the few messages the Worker posts. Internal.
- *
- * Synchronous control calls (`collect()`, `control()`): the main side writes the
- * operation (and a JSON argument into the payload buffer), bumps `REQUEST`,
- * writes the eventfd and waits with `Atomics.wait` on `RESPONSE`. The Worker
- * sees the eventfd between two fault batches, runs the operation, writes
- * `STATUS`, `LENGTH` (and a JSON result), stores the request's number into
- * `RESPONSE` and notifies. Stopping sets `STOP` and writes the eventfd. Adding
- * ranges (`addRanges()`) sends them as JSON `WorkerRange`s in the payload; the
- * bitmaps are growable `SharedArrayBuffer`s the main side grows first.
+ * `SharedArrayBuffer`), and the few messages the Worker posts. Internal; the
+ * protocol of a synchronous call: `docs/fault-handler.md`, "Synchronous calls".
  *
  * @module
  */

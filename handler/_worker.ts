@@ -1,14 +1,8 @@
 /**
- * The entry point of a `FaultHandler`'s Worker (a `node:worker_threads` Worker,
- * started from a `data:` bootstrap that imports this module by its absolute URL,
- * so it works from a checkout and from a remote package alike). It builds the
- * {@linkcode FaultLoop}, reports `ready`, runs the loop and reports how it ended.
- *
- * Failure handling is the point of this file: whatever goes wrong — the policy
- * throws, a kernel call fails, an uncaught error or rejection anywhere in the
- * Worker — the Worker first closes the userfaultfd (the user's reference and its
- * own), which wakes every thread blocked in a fault, the main isolate included,
- * and only then reports the error.
+ * The entry point of a `FaultHandler`'s Worker: builds the {@linkcode FaultLoop},
+ * reports `ready`, runs the loop and reports how it ended. Whatever fails, it
+ * closes the userfaultfd first — waking every thread blocked in a fault — and only
+ * then reports. Internal: `docs/fault-handler.md`, "Failure".
  *
  * @module
  */

@@ -1,15 +1,11 @@
 /**
  * {@linkcode FaultHandler}: serves the faults of a userfaultfd from a Worker (its
  * own OS thread), so that any thread — the main isolate's own JavaScript
- * included — can touch write-protected or missing memory and be served. The main
- * side starts it with a userfaultfd and a policy (see `policies`), reads its
- * statistics from shared memory at any time, calls it synchronously (`collect()`,
- * `control()`), and stops it.
- *
- * Never hangs: if the policy throws or the Worker dies, the userfaultfd is closed
- * (which wakes every thread blocked in a fault; their accesses complete against
- * unprotected memory) and the error reaches the main side through `done` and
- * `stop()`. A handler that is never stopped does not keep the process alive.
+ * included — can touch write-protected or missing memory and be served, by a
+ * policy (see `policies.ts`). Never hangs: if the policy throws or the Worker dies,
+ * the userfaultfd is closed (waking every blocked thread) and the error reaches
+ * `done` and `stop()`. The threads, the loop, the control calls and failure:
+ * `docs/fault-handler.md`.
  *
  * @example Track the pages the main isolate writes
  * ```ts

@@ -1,39 +1,9 @@
 /**
- * The fault policy of a `LazyRegion`, loaded by its `FaultHandler` as a module
- * policy (`policies.module(…, "lazyPolicy")`) and run in the handler's Worker.
- * Internal: `lazy_region.ts` builds its options and reads what it shares.
- *
- * A missing fault on page `i` fills page `i` from the source (`lazy_source.ts`):
- *
- * - anonymous memory, `copy`: the page is read into one reused buffer (or not at
- *   all when the source is memory) and placed with `UFFDIO_COPY`;
- * - anonymous memory, `move`: the page is read into a staging page of the Worker's
- *   own private memory and moved in with `UFFDIO_MOVE` (no second copy, but a
- *   fresh staging page and a TLB flush per move);
- * - `memfd` memory (`continue`): the page is written into the page cache through
- *   a second, unregistered mapping of the memfd (the "alias"; file and checkpoint
- *   sources `pread` straight into it) and mapped with `UFFDIO_CONTINUE`; a minor
- *   fault (the page is in the page cache, not mapped) is resolved with
- *   `UFFDIO_CONTINUE` alone.
- *
- * A page whose bytes are all zero is mapped with `UFFDIO_ZEROPAGE` (for a
- * checkpoint's zero pages and pages past the source's end, without reading
- * anything). A page the source fails to produce is poisoned (`UFFDIO_POISON`):
- * the thread that touched it gets `SIGBUS`, a system call `EFAULT`. Without the
- * `POISON` feature the policy throws instead, which makes the handler close the
- * userfaultfd (waking everyone) and report the failure.
- *
- * With `prefetch`, `idle()` — called by the handler whenever no fault is waiting —
- * fills the next run of missing pages (up to `chunk` pages, in address order, one
- * read and one ioctl per run), so faults always come first and the region becomes
- * fully resident.
- *
- * One byte per page in shared memory records where each page is
- * ({@linkcode PAGE_STATE}); the main side reads it (`LazyRegion.read()` refuses
- * poisoned pages without touching them). A fault on a page already filled means
- * the program dropped it (`MADV_DONTNEED`, `MADV_REMOVE`) or the message is a
- * duplicate: like ordinary memory it reads back as zeros (`UFFDIO_ZEROPAGE`,
- * which changes nothing when the page is present); the source is never read twice.
+ * The fault policy of a `LazyRegion`, run in its `FaultHandler`'s Worker (loaded
+ * as `policies.module(…, "lazyPolicy")`): fills a missing page from the source
+ * with `UFFDIO_COPY`, `UFFDIO_MOVE` or `UFFDIO_CONTINUE` (all zeros:
+ * `UFFDIO_ZEROPAGE`), poisons what the source cannot produce, and prefetches
+ * while idle. Internal; how it works: `docs/lazy-restore.md`, "Inside the Worker".
  *
  * @example The policy is internal; a LazyRegion runs it
  * ```ts

@@ -1,24 +1,9 @@
 /**
  * Where a `LazyRegion` gets its pages, as seen from inside the fault handler's
  * Worker: {@linkcode openPageSource} turns a {@linkcode LazySourceSpec} (what the
- * main side sends: paths, shared bytes, an address, a module URL — nothing that
- * needs the main isolate) into a {@linkcode PageSource} that reads region page
- * `i` — the source's bytes `[i·P, (i+1)·P)` — into a buffer the caller owns.
- *
- * - `checkpoint`: a chain (base + deltas) opened with `CheckpointReader` in the
- *   Worker, which indexes the newest copy of every page once; then each read is
- *   one `pread` per run of consecutive slots, straight into the caller's buffer,
- *   and each page is checked against its CRC-32C (unless `verify` is off). Pages
- *   the chain stores as zero are known to be zero without reading.
- * - `file`: `pread` at the page's offset; pages past the end of the file are zero.
- * - `bytes` (part of a `SharedArrayBuffer`) and `memory` (an address
- *   in this process that stays mapped, such as a `Region`): no read at all, the
- *   handler copies from the source's own address.
- * - `module`: a module's factory, imported in the Worker, returns a function
- *   `(index, page) => void | Promise<void>` that fills `page`.
- *
- * Reads throw on failure (a checksum mismatch, an I/O error, the function threw):
- * the handler then poisons that page. Nothing here allocates per page.
+ * main side sends) into a {@linkcode PageSource} that reads region page `i` into a
+ * buffer the caller owns. Internal; the sources and how each is read:
+ * `docs/lazy-restore.md`, "Inside the Worker".
  *
  * @example A file source, read from this thread
  * ```ts

@@ -1,80 +1,16 @@
 /**
  * {@linkcode LiveSnapshot}: a point-in-time copy of memory taken while the program
  * keeps writing to it — QEMU's background snapshot, for a `Region`, an
- * `ArrayBuffer`, a typed array or a `WebAssembly.Memory`.
+ * `ArrayBuffer`, a typed array or a `WebAssembly.Memory`, into a checkpoint file,
+ * a `Uint8Array` or a callback.
  *
  * `await LiveSnapshot.take(target, { sink })` write-protects the target and
- * returns: that moment is the snapshot's. Writers go on at once. A write to a
- * page not saved yet faults; the snapshot's fault handler saves the page's old
- * content and then lets the write through. Meanwhile a background copier saves
- * the other pages in address order and unprotects them a chunk at a time.
- * `await snap.done` resolves when every page is saved; the userfaultfd is then
- * closed, and the memory is as if nothing had happened. The design, the
- * guarantees and measured figures are in `docs/live-snapshot.md`.
- *
- * **Who does what.** Two Workers, two OS threads: the fault handler sleeps in
- * `poll()` on the userfaultfd and serves each fault at once (a write never waits
- * behind the copier), reads the address-space events and decides when the
- * snapshot is complete; the copier walks the chunks. They share the page states:
- * each chunk has a lock taken by compare-and-swap, and a page is saved under its
- * chunk's lock, exactly once — by the fault or by the copier, whichever comes
- * first — and unprotected only once it is saved. The main isolate may itself be
- * the writer: it blocks in its fault and the fault handler serves it. Nothing runs
- * on the main thread but a callback sink. (`snapshot_worker.ts`,
- * `snapshot_faults.ts`, `snapshot_copier.ts`, `snapshot_pages.ts`.)
- *
- * **Sinks.** Each page reaches the sink exactly once, in whatever order:
- * - a path (or `file:` URL): a checkpoint base image (`docs/checkpoint-format.md`),
- *   which `Checkpoint.restore` and `CheckpointReader` read. Its layout is fixed
- *   when the snapshot starts (the pages holding data get slots in page order;
- *   pages that are zero are left out), so pages saved out of order go straight to
- *   their slot; the file appears at its path, complete, when the snapshot is done.
- * - a `Uint8Array` of the target's length: the Workers copy into it directly. Do
- *   not read it before `done`, and do not transfer or shrink its buffer meanwhile
- *   (a `SharedArrayBuffer`-backed array cannot be detached).
- * - a function `(pageIndex, bytes) => void | Promise<void>`, called **on the main
- *   thread, asynchronously**: it cannot run in the fault handler's path, because the
- *   main isolate may be the very writer blocked in that fault. The Worker stages
- *   each page in a mapping of the target's size and queues it; the main side calls
- *   the function from its event loop, in the order pages were saved, and frees the
- *   staged page afterwards. `bytes` is valid during the call only (copy what you
- *   keep); page `i` covers the target's bytes `[i·P − head, (i+1)·P − head)`,
- *   clipped to the target, as `Region.page(i)` does. The copier waits when
- *   `stagingPages` pages are queued; pages saved by faults never wait, so while
- *   the main thread is busy writing, staged pages pile up (at most the target's
- *   size, in memory reserved but only used as needed). `done` resolves after the
- *   last call.
- *
- * **Never-touched pages** are saved as zeros without being read: with
- * `WP_UNPOPULATED` (Linux 6.4+) they carry a protection marker and stay unpopulated
- * unless someone writes them; without it (or with `decline: ["WP_UNPOPULATED"]`),
- * they are mapped to the shared zero page first so that a write to them faults —
- * `MADV_POPULATE_READ`, or `UFFDIO_ZEROPAGE` on a kernel whose read faults allocate
- * (`kernelProfile().untouchedFill`) — and use no memory either. Where nothing maps
- * the zero page they get zero-filled pages of their own: the image is still exact,
- * but those pages then cost memory and are read like data (`result.untouched` says
- * `"allocated"`). On a kernel whose read faults allocate, a page that was only read
- * before the snapshot holds a page of zeros and is saved like data. `PAGEMAP_SCAN`
- * sorts the pages once the target is protected.
- *
- * **`MADV_DONTNEED`, `munmap`, `mremap` on the target** during a snapshot never
- * give a wrong image. A removal's event reaches the fault handler before the
- * kernel drops the pages, and the removing thread waits until the event is read:
- * the handler notices the event in flight and saves every page left before reading it
- * (`holdChanges`, the default: the `madvise` call waits until the snapshot is
- * complete). An unmap or a move is done by the kernel before its event is queued:
- * the old content may be gone, and the snapshot fails with an error naming the
- * pages. See the notes in `snapshot_faults.ts` and `docs/kernel-notes.md`.
- *
- * **Never hangs.** Every failure — a Worker dies, a sink fails, the callback
- * throws, `abort()`, a timeout — closes the userfaultfd, which removes every
- * protection and wakes every blocked writer, before `done` rejects.
- *
- * Private anonymous memory only (shared memory can be written through other
- * mappings, which raise no fault here); Linux 6.7+ (`PAGEMAP_SCAN`). Needs
- * `--allow-ffi`, `--allow-read` for the Workers to load their module from a file
- * (from a remote package: the import permission instead), and `--allow-write` for a
- * file sink.
+ * returns: that moment is the snapshot's. Writers go on at once; a write to a page
+ * not saved yet waits while a Worker saves the old content, and a background
+ * copier saves the rest. `await snap.done` resolves when every page is saved. Two
+ * Workers and who does what, the guarantees (one moment, exactly once, no torn
+ * page, `MADV_DONTNEED`/`munmap`/`mremap` on the target, never hangs), the sinks,
+ * requirements and measured figures: `docs/live-snapshot.md`.
  *
  * @example A consistent copy while a writer keeps going
  * ```ts

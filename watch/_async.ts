@@ -1,19 +1,8 @@
 /**
- * The `async` write-watch backend (Linux 6.7+): the span is registered for
- * write-protect on a userfaultfd with `WP_ASYNC` (which implies `WP_UNPOPULATED`),
- * so the kernel resolves every write fault itself and only clears the page's
- * uffd-wp bit — no fault ever reaches user space. `PAGEMAP_SCAN` reports the pages
- * without the bit (`PAGE_IS_WRITTEN`); with `PM_SCAN_WP_MATCHING` the same walk
- * protects them again, page by page under the page-table lock, so a concurrent
- * write is reported by this walk or the next one.
- *
- * Kernel behaviour it relies on (measured on 6.18, see `docs/kernel-notes.md`):
- * never-touched pages carry a uffd-wp marker after protection and are not written;
- * a page zapped by `MADV_DONTNEED` loses its marker and reports written (the
- * conservative answer we want); a range moved away by `mremap` or unmapped stops
- * being registered. The last case is detected on every scan — one scan for pages
- * no longer `WPALLOWED` (the kernel skips registered mappings at the VMA level, so
- * it costs O(mappings)) and one `msync(MS_ASYNC)` for holes — and reported as lost.
+ * The `async` write-watch backend (Linux 6.7+): a `WP_ASYNC` userfaultfd, so that
+ * the kernel resolves every write itself, and `PAGEMAP_SCAN` with
+ * `PM_SCAN_WP_MATCHING` to read and re-protect the written pages in one walk.
+ * Internal; the kernel behaviour it relies on: `docs/write-watch.md`.
  *
  * @example
  * ```ts

@@ -1,41 +1,9 @@
 /**
- * The seam between {@linkcode WriteWatch} and the ways the kernel can track writes.
- * A backend watches one page-aligned span of this process's memory and answers
- * three questions: which pages were written since the last reset (`scan`), the same
- * while re-protecting them in one atomic step (`scan` with `reset`), and which pages
- * it can no longer watch (`lost`). `WriteWatch` owns everything else: the target
- * (a `Region`, an `ArrayBuffer`, a typed array, a `WebAssembly.Memory`), growth and
- * relocation, the results' types.
- *
- * The contract every backend keeps, so that all of them give the same answers on
- * the same workload:
- *
- * - Page indices are relative to the span's first page; runs are appended to a
- *   {@linkcode RunList} in ascending order where possible.
- * - `create` starts with every page clean: a write after `create` returns is
- *   reported; writes before are not.
- * - `scan(true, …)` is get-and-clear: a write that lands while it runs is reported
- *   either by this call or by the next one, never by neither.
- * - A page whose contents may have changed without a write the backend can see is
- *   reported written: a page zapped by `MADV_DONTNEED` (anonymous memory reads back
- *   zeros) counts as written.
- * - A page the backend cannot watch any more (unmapped, moved by `mremap`, mapped
- *   over, unregistered) is reported in `lost` on every scan until the watch is
- *   stopped, never dropped silently. A backend that can follow a move (the sync
- *   backend with `EVENT_REMAP`) may follow it instead, as long as the span the
- *   `WriteWatch` sees keeps its meaning.
- * - `extend` adds pages at the end of the span (a grown `WebAssembly.Memory`) and
- *   reports those of the new pages that already hold written data (present, not the
- *   zero page, not only zeros: `visitDataPages(tail, …, { content: true })`), so that
- *   writes made between the growth and the call are not lost.
- * - `create` and every method are synchronous. A backend that needs a handler thread
- *   (the sync backend) starts it in `create` and waits for it (`Atomics.wait`,
- *   bounded) before it protects anything: the main thread must never block in a
- *   fault nobody serves.
- *
- * A backend is a {@linkcode BackendProvider} listed in `PROVIDERS` (in
- * `write_watch.ts`): automatic selection tries `async`, then `sync`, then
- * `soft-dirty`.
+ * The seam between {@linkcode WriteWatch} and the ways the kernel can track writes:
+ * a backend watches one page-aligned span and answers which pages were written
+ * (`scan`, with `reset` atomically) and which it can no longer watch (`lost`).
+ * Internal; the contract every backend keeps: `docs/write-watch.md`, "The backend
+ * seam".
  *
  * @example
  * ```ts

@@ -1,10 +1,7 @@
 /**
  * Why a write-watch backend's userfaultfd features are not there for a span: no
- * userfaultfd at all, a feature the caller declined, or one this kernel lacks. The
- * `async` and `sync` backends ({@link ./watch_async.ts}, {@link ./watch_sync.ts})
- * start their `unavailable()` with it, then check what is theirs alone.
- *
- * Internal: not exported from `mod.ts`.
+ * userfaultfd at all, a feature the caller declined, or one this kernel lacks.
+ * Internal: the `async` and `sync` backends start their `unavailable()` with it.
  *
  * @module
  */

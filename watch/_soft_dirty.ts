@@ -1,19 +1,8 @@
 /**
- * The `soft-dirty` write-watch backend: `echo 4 > /proc/self/clear_refs` clears
- * the soft-dirty bit of every page of the process, and bit 55 of
- * `/proc/self/pagemap` says which pages were written since. It needs a kernel built
- * with `CONFIG_MEM_SOFT_DIRTY`; a kernel without it accepts `clear_refs` 4 and the
- * `SOFT_DIRTY` category and never sets the bit, so availability is measured
- * ({@linkcode softDirtySupported}), never inferred, and this backend is never chosen
- * where the measurement fails.
- *
- * Weaker than `async`, and documented as such: `clear_refs` acts on the whole
- * process (two soft-dirty watches reset each other, and so does anything else that
- * writes it), and reading the bits then clearing them is two steps — a write that
- * lands between them is lost, so `collect()` is only exact while no other thread
- * writes (CRIU freezes the task for this reason). A page zapped by `MADV_DONTNEED`
- * has no soft-dirty bit; it is reported written when it was resident at the last
- * reset and is not any more.
+ * The `soft-dirty` write-watch backend: `clear_refs` 4 and pagemap bit 55, where
+ * the kernel really sets the bit ({@linkcode softDirtySupported}, measured).
+ * Process-wide and not atomic. Internal: `docs/write-watch.md`, "The soft-dirty
+ * backend".
  *
  * @example
  * ```ts

@@ -1,63 +1,10 @@
 /**
- * The `sync` write-watch backend: the span is registered for write-protect on a
- * userfaultfd without `WP_ASYNC`, so every first write to a page after a reset
- * raises a fault that a {@linkcode FaultHandler} Worker serves with the
- * `unprotect` policy: it records the page in a shared bitmap and unprotects it,
- * and the writer goes on. Any thread can write, the main isolate included; the
- * first write to a page after each reset waits for that round trip (13–70 µs
- * measured on a busy 2-core machine, against 2–4 µs with `async`). Nothing but the
- * handler's own thread must write there.
- *
- * - `scan(reset)` is the handler's `collect()`, run by the Worker between two fault
- *   batches: it re-protects the recorded pages first and only then moves them out
- *   of the bitmap, so a write that lands before the re-protection is reported now
- *   and one after it faults again and is reported next time — none is lost.
- * - Pages never touched must count too, yet the kernel has nothing to protect
- *   there: with `WP_UNPOPULATED` (Linux 6.4) protection leaves a marker on them;
- *   without it the span's holes are filled first, and so is every removed range
- *   before it is protected again — the way the kernel profile says
- *   (`kernelProfile().untouchedFill`): `MADV_POPULATE_READ` where it maps the shared
- *   zero page (the old QEMU workaround), `UFFDIO_ZEROPAGE` on the holes where only
- *   that maps it (a kernel whose read faults allocate). Either way untouched pages
- *   use no memory. Where nothing maps the zero page, `MADV_POPULATE_READ` allocates
- *   a zero-filled page for each: still exact, but the untouched pages then cost
- *   memory — `WriteWatch.untouched` says `"allocated"`.
- * - `EVENT_REMOVE`: private anonymous pages zapped by `MADV_DONTNEED` read back as
- *   zeros and raise no fault afterwards; the removed pages are counted as written
- *   (shared memory keeps its contents and its protection: not counted).
- * - `EVENT_REMAP` and `EVENT_UNMAP`: pages moved away by `mremap` or unmapped are
- *   reported lost from then on (a moved range is unregistered at its new place);
- *   without these events the kernel would drop their protection silently.
- * - Growth (`extend`): the tail is registered on the same userfaultfd, added to
- *   the running handler (`FaultHandler.addRanges`), then protected; pages already
- *   holding data are reported: present and not the zero page (`PAGEMAP_SCAN`, or
- *   `/proc/self/pagemap` without it), and not only zeros — a page of the grown part
- *   that holds nothing but zeros is what it was when the memory grew, and on a
- *   kernel whose read faults allocate it is most likely a page only read.
- * - Memory that is not page-aligned shares its first and last pages with other
- *   data. Where the mapping around such a page reaches past the watched memory (a
- *   malloc heap: a small `ArrayBuffer`, or a large one after glibc raised its mmap
- *   threshold), the page is not protected — any thread writing there would wait on
- *   the handler, and the handler's own thread, allocating next to the buffer, would
- *   wait for good — and it is reported written on every call (the conservative
- *   side; the `async` backend reports it only when someone wrote it).
- * - With those events negotiated, a thread that `madvise`s, `munmap`s or
- *   `mremap`s the watched memory waits in the kernel until the handler has read
- *   the event (microseconds). `stop()` first stops the handler, then closes the
- *   userfaultfd, which unregisters the span: after it returns, nothing waits for a
- *   handler that is gone.
- *
- * The handler's Worker loads this package's modules itself, which takes read
- * permission on the package's directory (the rest of the library needs only
- * `--allow-ffi`): without it the backend says it is unavailable, and automatic
- * selection moves on.
- *
- * One limit that the `async` backend does not have: the kernel zaps a removed range
- * only after the handler has read the event, so if another thread's
- * `MADV_DONTNEED` races with `collect()` and the zap lands after the re-protection,
- * later writes to those pages raise no fault (the kernel gives no signal that the
- * zap is done). Zapping from the thread that calls `collect()`, or not while it
- * runs, is exact.
+ * The `sync` write-watch backend: write-protect faults served by a
+ * {@linkcode FaultHandler} Worker with the `unprotect` policy (and
+ * `_sync_policy.ts`), which records each page written; any thread can write, the
+ * first write to a page after a reset waits for the Worker. Internal; how it keeps
+ * every write (untouched pages, removals, moves, growth, shared pages) and its one
+ * limit: `docs/write-watch.md`, "The sync backend".
  *
  * @example
  * ```ts

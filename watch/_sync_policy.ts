@@ -1,28 +1,8 @@
 /**
- * The fault policy of the `sync` write-watch backend (see `watch_sync.ts`), run in
- * its `FaultHandler`'s Worker: the built-in `unprotect` policy (one page per fault,
- * removed pages counted as written), plus what a write watch needs from the
- * address-space events that `unprotect` alone does not keep:
- *
- * - `remap` and `unmap`: the pages that left their place in the watched span are
- *   marked in the shared `lost` bitmap (by their place in the span: page `i` is at
- *   `base + i * pageSize` when the watch started or grew), and the shared lost
- *   generation is bumped, so that the main side re-reads the bitmap only when it
- *   changed. A range moved elsewhere is unregistered at its new address: its new
- *   owner's writes are not ours to serve.
- * - `remove`, when the watch fills never-touched pages (no `WP_UNPOPULATED`): the
- *   zapped range is remembered; the main side calls `control("populate")` before
- *   every re-protection, which fills the holes of the ranges removed since
- *   again the way the kernel profile said (`fillUntouched`: the zero page through
- *   `MADV_POPULATE_READ` or `UFFDIO_ZEROPAGE`) so that re-protecting the range
- *   protects something.
- *
- * - `control("barrier")` does nothing: its answer tells the main side that the
- *   batch in progress when it asked — with any event whose caller has already
- *   returned — has been handled.
- *
- * Internal: the backend starts it with `policies.module(new URL(import.meta.url),
- * options, "syncWatchPolicy")`.
+ * The fault policy of the `sync` write-watch backend, run in its
+ * `FaultHandler`'s Worker: the built-in `unprotect` policy plus what a write watch
+ * needs from the address-space events (lost pages, removed ranges refilled before
+ * re-protection, a barrier). Internal: `docs/write-watch.md`, "Its policy".
  *
  * @module
  */

@@ -1,14 +1,9 @@
 /**
- * The answer of a write watch: which pages of the watched memory were written,
- * as coalesced page runs, as page indices, and as byte ranges of the watched
- * buffer; and which pages could no longer be watched ({@linkcode WriteSet.lost}).
- *
- * Page `i` is the `i`-th page of the smallest page-aligned span that covers the
- * watched memory. When the memory does not start on a page boundary (an
- * `ArrayBuffer` of 1 MiB or more starts 16 bytes into a page), page 0 also holds
- * bytes that precede it and the last page bytes that follow it: a write to those
- * bytes by anyone marks the page written. This is the conservative side —
- * {@linkcode WriteSet.byteRanges} clips every page to the watched bytes.
+ * The answer of a write watch, {@linkcode WriteSet}: which pages of the watched
+ * memory were written, as coalesced page runs, as page indices and as byte ranges
+ * of the watched buffer, and which could no longer be watched
+ * ({@linkcode WriteSet.lost}). Page `i` is the `i`-th page of the smallest
+ * page-aligned span covering the memory: `docs/write-watch.md`, "The answer".
  *
  * @example
  * ```ts

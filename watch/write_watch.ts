@@ -2,44 +2,12 @@
  * {@linkcode WriteWatch}: "which pages of this memory were written since I last
  * asked?" — the `GetWriteWatch` model, for a `Region`, an `ArrayBuffer` (or
  * `SharedArrayBuffer`), a typed array or `DataView`, or a `WebAssembly.Memory`.
- * Writes by JavaScript, by WebAssembly code and by native code (FFI, other
- * threads) are all seen: the kernel tracks them, not the writer.
- *
- * - `written()` answers without resetting; `reset()` marks every page clean;
- *   `collect()` does both in one atomic step (one `PAGEMAP_SCAN` walk with
- *   `PM_SCAN_WP_MATCHING` on the `async` backend): a write that races with it is
- *   reported by this call or the next one, never lost.
- * - Answers are {@linkcode WriteSet}s: page indices, coalesced page runs, byte
- *   ranges of the watched memory.
- * - Page `i` is the `i`-th page of the smallest page-aligned span covering the
- *   memory. Memory that is not page-aligned (an `ArrayBuffer` of 1 MiB or more
- *   starts 16 bytes into a page, after glibc's chunk header) shares its first and
- *   last pages with other data: writes to those bytes mark the page too (reported
- *   conservatively), and `WriteSet.byteRanges()` clips pages to the memory.
- * - A `WebAssembly.Memory` is followed through `memory.grow()`: the new pages are
- *   watched from the next call on, and those the program already wrote are reported
- *   in that call (`WriteSet.grewFrom`). If the buffer moved, the memory is watched at
- *   its new address and every page is reported written once (`WriteSet.relocated`).
- *   A typed array over a Memory's buffer is detached by growth: watch the Memory.
- * - Pages that can no longer be watched (unmapped, moved away by `mremap`, mapped
- *   over) are reported in `WriteSet.lost`, never dropped silently.
- * - What is watched is this mapping: for shared memory (a `memfd`, shmem), writes
- *   made through another mapping of the same memory (an alias, another process)
- *   are not seen. A page dropped with `MADV_DONTNEED` counts as written where that
- *   changes its contents (private memory reads back zeros); shared memory keeps its
- *   contents and the page is not reported.
- *
- * Backends, chosen automatically in this order and reported by `watch.backend`,
- * forcible with `{ backend }`, declinable with `{ decline }`:
- * - `async` — `WP_ASYNC` userfaultfd + `PAGEMAP_SCAN` (Linux 6.7+): the kernel
- *   resolves every write itself, no fault reaches user space.
- * - `sync` — write-protect faults served by a handler Worker (`FaultHandler` with
- *   the `unprotect` policy): every first write to a page after a reset costs a
- *   round trip to that Worker, so the writer waits a few microseconds; see
- *   `watch_sync.ts`.
- * - `soft-dirty` — `clear_refs` + pagemap bit 55, only where the kernel really sets
- *   the bit (never chosen where `softDirtySupported()` is false); process-wide and
- *   not atomic, see `watch_soft_dirty.ts`.
+ * Writes by JavaScript, WebAssembly and native code are all seen: the kernel
+ * tracks them. `written()` answers, `reset()` marks every page clean, `collect()`
+ * does both atomically; answers are {@linkcode WriteSet}s. Backends, chosen in
+ * this order: `async` (WP_ASYNC + PAGEMAP_SCAN, Linux 6.7+), `sync` (a fault
+ * handler Worker), `soft-dirty`. What pages, growth, relocation, lost pages and
+ * each backend's guarantees mean: `docs/write-watch.md`.
  *
  * @example
  * ```ts
