@@ -27,7 +27,8 @@ import {
 import { latencyBucket, STAT } from "./stats.ts";
 import { POLLERR, POLLIN, POLLNVAL } from "../ffi/linux.ts";
 import * as builtins from "./builtin_policies.ts";
-import { BUILTIN_POLICIES, type Fault, type FaultPolicy, type PolicyContext, type PolicyFactory } from "./policies.ts";
+import type { Fault, FaultPolicy, PolicyContext, PolicyFactory } from "./fault_policy.ts";
+import { BUILTIN_POLICIES } from "./policies.ts";
 import {
   type Feature,
   UFFD_EVENT_FORK,

@@ -8,7 +8,7 @@
  */
 
 import { UffdError } from "../kernel/errors.ts";
-import type { PolicySpec } from "./policies.ts";
+import type { PolicySpec } from "./fault_policy.ts";
 import type { SharedUserfaultfd, UffdEvent } from "../kernel/userfaultfd.ts";
 
 /** Slots of the control block. */

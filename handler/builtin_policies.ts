@@ -27,7 +27,7 @@ import type {
   MapPagesOptions,
   PolicyContext,
   UnprotectOptions,
-} from "./policies.ts";
+} from "./fault_policy.ts";
 
 function kindOf(fault: Fault): string {
   return fault.minor ? "minor" : fault.wp ? "write-protect" : "missing";

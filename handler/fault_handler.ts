@@ -41,7 +41,8 @@ import {
 import { type HandlerStats, readStats, statsBuffer } from "./stats.ts";
 import { EFD_CLOEXEC, EFD_NONBLOCK } from "../ffi/linux.ts";
 import { onClose } from "../kernel/_on_close.ts";
-import { BUILTIN_POLICIES, type CopySourceSpec, type PolicySpec } from "./policies.ts";
+import type { CopySourceSpec, PolicySpec } from "./fault_policy.ts";
+import { BUILTIN_POLICIES } from "./policies.ts";
 import { unmappedParts } from "../kernel/maps.ts";
 import type { Range } from "../kernel/range.ts";
 import { bitmapBytes, type PageRun, pageRuns, type TrackedRange, trackRanges } from "./tracked_pages.ts";

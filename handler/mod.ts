@@ -22,18 +22,16 @@
 
 export { FaultHandler, FaultHandlerError, type FaultHandlerOptions, type HandlerState } from "./fault_handler.ts";
 export {
-  type CopySource,
   type CopySourceSpec,
   type Fault,
   type FaultPolicy,
   type MapPagesOptions,
-  type Policies,
-  policies,
   type PolicyContext,
   type PolicyFactory,
   type PolicySpec,
   type UnprotectOptions,
-} from "./policies.ts";
+} from "./fault_policy.ts";
+export { type CopySource, type Policies, policies } from "./policies.ts";
 export { continuePolicy, copyPolicy, unprotectPolicy, zerofillPolicy } from "./builtin_policies.ts";
 export { emptyStats, type HandlerStats } from "./stats.ts";
 export { type PageRun, type TrackedRange } from "./tracked_pages.ts";

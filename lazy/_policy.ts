@@ -21,7 +21,7 @@ import * as resolve from "../ffi/_resolve_ops.ts";
 import { MADV_NOHUGEPAGE, MAP_SHARED, PROT_READ, PROT_WRITE } from "../ffi/linux.ts";
 import { openPageSource, type PageSource } from "./_source.ts";
 import type { LazySourceSpec } from "./_source.ts";
-import type { Fault, FaultPolicy, PolicyContext } from "../handler/policies.ts";
+import type { Fault, FaultPolicy, PolicyContext } from "../handler/fault_policy.ts";
 import { Region } from "../kernel/region.ts";
 
 /** Where a page is, one byte per page in shared memory. */

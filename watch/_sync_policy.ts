@@ -11,7 +11,7 @@ import type { UffdEvent } from "../kernel/userfaultfd.ts";
 import type { UntouchedFill } from "../kernel/profile.ts";
 import { fillUntouched } from "../kernel/_page_contents.ts";
 import { unprotectPolicy } from "../handler/builtin_policies.ts";
-import type { FaultPolicy, PolicyContext } from "../handler/policies.ts";
+import type { FaultPolicy, PolicyContext } from "../handler/fault_policy.ts";
 
 /** Slots of the policy's shared state (`Int32Array`). */
 export const SYNC_STATE = {
@@ -93,7 +93,7 @@ export function syncWatchPolicy(options: SyncWatchPolicyOptions, context: Policy
       }
     },
     control(op: string): unknown {
-      // A round trip that returns once the batch being handled is done (see `written()` in watch_sync.ts).
+      // A round trip that returns once the batch being handled is done (see `written()` in _sync.ts).
       if (op === "barrier") return null;
       if (op !== "populate") throw new Error(`syncWatchPolicy: unknown operation ${op}`);
       let populated = 0;
