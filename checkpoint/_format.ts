@@ -4,7 +4,7 @@
  * 8-byte trailer, little-endian, every part checksummed with CRC-32C. This module
  * encodes and decodes the header and the table and checks everything that can be
  * checked without reading page data; `checkpoint.ts` writes files,
- * `checkpoint_reader.ts` reads chains of them.
+ * `reader.ts` reads chains of them.
  *
  * ```text
  * offset        size     field

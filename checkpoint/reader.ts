@@ -1,6 +1,6 @@
 /**
  * Reading checkpoint chains (a base image and the deltas after it, in the format
- * of `checkpoint_format.ts`): {@linkcode CheckpointReader} opens the files, checks
+ * of `_format.ts`): {@linkcode CheckpointReader} opens the files, checks
  * every header and page table and how the files chain together, and indexes which
  * file holds the newest copy of each page — without reading any page data. Then it
  * can return one page's bytes on demand (what a lazy restore serving faults needs),

@@ -5,7 +5,7 @@
  * returning?
  *
  * **Why the writer's log can answer that.** The memory starts as zeros and only
- * the writer writes it, one 8-byte stamp per store (`demo_writer.ts`); the pass
+ * the writer writes it, one 8-byte stamp per store (`_demo_writer.ts`); the pass
  * log says which pages each pass stamped, in order, and where. So the memory
  * after any store can be replayed exactly ({@linkcode replay}). A snapshot taken
  * at one instant, while a single thread writes, holds every store of that thread

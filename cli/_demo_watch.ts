@@ -3,7 +3,7 @@
  * `WebAssembly.Memory` the wasm writer keeps writing to, then a few rounds of
  * `collect()`, each printed as a page heat map and checked against the writer's log.
  *
- * **The check** (see `demo_writer.ts` for the log): the watch's start and each
+ * **The check** (see `_demo_writer.ts` for the log): the watch's start and each
  * `collect()` are marks. At round `r` (mark `m`), once the log is final for `m`:
  *
  * - every page written by a pass that began after the watch started and ended

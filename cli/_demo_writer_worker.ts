@@ -1,7 +1,7 @@
 /**
  * The demo writer's Worker: runs the wasm module's `stamp` in passes over the
  * shared memory until told to stop, and logs each pass against the main thread's
- * marks (see `demo_writer.ts` for why this order of loads and stores makes the log
+ * marks (see `_demo_writer.ts` for why this order of loads and stores makes the log
  * exact) and in the pass log (what it wrote, for a replay). Answers `"stopped"`
  * when it stops.
  *

@@ -1,7 +1,7 @@
 /**
  * `uffd semantics`: the write-protect semantics matrix of this kernel — which
  * writes a write-protect tracker sees, for each memory kind, scenario and mode —
- * measured by `measureWpSemantics()` (`semantics.ts`) and printed as one table per
+ * measured by `measureWpSemantics()` (`kernel/semantics.ts`) and printed as one table per
  * memory kind, with the cells that lose a write said in words under each table.
  *
  * @module

@@ -1,7 +1,7 @@
 /**
  * Which pages of private anonymous memory hold data, and how never-touched pages
  * are made to carry write protection — both decided from the kernel profile
- * (`kernel_profile.ts`), never assumed:
+ * (`profile.ts`), never assumed:
  *
  * - {@linkcode fillUntouched} maps something into the never-touched pages of a
  *   registered range so that `UFFDIO_WRITEPROTECT` has a PTE to protect there (the
@@ -73,7 +73,7 @@ function readEntries(address: bigint, pages: number): BigUint64Array {
 /**
  * Makes the never-touched pages of `[address, address + length)` — registered on the
  * userfaultfd `fd` — present, the way `how` says (see `UntouchedFill` in
- * `kernel_profile.ts`), so that protecting the range protects them too. Pages that
+ * `profile.ts`), so that protecting the range protects them too. Pages that
  * hold something already are left alone. Returns 0, or `-errno` (`-EAGAIN` while an
  * address-space change of the range is in flight: read its event and call again).
  *

@@ -1,8 +1,8 @@
 /**
  * The background copier of a `LiveSnapshot`, run in the second of its two Workers
- * (the fault handler, `snapshot_faults.ts`, runs in the first): once the target
+ * (the fault handler, `_faults.ts`, runs in the first): once the target
  * is protected, it walks the pages in address order, a chunk of `chunkPages` at a
- * time — claims the pages nobody has saved (`snapshot_pages.ts`), copies them into
+ * time — claims the pages nobody has saved (`_pages.ts`), copies them into
  * the sink, marks them saved with the epoch it sees after the copy, and unprotects
  * the saved pages of the chunk with one `UFFDIO_WRITEPROTECT` per run, through its
  * own copy of the userfaultfd. Pages the fault handler is saving at that moment

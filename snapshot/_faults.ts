@@ -1,9 +1,9 @@
 /**
  * The fault handler of a `LiveSnapshot`, run in the first of its two Workers
- * (`snapshot_worker.ts`; the copier, `snapshot_copier.ts`, runs in the other). It
+ * (`_worker.ts`; the copier, `_copier.ts`, runs in the other). It
  * write-protects the target, sorts its pages, then sleeps in `poll()` on the
  * userfaultfd and serves each write-protect fault at once: claim the page (see
- * `snapshot_pages.ts`; if the copier has it, wait the microseconds its copy takes),
+ * `_pages.ts`; if the copier has it, wait the microseconds its copy takes),
  * save its old content, unprotect it. It also reads the address-space events and
  * decides when the snapshot is complete. Internal.
  *
@@ -96,7 +96,7 @@ function addRun(runs: [number, number][], i: number): void {
 
 /**
  * A PAGEMAP_SCAN query built by hand: `prepareQuery` would probe the kernel's
- * categories through `/proc/self/pagemap`, which `pagemap.ts` keeps open for the
+ * categories through `/proc/self/pagemap`, which `kernel/pagemap.ts` keeps open for the
  * rest of the isolate's life — one fd leaked per snapshot Worker. These four
  * categories exist on every kernel with PAGEMAP_SCAN (checked by `take()`).
  */

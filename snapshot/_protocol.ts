@@ -9,7 +9,7 @@
  *   (`RUNNING` lets the copier start); the copier stores `COPIER` when it is done
  *   or failed. Both add the pages they save to `SAVED` (after marking them), and
  *   the fault Worker bumps `EPOCH` before each `read` of the userfaultfd (see
- *   `snapshot_pages.ts`). For a callback sink, a producer reserves queue slots by
+ *   `_pages.ts`). For a callback sink, a producer reserves queue slots by
  *   adding to `RESERVED`, fills them, then adds to `PUBLISHED` and notifies; the
  *   main side stores how many it `DELIVERED` and notifies the copier.
  * - Progress (`Float64Array`, slots `PROGRESS`): each counter has one writer
@@ -131,7 +131,7 @@ export interface SnapshotWorkerData {
   eventFd: number;
   control: SharedArrayBuffer;
   progress: SharedArrayBuffer;
-  /** Page states (`Uint8Array`, one per page), the stamp each page was saved with, chunk locks: see `snapshot_pages.ts`. */
+  /** Page states (`Uint8Array`, one per page), the stamp each page was saved with, chunk locks: see `_pages.ts`. */
   states: SharedArrayBuffer;
   epochs: SharedArrayBuffer;
   locks: SharedArrayBuffer;

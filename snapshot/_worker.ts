@@ -1,10 +1,10 @@
 /**
  * The entry point of a `LiveSnapshot`'s two Workers (`node:worker_threads`
  * Workers, started from a `data:` bootstrap like a `FaultHandler`'s): the fault
- * handler (`snapshot_faults.ts`), which sleeps in `poll()` and serves each fault at
- * once, and the copier (`snapshot_copier.ts`), which saves the rest in the
+ * handler (`_faults.ts`), which sleeps in `poll()` and serves each fault at
+ * once, and the copier (`_copier.ts`), which saves the rest in the
  * background. Two threads, so that a write never waits behind the copier. They
- * share the page states (`snapshot_pages.ts`): each page is claimed by
+ * share the page states (`_pages.ts`): each page is claimed by
  * compare-and-swap, saved once, and unprotected only after it is saved. Internal.
  *
  * Failure handling is the point of this file: whatever goes wrong in either
