@@ -104,6 +104,10 @@ export class Checkpoint implements Disposable {
   /**
    * Starts watching `target` for writes; the first {@linkcode write} writes the
    * base image.
+   *
+   * @param target The memory to checkpoint.
+   * @param options The write watch's options, and `durable` (fsync each file).
+   * @returns A checkpoint with no file yet: the first `write()` writes the base.
    */
   static start(target: MemoryTarget, options: CheckpointOptions = {}): Checkpoint {
     const watch = WriteWatch.start(target, options);
@@ -114,6 +118,11 @@ export class Checkpoint implements Disposable {
    * Restores a chain (base first, then deltas in order; any prefix is a valid
    * checkpoint) into `target`, which must have the image's size. Everything is
    * checked before the target is touched. Returns the number of pages written.
+   *
+   * @param target Memory of the image's length.
+   * @param paths The base, then the deltas in order.
+   * @returns Pages restored.
+   * @throws {UffdError} For any file that does not check (nothing is written to the target then).
    *
    * @example
    * ```ts

@@ -175,6 +175,11 @@ export class CheckpointReader implements Disposable {
   /**
    * Opens a chain — the base first, then its deltas in order (any prefix of a chain
    * is a valid checkpoint) — and checks headers, tables and links. Reads no page data.
+   *
+   * @param paths The base, then the deltas in order.
+   * @returns A reader with every header and table checked and the chain indexed.
+   * @throws {UffdError} `EIO` for a corrupted, truncated or foreign file, or a missing or reordered delta; the open's
+   *   errno otherwise.
    */
   static open(paths: readonly string[]): CheckpointReader {
     if (!Array.isArray(paths) || paths.some((p) => typeof p !== "string")) {

@@ -326,6 +326,14 @@ export class FaultHandler implements AsyncDisposable {
    * cannot start (the policy module fails to load, its factory throws), the
    * userfaultfd is closed and the promise rejects with a `FaultHandlerError`.
    *
+   * @param uffd Open, non-blocking, with its ranges registered.
+   * @param policy What serves the faults (`policies.unprotect()`, …).
+   * @param options Tracked ranges, events, batch size, timeouts.
+   * @returns The running handler, once its Worker serves.
+   * @throws {FaultHandlerError} When the Worker cannot start (the policy does not load, its factory throws, the start
+   *   times out); the userfaultfd is closed then.
+   * @throws {UffdError} For a closed or blocking userfaultfd, or ranges it does not have registered.
+   *
    * @example
    * ```ts
    * import { FaultHandler, policies, Region, Userfaultfd } from "@uffd/uffd";
@@ -688,6 +696,8 @@ export class FaultHandler implements AsyncDisposable {
    * faults do not wait for a handler that is gone. Resolves to the final
    * statistics, or rejects with the handler's failure. Calling it again returns the
    * same promise.
+   *
+   * @returns The final statistics; rejects with the handler's failure.
    *
    * @example
    * ```ts

@@ -80,6 +80,8 @@ export function kernelRelease(): string {
 /**
  * Reads what decides whether this process may create a userfaultfd.
  *
+ * @returns What the machine says; `undefined` fields could not be read.
+ *
  * @example
  * ```ts
  * import { diagnoseAccess, explainAccess } from "@uffd/uffd";

@@ -110,6 +110,9 @@ const DESCRIPTIONS: Record<ErrnoName, string> = {
 /**
  * The symbolic name of an errno number, or `E<number>` when it has none here.
  *
+ * @param errno A positive errno number.
+ * @returns Its name (`"EINVAL"`), or `E<number>`.
+ *
  * @example
  * ```ts
  * import { errnoName } from "@uffd/uffd";

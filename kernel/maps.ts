@@ -37,6 +37,10 @@ export interface Mapping {
 /**
  * Parses `/proc/<pid>/maps` (default: this process).
  *
+ * @param pid The process (default: this one).
+ * @returns One record per mapping, in address order.
+ * @throws {UffdError} `ESRCH` when there is no such process; `EACCES` without access to its maps.
+ *
  * @example
  * ```ts
  * import { readMaps } from "@uffd/uffd";

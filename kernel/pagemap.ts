@@ -124,6 +124,11 @@ const RAW_CHUNK = 65536;
  * per 64 Ki pages, and returns it. The fastest way to look at pagemap bits without
  * PAGEMAP_SCAN.
  *
+ * @param range A page-aligned range (a `Region` is widened to its `pageSpan`).
+ * @param options `pid` (default `"self"`), and `into`, a reused array of at least one entry per page.
+ * @returns `into`, or a new array of one raw entry per page.
+ * @throws {UffdError} `E2BIG` beyond 2^24 pages; `ESRCH`, `EACCES` for another process.
+ *
  * @example
  * ```ts
  * import { PM_PRESENT, readPagemapRaw, Region } from "@uffd/uffd";
@@ -178,6 +183,11 @@ export function readPagemapRaw(range: Range, options?: { pid?: Pid; into?: BigUi
 
 /**
  * Reads and decodes the pagemap entries of every page in a range.
+ *
+ * @param range A page-aligned range.
+ * @param options `pid` (default `"self"`).
+ * @returns One decoded entry per page.
+ * @throws {UffdError} As {@linkcode readPagemapRaw}.
  *
  * @example
  * ```ts

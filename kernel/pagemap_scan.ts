@@ -162,6 +162,12 @@ function mask(names: Iterable<Category> | undefined, option: string): bigint {
  * `TypeError`; categories this kernel refuses (and `SOFT_DIRTY` where soft-dirty
  * does not work) a `UffdError` before any ioctl.
  *
+ * @param query The categories and flags, by name.
+ * @returns The ioctl's masks, frozen, for `PagemapScanner.visit` and `pagemapScan`.
+ * @throws {TypeError} An unknown category name.
+ * @throws {UffdError} `EINVAL` for a category this kernel refuses; `EOPNOTSUPP` for `SOFT_DIRTY` where it never sets
+ *   the bit.
+ *
  * @example
  * ```ts
  * import { prepareQuery } from "@uffd/uffd";
@@ -372,6 +378,12 @@ const selfScanners = new Map<number, PagemapScanner>();
  * the output vector fills, until the range is covered or `maxPages` is reached
  * (`result.walkEnd` says where it stopped). For this process the output vector is
  * reused across calls; for another (`pid`) the pagemap file is opened per call.
+ *
+ * @param range A page-aligned range (a `Region` is widened to its `pageSpan`).
+ * @param options The query, `pid` and `vectorLength`.
+ * @returns The matching regions, with `walkEnd` and `calls`.
+ * @throws {UffdError} `ENOTTY` without PAGEMAP_SCAN (Linux 6.7+); `EPERM` with `checkWpAsync` where async write-protect
+ *   is missing; `EINVAL` for a refused category; `ESRCH`/`EACCES` for another process.
  *
  * @example
  * ```ts

@@ -179,6 +179,8 @@ let override: Partial<Pick<KernelProfile, "untouchedFill">> | undefined;
  * The running kernel's profile, measured on the first call (a few milliseconds) and
  * cached for the process. It never throws: a trait that cannot be measured says so.
  *
+ * @returns The profile, measured on the first call and the same object on every later one.
+ *
  * @example
  * ```ts
  * import { kernelProfile } from "@uffd/uffd";

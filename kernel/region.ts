@@ -140,6 +140,12 @@ export class Region implements Range, Disposable {
   /**
    * Maps `length` bytes (a multiple of the page size; of the huge page size with `hugetlb`).
    *
+   * @param length Bytes: a multiple of the page size (of the huge page size with `hugetlb`).
+   * @param options Shared, memfd, hugetlb, populate, protection, name.
+   * @returns The new region; `unmap()` (or `using`) releases it.
+   * @throws {UffdError} `EINVAL` for a length that is not whole pages; `ENOMEM` from `mmap` (with `hugetlb`: no huge
+   *   pages reserved).
+   *
    * @example
    * ```ts
    * import { Region } from "@uffd/uffd";
@@ -191,6 +197,11 @@ export class Region implements Range, Disposable {
    * `WebAssembly.Memory`. The region keeps the owner alive and never unmaps it.
    * When the memory does not start or end on a page boundary, kernel operations
    * act on the whole pages that cover it (`pageSpan`).
+   *
+   * @param memory An `ArrayBuffer`, `SharedArrayBuffer`, typed array, `DataView` or `WebAssembly.Memory`.
+   * @returns A region over its bytes that never unmaps them.
+   * @throws {TypeError} For anything else.
+   * @throws {UffdError} `EINVAL` when the memory is empty or detached.
    *
    * @example
    * ```ts

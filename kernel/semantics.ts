@@ -212,6 +212,9 @@ function lostWhy(cell: WpCell): string {
  * cannot run (a missing feature, a kernel refusal, a write that neither faults nor
  * completes in time) says why in its `status` and `error`.
  *
+ * @param options Which memory kinds, scenarios and modes to measure, and what to decline.
+ * @returns Every cell measured; a cell that could not run says why.
+ *
  * @example
  * ```ts
  * import { measureWpSemantics } from "@uffd/uffd";

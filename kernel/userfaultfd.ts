@@ -314,6 +314,11 @@ export class Userfaultfd implements Disposable {
    * Creates a userfaultfd and negotiates features: those in `require` must be
    * granted, those in `features` are granted when the kernel has them.
    *
+   * @param options Wanted, required and declined features; blocking, close-on-exec, user-mode-only, where to create it.
+   * @returns An open userfaultfd that completed the `UFFDIO_API` handshake.
+   * @throws {UffdError} `EINVAL` for a required feature the kernel lacks (or that was declined) and for an unknown
+   *   name; the creation's errno (`EPERM`, …), with what to change, when no way to create one works.
+   *
    * @example
    * ```ts
    * import { Feature, Userfaultfd } from "@uffd/uffd";
@@ -442,6 +447,12 @@ export class Userfaultfd implements Disposable {
    * Registers a range for missing, write-protect and/or minor faults and returns the
    * ioctls the kernel allows on it. A range that overlaps one this object already
    * registered is refused (unregister it first).
+   *
+   * @param range Page-aligned, inside mappings.
+   * @param options At least one of `missing`, `wp`, `minor`.
+   * @returns The ioctls the kernel allows on the range.
+   * @throws {UffdError} `EBUSY` when it overlaps a registration of this object; `ENOMEM` when part of it is not mapped;
+   *   `EINVAL` when a mapping does not support the mode.
    */
   register(range: Range, options: RegisterOptions): ReadonlySet<Ioctl> {
     const operation = "UFFDIO_REGISTER";
@@ -520,6 +531,13 @@ export class Userfaultfd implements Disposable {
    * this process. Returns the bytes copied, which may be fewer than asked when the
    * kernel stopped early; a kernel error is thrown, never returned as a count.
    *
+   * @param destination The missing pages to fill (page-aligned).
+   * @param source At least `destination.length` bytes, or their address in this process.
+   * @param options `dontWake`, and `wp` to map the pages write-protected.
+   * @returns Bytes copied.
+   * @throws {UffdError} `EEXIST` when a page is already mapped; `ENOENT` when the range is not registered for missing
+   *   faults; `EAGAIN` while the address space changes.
+   *
    * @example
    * ```ts
    * import { Region, Userfaultfd } from "@uffd/uffd";
@@ -542,7 +560,14 @@ export class Userfaultfd implements Disposable {
     return done;
   }
 
-  /** Maps the zero page over a missing range (`UFFDIO_ZEROPAGE`); returns bytes mapped. */
+  /**
+   * Maps the zero page over a missing range (`UFFDIO_ZEROPAGE`); returns bytes mapped.
+   *
+   * @param range Missing pages (page-aligned).
+   * @param options `dontWake`.
+   * @returns Bytes mapped.
+   * @throws {UffdError} `EEXIST`, `ENOENT`, `EAGAIN` as `copy`; `EINVAL` on hugetlb.
+   */
   zeropage(range: Range, options?: WakeOptions): number {
     const operation = "UFFDIO_ZEROPAGE";
     this.#check(operation);
@@ -556,6 +581,11 @@ export class Userfaultfd implements Disposable {
   /**
    * Resolves minor faults by mapping the pages already in the page cache
    * (`UFFDIO_CONTINUE`); `wp` maps them write-protected. Returns bytes mapped.
+   *
+   * @param range Pages in the page cache but not mapped (page-aligned).
+   * @param options `dontWake`, `wp`.
+   * @returns Bytes mapped.
+   * @throws {UffdError} `EFAULT` when a page is not in the page cache; `ENOENT` when not registered for minor faults.
    */
   continue(range: Range, options?: WakeOptions & { wp?: boolean }): number {
     const operation = "UFFDIO_CONTINUE";
@@ -572,6 +602,11 @@ export class Userfaultfd implements Disposable {
   /**
    * Poisons missing pages (`UFFDIO_POISON`, Linux 6.6): a later access raises
    * SIGBUS in user space, or EFAULT/EIO from a system call. Returns bytes poisoned.
+   *
+   * @param range Missing pages (page-aligned).
+   * @param options `dontWake`.
+   * @returns Bytes poisoned.
+   * @throws {UffdError} `EEXIST` when a page is mapped; `ENOENT` when not registered for missing faults.
    */
   poison(range: Range, options?: WakeOptions): number {
     const operation = "UFFDIO_POISON";
@@ -587,6 +622,13 @@ export class Userfaultfd implements Disposable {
    * Moves pages from `source` (an address, or a `Range` whose start is used) into the
    * missing range `destination` without copying (`UFFDIO_MOVE`, needs the `MOVE`
    * feature). Returns bytes moved.
+   *
+   * @param destination The missing pages to fill (page-aligned).
+   * @param source The first source address, or a range whose start is used.
+   * @param options `dontWake`, `allowSrcHoles`.
+   * @returns Bytes moved.
+   * @throws {UffdError} `EINVAL` without the `MOVE` feature or on memory that is not private anonymous; `EBUSY` for a
+   *   shared source page; `ENOENT` for holes.
    */
   move(
     destination: Range,

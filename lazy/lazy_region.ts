@@ -334,6 +334,12 @@ export class LazyRegion implements AsyncDisposable {
    * (unless `prefetch`). Bad input and a source that cannot be opened (a missing
    * file, a damaged chain, a module that fails to load) reject here.
    *
+   * @param source A checkpoint chain, a file, bytes, memory (`{ address, length }`) or a module.
+   * @param options Length, memory kind, how pages are placed, prefetch, an existing `target`, timeouts.
+   * @returns The region, mapped and served: touch its `bytes`.
+   * @throws {UffdError} For a source or target that does not fit (a target shorter than the image says how to grow it).
+   * @throws {FaultHandlerError} When the handler does not start.
+   *
    * @example A module source: pages computed in the handler's Worker
    * ```ts
    * import { LazyRegion, Region } from "@uffd/uffd";

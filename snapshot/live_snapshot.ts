@@ -352,6 +352,16 @@ export class LiveSnapshot implements AsyncDisposable {
    * once the target is protected — the snapshot's moment — with the snapshot
    * running. If it cannot start, nothing stays protected and the promise rejects.
    *
+   * @param target Private anonymous memory.
+   * @param options The sink (a path, a `Uint8Array` or a callback), chunk and staging sizes, `signal`, timeouts, what
+   *   to decline.
+   * @returns The snapshot, once the target is protected: that moment is the snapshot's. `done` says when it is
+   *   complete.
+   * @throws {TypeError} For a target or sink of the wrong type.
+   * @throws {UffdError} `EOPNOTSUPP` for memory that is not private anonymous or a kernel without what it needs;
+   *   `EINVAL` for a sink of the wrong size.
+   * @throws {LiveSnapshotError} When the Workers do not start.
+   *
    * @example A callback sink, called on the main thread
    * ```ts
    * import { LiveSnapshot } from "@uffd/uffd";

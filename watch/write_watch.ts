@@ -143,6 +143,13 @@ export class WriteWatch implements Disposable {
    * a `UffdError` saying why when the forced backend (or, with `"auto"`, every
    * backend) cannot run here.
    *
+   * @param target The memory to watch.
+   * @param options The backend (default: the best available) and what to decline.
+   * @returns A watch that has recorded nothing yet.
+   * @throws {TypeError} For a target that is not memory, an unknown backend or name.
+   * @throws {UffdError} `EINVAL` for empty memory; the reason when the backend (every backend, with `"auto"`) cannot
+   *   run here.
+   *
    * @example
    * ```ts
    * import { WriteWatch } from "@uffd/uffd";
