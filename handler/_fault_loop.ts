@@ -44,10 +44,30 @@ import {
   UFFDIO_WRITEPROTECT_MODE_WP,
 } from "../ffi/uapi.ts";
 import { type UffdEvent, Userfaultfd } from "../kernel/userfaultfd.ts";
+import { byMapping } from "../kernel/maps.ts";
 
 const EAGAIN = ERRNO.EAGAIN!;
 const EEXIST = ERRNO.EEXIST!;
 const ENOENT = ERRNO.ENOENT!;
+
+/**
+ * `rc` of a resolving ioctl over `[address, address + length)`, or — when the kernel
+ * said `ENOENT` for a range of several pages, which it does where the range runs into
+ * the next mapping — the result of doing it again one mapping at a time
+ * (`byMapping`). A range with nothing mapped at its start stays `ENOENT` (vanished).
+ */
+function spanning(
+  rc: number,
+  address: number,
+  length: number,
+  op: (address: number, length: number) => number,
+  counts = true,
+): number {
+  if (rc !== -ENOENT || length <= PAGE_SIZE) return rc;
+  const done = byMapping(address, length, op);
+  // Ioctls without a count (WRITEPROTECT) answer 0; the part after a hole went away with it.
+  return counts || done < 0 ? done : 0;
+}
 const ESRCH = ERRNO.ESRCH!;
 const EINTR = ERRNO.EINTR!;
 const FLAG_WRITE = Number(UFFD_PAGEFAULT_FLAG_WRITE);
@@ -282,20 +302,49 @@ export class FaultLoop implements PolicyContext {
   }
 
   unprotect(address: number, length: number): boolean {
-    return this.#outcome(resolve.writeprotect(this.#fd, address, length, 0), "UFFDIO_WRITEPROTECT", address, length);
+    const fd = this.#fd;
+    const rc = spanning(
+      resolve.writeprotect(fd, address, length, 0),
+      address,
+      length,
+      (a, n) => resolve.writeprotect(fd, a, n, 0),
+      false,
+    );
+    return this.#outcome(rc, "UFFDIO_WRITEPROTECT", address, length);
   }
 
   zeropage(address: number, length: number): boolean {
-    return this.#outcome(resolve.zeropage(this.#fd, address, length, 0), "UFFDIO_ZEROPAGE", address, length, true);
+    const fd = this.#fd;
+    const rc = spanning(
+      resolve.zeropage(fd, address, length, 0),
+      address,
+      length,
+      (a, n) => resolve.zeropage(fd, a, n, 0),
+    );
+    return this.#outcome(rc, "UFFDIO_ZEROPAGE", address, length, true);
   }
 
   copy(destination: number, source: number, length: number, wp = false): boolean {
-    const done = resolve.copy(this.#fd, destination, source, length, wp ? COPY_WP : 0);
+    const fd = this.#fd;
+    const mode = wp ? COPY_WP : 0;
+    const done = spanning(
+      resolve.copy(fd, destination, source, length, mode),
+      destination,
+      length,
+      (a, n) => resolve.copy(fd, a, source + (a - destination), n, mode),
+    );
     return this.#outcome(done, "UFFDIO_COPY", destination, length, true);
   }
 
   continue(address: number, length: number, wp = false): boolean {
-    const done = resolve.continuePages(this.#fd, address, length, wp ? CONTINUE_WP : 0);
+    const fd = this.#fd;
+    const mode = wp ? CONTINUE_WP : 0;
+    const done = spanning(
+      resolve.continuePages(fd, address, length, mode),
+      address,
+      length,
+      (a, n) => resolve.continuePages(fd, a, n, mode),
+    );
     return this.#outcome(done, "UFFDIO_CONTINUE", address, length, true);
   }
 
@@ -745,7 +794,15 @@ export class FaultLoop implements PolicyContext {
       while (end < limit && (written[end >> 3]! & (1 << (end & 7))) !== 0) end++;
       if (s !== undefined && s.wp) {
         const start = s.start + (page - s.firstPage) * PAGE_SIZE;
-        const rc = resolve.writeprotect(this.#fd, start, (end - page) * PAGE_SIZE, WRITEPROTECT_WP);
+        const fd = this.#fd;
+        const len = (end - page) * PAGE_SIZE;
+        const rc = spanning(
+          resolve.writeprotect(fd, start, len, WRITEPROTECT_WP),
+          start,
+          len,
+          (a, n) => resolve.writeprotect(fd, a, n, WRITEPROTECT_WP),
+          false,
+        );
         if (rc === -EAGAIN) {
           // An address-space event is waiting: read it (serving faults meanwhile), then retry.
           if (performance.now() > deadline) {

@@ -30,6 +30,7 @@
  */
 
 import { ERRNO } from "./errors.ts";
+import { byMapping } from "./maps.ts";
 import * as libc from "../ffi/_libc.ts";
 import { PAGE_SIZE, PAGE_SIZE_N } from "../ffi/_libc.ts";
 import * as resolve from "../ffi/_resolve_ops.ts";
@@ -122,7 +123,10 @@ export function fillUntouched(fd: number, address: bigint, length: number, how: 
 function zeroRun(fd: number, start: number, length: number): number {
   const end = start + length;
   while (start < end) {
-    const rc = resolve.zeropage(fd, start, end - start, 0);
+    let rc = resolve.zeropage(fd, start, end - start, 0);
+    if (rc === -ERRNO.ENOENT! && end - start > PAGE_SIZE) {
+      rc = byMapping(start, end - start, (a, n) => resolve.zeropage(fd, a, n, 0)); // runs into the next mapping
+    }
     if (rc >= end - start) return 0;
     if (rc >= 0) {
       start += rc; // a partial run: go on from there

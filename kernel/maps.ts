@@ -126,3 +126,72 @@ export function unmappedParts(start: bigint, end: bigint): { start: bigint; end:
   if (at < end) holes.push({ start: at, end });
   return holes;
 }
+
+/**
+ * How many bytes of `[start, start + length)` lie in the one mapping that holds
+ * `start` — what a `UFFDIO_COPY`, `ZEROPAGE`, `MOVE`, `CONTINUE` or `POISON` (and,
+ * before Linux 6.4, `WRITEPROTECT`) may cover in one call, since the kernel refuses
+ * a range that runs into the next mapping with `ENOENT`. 0 when `start` is not
+ * mapped at all; `length` when the maps cannot be read (nothing to split by).
+ *
+ * A memory can be one range to its owner and several mappings to the kernel: a
+ * `WebAssembly.Memory` that grew while registered keeps its grown part as a mapping
+ * of its own, and `madvise`/`mprotect` of part of a range splits it. Callers use this
+ * on `ENOENT` to tell "runs into the next mapping" (split and go on) from "gone".
+ *
+ * @example
+ * ```ts
+ * import { MADV_NOHUGEPAGE, Region } from "@uffd/uffd";
+ * import { mappedExtent } from "./maps.ts";
+ * using mem = Region.map(4 * Region.pageSize);
+ * mem.advise(MADV_NOHUGEPAGE, mem.pages(2, 2)); // now two mappings
+ * console.log(mappedExtent(mem.address, mem.length) === 2 * Region.pageSize); // true
+ * ```
+ */
+export function mappedExtent(start: number | bigint, length: number): number {
+  const at = BigInt(start);
+  let maps: Mapping[];
+  try {
+    maps = readMaps();
+  } catch {
+    return length;
+  }
+  const m = maps.find((m) => m.start <= at && at < m.end);
+  if (m === undefined) return 0;
+  return Math.min(length, Number(m.end - at));
+}
+
+/**
+ * Runs a range operation one mapping at a time — for an ioctl that the kernel
+ * refused with `ENOENT` because the range runs into the next mapping (see
+ * {@linkcode mappedExtent}). `op(start, length)` returns bytes done (or 0 for an
+ * ioctl without a count: the whole piece is then done) or `-errno`.
+ *
+ * @returns the bytes done in all (a short count where a piece stopped early), or
+ *   `-errno` when the first piece failed (`-ENOENT` where nothing is mapped).
+ *
+ * @example
+ * ```ts
+ * import { MADV_NOHUGEPAGE, Region } from "@uffd/uffd";
+ * import { byMapping } from "./maps.ts";
+ * using mem = Region.map(4 * Region.pageSize);
+ * mem.advise(MADV_NOHUGEPAGE, mem.pages(1, 1));
+ * const pieces: number[] = [];
+ * byMapping(Number(mem.address), mem.length, (_, n) => (pieces.push(n / Region.pageSize), 0));
+ * console.log(pieces); // [1, 1, 2]
+ * ```
+ */
+export function byMapping(start: number, length: number, op: (start: number, length: number) => number): number {
+  let done = 0;
+  while (done < length) {
+    const at = start + done;
+    const piece = mappedExtent(at, length - done);
+    if (piece === 0) return done > 0 ? done : -ERRNO.ENOENT!;
+    const rc = op(at, piece);
+    if (rc < 0) return done > 0 ? done : rc;
+    const did = rc === 0 ? piece : rc;
+    done += did;
+    if (did < piece) break;
+  }
+  return done;
+}

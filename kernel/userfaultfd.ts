@@ -59,7 +59,7 @@ import { describeMode, Registrations } from "./_registrations.ts";
 import { describe, optionsBag } from "./_validate.ts";
 import { kernelRelease } from "./access.ts";
 import { ERRNO, failure, invalid, UffdError, uffdioHint } from "./errors.ts";
-import { unmappedParts } from "./maps.ts";
+import { byMapping, unmappedParts } from "./maps.ts";
 import { featureNames, ioctlNames } from "./names.ts";
 import { pageRange, type Range, toAddress } from "./range.ts";
 
@@ -229,6 +229,20 @@ export interface SharedUserfaultfd {
 
 const MESSAGES_PER_READ = 64;
 let supportCache: Support | undefined;
+
+const ENOENT = ERRNO.ENOENT;
+const PAGE_SIZE_N = libc.PAGE_SIZE_N;
+
+/**
+ * Repeats a range ioctl one mapping at a time after the kernel refused the whole
+ * range with `ENOENT` — it runs into the next mapping (a memory that grew while
+ * registered, a range split by `madvise`): see `byMapping` in `maps.ts`. Only a range
+ * with nothing mapped at its start stays `ENOENT`. Returns bytes done or `-errno`.
+ */
+function acrossMappings(start: bigint, len: bigint, op: (start: bigint, len: bigint) => number): number {
+  if (len <= PAGE_SIZE_N) return -ENOENT;
+  return byMapping(Number(start), Number(len), (s, l) => op(BigInt(s), BigInt(l)));
+}
 
 /** A failed `UFFDIO_*` call as a `UffdError`, with the hint for its errno. */
 function kernelError(operation: string, rc: number, args: Record<string, unknown>): UffdError {
@@ -510,7 +524,11 @@ export class Userfaultfd implements Disposable {
     this.#check(operation);
     options = optionsBag(options, operation);
     const { start, len } = pageRange(range, operation);
-    const rc = ops.uffdioWriteprotect(this.fd, start, len, UFFDIO_WRITEPROTECT_MODE_WP);
+    let rc = ops.uffdioWriteprotect(this.fd, start, len, UFFDIO_WRITEPROTECT_MODE_WP);
+    if (rc === -ENOENT) {
+      // Before Linux 6.4 one call covers one mapping: a range of several goes one mapping at a time.
+      rc = acrossMappings(start, len, (s, l) => ops.uffdioWriteprotect(this.fd, s, l, UFFDIO_WRITEPROTECT_MODE_WP));
+    }
     if (rc < 0) throw kernelError(operation, rc, { start, len, mode: "wp" });
   }
 
@@ -521,7 +539,8 @@ export class Userfaultfd implements Disposable {
     options = optionsBag(options, operation);
     const { start, len } = pageRange(range, operation);
     const mode = options.dontWake ? UFFDIO_WRITEPROTECT_MODE_DONTWAKE : 0n;
-    const rc = ops.uffdioWriteprotect(this.fd, start, len, mode);
+    let rc = ops.uffdioWriteprotect(this.fd, start, len, mode);
+    if (rc === -ENOENT) rc = acrossMappings(start, len, (s, l) => ops.uffdioWriteprotect(this.fd, s, l, mode));
     if (rc < 0) throw kernelError(operation, rc, { start, len, mode: options.dontWake ? "dontwake" : "0" });
   }
 
@@ -555,7 +574,10 @@ export class Userfaultfd implements Disposable {
     const { start, len } = pageRange(destination, operation);
     const src = this.#source(source, len, operation);
     const mode = (options.dontWake ? UFFDIO_COPY_MODE_DONTWAKE : 0n) | (options.wp ? UFFDIO_COPY_MODE_WP : 0n);
-    const done = ops.uffdioCopy(this.fd, start, src, len, mode);
+    let done = ops.uffdioCopy(this.fd, start, src, len, mode);
+    if (done === -ENOENT) {
+      done = acrossMappings(start, len, (s, l) => ops.uffdioCopy(this.fd, s, src + s - start, l, mode));
+    }
     if (done < 0) throw kernelError(operation, done, { dst: start, src, len });
     return done;
   }
@@ -573,7 +595,9 @@ export class Userfaultfd implements Disposable {
     this.#check(operation);
     options = optionsBag(options, operation);
     const { start, len } = pageRange(range, operation);
-    const done = ops.uffdioZeropage(this.fd, start, len, options.dontWake ? UFFDIO_ZEROPAGE_MODE_DONTWAKE : 0n);
+    const mode = options.dontWake ? UFFDIO_ZEROPAGE_MODE_DONTWAKE : 0n;
+    let done = ops.uffdioZeropage(this.fd, start, len, mode);
+    if (done === -ENOENT) done = acrossMappings(start, len, (s, l) => ops.uffdioZeropage(this.fd, s, l, mode));
     if (done < 0) throw kernelError(operation, done, { start, len });
     return done;
   }
@@ -594,7 +618,8 @@ export class Userfaultfd implements Disposable {
     const { start, len } = pageRange(range, operation);
     const mode = (options.dontWake ? UFFDIO_CONTINUE_MODE_DONTWAKE : 0n) |
       (options.wp ? UFFDIO_CONTINUE_MODE_WP : 0n);
-    const done = ops.uffdioContinue(this.fd, start, len, mode);
+    let done = ops.uffdioContinue(this.fd, start, len, mode);
+    if (done === -ENOENT) done = acrossMappings(start, len, (s, l) => ops.uffdioContinue(this.fd, s, l, mode));
     if (done < 0) throw kernelError(operation, done, { start, len });
     return done;
   }
@@ -613,7 +638,9 @@ export class Userfaultfd implements Disposable {
     this.#check(operation);
     options = optionsBag(options, operation);
     const { start, len } = pageRange(range, operation);
-    const done = ops.uffdioPoison(this.fd, start, len, options.dontWake ? UFFDIO_POISON_MODE_DONTWAKE : 0n);
+    const mode = options.dontWake ? UFFDIO_POISON_MODE_DONTWAKE : 0n;
+    let done = ops.uffdioPoison(this.fd, start, len, mode);
+    if (done === -ENOENT) done = acrossMappings(start, len, (s, l) => ops.uffdioPoison(this.fd, s, l, mode));
     if (done < 0) throw kernelError(operation, done, { start, len });
     return done;
   }

@@ -22,6 +22,7 @@ import { MADV_NOHUGEPAGE, MAP_SHARED, PROT_READ, PROT_WRITE } from "../ffi/linux
 import { openPageSource, type PageSource } from "./_source.ts";
 import type { LazySourceSpec } from "./_source.ts";
 import type { Fault, FaultPolicy, PolicyContext } from "../handler/fault_policy.ts";
+import { mappedExtent } from "../kernel/maps.ts";
 import { Region } from "../kernel/region.ts";
 
 /** Where a page is, one byte per page in shared memory. */
@@ -72,6 +73,8 @@ export const LAZY_CTRL = {
   ENDED: 4,
   /** Bytes of UTF-8 text in `message`. */
   MESSAGE_LENGTH: 5,
+  /** 1 once the prefetcher stopped with pages left (the region went away under it); the reason is in `message`. */
+  PREFETCH_STOPPED: 6,
   /** Slots. */
   SIZE: 8,
 } as const;
@@ -257,9 +260,29 @@ export async function lazyPolicy(options: LazyPolicyOptions, context: PolicyCont
       return 1;
     }
     if (rc === -EAGAIN) return 0;
-    if (rc === -ENOENT || rc === -ESRCH) return -1;
     const operation = op === "zero" ? "UFFDIO_ZEROPAGE" : `UFFDIO_${op.toUpperCase()}`;
+    if (rc === -ENOENT || rc === -ESRCH) return vanished(operation, dst, count, (n) => place(op, first, n, src));
     throw failure(operation, rc, { start: BigInt(dst), len });
+  }
+
+  /**
+   * A resolving ioctl said ENOENT (or ESRCH): the range runs into the next mapping
+   * (a memory that grew while registered keeps its grown part as a mapping of its
+   * own; the kernel places pages one mapping per call) — then the part in this
+   * mapping is placed and the caller goes on — or the region is gone (-1: nothing is
+   * mapped there any more). A range still mapped whole that the kernel refuses is no
+   * longer ours (unregistered): an error, never taken for "gone".
+   */
+  function vanished(operation: string, dst: number, count: number, retry: (n: number) => number): number {
+    const inside = Math.floor(mappedExtent(dst, count * P) / P);
+    if (inside === 0) return -1;
+    if (inside < count) return retry(inside);
+    throw new UffdError({
+      errno: ENOENT,
+      operation,
+      args: { start: BigInt(dst), len: count * P },
+      detail: "the region is mapped but no longer registered on the lazy region's userfaultfd",
+    });
   }
 
   /**
@@ -284,16 +307,14 @@ export async function lazyPolicy(options: LazyPolicyOptions, context: PolicyCont
         cause: error,
       });
       // Before throwing: a reader woken by the close must find the reason.
-      const text = encoder.encode(failure.message).subarray(0, LAZY_MESSAGE_BYTES);
-      new Uint8Array(options.message).set(text);
-      Atomics.store(ctrl, LAZY_CTRL.MESSAGE_LENGTH, text.length);
+      tell(failure.message);
       signal(LAZY_CTRL.FAILED);
       throw failure;
     }
     const rc = resolve.poison(fd, base + page * P, P, 0);
     if (rc >= 0 || rc === -EEXIST) return 1;
     if (rc === -EAGAIN) return 0;
-    if (rc === -ENOENT || rc === -ESRCH) return -1;
+    if (rc === -ENOENT || rc === -ESRCH) return vanished("UFFDIO_POISON", base + page * P, 1, () => 1);
     throw failure("UFFDIO_POISON", rc, { start: BigInt(base + page * P), len: P });
   }
 
@@ -441,9 +462,21 @@ export async function lazyPolicy(options: LazyPolicyOptions, context: PolicyCont
     if (done === 0) throw again(page);
   }
 
+  /** Writes `text` as the shared message (for the main side's error). */
+  function tell(text: string): void {
+    const bytes = encoder.encode(text).subarray(0, LAZY_MESSAGE_BYTES);
+    new Uint8Array(options.message).set(bytes);
+    Atomics.store(ctrl, LAZY_CTRL.MESSAGE_LENGTH, bytes.length);
+  }
+
   /** After a prefetch run: move on. */
   function advance(done: number): boolean {
-    if (done < 0) return finished(); // the region is gone
+    if (done < 0) {
+      // The region is gone under the prefetcher: `ready` must not wait for pages nobody can fill.
+      tell(`page ${cursor} is no longer mapped (the memory was unmapped or moved away)`);
+      signal(LAZY_CTRL.PREFETCH_STOPPED);
+      return false;
+    }
     if (done > 0) {
       stats[LAZY_STAT.prefetchRuns]++;
       cursor += done;

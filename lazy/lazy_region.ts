@@ -729,6 +729,20 @@ export class LazyRegion implements AsyncDisposable {
         this.#ready.resolve(this.stats);
         return;
       }
+      if (Atomics.load(ctrl, LAZY_CTRL.PREFETCH_STOPPED) === 1) {
+        const left = this.pages - this.#stats[LAZY_STAT.settled]!;
+        const length = Atomics.load(ctrl, LAZY_CTRL.MESSAGE_LENGTH);
+        const reason = new TextDecoder().decode(this.#message.slice(0, length));
+        this.#reject(
+          new UffdError({
+            errno: ERRNO.ENOENT!,
+            operation: "LazyRegion",
+            detail: `the prefetcher stopped with ${left} of ${this.pages} pages not restored: ${reason}`,
+            args: { pagesLeft: left },
+          }),
+        );
+        return;
+      }
       if (
         Atomics.load(ctrl, LAZY_CTRL.ENDED) === 1 || Atomics.load(ctrl, LAZY_CTRL.FAILED) === 1 ||
         this.handler.state === "failed" || this.handler.state === "stopped"

@@ -25,6 +25,7 @@ import { COPIER, PageStates } from "./_pages.ts";
 import { openSink, type PageSink } from "./_sinks.ts";
 import { COPIER_STATE, PROGRESS, SNAP_CTRL, SNAP_STATE, type SnapshotWorkerData } from "./_protocol.ts";
 import { Userfaultfd } from "../kernel/userfaultfd.ts";
+import { byMapping } from "../kernel/maps.ts";
 
 const EAGAIN = ERRNO.EAGAIN!;
 const ENOENT = ERRNO.ENOENT!;
@@ -61,7 +62,12 @@ export class CopierLoop {
     const geometry = { base: d.base, pages: d.pages, head: d.head, length: d.length };
     const sink = this.#sink = openSink(d.sink, geometry, d.chunkPages, ctrl, false);
     const unprotect = (first: number, end: number) => {
-      const rc = resolve.writeprotect(this.#fd, d.base + first * PAGE_SIZE, (end - first) * PAGE_SIZE, 0);
+      const start = d.base + first * PAGE_SIZE;
+      let rc = resolve.writeprotect(this.#fd, start, (end - first) * PAGE_SIZE, 0);
+      // ENOENT for several pages: the chunk runs into the next mapping (Linux before 6.4): one mapping at a time.
+      if (rc === -ENOENT && end - first > 1) {
+        rc = byMapping(start, (end - first) * PAGE_SIZE, (a, n) => resolve.writeprotect(this.#fd, a, n, 0));
+      }
       // EAGAIN: an address-space change is in flight; the pages stay protected, and a write to one
       // faults and is let through by the fault handler (they are saved).
       if (rc < 0 && rc !== -EAGAIN && rc !== -ENOENT) {

@@ -62,6 +62,7 @@ import {
   UFFDIO_WRITEPROTECT_MODE_WP,
 } from "../ffi/uapi.ts";
 import { Userfaultfd } from "../kernel/userfaultfd.ts";
+import { byMapping } from "../kernel/maps.ts";
 
 const EAGAIN = ERRNO.EAGAIN!;
 const ENOENT = ERRNO.ENOENT!;
@@ -195,7 +196,12 @@ export class FaultsLoop {
           throw failure(operation, rc, { start: span.address });
         }
       }
-      const rc = resolve.writeprotect(this.#fd, this.#base, span.length, MODE_WP);
+      let rc = resolve.writeprotect(this.#fd, this.#base, span.length, MODE_WP);
+      if (rc === -ENOENT && this.#pages > 1) {
+        // Linux before 6.4 protects one mapping per call; the span may be several (a grown memory).
+        rc = byMapping(this.#base, span.length, (a, n) => resolve.writeprotect(this.#fd, a, n, MODE_WP));
+        if (rc > 0) rc = 0;
+      }
       if (rc === -EAGAIN) {
         // An address-space change of the target is in flight: read its event, then protect again.
         this.#setupMessages();

@@ -7,8 +7,10 @@
  */
 
 import assert from "node:assert/strict";
-import { Checkpoint, ERRNO, Feature, LazyRegion, Region, UffdError } from "../mod.ts";
-import { needs, needsPagemapScan, runScenario, scenarioResult, type ScenarioRun } from "./helpers.ts";
+import { Checkpoint, ERRNO, Feature, LazyRegion, MADV_NOHUGEPAGE, Region, UffdError, WriteWatch } from "../mod.ts";
+import * as libc from "../ffi/_libc.ts";
+import { mappedExtent } from "../kernel/maps.ts";
+import { needs, needsPagemapScan, runScenario, scenarioResult, type ScenarioRun, within } from "./helpers.ts";
 
 const SCENARIOS = new URL("./scenarios/lazy_region.ts", import.meta.url);
 const PATTERN = new URL("./sources/pattern.ts", import.meta.url);
@@ -345,4 +347,56 @@ Deno.test("a region closed before it is resident rejects ready", async () => {
   const ready = lazy.ready;
   await lazy.close();
   await assert.rejects(ready, (e) => e instanceof UffdError && /closed before every page/.test(e.message));
+});
+
+Deno.test({
+  name: "prefetch into a memory that is several kernel mappings (it grew while watched) becomes ready, byte for byte",
+  async fn() {
+    // A WebAssembly.Memory that grew while registered keeps its grown part as a mapping of its own on some
+    // kernels; madvise of part of it splits it on every kernel. The kernel places pages one mapping per call.
+    const WASM_PAGE = 65536;
+    const memory = new WebAssembly.Memory({ initial: 129, maximum: 200 });
+    {
+      using watch = WriteWatch.start(memory);
+      memory.grow(1);
+      watch.collect();
+    }
+    const address = libc.addressOf(memory.buffer);
+    for (const at of [64, 129]) {
+      assert.equal(libc.madvise(address + BigInt(at * WASM_PAGE), BigInt(WASM_PAGE), MADV_NOHUGEPAGE), 0);
+    }
+    assert.ok(mappedExtent(address, memory.buffer.byteLength) < memory.buffer.byteLength, "several mappings");
+    const image = new Uint8Array(memory.buffer.byteLength);
+    for (let p = 0; p < image.length / PAGE; p++) image[p * PAGE + 7] = (p % 251) + 1;
+    const lazy = await LazyRegion.open(image, { target: memory, prefetch: true });
+    try {
+      const stats = await within(lazy.ready, 60_000, "ready");
+      assert.equal(stats.resident, image.length / PAGE, "every page of every mapping restored");
+    } finally {
+      await lazy.close();
+    }
+    assert.deepEqual(new Uint8Array(memory.buffer), image);
+  },
+});
+
+Deno.test("prefetch that loses its memory (unmapped under it) rejects ready with the pages left, never pends", async () => {
+  using target = Region.map(4096 * PAGE);
+  const lazy = await LazyRegion.open(new Uint8Array(target.length).fill(5), {
+    target,
+    prefetch: true,
+    prefetchChunk: 1,
+  });
+  try {
+    // The second half goes away while the prefetcher works through the first.
+    assert.equal(libc.munmap(target.address + BigInt(2048 * PAGE), BigInt(2048 * PAGE)), 0);
+    const error = await within(lazy.ready.then(() => undefined, (e) => e), 60_000, "ready to settle");
+    if (error === undefined) return; // the prefetcher was through before the unmap: nothing was lost
+    assert.ok(error instanceof UffdError, String(error));
+    assert.match(
+      error.message,
+      /the prefetcher stopped with \d+ of 4096 pages not restored: page \d+ is no longer mapped/,
+    );
+  } finally {
+    await lazy.close();
+  }
 });

@@ -4,7 +4,7 @@
  */
 
 import assert from "node:assert/strict";
-import { ERRNO, Feature, readPagemap, Region, type UffdEvent, Userfaultfd } from "../mod.ts";
+import { ERRNO, Feature, MADV_NOHUGEPAGE, readPagemap, Region, type UffdEvent, Userfaultfd } from "../mod.ts";
 import * as libc from "../ffi/_libc.ts";
 import { uffdioApi } from "../ffi/_uffd_ioctls.ts";
 import { sysUserfaultfd } from "../ffi/_syscalls.ts";
@@ -342,4 +342,25 @@ Deno.test("Region.of wraps an ArrayBuffer and a WebAssembly.Memory without ownin
 Deno.test("Region.map refuses lengths that are not whole pages", () => {
   assertUffdError(() => Region.map(100), "EINVAL", /non-zero multiple of the page size/);
   assertUffdError(() => Region.map(0), "EINVAL", /non-zero multiple/);
+});
+
+Deno.test("copy, zeropage, writeProtect and unprotect over a range of several kernel mappings cover all of it", () => {
+  // The kernel places pages one mapping per call (ENOENT at the boundary) and, before Linux 6.4, protects one
+  // mapping per call: a range split by madvise, or a memory that grew while registered, goes piece by piece.
+  using mem = Region.map(12 * Region.pageSize);
+  mem.advise(MADV_NOHUGEPAGE, mem.pages(4, 4)); // three mappings: 0-3, 4-7, 8-11
+  using uffd = Userfaultfd.open({ features: ["PAGEFAULT_FLAG_WP"] });
+  uffd.register(mem, { missing: true, wp: uffd.features.has("PAGEFAULT_FLAG_WP") });
+  const bytes = new Uint8Array(6 * Region.pageSize).fill(9);
+  assert.equal(uffd.copy(mem.pages(1, 6), bytes), 6 * Region.pageSize, "copied across the first boundary");
+  assert.equal(uffd.zeropage(mem.pages(7, 5)), 5 * Region.pageSize, "zero pages across the second");
+  assert.equal(uffd.zeropage(mem.pages(0, 1)), Region.pageSize);
+  assert.equal(mem.bytes[6 * Region.pageSize], 9);
+  assert.equal(mem.bytes[7 * Region.pageSize], 0);
+  if (!uffd.features.has("PAGEFAULT_FLAG_WP")) return;
+  uffd.writeProtect(mem);
+  assert.deepEqual(readPagemap(mem).map((e) => e.uffdWp), Array(12).fill(true), "every page of every mapping");
+  uffd.unprotect(mem);
+  assert.deepEqual(readPagemap(mem).map((e) => e.uffdWp), Array(12).fill(false));
+  assert.throws(() => uffd.zeropage({ address: mem.address + BigInt(mem.length), length: Region.pageSize }));
 });
