@@ -296,6 +296,7 @@ export {
   type CheckpointWritten,
   crc32c,
   type PageSource,
+  type RestoreResult,
 } from "./checkpoint/mod.ts";
 
 export {

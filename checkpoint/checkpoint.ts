@@ -28,7 +28,7 @@
  */
 
 import { encodeCheckpointHeader, encodeCheckpointTable } from "./_format.ts";
-import { CheckpointReader, isZero } from "./reader.ts";
+import { CheckpointReader, isZero, type RestoreResult } from "./reader.ts";
 import { crc32c, crc32cWords } from "./crc32c.ts";
 import { ERRNO, UffdError } from "../kernel/errors.ts";
 import { PAGE_SIZE } from "../ffi/_libc.ts";
@@ -116,12 +116,14 @@ export class Checkpoint implements Disposable {
 
   /**
    * Restores a chain (base first, then deltas in order; any prefix is a valid
-   * checkpoint) into `target`, which must have the image's size. Everything is
-   * checked before the target is touched. Returns the number of pages written.
+   * checkpoint) into `target`, which must be at least as long as the image: a longer
+   * one (a `WebAssembly.Memory` that grew since, and cannot shrink) gets the image in
+   * its first bytes and zeros after it — a rollback in place. Everything is checked
+   * before the target is touched.
    *
-   * @param target Memory of the image's length.
+   * @param target Memory at least as long as the image.
    * @param paths The base, then the deltas in order.
-   * @returns Pages restored.
+   * @returns What was written (`CheckpointReader.restore`).
    * @throws {UffdError} For any file that does not check (nothing is written to the target then).
    *
    * @example
@@ -131,7 +133,7 @@ export class Checkpoint implements Disposable {
    * // checkpoint: EINVAL: no files: a chain starts with its base
    * ```
    */
-  static restore(target: MemoryTarget, paths: readonly string[]): number {
+  static restore(target: MemoryTarget, paths: readonly string[]): RestoreResult {
     using reader = CheckpointReader.open(paths);
     return reader.restore(target);
   }

@@ -20,7 +20,13 @@
  */
 
 export { Checkpoint, type CheckpointOptions, type CheckpointWritten } from "./checkpoint.ts";
-export { type CheckpointFileInfo, type CheckpointKind, CheckpointReader, type PageSource } from "./reader.ts";
+export {
+  type CheckpointFileInfo,
+  type CheckpointKind,
+  CheckpointReader,
+  type PageSource,
+  type RestoreResult,
+} from "./reader.ts";
 export { crc32c } from "./crc32c.ts";
 
 // Names from the layers below that this entry's API uses, re-exported so that it reads whole

@@ -45,7 +45,7 @@ import { crc32c, crc32cWords } from "./crc32c.ts";
 import { ERRNO, failure, UffdError } from "../kernel/errors.ts";
 import * as libc from "../ffi/_libc.ts";
 import { O_CLOEXEC, O_RDONLY } from "../ffi/linux.ts";
-import { imageBytes, type MemoryTarget } from "../kernel/target.ts";
+import { imageBytes, type MemoryTarget, restoreRoom } from "../kernel/target.ts";
 
 export type { CheckpointKind } from "./_format.ts";
 
@@ -110,6 +110,20 @@ function preadAll(fd: number, into: Uint8Array, offset: number, path: string, se
     if (got === 0) throw fileError(path, sequence, `unexpected end of file at ${offset + done}`);
     done += got;
   }
+}
+
+/** What {@linkcode CheckpointReader.restore} (and `Checkpoint.restore`) did. */
+export interface RestoreResult {
+  /** Pages of the image written (pages already holding the right zeros are not). */
+  readonly pagesWritten: number;
+  /** The image's length in bytes. */
+  readonly imageLength: number;
+  /** The target's length in bytes (at least the image's). */
+  readonly targetLength: number;
+  /** Bytes of the target after the image, which the restore made zero (`targetLength - imageLength`). */
+  readonly tail: number;
+  /** Of those, the bytes that were not zero already and were written. */
+  readonly tailZeroed: number;
 }
 
 /**
@@ -317,23 +331,22 @@ export class CheckpointReader implements Disposable {
 
   /**
    * Restores the image into `target` (a `Region`, `ArrayBuffer`, typed array or
-   * `WebAssembly.Memory` of exactly `imageLength` bytes): verifies everything first,
-   * then writes each page once, from the newest file holding it. Pages that are
-   * zero in the image are written only where the target is not already zero (so a
-   * fresh target stays unpopulated there). Returns the number of pages written.
+   * `WebAssembly.Memory` at least `imageLength` bytes long): verifies everything
+   * first, then writes each page once, from the newest file holding it. Pages that
+   * are zero in the image are written only where the target is not already zero (so
+   * a fresh target stays unpopulated there). A longer target — a memory that grew
+   * since the image was taken — gets the image in its first bytes and zeros after
+   * it (the state it had when it was that long); the result says how many bytes.
+   *
+   * @param target Memory at least as long as the image.
+   * @returns What was written: pages, and the bytes zeroed after the image.
+   * @throws {UffdError} `EINVAL` for a shorter target; `EIO` for a file that does not check (nothing is written then).
    */
-  restore(target: MemoryTarget): number {
+  restore(target: MemoryTarget): RestoreResult {
     this.#check();
-    const bytes = imageBytes(target);
-    if (bytes.length !== this.imageLength) {
-      throw new UffdError({
-        errno: ERRNO.EINVAL,
-        operation: "checkpoint restore",
-        detail: `the target has ${bytes.length} bytes; the checkpoint image has ${this.imageLength}`,
-        hint: "restore into memory of the same size (a WebAssembly.Memory grown to the same number of pages)",
-        beforeSyscall: true,
-      });
-    }
+    const whole = imageBytes(target);
+    const tail = restoreRoom("checkpoint restore", target, whole.length, this.imageLength);
+    const bytes = whole.subarray(0, this.imageLength);
     this.verify();
     const P = this.pageSize;
     const bounce = new Uint8Array(Math.max(CHUNK_BYTES, P));
@@ -375,7 +388,16 @@ export class CheckpointReader implements Disposable {
         written++;
       }
     }
-    return written;
+    // After the image: zeros, written only where the memory is not zero already (a fresh tail stays untouched).
+    let tailZeroed = 0;
+    for (let from = this.imageLength; from < whole.length; from += P) {
+      const part = whole.subarray(from, Math.min(whole.length, from + P));
+      if (!isZero(part)) {
+        part.fill(0);
+        tailZeroed += part.length;
+      }
+    }
+    return { pagesWritten: written, imageLength: this.imageLength, targetLength: whole.length, tail, tailZeroed };
   }
 
   /** Closes the files. Harmless to call twice. */

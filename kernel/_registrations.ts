@@ -51,6 +51,17 @@ export class Registrations {
     this.#registrations.push({ start, end, mode });
   }
 
+  /** Whether `[start, end)` lies wholly in ranges registered here (one registration or adjacent ones). */
+  covers(start: bigint, end: bigint): boolean {
+    let at = start;
+    for (;;) {
+      const r = this.#registrations.find((r) => r.start <= at && at < r.end);
+      if (r === undefined) return false;
+      if (r.end >= end) return true;
+      at = r.end;
+    }
+  }
+
   /** Forgets everything (the userfaultfd is closed). */
   clear(): void {
     this.#registrations.length = 0;

@@ -19,6 +19,7 @@
  */
 
 import { type ExternalMemory, Region, spanOf } from "./region.ts";
+import { invalid } from "./errors.ts";
 import { readMaps } from "./maps.ts";
 
 /** Memory the library can act on: a `Region`, or memory someone else owns (see `Region.of`). */
@@ -102,4 +103,37 @@ export function sharedMemory(target: MemoryTarget, start: bigint, end: bigint): 
   } catch {
     return false;
   }
+}
+
+/**
+ * The one rule for restoring an image into memory (`Checkpoint.restore`,
+ * `CheckpointReader.restore`, `LazyRegion.open` with a `target`): the target must
+ * be at least as long as the image. A longer one takes the image in its first bytes
+ * and zeros after it — the state a program had when its memory was that long (a
+ * `WebAssembly.Memory` cannot shrink, so rolling back a memory that grew since the
+ * image means exactly this). A shorter one is refused, saying how far to grow it.
+ *
+ * @param operation For the error.
+ * @param target The memory restored into.
+ * @param targetLength Its length in bytes.
+ * @param imageLength The image's length in bytes.
+ * @returns The bytes after the image that the restore zeros (0 for a target of the image's length).
+ * @throws {UffdError} `EINVAL` (before any system call) for a target shorter than the image.
+ *
+ * @example
+ * ```ts
+ * import { restoreRoom } from "./target.ts";
+ * const memory = new WebAssembly.Memory({ initial: 3 });
+ * console.log(restoreRoom("restore", memory, memory.buffer.byteLength, 2 * 65536)); // 65536
+ * ```
+ */
+export function restoreRoom(operation: string, target: MemoryTarget, targetLength: number, imageLength: number): number {
+  if (targetLength >= imageLength) return targetLength - imageLength;
+  const grow = target instanceof WebAssembly.Memory
+    ? `: grow() the memory to ${Math.ceil(imageLength / 65536)} wasm pages first`
+    : ": restore into memory at least as long as the image (a longer one is zeroed after it)";
+  throw invalid(operation, `the target has ${targetLength} bytes; the image has ${imageLength}${grow}`, {
+    target: targetLength,
+    image: imageLength,
+  });
 }

@@ -233,17 +233,6 @@ let supportCache: Support | undefined;
 const ENOENT = ERRNO.ENOENT;
 const PAGE_SIZE_N = libc.PAGE_SIZE_N;
 
-/**
- * Repeats a range ioctl one mapping at a time after the kernel refused the whole
- * range with `ENOENT` — it runs into the next mapping (a memory that grew while
- * registered, a range split by `madvise`): see `byMapping` in `maps.ts`. Only a range
- * with nothing mapped at its start stays `ENOENT`. Returns bytes done or `-errno`.
- */
-function acrossMappings(start: bigint, len: bigint, op: (start: bigint, len: bigint) => number): number {
-  if (len <= PAGE_SIZE_N) return -ENOENT;
-  return byMapping(Number(start), Number(len), (s, l) => op(BigInt(s), BigInt(l)));
-}
-
 /** A failed `UFFDIO_*` call as a `UffdError`, with the hint for its errno. */
 function kernelError(operation: string, rc: number, args: Record<string, unknown>): UffdError {
   return failure(operation, rc, args, uffdioHint(operation, rc));
@@ -527,7 +516,7 @@ export class Userfaultfd implements Disposable {
     let rc = ops.uffdioWriteprotect(this.fd, start, len, UFFDIO_WRITEPROTECT_MODE_WP);
     if (rc === -ENOENT) {
       // Before Linux 6.4 one call covers one mapping: a range of several goes one mapping at a time.
-      rc = acrossMappings(start, len, (s, l) => ops.uffdioWriteprotect(this.fd, s, l, UFFDIO_WRITEPROTECT_MODE_WP));
+      rc = this.#acrossMappings(start, len, (s, l) => ops.uffdioWriteprotect(this.fd, s, l, UFFDIO_WRITEPROTECT_MODE_WP));
     }
     if (rc < 0) throw kernelError(operation, rc, { start, len, mode: "wp" });
   }
@@ -540,7 +529,7 @@ export class Userfaultfd implements Disposable {
     const { start, len } = pageRange(range, operation);
     const mode = options.dontWake ? UFFDIO_WRITEPROTECT_MODE_DONTWAKE : 0n;
     let rc = ops.uffdioWriteprotect(this.fd, start, len, mode);
-    if (rc === -ENOENT) rc = acrossMappings(start, len, (s, l) => ops.uffdioWriteprotect(this.fd, s, l, mode));
+    if (rc === -ENOENT) rc = this.#acrossMappings(start, len, (s, l) => ops.uffdioWriteprotect(this.fd, s, l, mode));
     if (rc < 0) throw kernelError(operation, rc, { start, len, mode: options.dontWake ? "dontwake" : "0" });
   }
 
@@ -576,7 +565,7 @@ export class Userfaultfd implements Disposable {
     const mode = (options.dontWake ? UFFDIO_COPY_MODE_DONTWAKE : 0n) | (options.wp ? UFFDIO_COPY_MODE_WP : 0n);
     let done = ops.uffdioCopy(this.fd, start, src, len, mode);
     if (done === -ENOENT) {
-      done = acrossMappings(start, len, (s, l) => ops.uffdioCopy(this.fd, s, src + s - start, l, mode));
+      done = this.#acrossMappings(start, len, (s, l) => ops.uffdioCopy(this.fd, s, src + s - start, l, mode));
     }
     if (done < 0) throw kernelError(operation, done, { dst: start, src, len });
     return done;
@@ -597,7 +586,7 @@ export class Userfaultfd implements Disposable {
     const { start, len } = pageRange(range, operation);
     const mode = options.dontWake ? UFFDIO_ZEROPAGE_MODE_DONTWAKE : 0n;
     let done = ops.uffdioZeropage(this.fd, start, len, mode);
-    if (done === -ENOENT) done = acrossMappings(start, len, (s, l) => ops.uffdioZeropage(this.fd, s, l, mode));
+    if (done === -ENOENT) done = this.#acrossMappings(start, len, (s, l) => ops.uffdioZeropage(this.fd, s, l, mode));
     if (done < 0) throw kernelError(operation, done, { start, len });
     return done;
   }
@@ -619,7 +608,7 @@ export class Userfaultfd implements Disposable {
     const mode = (options.dontWake ? UFFDIO_CONTINUE_MODE_DONTWAKE : 0n) |
       (options.wp ? UFFDIO_CONTINUE_MODE_WP : 0n);
     let done = ops.uffdioContinue(this.fd, start, len, mode);
-    if (done === -ENOENT) done = acrossMappings(start, len, (s, l) => ops.uffdioContinue(this.fd, s, l, mode));
+    if (done === -ENOENT) done = this.#acrossMappings(start, len, (s, l) => ops.uffdioContinue(this.fd, s, l, mode));
     if (done < 0) throw kernelError(operation, done, { start, len });
     return done;
   }
@@ -640,7 +629,7 @@ export class Userfaultfd implements Disposable {
     const { start, len } = pageRange(range, operation);
     const mode = options.dontWake ? UFFDIO_POISON_MODE_DONTWAKE : 0n;
     let done = ops.uffdioPoison(this.fd, start, len, mode);
-    if (done === -ENOENT) done = acrossMappings(start, len, (s, l) => ops.uffdioPoison(this.fd, s, l, mode));
+    if (done === -ENOENT) done = this.#acrossMappings(start, len, (s, l) => ops.uffdioPoison(this.fd, s, l, mode));
     if (done < 0) throw kernelError(operation, done, { start, len });
     return done;
   }
@@ -676,6 +665,18 @@ export class Userfaultfd implements Disposable {
     const done = ops.uffdioMove(this.fd, start, srcChecked, len, mode);
     if (done < 0) throw kernelError(operation, done, { dst: start, src: srcChecked, len });
     return done;
+  }
+
+  /**
+   * Repeats a range ioctl one mapping at a time after the kernel refused the whole
+   * range with `ENOENT` because it runs into the next mapping (a memory that grew
+   * while registered, a range split by `madvise`): see `byMapping` in `maps.ts`. Only
+   * where this userfaultfd registered all of the range — otherwise `ENOENT` stands:
+   * the range reaches memory that is not ours. Returns bytes done or `-errno`.
+   */
+  #acrossMappings(start: bigint, len: bigint, op: (start: bigint, len: bigint) => number): number {
+    if (len <= PAGE_SIZE_N || !this.#registrations.covers(start, start + len)) return -ENOENT;
+    return byMapping(Number(start), Number(len), (s, l) => op(BigInt(s), BigInt(l)));
   }
 
   /** Wakes the threads waiting on a range (after `dontWake` resolutions). */

@@ -45,6 +45,7 @@ import { MADV_DONTNEED, MADV_REMOVE, O_CLOEXEC, O_RDONLY, POLLIN } from "../ffi/
 import { onClose } from "../kernel/_on_close.ts";
 import { policies } from "../handler/policies.ts";
 import { Region } from "../kernel/region.ts";
+import { restoreRoom } from "../kernel/target.ts";
 import { type PageRun, pageRuns } from "../handler/tracked_pages.ts";
 import type { Feature } from "../ffi/uapi.ts";
 import { Userfaultfd } from "../kernel/userfaultfd.ts";
@@ -358,15 +359,10 @@ export class LazyRegion implements AsyncDisposable {
     if (target !== undefined && options.length !== undefined && options.length !== target.length) {
       throw invalid(operation, "length must be the target's length", { length: options.length, target: target.length });
     }
-    if (target !== undefined && prepared.length > target.length) {
-      // Restoring an image into less memory than it covers would drop its end without a word.
-      const grow = options.target instanceof WebAssembly.Memory
-        ? `: grow() the memory to ${Math.ceil(prepared.length / 65536)} wasm pages first`
-        : "";
-      throw invalid(operation, `the source is longer than the target${grow}`, {
-        source: prepared.length,
-        target: target.length,
-      });
+    // The one restore rule (as Checkpoint.restore): a shorter target is refused — it would drop the image's
+    // end without a word — and a longer one gets zeros after the image.
+    if (target !== undefined && prepared.length >= 0) {
+      restoreRoom(operation, options.target!, target.length, prepared.length);
     }
     let length = target?.length ?? options.length;
     if (length === undefined) {

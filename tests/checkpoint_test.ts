@@ -131,6 +131,48 @@ Deno.test({
 });
 
 Deno.test({
+  name: "rollback in place: a base restored into the very memory, which has grown since, zeros what grew",
+  ignore,
+  fn: () => {
+    const dir = tempDir();
+    try {
+      const memory = new WebAssembly.Memory({ initial: 2, maximum: 8 });
+      const wasm = wasmWriter(memory);
+      using ckpt = Checkpoint.start(memory);
+      wasm.fill(1000, 7, 5000);
+      ckpt.write(`${dir}/base`);
+      const before = new Uint8Array(memory.buffer).slice();
+      ckpt.stop();
+      // The program goes on: it writes, grows (a wasm memory never shrinks) and writes in the new part.
+      wasm.fill(20, 3, 70_000);
+      wasm.grow(2);
+      wasm.fill(3 * 65536 + 10, 9, 100);
+      const result = Checkpoint.restore(memory, [`${dir}/base`]);
+      const now = new Uint8Array(memory.buffer);
+      assert.equal(now.length, 4 * 65536, "still four wasm pages");
+      assertSameBytes(now.subarray(0, 2 * 65536), before, "the image in the first two");
+      assert.ok(now.subarray(2 * 65536).every((b) => b === 0), "zeros after it: the memory as it was at that length");
+      assert.deepEqual({ ...result, pagesWritten: 0 }, {
+        pagesWritten: 0,
+        imageLength: 2 * 65536,
+        targetLength: 4 * 65536,
+        tail: 2 * 65536,
+        tailZeroed: PAGE, // the one page written after the growth (bytes 3·65536 + 10 … + 110)
+      });
+      assert.ok(result.pagesWritten > 0);
+      // A shorter target is still refused, and says how far to grow it.
+      assertUffdError(
+        () => Checkpoint.restore(new WebAssembly.Memory({ initial: 1 }), [`${dir}/base`]),
+        "EINVAL",
+        /the target has 65536 bytes; the image has 131072: grow\(\) the memory to 2 wasm pages first/,
+      );
+    } finally {
+      Deno.removeSync(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
   name: "a WebAssembly.Memory grown between checkpoints restores into a Memory of the same size",
   ignore,
   fn: () => {
@@ -265,7 +307,7 @@ Deno.test({
         }
       });
       await t.step("a target of the wrong size", () => {
-        assertRefused(files, "EINVAL", /the target has \d+ bytes; the checkpoint image has 262144/, 32 * PAGE);
+        assertRefused(files, "EINVAL", /the target has \d+ bytes; the image has 262144/, 32 * PAGE);
       });
       await t.step("a missing file", () => {
         assertRefused([files[0]!, `${dir}/nope`], "ENOENT", /open \{ path: ".*nope" \}/);
