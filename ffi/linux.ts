@@ -68,6 +68,8 @@ export const MADV_DONTNEED = 4;
 export const MADV_FREE = 8;
 /** `MADV_REMOVE`: free the backing store of shared memory. */
 export const MADV_REMOVE = 9;
+/** `MADV_DONTNEED_LOCKED` (Linux 5.18): `MADV_DONTNEED` that also drops locked pages. */
+export const MADV_DONTNEED_LOCKED = 24;
 /** `MADV_DONTFORK` */
 export const MADV_DONTFORK = 10;
 /** `MADV_DOFORK` */

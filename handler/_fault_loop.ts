@@ -534,6 +534,9 @@ export class FaultLoop implements PolicyContext {
   /** Runs the policy on the fault record; a promise when the policy returned one. */
   #resolve(t0: number): Promise<void> | undefined {
     this.#deferFlag = false;
+    // Counted before the policy runs: the ioctl that resolves the fault wakes its writer, which may read
+    // `handler.stats` at once — it must find its fault counted. Taken back if the fault is deferred.
+    this.#stats[STAT.resolved]++;
     let result: void | Promise<void> = undefined;
     try {
       result = this.#policy!.fault(this.#fault, this);
@@ -557,10 +560,10 @@ export class FaultLoop implements PolicyContext {
 
   #settle(t0: number): void {
     if (this.#deferFlag) {
+      this.#stats[STAT.resolved]--;
       this.#defer();
       return;
     }
-    this.#stats[STAT.resolved]++;
     this.#stats[STAT.latency + latencyBucket((performance.now() - t0) * 1000)]++;
   }
 

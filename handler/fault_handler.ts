@@ -503,7 +503,15 @@ export class FaultHandler implements AsyncDisposable {
     return this.#maxPages;
   }
 
-  /** The statistics so far, read from shared memory (no round trip; also while the Worker is busy). */
+  /**
+   * The statistics so far, read from shared memory (no round trip; also while the
+   * Worker is busy). `faults` and `resolved` count a fault before the ioctl that
+   * resolves it wakes its writer: read after the write returns, they include it —
+   * exact for a writer that checks them after its own fault. The latency histogram
+   * and the other counters may lag by the rest of the batch; every round trip
+   * (`collect()`, `written()`, `control()`, `stop()`) is a synchronisation point for all
+   * of them.
+   */
   get stats(): HandlerStats {
     return readStats(this.#stats);
   }

@@ -51,6 +51,11 @@ export class Registrations {
     this.#registrations.push({ start, end, mode });
   }
 
+  /** Whether `[start, end)` overlaps a registration. */
+  overlaps(start: bigint, end: bigint): boolean {
+    return this.#registrations.some((r) => r.start < end && start < r.end);
+  }
+
   /** Whether `[start, end)` lies wholly in ranges registered here (one registration or adjacent ones). */
   covers(start: bigint, end: bigint): boolean {
     let at = start;

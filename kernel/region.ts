@@ -16,12 +16,16 @@
  * @module
  */
 
-import { failure, invalid } from "./errors.ts";
+import { type EventKind, wouldDeadlock } from "./_event_readers.ts";
+import { ERRNO, failure, invalid, UffdError } from "./errors.ts";
 import * as libc from "../ffi/_libc.ts";
 import {
   MADV_DONTNEED,
+  MADV_DONTNEED_LOCKED,
+  MADV_FREE,
   MADV_POPULATE_READ,
   MADV_POPULATE_WRITE,
+  MADV_REMOVE,
   MAP_ANONYMOUS,
   MAP_HUGETLB,
   MAP_NORESERVE,
@@ -75,6 +79,24 @@ function hugePageSize(): number {
 
 function fail(rc: number | bigint, operation: string, args: Record<string, unknown>, hint?: string): never {
   throw failure(operation, rc, args, hint);
+}
+
+/** Advices that drop pages, raising `EVENT_REMOVE`. */
+const REMOVING = new Set([MADV_DONTNEED, MADV_FREE, MADV_REMOVE, MADV_DONTNEED_LOCKED]);
+
+/** Throws `EDEADLK` when the call would wait for an event only this thread could read (`_event_readers.ts`). */
+function refuseDeadlock(kind: EventKind, start: bigint, len: bigint, operation: string): void {
+  const why = wouldDeadlock(kind, start, start + len);
+  if (why === undefined) return;
+  throw new UffdError({
+    errno: ERRNO.EDEADLK,
+    operation,
+    args: { start, len },
+    detail: why,
+    hint: "read the events on another thread (a FaultHandler's Worker, or share() the userfaultfd with a Worker " +
+      "that reads them), make this call from another thread, or close the userfaultfd first",
+    beforeSyscall: true,
+  });
 }
 
 /**
@@ -300,10 +322,17 @@ export class Region implements Range, Disposable {
     return { address: this.pageAddress(first), length: count * libc.PAGE_SIZE };
   }
 
-  /** `madvise(advice)` on the region, or on a page-aligned range inside it. */
+  /**
+   * `madvise(advice)` on the region, or on a page-aligned range inside it. An
+   * advice that drops pages (`MADV_DONTNEED`, `MADV_FREE`, `MADV_REMOVE`) over
+   * memory registered on a userfaultfd with `EVENT_REMOVE` whose events this very
+   * thread reads is refused with `EDEADLK`: the kernel would make the call wait for
+   * the event to be read, by the thread that is waiting.
+   */
   advise(advice: number, range: Range = this.pageSpan): void {
     cInt(advice, "madvise", "advice");
     const { start, len } = this.#inside(range, "madvise");
+    if (REMOVING.has(advice)) refuseDeadlock("remove", start, len, "madvise");
     const rc = libc.madvise(start, len, advice);
     if (rc < 0) fail(rc, "madvise", { start, len, advice });
   }
@@ -346,7 +375,11 @@ export class Region implements Range, Disposable {
     if (rc < 0) fail(rc, options.write ? "MADV_POPULATE_WRITE" : "MADV_POPULATE_READ", { start, len });
   }
 
-  /** Drops pages (`MADV_DONTNEED`): private anonymous memory reads back as zeros afterwards. */
+  /**
+   * Drops pages (`MADV_DONTNEED`): private anonymous memory reads back as zeros
+   * afterwards. Refused with `EDEADLK` where it would wait for this thread itself
+   * (see {@linkcode advise}).
+   */
   zap(range: Range = this.pageSpan): void {
     this.advise(MADV_DONTNEED, range);
   }
@@ -355,10 +388,18 @@ export class Region implements Range, Disposable {
    * Moves pages of this region to `destination` with `mremap(MREMAP_MAYMOVE |
    * MREMAP_FIXED)`, replacing whatever was mapped there; the source pages become a
    * hole. Returns the new address.
+   *
+   * With `EVENT_REMAP` the kernel queues a remap event and, for the old range, an
+   * unmap one (`EVENT_UNMAP`), and this call waits until they are read: a reader that
+   * stops after the remap leaves it blocked. Over memory registered on a userfaultfd
+   * whose events this thread reads, it is refused with `EDEADLK`.
    */
   movePages(range: Range, destination: bigint): bigint {
     const { start, len } = this.#inside(range, "mremap");
     const to = pageRange({ address: destination, length: len }, "mremap").start;
+    refuseDeadlock("remap", start, len, "mremap");
+    refuseDeadlock("unmap", start, len, "mremap");
+    refuseDeadlock("unmap", to, len, "mremap");
     const moved = libc.mremap(start, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, to);
     if (moved < 0n) fail(moved, "mremap", { start, len, destination: to });
     return moved;
@@ -380,10 +421,14 @@ export class Region implements Range, Disposable {
   /**
    * Releases the region: owned memory is unmapped (its `bytes` are detached first, so
    * stale views read as empty instead of faulting) and its memfd closed. Memory
-   * wrapped by `Region.of` is left alone. Calling it twice is harmless.
+   * wrapped by `Region.of` is left alone. Calling it twice is harmless. Refused with
+   * `EDEADLK` while the region is registered on a userfaultfd with `EVENT_UNMAP` whose
+   * events this thread reads (close that userfaultfd first: `using` declarations are
+   * disposed in reverse order, so declare the region before the userfaultfd).
    */
   unmap(): void {
     if (!this.#mapped) return;
+    if (this.owned) refuseDeadlock("unmap", this.address, BigInt(this.length), "munmap");
     this.#mapped = false;
     if (!this.owned) {
       this.#source = undefined;

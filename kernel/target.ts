@@ -127,7 +127,12 @@ export function sharedMemory(target: MemoryTarget, start: bigint, end: bigint): 
  * console.log(restoreRoom("restore", memory, memory.buffer.byteLength, 2 * 65536)); // 65536
  * ```
  */
-export function restoreRoom(operation: string, target: MemoryTarget, targetLength: number, imageLength: number): number {
+export function restoreRoom(
+  operation: string,
+  target: MemoryTarget,
+  targetLength: number,
+  imageLength: number,
+): number {
   if (targetLength >= imageLength) return targetLength - imageLength;
   const grow = target instanceof WebAssembly.Memory
     ? `: grow() the memory to ${Math.ceil(imageLength / 65536)} wasm pages first`

@@ -33,6 +33,9 @@ import {
   UFFD_EVENT_REMAP,
   UFFD_EVENT_REMOVE,
   UFFD_EVENT_UNMAP,
+  UFFD_FEATURE_EVENT_REMAP,
+  UFFD_FEATURE_EVENT_REMOVE,
+  UFFD_FEATURE_EVENT_UNMAP,
   UFFD_FEATURE_MOVE,
   UFFD_FEATURE_THREAD_ID,
   UFFD_PAGEFAULT_FLAG_MINOR,
@@ -53,6 +56,7 @@ import {
   UFFDIO_ZEROPAGE_MODE_DONTWAKE,
 } from "../ffi/uapi.ts";
 import { handshake, namedFeatures, type Origin, probe } from "./_create.ts";
+import { type EventKind, type EventReader, track, untrack } from "./_event_readers.ts";
 import { eventStream } from "./_event_stream.ts";
 import { notifyClosed } from "./_on_close.ts";
 import { describeMode, Registrations } from "./_registrations.ts";
@@ -211,6 +215,11 @@ export interface Support {
   readonly ioctls: ReadonlySet<Ioctl>;
   /** How the probe's userfaultfd was created. */
   readonly origin: Origin;
+  /**
+   * A plain object for `JSON.stringify` (sets and a bigint do not serialise): the
+   * feature and ioctl names as arrays, the mask in hex.
+   */
+  toJSON(): { features: Feature[]; featureMask: string; ioctls: Ioctl[]; origin: Origin };
 }
 
 /** What a {@linkcode Userfaultfd} shares with a handler on another thread (see `share()`). */
@@ -231,6 +240,12 @@ const MESSAGES_PER_READ = 64;
 let supportCache: Support | undefined;
 
 const ENOENT = ERRNO.ENOENT;
+/** The feature bit of each event that makes its caller wait. */
+const EVENT_BITS: Record<EventKind, bigint> = {
+  remove: UFFD_FEATURE_EVENT_REMOVE,
+  remap: UFFD_FEATURE_EVENT_REMAP,
+  unmap: UFFD_FEATURE_EVENT_UNMAP,
+};
 const PAGE_SIZE_N = libc.PAGE_SIZE_N;
 
 /** A failed `UFFDIO_*` call as a `UffdError`, with the hint for its errno. */
@@ -271,6 +286,15 @@ export class Userfaultfd implements Disposable {
   readonly #messages = new Uint8Array(MESSAGES_PER_READ * SIZEOF_UFFD_MSG);
   readonly #registrations = new Registrations();
   readonly #ioctlMask: bigint;
+  /** Handed to another thread with `share()`: its events are read there. */
+  #sharedOut = false;
+  /** What `Region` asks before a call that raises an event this isolate would have to read (`_event_readers.ts`). */
+  readonly #reader: EventReader = {
+    raises: (kind) => (this.featureMask & EVENT_BITS[kind]) !== 0n,
+    overlaps: (start, end) => this.#registrations.overlaps(start, end),
+    readElsewhere: () => this.#sharedOut || this.closed,
+    name: () => `userfaultfd ${this.fd}`,
+  };
 
   private constructor(
     fd: number,
@@ -288,6 +312,7 @@ export class Userfaultfd implements Disposable {
     this.origin = origin;
     this.#state = state;
     this.#ioctlMask = ioctls;
+    track(this.#reader);
   }
 
   /**
@@ -304,11 +329,19 @@ export class Userfaultfd implements Disposable {
   static supported(): Support {
     if (supportCache) return supportCache;
     const { features, ioctls, origin } = probe(O_CLOEXEC | O_NONBLOCK);
+    const names = featureNames(features);
+    const ioctlList = ioctlNames(ioctls);
     supportCache = Object.freeze({
-      features: new Set(featureNames(features)),
+      features: new Set(names),
       featureMask: features,
-      ioctls: new Set(ioctlNames(ioctls)),
+      ioctls: new Set(ioctlList),
       origin,
+      toJSON: () => ({
+        features: [...names],
+        featureMask: `0x${features.toString(16)}`,
+        ioctls: [...ioctlList],
+        origin,
+      }),
     });
     return supportCache;
   }
@@ -432,6 +465,8 @@ export class Userfaultfd implements Disposable {
    */
   share(): SharedUserfaultfd {
     this.#check("share");
+    this.#sharedOut = true; // its events are read on the thread it goes to
+    untrack(this.#reader);
     return {
       fd: this.fd,
       featureMask: this.featureMask,
@@ -516,7 +551,11 @@ export class Userfaultfd implements Disposable {
     let rc = ops.uffdioWriteprotect(this.fd, start, len, UFFDIO_WRITEPROTECT_MODE_WP);
     if (rc === -ENOENT) {
       // Before Linux 6.4 one call covers one mapping: a range of several goes one mapping at a time.
-      rc = this.#acrossMappings(start, len, (s, l) => ops.uffdioWriteprotect(this.fd, s, l, UFFDIO_WRITEPROTECT_MODE_WP));
+      rc = this.#acrossMappings(
+        start,
+        len,
+        (s, l) => ops.uffdioWriteprotect(this.fd, s, l, UFFDIO_WRITEPROTECT_MODE_WP),
+      );
     }
     if (rc < 0) throw kernelError(operation, rc, { start, len, mode: "wp" });
   }
@@ -733,6 +772,15 @@ export class Userfaultfd implements Disposable {
    * iteration ends, without an error, when `signal` aborts or the userfaultfd is
    * closed. Needs a non-blocking fd (the default of `open`).
    *
+   * The same goes for address-space events: with `EVENT_REMOVE`, `EVENT_REMAP` or
+   * `EVENT_UNMAP`, `madvise(MADV_DONTNEED)`, `mremap` and `munmap` of registered
+   * memory wait until their event is read — an `mremap` queues a remap event and
+   * then an unmap of the old range, so a reader that stops after the remap leaves
+   * the caller blocked. Made from the thread that reads the events, such a call
+   * would never return: `Region`'s `zap`, `advise`, `movePages` and `unmap` refuse
+   * it with `EDEADLK` while this userfaultfd is read here (not `share()`d with a
+   * thread that reads it); a raw `madvise` through FFI gets no such check.
+   *
    * @example
    * ```ts
    * import { Region, Userfaultfd } from "@uffd/uffd";
@@ -769,6 +817,7 @@ export class Userfaultfd implements Disposable {
    * `FaultHandler` waiting on it is woken and ends.
    */
   close(): void {
+    untrack(this.#reader);
     if (Atomics.compareExchange(this.#state, 0, 0, 1) !== 0) return;
     this.#registrations.clear();
     libc.close(this.fd);

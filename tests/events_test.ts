@@ -9,7 +9,7 @@
 import assert from "node:assert/strict";
 import { Feature, Region, UffdError, type UffdEvent, Userfaultfd } from "../mod.ts";
 import { memsetOffThread } from "../ffi/_libc.ts";
-import { needs, within } from "./helpers.ts";
+import { needs, scenarioResult, within } from "./helpers.ts";
 
 const PAGE = Region.pageSize;
 
@@ -159,4 +159,21 @@ Deno.test("events() refuses a blocking or closed userfaultfd and a signal that i
   assert.throws(() => closed.events(), (e) => e instanceof UffdError && e.code === "EBADF");
   using uffd = Userfaultfd.open();
   assert.throws(() => uffd.events({ signal: {} as AbortSignal }), TypeError);
+});
+
+Deno.test({
+  name: "zap, move and unmap of registered memory whose events this thread reads are refused (EDEADLK), never hang",
+  ignore: needs(Feature.EVENT_REMOVE, Feature.EVENT_REMAP, Feature.EVENT_UNMAP),
+  async fn() {
+    // Before the refusal, the first call blocked the process for good: only a kill ended it.
+    const r = await scenarioResult(new URL("./scenarios/event_deadlock.ts", import.meta.url), "main-reads-events", {
+      deadlineMs: 30_000,
+    });
+    assert.match(r.zap, /^EDEADLK: madvise .*EVENT_REMOVE.*read on this thread/);
+    assert.match(r.move, /^EDEADLK: mremap .*EVENT_REMAP/);
+    assert.match(r.unmap, /^EDEADLK: munmap .*EVENT_UNMAP/);
+    assert.equal(r.outside, "returned", "memory not registered is not held back");
+    assert.equal(r.afterShare, "returned", "with a handler's Worker reading the events, the zap returns");
+    assert.equal(r.afterClose, "returned", "closed: nothing waits");
+  },
 });

@@ -28,6 +28,7 @@ Deno.test("the main isolate writes 10,000 write-protected pages: every write lan
   assert.equal(r.exact, true, "collect() reports exactly the written pages");
   assert.equal(r.wpFaults, 10_000, "one write-protect fault per page");
   assert.equal(r.resolved, 10_000);
+  assert.equal(r.behind, 0, "stats read right after a write already count its fault (no round trip needed)");
   assert.equal(r.latencyCounted, 10_000, "the latency histogram counts every resolved fault");
   assert.equal(r.again, 0, "a second collect() reports nothing new");
   assert.deepEqual(r.next, r.expectedNext, "collect() re-protected the pages: a new write is caught");

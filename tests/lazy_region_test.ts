@@ -263,7 +263,11 @@ Deno.test("LazyRegion.open refuses bad arguments, unreadable sources and damaged
       await assert.rejects(LazyRegion.open(new Uint8Array(PAGE), { target: memory, memory: "memfd" }), refused);
       await assert.rejects(
         LazyRegion.open(new Uint8Array(65536 + PAGE), { target: memory }),
-        (e) => refused(e) && /the target has 65536 bytes; the image has \d+: grow\(\) the memory to 2 wasm pages/.test((e as Error).message),
+        (e) =>
+          refused(e) &&
+          /the target has 65536 bytes; the image has \d+: grow\(\) the memory to 2 wasm pages/.test(
+            (e as Error).message,
+          ),
         "a source longer than the target would lose its end",
       );
       await assert.rejects(

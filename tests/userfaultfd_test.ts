@@ -22,6 +22,12 @@ Deno.test("handshake: supported() reports exactly what the kernel reports", () =
     const support = Userfaultfd.supported();
     assert.equal(support.featureMask, api.features);
     assert.deepEqual([...support.ioctls].sort(), ["API", "REGISTER", "UNREGISTER"]);
+    // JSON.stringify shows what it holds (a Set and a bigint alone would print {} and throw).
+    const json = JSON.parse(JSON.stringify(support));
+    assert.deepEqual(json.features, [...support.features]);
+    assert.equal(json.featureMask, `0x${api.features.toString(16)}`);
+    assert.deepEqual(json.ioctls, [...support.ioctls]);
+    assert.equal(json.origin, support.origin);
   } finally {
     libc.close(fd);
   }

@@ -67,7 +67,15 @@ const scenarios: Record<string, () => Promise<Observations>> = {
     const pages = pickPages(TOTAL, 10_000);
     await using handler = await FaultHandler.start(uffd, policies.unprotect());
     const bytes = mem.bytes;
-    for (const p of pages) bytes[p * PAGE + (p % PAGE)] = (p % 251) + 1;
+    // Read right after each write, before any round trip: faults and resolved already count it.
+    let behind = 0;
+    let n = 0;
+    for (const p of pages) {
+      bytes[p * PAGE + (p % PAGE)] = (p % 251) + 1;
+      n++;
+      const s = handler.stats;
+      if (s.resolved < n || s.faults < n) behind++;
+    }
     const reported = runsToPages(handler.collect());
     const stats = handler.stats; // after collect(): the Worker is between batches, every counter final
     const landed = pages.every((p) => bytes[p * PAGE + (p % PAGE)] === (p % 251) + 1);
@@ -87,6 +95,7 @@ const scenarios: Record<string, () => Promise<Observations>> = {
       next,
       expectedNext: [pages[7]],
       batches: stats.batches,
+      behind,
     };
   },
 
