@@ -36,6 +36,7 @@ import type { UntouchedPages } from "../kernel/profile.ts";
 import type { BackendProvider, WatchedSpan, WriteWatchBackend, WriteWatchBackendName } from "./_backend.ts";
 import { softDirtyBackend } from "./_soft_dirty.ts";
 import { syncBackend } from "./_sync.ts";
+import { Tracker } from "./_tracker.ts";
 import { RunList, WriteSet } from "./write_set.ts";
 
 export type { WriteWatchBackendName } from "./_backend.ts";
@@ -198,27 +199,32 @@ export class WriteWatch implements Disposable {
       partial: partialPages(location),
       decline: Object.freeze(features),
     };
-    const candidates = wanted === "auto" ? PROVIDERS : PROVIDERS.filter((p) => p.name === wanted);
-    const reasons: string[] = [];
-    for (const provider of candidates) {
-      if (declined.has(provider.name)) {
-        if (wanted !== "auto") throw refuse(provider.name, "declined by the caller's options", ERRNO.EINVAL);
-        reasons.push(`${provider.name}: declined`);
-        continue;
+    const choose = (): BackendProvider => {
+      const candidates = wanted === "auto" ? PROVIDERS : PROVIDERS.filter((p) => p.name === wanted);
+      const reasons: string[] = [];
+      for (const provider of candidates) {
+        if (declined.has(provider.name)) {
+          if (wanted !== "auto") throw refuse(provider.name, "declined by the caller's options", ERRNO.EINVAL);
+          reasons.push(`${provider.name}: declined`);
+          continue;
+        }
+        const why = provider.unavailable(watched);
+        if (why !== undefined) {
+          if (wanted !== "auto") throw refuse(provider.name, why, ERRNO.EOPNOTSUPP);
+          reasons.push(`${provider.name}: ${why}`);
+          continue;
+        }
+        return provider;
       }
-      const why = provider.unavailable(watched);
-      if (why !== undefined) {
-        if (wanted !== "auto") throw refuse(provider.name, why, ERRNO.EOPNOTSUPP);
-        reasons.push(`${provider.name}: ${why}`);
-        continue;
-      }
-      return new WriteWatch(target, provider, provider.create(watched), location, watched);
-    }
-    throw new UffdError({
-      errno: ERRNO.EOPNOTSUPP,
-      operation: "WriteWatch",
-      detail: `no write-watch backend can run here (${reasons.join("; ")})`,
-    });
+      throw new UffdError({
+        errno: ERRNO.EOPNOTSUPP,
+        operation: "WriteWatch",
+        detail: `no write-watch backend can run here (${reasons.join("; ")})`,
+      });
+    };
+    // A memory watched already (by another WriteWatch, a Checkpoint): this watch shares its tracker.
+    const consumer = Tracker.acquire(watched, wanted, choose);
+    return new WriteWatch(target, consumer.tracker.provider, consumer, location, watched);
   }
 
   /**
@@ -434,14 +440,16 @@ export class WriteWatch implements Disposable {
       return "grew";
     }
     // Moved (or shrunk): watch the new place from scratch; what happened in between is unknown.
+    // (Another watch of the same memory may have moved its tracker there already: shared.)
     this.#backend.close();
-    this.#backend = this.#provider.create({
+    const moved: WatchedSpan = {
       address: s.address,
       pages: s.pages,
       shared: this.#shared,
       partial: partialPages(location),
       decline: this.#decline,
-    });
+    };
+    this.#backend = Tracker.acquire(moved, this.#provider.name, () => this.#provider);
     this.#address = s.address;
     this.#head = s.head;
     this.#pages = s.pages;
