@@ -61,7 +61,10 @@ export class CopierLoop {
     }
     const geometry = { base: d.base, pages: d.pages, head: d.head, length: d.length };
     const sink = this.#sink = openSink(d.sink, geometry, d.chunkPages, ctrl, false);
+    const lent = d.lent !== null;
     const unprotect = (first: number, end: number) => {
+      // A watch's userfaultfd: a saved page stays protected, so the watch's next write to it faults and is recorded.
+      if (lent) return;
       const start = d.base + first * PAGE_SIZE;
       let rc = resolve.writeprotect(this.#fd, start, (end - first) * PAGE_SIZE, 0);
       // ENOENT for several pages: the chunk runs into the next mapping (Linux before 6.4): one mapping at a time.

@@ -140,6 +140,8 @@ export class FaultsLoop {
   readonly #probePage: Region;
   readonly #probeAddress: number;
   readonly #sink: PageSink;
+  /** The lent watch's bitmap of pages written (see `SnapshotWorkerData.lent`). */
+  readonly #lent: Uint8Array | undefined;
   /** The epoch of the `read` whose messages are being handled. */
   #epoch = 0;
   /** An address-space change is in flight (an unprotect said EAGAIN): save everything left first (`holdChanges`). */
@@ -172,6 +174,7 @@ export class FaultsLoop {
     this.#progress[PROGRESS.pages] = data.pages;
     const geometry = { base: this.#base, pages: this.#pages, head: data.head, length: data.length };
     this.#sink = openSink(data.sink, geometry, data.chunkPages, this.#ctrl, true);
+    this.#lent = data.lent === null ? undefined : new Uint8Array(data.lent);
   }
 
   /**
@@ -269,8 +272,79 @@ export class FaultsLoop {
     // The copier closes its reference (and its file) when it sees every page saved; then the close below
     // releases the userfaultfd: every protection left is removed and every waiting writer woken.
     this.#waitCopier();
-    this.#uffd.close();
+    // A lent userfaultfd stays with the watch (the close below is of this Worker's own duplicate): its
+    // pages stay protected, and this Worker serves their faults until the main side takes it back.
+    if (this.#lent === undefined) this.#uffd.close();
     return this.#sink.finish();
+  }
+
+  /**
+   * After a snapshot of watched memory (a lent userfaultfd): serves the watch's
+   * faults — records the page written and lets the write through — until the main
+   * side takes the userfaultfd back (`SNAP_CTRL.RETURNED`), so that no writer waits
+   * meanwhile, the main isolate included. Then closes this Worker's reference.
+   */
+  serveLent(): void {
+    const lent = this.#lent!;
+    const batch = this.#batch;
+    const retry: number[] = [];
+    const mark = (first: number, end: number) => {
+      for (let i = first; i < end; i++) lent[i >> 3]! |= 1 << (i & 7);
+    };
+    const letThrough = (page: number): boolean => {
+      const rc = resolve.writeprotect(this.#fd, page, PAGE_SIZE, 0);
+      if (rc === -EAGAIN) return false;
+      if (rc < 0 && rc !== -ENOENT) throw failure("UFFDIO_WRITEPROTECT", rc, { start: BigInt(page), len: PAGE_SIZE });
+      return true;
+    };
+    while (Atomics.load(this.#ctrl, SNAP_CTRL.RETURNED) === 0 && Atomics.load(this.#ctrl, SNAP_CTRL.ABORT) === 0) {
+      for (let k = retry.length - 1; k >= 0; k--) if (letThrough(retry[k]!)) retry.splice(k, 1);
+      const ready = this.#poll.poll(retry.length > 0 ? 1 : -1);
+      if (ready < 0 && ready !== -EINTR) throw failure("poll", ready, { fd: this.#fd });
+      if (this.#poll.revents(1) & POLLIN) libc.read(this.#efd, this.#efdBuffer);
+      if (!(this.#poll.revents(0) & POLLIN)) continue;
+      for (;;) {
+        const n = batch.read(this.#fd);
+        if (n === -EAGAIN) break;
+        if (n < 0) throw failure("read", n, { fd: this.#fd });
+        for (let i = 0; i < n; i++) {
+          if (batch.event(i) !== UFFD_EVENT_PAGEFAULT) {
+            // Dropped, moved or unmapped pages: written, as far as the watch can tell.
+            const msg = batch.message(i);
+            if ("start" in msg && "end" in msg) mark(...this.#overlap(Number(msg.start), Number(msg.end)));
+            else if ("from" in msg) mark(...this.#overlap(Number(msg.from), Number(msg.from + msg.len)));
+            continue;
+          }
+          const address = batch.address(i);
+          const page = address - (address % PAGE_SIZE);
+          if (page >= this.#base && page < this.#end) {
+            mark((page - this.#base) / PAGE_SIZE, (page - this.#base) / PAGE_SIZE + 1);
+          }
+          if (!letThrough(page)) retry.push(page);
+        }
+        if (n < batch.capacity) break;
+      }
+    }
+    // Everything queued before the hand-back is served; what comes after waits for the watch's handler.
+    for (const page of retry) letThrough(page);
+    this.#uffd.close();
+  }
+
+  /**
+   * A snapshot of watched memory failed: nobody may be left waiting, and the watch
+   * must not lose a write — every page is let through (protection removed, writers
+   * woken) and counted as written; the watch protects them again when it takes its
+   * userfaultfd back.
+   */
+  releaseLent(): void {
+    const lent = this.#lent!;
+    lent.fill(0xff);
+    resolve.writeprotect(this.#fd, this.#base, this.#pages * PAGE_SIZE, 0);
+  }
+
+  /** Whether the userfaultfd is a write watch's, lent for the snapshot. */
+  get lent(): boolean {
+    return this.#lent !== undefined;
   }
 
   /** Gives up: removes a partly written file. */
@@ -334,6 +408,7 @@ export class FaultsLoop {
     const page = address - (address % PAGE_SIZE);
     if (page >= this.#base && page < this.#end) {
       const index = (page - this.#base) / PAGE_SIZE;
+      if (this.#lent !== undefined) this.#lent[index >> 3]! |= 1 << (index & 7); // written, for the watch
       const states = this.#states;
       const c = states.chunkOf(index);
       if (!states.done(c)) {
@@ -372,6 +447,8 @@ export class FaultsLoop {
     if (msg.event === UFFD_EVENT_REMOVE) {
       this.#progress[PROGRESS.removes]++;
       const [first, end] = this.#overlap(Number(msg.start), Number(msg.end));
+      // Private memory dropped reads back as zeros: written, for the watch.
+      if (this.#lent !== undefined) { for (let i = first; i < end; i++) this.#lent[i >> 3]! |= 1 << (i & 7); }
       if (first < end) this.#rescue(first, end);
       return;
     }

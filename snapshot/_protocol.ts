@@ -43,8 +43,10 @@ export const SNAP_CTRL = {
   EPOCH: 6,
   /** One of `COPIER_STATE`. */
   COPIER: 7,
+  /** Non-zero once the main side takes a lent userfaultfd back (the fault Worker stops serving the watch's faults). */
+  RETURNED: 8,
   /** Slots in the control block. */
-  SIZE: 8,
+  SIZE: 10,
 } as const;
 
 /** Values of `SNAP_CTRL.STATE`. */
@@ -154,6 +156,13 @@ export interface SnapshotWorkerData {
   batch: number;
   /** Hold address-space changes of the target until every page is saved (see `LiveSnapshotOptions.holdChanges`). */
   holdChanges: boolean;
+  /**
+   * The userfaultfd is a write watch's, lent for the snapshot (`null`: the snapshot's
+   * own): a bitmap of the pages a write was let through on (and of removed pages),
+   * for the watch; the copier then leaves saved pages protected, and only a fault —
+   * recorded here — unprotects a page.
+   */
+  lent: SharedArrayBuffer | null;
 }
 
 /** The checkpoint file a snapshot wrote (a base image: `Checkpoint.restore` and `CheckpointReader` read it). */
@@ -172,5 +181,6 @@ export interface FileWritten {
 export type SnapshotMessage =
   | { type: "protected"; dataPages: number }
   | { type: "done"; file?: FileWritten }
+  | { type: "returned" }
   | { type: "aborted" }
   | { type: "failed"; error: SerializedError };

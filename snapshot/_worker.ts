@@ -59,7 +59,11 @@ function faults(data: SnapshotWorkerData): void {
   function fail(error: unknown): void {
     if (ended) return;
     ended = true;
-    // Before anything is reported: the main isolate itself may be blocked in a fault.
+    // Before anything is reported: the main isolate itself may be blocked in a fault. A watch's lent
+    // userfaultfd stays open (this Worker's reference is a duplicate): every page is let through instead.
+    try {
+      if (data.lent !== null) loop?.releaseLent();
+    } catch { /* failing already */ }
     Userfaultfd.adopt(data.uffd).close();
     const state = error instanceof Aborted || error instanceof CopierFailed ? SNAP_STATE.ABORTED : SNAP_STATE.FAILED;
     Atomics.store(control, SNAP_CTRL.STATE, state);
@@ -88,6 +92,16 @@ function faults(data: SnapshotWorkerData): void {
     Atomics.notify(control, SNAP_CTRL.STATE);
     Atomics.notify(control, SNAP_CTRL.PUBLISHED);
     post(file ? { type: "done", file } : { type: "done" });
+    if (data.lent !== null) {
+      // The watch's faults until the main side takes its userfaultfd back (it answered "done" with RETURNED).
+      try {
+        loop.serveLent();
+      } catch {
+        loop.releaseLent(); // nobody left waiting; every page counted written
+        Userfaultfd.adopt(data.uffd).close();
+      }
+      post({ type: "returned" });
+    }
   } catch (e) {
     fail(e);
   }

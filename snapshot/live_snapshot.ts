@@ -55,6 +55,7 @@ import {
 import { Feature } from "../ffi/uapi.ts";
 import { Userfaultfd } from "../kernel/userfaultfd.ts";
 import { positiveInteger } from "../kernel/_validate.ts";
+import { type Lease, Tracker } from "../watch/_tracker.ts";
 
 export type { FileWritten } from "./_protocol.ts";
 
@@ -281,6 +282,9 @@ export class LiveSnapshot implements AsyncDisposable {
 
   readonly #uffd: Userfaultfd;
   readonly #copierUffd: Userfaultfd;
+  /** A watch's userfaultfd, lent for the snapshot: given back (with the pages written) when the snapshot ends. */
+  readonly #lease: Lease | undefined;
+  readonly #lent: Uint8Array | undefined;
   readonly #workers: Record<Role, Worker>;
   readonly #eventFd: number;
   readonly #control: Int32Array;
@@ -311,8 +315,11 @@ export class LiveSnapshot implements AsyncDisposable {
     staging: Region | undefined,
     head: number,
     byteLength: number,
+    lease: Lease | undefined,
   ) {
     this.#uffd = uffd;
+    this.#lease = lease;
+    this.#lent = data.lent === null ? undefined : new Uint8Array(data.lent);
     this.#copierUffd = copierUffd;
     this.#eventFd = data.eventFd;
     this.#control = new Int32Array(data.control);
@@ -456,15 +463,42 @@ export class LiveSnapshot implements AsyncDisposable {
       throw new TypeError(`${operation}: sink must be a path, a file: URL, a Uint8Array or a function`);
     }
     const declined = [...(options.decline ?? [])];
-    const uffd = Userfaultfd.open({
-      require: [Feature.PAGEFAULT_FLAG_WP, Feature.EVENT_REMOVE, Feature.EVENT_UNMAP, Feature.EVENT_REMAP],
-      features: [Feature.WP_UNPOPULATED],
-      decline: declined,
-    });
+    // Memory a write watch (or checkpoint) tracks: its userfaultfd is the only one the memory can have; the
+    // snapshot borrows it, and every write it lets through goes to the watch.
+    const tracker = Tracker.at(spanStart);
+    let lease: Lease | undefined;
+    if (tracker !== undefined) {
+      if (tracker.backend.pages !== pages) {
+        throw invalid(operation, "a watch of this memory covers another span", { pages }, ERRNO.EBUSY);
+      }
+      lease = tracker.lend();
+      if (lease === undefined) {
+        throw invalid(
+          operation,
+          `this memory is watched with the ${tracker.backend.name} backend, whose writes never fault to user space: ` +
+            "a snapshot needs the write faults",
+          { backend: tracker.backend.name },
+          ERRNO.EBUSY,
+        );
+      }
+    }
+    let uffd: Userfaultfd;
+    try {
+      uffd = lease?.uffd.duplicate() ?? Userfaultfd.open({
+        require: [Feature.PAGEFAULT_FLAG_WP, Feature.EVENT_REMOVE, Feature.EVENT_UNMAP, Feature.EVENT_REMAP],
+        features: [Feature.WP_UNPOPULATED],
+        decline: declined,
+      });
+    } catch (e) {
+      lease?.end(new Uint8Array(0));
+      throw e;
+    }
+    const lent = lease === undefined ? null : new SharedArrayBuffer(Math.ceil(pages / 8));
     const wpUnpopulated = uffd.features.has(Feature.WP_UNPOPULATED);
     const fill = kernelProfile().untouchedFill;
     if (!wpUnpopulated && fill === "none") {
       uffd.close();
+      lease?.end(new Uint8Array(0));
       throw invalid(
         operation,
         `without WP_UNPOPULATED (Linux 6.4) never-touched pages must be populated first, and this kernel ` +
@@ -478,7 +512,7 @@ export class LiveSnapshot implements AsyncDisposable {
     let copierUffd: Userfaultfd | undefined;
     let snapshot: LiveSnapshot;
     try {
-      uffd.register({ address: spanStart, length: pages * PAGE_SIZE }, { wp: true });
+      if (lease === undefined) uffd.register({ address: spanStart, length: pages * PAGE_SIZE }, { wp: true });
       // The copier's own reference: it unprotects what it saved without sharing the fault Worker's fd number.
       copierUffd = uffd.duplicate();
       eventFd = libc.eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
@@ -504,11 +538,13 @@ export class LiveSnapshot implements AsyncDisposable {
         chunkPages,
         batch: 64,
         holdChanges: options.holdChanges !== false,
+        lent,
       };
-      snapshot = new LiveSnapshot(uffd, copierUffd, data, keep, callback, staging, head, location.length);
+      snapshot = new LiveSnapshot(uffd, copierUffd, data, keep, callback, staging, head, location.length, lease);
     } catch (e) {
       uffd.close();
       copierUffd?.close();
+      lease?.end(new Uint8Array(0));
       if (eventFd >= 0) libc.close(eventFd);
       staging?.unmap();
       throw e;
@@ -627,7 +663,16 @@ export class LiveSnapshot implements AsyncDisposable {
         if (role === "faults") {
           this.#file = message.file;
           this.#complete = true;
+          if (this.#lease !== undefined) {
+            // The fault Worker serves the watch's faults until told: take the userfaultfd back now.
+            Atomics.store(this.#control, SNAP_CTRL.RETURNED, 1);
+            this.#wake();
+            return; // it answers "returned"
+          }
         }
+        break;
+      case "returned":
+        this.#giveBack();
         break;
       case "aborted":
         break;
@@ -702,6 +747,7 @@ export class LiveSnapshot implements AsyncDisposable {
       for (const role of ROLES) if (!this.#exited[role].settled) this.#workers[role].unref();
       throw error;
     } finally {
+      this.#giveBack(); // a lent userfaultfd goes back to its watch however the snapshot ended
       this.#settled = true;
       this.#unwatchSignal?.();
       if (this.#exited.faults.settled && this.#exited.copier.settled) {
@@ -709,6 +755,12 @@ export class LiveSnapshot implements AsyncDisposable {
       }
       this.#keep.length = 0;
     }
+  }
+
+  /** Gives a lent userfaultfd back to its watch (once), with every page a write was let through on. */
+  #giveBack(): void {
+    if (this.#lease === undefined || this.#lent === undefined) return;
+    this.#lease.end(this.#lent);
   }
 
   #result(): SnapshotResult {

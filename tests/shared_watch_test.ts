@@ -7,7 +7,7 @@
  */
 
 import assert from "node:assert/strict";
-import { Checkpoint, CheckpointReader, readPagemap, Region, type WriteSet, WriteWatch } from "../mod.ts";
+import { Checkpoint, CheckpointReader, LiveSnapshot, readPagemap, Region, type WriteSet, WriteWatch } from "../mod.ts";
 import type { WriteWatchOptions } from "../mod.ts";
 import { Tracker } from "../watch/_tracker.ts";
 import { assertUffdError, skipUnless, waitFor, within } from "./helpers.ts";
@@ -194,4 +194,78 @@ Deno.test("a watch of part of a watched memory, or one asking for another backen
       new RegExp(`watched with the ${whole.backend} backend already`),
     );
   }
+});
+
+const syncAvailable = available.get("sync")!;
+
+Deno.test({
+  name:
+    "a live snapshot in the middle of a checkpoint chain: an exact image, and the next delta holds every page since",
+  ignore: skipUnless(syncAvailable.available, `sync backend: ${syncAvailable.reason}`),
+  async fn() {
+    const dir = Deno.makeTempDirSync({ prefix: "uffd-shared-" });
+    try {
+      const PAGES = 1024;
+      using mem = Region.map(PAGES * PAGE);
+      using ckpt = Checkpoint.start(mem, { backend: "sync" });
+      for (let p = 0; p < PAGES; p += 2) mem.bytes[p * PAGE] = 1;
+      ckpt.write(`${dir}/base`);
+      for (const p of [3, 5, 7]) mem.bytes[p * PAGE + 1] = 2;
+      ckpt.write(`${dir}/delta-1`);
+      for (const p of [100, 101]) mem.bytes[p * PAGE + 2] = 3; // before the snapshot
+      const expected = mem.bytes.slice(); // the snapshot's moment: nobody else writes
+      const image = new Uint8Array(mem.length);
+      const snap = await LiveSnapshot.take(mem, { sink: image }); // borrows the checkpoint's userfaultfd
+      // The main isolate writes on: each first write faults and is served by the snapshot (old page saved).
+      const during = [0, 200, 201, 500, 1023];
+      for (const p of during) mem.bytes[p * PAGE + 3] = 4;
+      assertUffdError(() => ckpt.watch.written(), "EBUSY", /a live snapshot of this memory is running/);
+      const result = await within(snap.done, 60_000, "the snapshot");
+      assert.deepEqual(image, expected, "the image is the memory at take()");
+      assert.equal(result.savedPages, PAGES);
+      for (const p of [300, 0]) mem.bytes[p * PAGE + 4] = 5; // after: the watch has its userfaultfd back
+      ckpt.write(`${dir}/delta-2`);
+      using reader = CheckpointReader.open(ckpt.files);
+      const inDelta = [...Array(PAGES).keys()].filter((p) => reader.source(p)?.file === 2);
+      assert.deepEqual(inDelta, [0, 100, 101, 200, 201, 300, 500, 1023], "before, during and after the snapshot");
+      const copy = new Uint8Array(mem.length);
+      reader.restore(copy);
+      assert.deepEqual(copy, mem.bytes, "the chain restores the memory as it is");
+      mem.bytes[600 * PAGE] = 6;
+      assert.deepEqual([...ckpt.watch.collect()], [600], "and the watch goes on exactly");
+    } finally {
+      Deno.removeSync(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name: "a snapshot of watched memory that is aborted: the watch counts every page written, then goes on exactly",
+  ignore: skipUnless(syncAvailable.available, `sync backend: ${syncAvailable.reason}`),
+  async fn() {
+    using mem = Region.map(256 * PAGE, { populate: true });
+    using watch = WriteWatch.start(mem, { backend: "sync" });
+    const snap = await LiveSnapshot.take(mem, { sink: () => new Promise((r) => setTimeout(r, 5)) });
+    snap.abort();
+    await within(snap.done.then(() => undefined, () => undefined), 30_000, "done after abort()");
+    const set = watch.collect();
+    assert.ok(set.count === 256 || set.count === 0, `all pages or none counted written (${set.count})`);
+    mem.bytes[7 * PAGE] = 1;
+    assert.deepEqual([...watch.collect()], [7]);
+  },
+});
+
+Deno.test({
+  name: "a snapshot of memory watched by the async backend is refused: its writes never fault to user space",
+  ignore: skipUnless(available.get("async")!.available, `async backend: ${available.get("async")!.reason}`),
+  async fn() {
+    using mem = Region.map(16 * PAGE);
+    using watch = WriteWatch.start(mem, { backend: "async" });
+    await assert.rejects(
+      LiveSnapshot.take(mem, { sink: new Uint8Array(mem.length) }),
+      (e) => e instanceof Error && /watched with the async backend.*a snapshot needs the write faults/.test(e.message),
+    );
+    mem.bytes[3 * PAGE] = 1;
+    assert.deepEqual([...watch.collect()], [3], "the watch was not disturbed");
+  },
 });

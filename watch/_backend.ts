@@ -33,6 +33,7 @@
 
 import type { UntouchedPages } from "../kernel/profile.ts";
 import type { Feature } from "../ffi/uapi.ts";
+import type { Userfaultfd } from "../kernel/userfaultfd.ts";
 import type { RunList } from "./write_set.ts";
 
 /** The ways to track writes: see {@linkcode WriteWatch}. */
@@ -83,6 +84,14 @@ export interface WriteWatchBackend extends Disposable {
   reset(): void;
   /** Stops watching and releases everything (idempotent). */
   close(): void;
+  /**
+   * Hands the userfaultfd to a live snapshot of the span (backends whose faults
+   * reach user space: `sync`); every call but `close` fails with `EBUSY` until
+   * `resume`.
+   */
+  lend?(): Userfaultfd;
+  /** Takes the userfaultfd back and protects the span again. */
+  resume?(): void;
 }
 
 /** A backend kind: whether it can run here, and how to start one. */

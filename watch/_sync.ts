@@ -131,7 +131,12 @@ class SyncBackend implements WriteWatchBackend {
   readonly #first: number;
   #end: number;
   readonly #uffd: Userfaultfd;
-  readonly #handler: FaultHandler;
+  #handler: FaultHandler;
+  readonly #options: SyncWatchPolicyOptions;
+  /** The registered ranges, in order (the span, then each grown tail). */
+  readonly #ranges: Range[] = [];
+  /** Lent to a live snapshot: its Workers read the userfaultfd; calls wait for `resume()`. */
+  #lent = false;
   /** How holes are filled before protection; `undefined` where markers cover them (WP_UNPOPULATED, shared memory). */
   readonly #fill: UntouchedFill | undefined;
   readonly #lost: Uint8Array;
@@ -173,11 +178,10 @@ class SyncBackend implements WriteWatchBackend {
         lost: this.#lost.buffer as SharedArrayBuffer,
         state: this.#state.buffer as SharedArrayBuffer,
       };
+      this.#options = options;
+      if (tracked > 0) this.#ranges.push(range);
       // Serving before anything is protected: the main isolate may write at once.
-      handler = FaultHandler.startSync(this.#uffd, policies.module(POLICY, options, "syncWatchPolicy"), {
-        ranges: tracked > 0 ? [withPageSize(range)] : [],
-        maxPages: Math.max(MAX_PAGES, tracked),
-      });
+      handler = this.#startHandler();
       if (tracked > 0) {
         if (this.#fill) fill(this.#uffd, range.address, range.length, this.#fill);
         this.#uffd.writeProtect(range);
@@ -211,6 +215,7 @@ class SyncBackend implements WriteWatchBackend {
     // handler could not place would be resolved without being recorded.
     this.#uffd.register(tail, { wp: true });
     this.#handler.addRanges([withPageSize(tail)]);
+    this.#ranges.push(tail);
     this.#pages = pages;
     this.#end = pages;
     if (this.#fill) fill(this.#uffd, tail.address, tail.length, this.#fill);
@@ -247,11 +252,41 @@ class SyncBackend implements WriteWatchBackend {
     this.#handler.collect();
   }
 
+  /**
+   * Lends the userfaultfd to a live snapshot (`LiveSnapshot.take` of watched memory):
+   * the handler stops (serving what is queued), the ranges stay registered and
+   * protected as they are, and the snapshot's Workers read the faults until
+   * {@linkcode resume}. Call `scan(true, …)` first: the handler's bitmap is gone with it.
+   */
+  lend(): Userfaultfd {
+    this.#check();
+    this.#handler.stopSync();
+    this.#lent = true;
+    return this.#uffd;
+  }
+
+  /**
+   * Takes the userfaultfd back after a snapshot: the handler starts again (serving the
+   * writers that faulted meanwhile), removed ranges are filled again, and the whole
+   * span is protected again — every page the snapshot let through was recorded by it
+   * and is the caller's to report.
+   */
+  resume(): void {
+    if (!this.#lent) return;
+    this.#lent = false;
+    if (this.#closed) return; // stopped while lent: the snapshot's references were the last
+    this.#handler = this.#startHandler();
+    for (const r of this.#ranges) {
+      if (this.#fill) fill(this.#uffd, r.address as bigint, Number(r.length), this.#fill);
+      this.#uffd.writeProtect(r);
+    }
+  }
+
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
     try {
-      this.#handler.stopSync();
+      if (!this.#lent) this.#handler.stopSync();
     } catch { /* a failed handler has closed the userfaultfd already; its error reached the calls that met it */ }
     // The last reference: the kernel unregisters the span, clears its protection and wakes every waiter.
     this.#uffd.close();
@@ -259,6 +294,14 @@ class SyncBackend implements WriteWatchBackend {
 
   [Symbol.dispose](): void {
     this.close();
+  }
+
+  /** A handler over every registered range (the span and its grown tails). */
+  #startHandler(): FaultHandler {
+    return FaultHandler.startSync(this.#uffd, policies.module(POLICY, this.#options, "syncWatchPolicy"), {
+      ranges: this.#ranges.map(withPageSize),
+      maxPages: Math.max(MAX_PAGES, this.#end - this.#first),
+    });
   }
 
   /** Without `WP_UNPOPULATED`, removed ranges must hold pages again before they are re-protected. */
@@ -283,6 +326,14 @@ class SyncBackend implements WriteWatchBackend {
   #check(): void {
     if (this.#closed) {
       throw new UffdError({ errno: ERRNO.EBADF, operation: "WriteWatch", detail: "the watch is stopped" });
+    }
+    if (this.#lent) {
+      throw new UffdError({
+        errno: ERRNO.EBUSY,
+        operation: "WriteWatch",
+        detail: "a live snapshot of this memory is running: its writes reach the watch when it is done",
+        hint: "await snap.done before asking the watch",
+      });
     }
   }
 }

@@ -38,6 +38,7 @@ import { ERRNO, UffdError } from "../kernel/errors.ts";
 import { PAGE_SIZE_N } from "../ffi/_libc.ts";
 import type { UntouchedPages } from "../kernel/profile.ts";
 import type { BackendProvider, WatchedSpan, WriteWatchBackend, WriteWatchBackendName } from "./_backend.ts";
+import type { Userfaultfd } from "../kernel/userfaultfd.ts";
 import { RunList } from "./write_set.ts";
 
 const trackers = new Map<bigint, Tracker>();
@@ -133,6 +134,35 @@ export class Tracker {
     for (const c of this.#consumers) c.pending.addAll(written);
   }
 
+  /**
+   * Lends the tracker's userfaultfd to a live snapshot of the memory: every
+   * consumer's pending set is brought up to date first (a harvest, which also
+   * protects every page), then the backend stops serving faults. Every page the
+   * snapshot lets a write through on, it records; `end(written)` gives them to every
+   * consumer and hands the userfaultfd back. Only backends whose faults reach user
+   * space can lend (`sync`); the others return `undefined`.
+   */
+  lend(): Lease | undefined {
+    const backend = this.backend;
+    if (backend.lend === undefined || backend.resume === undefined) return undefined;
+    this.harvest(undefined);
+    const uffd = backend.lend();
+    let ended = false;
+    return {
+      uffd,
+      pages: backend.pages,
+      end: (written: Uint8Array) => {
+        if (ended) return;
+        ended = true;
+        const runs = this.#written;
+        runs.clear();
+        for (let i = 0; i < backend.pages; i++) if ((written[i >> 3]! & (1 << (i & 7))) !== 0) runs.add(i, 1);
+        for (const c of this.#consumers) c.pending.addAll(runs);
+        backend.resume!();
+      },
+    };
+  }
+
   /** Detaches a consumer; the last one releases the backend. */
   detach(consumer: Consumer): void {
     if (!this.#consumers.delete(consumer)) return;
@@ -140,6 +170,16 @@ export class Tracker {
     if (trackers.get(this.address) === this) trackers.delete(this.address);
     this.backend.close();
   }
+}
+
+/** A tracker's userfaultfd, lent to a live snapshot (see {@linkcode Tracker.lend}). */
+export interface Lease {
+  /** The userfaultfd, registered and serving nobody until `end`. */
+  readonly uffd: Userfaultfd;
+  /** Pages of the tracked span. */
+  readonly pages: number;
+  /** Gives it back: `written` is a bitmap (bit `i`: page `i`) of the pages the snapshot let writes through on. */
+  end(written: Uint8Array): void;
 }
 
 /** One watch's view of a shared tracker: a backend to its `WriteWatch` (see the module documentation). */
