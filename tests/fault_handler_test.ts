@@ -306,7 +306,7 @@ Deno.test("closing the userfaultfd stops its handler; control calls then refuse;
   ]);
   assert.throws(() => handler.control("anything"), /no control operations/, "zerofill has no control operations");
   uffd.close();
-  const stats = await within(handler.done, 5_000, "done after close()");
+  const stats = await within(handler.done, 30_000, "done after close()");
   assert.equal(stats.faults, 0);
   assert.equal(handler.state, "stopped");
   assert.throws(() => handler.collect(), FaultHandlerError);

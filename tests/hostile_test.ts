@@ -531,7 +531,7 @@ Deno.test("hostile input: a running FaultHandler — control() arguments, stop a
     source.unmap();
     const writer = libc.memsetOffThread(mem.address, 1, 8n);
     const error = await within(handler.done.then(() => undefined, (e) => e), 10_000, "the handler's end");
-    await within(writer, 5_000, "the writer");
+    await within(writer, 30_000, "the writer");
     assert.ok(error instanceof u.FaultHandlerError, String(error));
     assert.ok(error.cause instanceof UffdError && error.cause.code === "EFAULT", String(error.cause));
     assert.equal(uffd.closed, true);
@@ -558,7 +558,7 @@ Deno.test("hostile input: Userfaultfd.events()", async () => {
   const later = Userfaultfd.open();
   const stream = later.events();
   later.close();
-  assert.equal((await within(stream.next(), 5_000, "the stream")).done, true);
+  assert.equal((await within(stream.next(), 30_000, "the stream")).done, true);
 });
 
 Deno.test("hostile input: WriteWatch", async (t) => {

@@ -92,12 +92,12 @@ for (const kind of ["missing", "wp", "minor"] as const) {
           assert.equal(fault.wp, kind === "wp");
           assert.equal(fault.minor, kind === "minor");
           // The message is queued before the writer goes to sleep: under load it may be read first.
-          await waitFor(() => threadsInFault() === 1, 5000, "the writer asleep in handle_userfault");
+          await waitFor(() => threadsInFault() === 1, 30_000, "the writer asleep in handle_userfault");
           assert.equal(done, false);
         } finally {
           // Whatever failed, release the writer before its memory goes away.
           uffd.close();
-          await within(writer, 5000, "the writer after close()");
+          await within(writer, 30_000, "the writer after close()");
         }
       }
       assert.equal(mem.bytes[PAGE + 10], 0x7e, "the write landed once the fault was released");
@@ -119,7 +119,7 @@ Deno.test("no hang: a Worker blocked in a fault finishes when the userfaultfd is
     worker.postMessage({ address: mem.address, length: 64, value: 9 });
     await nextFault(uffd, "the Worker's fault");
     uffd.close();
-    await within(done, 5000, "the Worker after close()");
+    await within(done, 30_000, "the Worker after close()");
     assert.equal(mem.bytes[63], 9);
   } finally {
     worker.terminate();
@@ -139,7 +139,7 @@ Deno.test("no leak: 200 userfaultfds closed with a fault pending leave no fd, ma
     const writer = libc.memsetOffThread(page.address, 1, 8n);
     await nextFault(uffd, `fault ${i}`);
     uffd.close();
-    await within(writer, 5000, `writer ${i}`);
+    await within(writer, 30_000, `writer ${i}`);
   }
   await assertNothingLeft(before, "200 rounds");
 });

@@ -153,7 +153,7 @@ Deno.test("copy resolves a missing fault raised by a write on another thread; th
   const target = mem.address + BigInt(PAGE) + 100n;
   const writer = libc.memsetOffThread(target, 0x33, 200n);
   let events: UffdEvent[] = [];
-  await waitFor(() => (events = uffd.readEvents()).length > 0, 5000, "the missing fault");
+  await waitFor(() => (events = uffd.readEvents()).length > 0, 30_000, "the missing fault");
   assert.equal(events.length, 1);
   const fault = events[0]!;
   assert.equal(fault.type, "pagefault");
@@ -163,7 +163,7 @@ Deno.test("copy resolves a missing fault raised by a write on another thread; th
   assert.equal(fault.wp, false);
   const page = new Uint8Array(PAGE).fill(0x11);
   assert.equal(uffd.copy({ address: fault.address, length: PAGE }, page), PAGE);
-  await within(writer, 5000, "the writer");
+  await within(writer, 30_000, "the writer");
   const bytes = mem.page(1);
   assert.equal(bytes[99], 0x11);
   assert.equal(bytes[100], 0x33);
@@ -180,10 +180,10 @@ Deno.test("zeropage resolves a missing fault raised by a Worker; the Worker's by
     const done = new Promise((resolve) => worker.onmessage = resolve);
     worker.postMessage({ address: mem.address, length: 64, value: 0x77 });
     let events: UffdEvent[] = [];
-    await waitFor(() => (events = uffd.readEvents()).length > 0, 5000, "the Worker's fault");
+    await waitFor(() => (events = uffd.readEvents()).length > 0, 30_000, "the Worker's fault");
     assert.equal(events[0]!.type, "pagefault");
     assert.equal(uffd.zeropage(mem.pages(0)), PAGE);
-    await within(done, 5000, "the Worker");
+    await within(done, 30_000, "the Worker");
     assert.deepEqual([...mem.page(0).subarray(60, 68)], [0x77, 0x77, 0x77, 0x77, 0, 0, 0, 0]);
   } finally {
     worker.terminate();

@@ -191,7 +191,7 @@ Deno.test("uffd-common.c __copy_page: COPY with DONTWAKE leaves the thread block
   // A second resolver racing the first gets EEXIST, and wakes the range itself.
   assertUffdError(() => uffd.copy(mem.pages(1), new Uint8Array(PAGE)), "EEXIST");
   uffd.wake(mem.pages(1));
-  await within(writer, 5000, "the woken writer");
+  await within(writer, 30_000, "the woken writer");
   assert.deepEqual([...mem.page(1).subarray(6, 18)], [1, 1, 68, 68, 68, 68, 68, 68, 68, 68, 1, 1]);
 });
 

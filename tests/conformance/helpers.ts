@@ -11,7 +11,7 @@ import assert from "node:assert/strict";
 import { MAP_PRIVATE, MFD_CLOEXEC, PROT_READ, PROT_WRITE, type Range, Region } from "../../mod.ts";
 import type { PagefaultEvent, UffdEvent, Userfaultfd } from "../../mod.ts";
 import * as libc from "../../ffi/_libc.ts";
-import { isRoot, reserveHugePages, skipUnless } from "../helpers.ts";
+import { DEADLINE_SCALE, isRoot, reserveHugePages, skipUnless } from "../helpers.ts";
 export { assertUffdError } from "../helpers.ts";
 
 /** The base page size. */
@@ -31,8 +31,9 @@ export async function collectEvents(
   uffd: Userfaultfd,
   done: (events: UffdEvent[]) => boolean,
   what: string,
-  ms = 5000,
+  ms = 30_000,
 ): Promise<UffdEvent[]> {
+  ms *= DEADLINE_SCALE; // a loaded machine (a Worker type-checked at start-up) or TCG: generous, it only bounds a hang
   const events: UffdEvent[] = [];
   const deadline = Date.now() + ms;
   for (;;) {
@@ -46,7 +47,7 @@ export async function collectEvents(
 }
 
 /** The next page fault (other events before it are returned too). */
-export async function nextFault(uffd: Userfaultfd, what = "a page fault", ms = 5000): Promise<PagefaultEvent> {
+export async function nextFault(uffd: Userfaultfd, what = "a page fault", ms = 30_000): Promise<PagefaultEvent> {
   const events = await collectEvents(uffd, (es) => es.some((e) => e.type === "pagefault"), what, ms);
   return events.find((e) => e.type === "pagefault") as PagefaultEvent;
 }
@@ -75,7 +76,7 @@ export async function serveUntil<T>(
   serve: (fault: PagefaultEvent) => void,
   options: { ms?: number; onEvent?: (event: UffdEvent) => void } = {},
 ): Promise<Served<T>> {
-  const ms = options.ms ?? 10_000;
+  const ms = (options.ms ?? 30_000) * DEADLINE_SCALE;
   let settled = false;
   let failure: unknown;
   let result: T | undefined;

@@ -222,7 +222,7 @@ const scenarios: Record<string, () => Promise<Observations>> = {
       const bytes = mem.bytes;
       for (let p = 0; p < pages; p++) bytes[p * PAGE] = 1; // write `at` blocks until the Worker closes the uffd
       let error: unknown;
-      await within(handler.done, 5_000, "handler.done").catch((e) => error = e);
+      await within(handler.done, 30_000, "handler.done").catch((e) => error = e);
       let stopError: unknown;
       await handler.stop().catch((e) => stopError = e);
       const landed = Array.from({ length: pages }, (_, p) => bytes[p * PAGE] === 1).every(Boolean);
@@ -258,7 +258,7 @@ const scenarios: Record<string, () => Promise<Observations>> = {
     const bytes = mem.bytes;
     for (let p = 0; p < 20; p++) bytes[p * PAGE] = 2;
     let error: unknown;
-    await within(handler.done, 5_000, "handler.done").catch((e) => error = e);
+    await within(handler.done, 30_000, "handler.done").catch((e) => error = e);
     return {
       landed: Array.from({ length: 20 }, (_, p) => bytes[p * PAGE] === 2).every(Boolean),
       isHandlerError: error instanceof FaultHandlerError,
@@ -287,12 +287,12 @@ const scenarios: Record<string, () => Promise<Observations>> = {
     uffd.writeProtect(mem);
     const handler = await FaultHandler.start(uffd, policies.unprotect());
     const { worker, done } = startWriter(mem, Array.from({ length: PAGES }, (_, p) => p * PAGE), 4);
-    await waitFor(() => handler.stats.faults >= 20, 5_000, "the writer's faults");
+    await waitFor(() => handler.stats.faults >= 20, 30_000, "the writer's faults");
     const t0 = performance.now();
     const stats = await handler.stop();
     const stopMs = performance.now() - t0;
     uffd.close(); // wakes the writer if it is blocked; its remaining writes need no handler
-    await within(done, 5_000, "the writer after close");
+    await within(done, 30_000, "the writer after close");
     worker.terminate();
     return {
       stopMs,
@@ -328,10 +328,10 @@ const scenarios: Record<string, () => Promise<Observations>> = {
     });
     const { worker, done } = startWriter(mem, [10 * PAGE], 6);
     try {
-      await waitFor(() => handler.stats.faults >= 1, 5_000, "the writer's fault");
+      await waitFor(() => handler.stats.faults >= 1, 30_000, "the writer's fault");
       mem.advise(MADV_DONTNEED, mem.pages(20, 4)); // waits until the Worker has read the remove event
-      await within(done, 5_000, "the writer");
-      await waitFor(() => events.length >= 1, 5_000, "the remove event on the main side");
+      await within(done, 30_000, "the writer");
+      await waitFor(() => events.length >= 1, 30_000, "the remove event on the main side");
     } finally {
       worker.terminate();
     }
@@ -371,7 +371,7 @@ const scenarios: Record<string, () => Promise<Observations>> = {
     // mremap itself may send an unmap event (for the range it replaces), so wait for the one that names the
     // destination rather than for a count of events.
     const destinationUnmapped = () => events.some((e) => e.type === "unmap" && e.start === destination.address);
-    await waitFor(destinationUnmapped, 5_000, "the unmap event of the destination");
+    await waitFor(destinationUnmapped, 30_000, "the unmap event of the destination");
     const afterUnmap = runsToPages(handler.collect()); // nothing left to re-protect at the old place
     mem.bytes[31 * PAGE] = 5;
     const stats = handler.stats;
@@ -423,9 +423,9 @@ const scenarios: Record<string, () => Promise<Observations>> = {
     let status = -1;
     let faults: UffdEvent[] = [];
     try {
-      await waitFor(() => forks.length === 1, 5_000, "the fork event");
+      await waitFor(() => forks.length === 1, 30_000, "the fork event");
       const child = forks[0]!;
-      await waitFor(() => (faults = child.readEvents()).length > 0, 5_000, "the child's fault");
+      await waitFor(() => (faults = child.readEvents()).length > 0, 30_000, "the child's fault");
       const blocked = libc.waitpid(pid, 1 /* WNOHANG */)[0] === 0;
       child.unprotect({ address: mem.address + BigInt(PAGE), length: PAGE });
       await waitFor(

@@ -506,7 +506,7 @@ const scenarios: Record<string, () => Promise<Observations>> = {
     const t0 = performance.now();
     await lazy.close();
     const closeMs = performance.now() - t0;
-    await within(reader, 5_000, "the reader woken by close()");
+    await within(reader, 30_000, "the reader woken by close()");
     const readerDone = true;
     const state = lazy.state;
     const mappedAfterClose = lazy.region.mapped;
@@ -550,7 +550,7 @@ const scenarios: Record<string, () => Promise<Observations>> = {
     await new Promise((r) => setTimeout(r, 100));
     const before = resolved;
     lazy.bytes[15 * PAGE];
-    const stats = await within(lazy.ready, 5_000, "ready");
+    const stats = await within(lazy.ready, 30_000, "ready");
     await lazy.close();
     return { before, resident: stats.resident, faults: stats.faults };
   },
