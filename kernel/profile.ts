@@ -306,7 +306,8 @@ function measure(): KernelProfile {
   if (support !== undefined) {
     try {
       using m = scratch(2n * PAGE_SIZE_N);
-      using uffd = Userfaultfd.open({ features: ["PAGEFAULT_FLAG_WP"] });
+      // Nobody writes the protected page: it is only read afterwards.
+      using uffd = Userfaultfd.open({ features: ["PAGEFAULT_FLAG_WP"], writers: "other-threads" });
       const zero = { address: m.address, length: PAGE_SIZE_N };
       uffd.register(zero, { missing: true });
       if (uffd.zeropage(zero) === PAGE_SIZE) {

@@ -445,7 +445,12 @@ export async function measureWpCell(
     }
     if (scenario === "zeropage") readSink ^= mem.page(TARGET)[0]!;
 
-    uffd = Userfaultfd.open({ require: ["PAGEFAULT_FLAG_WP", ...modeInfo.features], decline: [...decline] });
+    // The write under test is made off-thread and its fault served from here.
+    uffd = Userfaultfd.open({
+      require: ["PAGEFAULT_FLAG_WP", ...modeInfo.features],
+      decline: [...decline],
+      writers: "other-threads",
+    });
     uffd.register(mem, { wp: true });
     uffd.writeProtect(mem);
 

@@ -209,7 +209,7 @@ Deno.test("hostile input: Userfaultfd", async (t) => {
     refuses(() => Userfaultfd.adopt(X({ fd: 3, featureMask: 0n, state: new ArrayBuffer(4) })), "TypeError", /adopt/);
   });
   await t.step("every operation: wrong types and unaligned, empty, overflowing or unmapped ranges", () => {
-    using uffd = Userfaultfd.open({ features: [Feature.MOVE, Feature.POISON] });
+    using uffd = Userfaultfd.open({ features: [Feature.MOVE, Feature.POISON], writers: "other-threads" });
     const page = new Uint8Array(PAGE);
     const ops: [string, (r: u.Range) => unknown][] = [
       ["UFFDIO_REGISTER", (r) => uffd.register(r, { missing: true })],

@@ -576,7 +576,7 @@ Deno.test({
     using mem = Region.map(8 * PAGE, { populate: true });
     using mine = Region.map(PAGE); // never registered: the probe's page
     mem.bytes.fill(9);
-    using uffd = Userfaultfd.open({ require: FEATURES });
+    using uffd = Userfaultfd.open({ require: FEATURES, writers: "other-threads" }); // the writes are a Worker's
     uffd.register(mem, { wp: true });
     uffd.writeProtect(mem);
     const probe = () => resolve.writeprotect(uffd.fd, Number(mine.address), PAGE, 0);

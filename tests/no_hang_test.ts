@@ -82,7 +82,7 @@ for (const kind of ["missing", "wp", "minor"] as const) {
       if (kind === "minor") backing.bytes.fill(3);
       if (kind === "wp") mem.bytes.fill(4);
       {
-        const uffd = Userfaultfd.open({ features: [Feature.MINOR_SHMEM] });
+        const uffd = Userfaultfd.open({ features: [Feature.MINOR_SHMEM], writers: "other-threads" });
         uffd.register(mem, { missing: kind === "missing", wp: kind === "wp", minor: kind === "minor" });
         if (kind === "wp") uffd.writeProtect(mem);
         let done = false;

@@ -65,7 +65,7 @@ function pageRangeOf(mem: TestMemory, index: number) {
  */
 async function missingThenWp(type: MemType, pages: number, wp: boolean): Promise<void> {
   using mem = mapMemory(type, pages);
-  using uffd = Userfaultfd.open({ features: FEATURES });
+  using uffd = Userfaultfd.open({ features: FEATURES, writers: "other-threads" });
   uffd.register(mem.range, { missing: true, wp });
   const length = pages * mem.pageSize;
   const scratch = new Uint8Array(length);
@@ -100,7 +100,10 @@ async function missingThenWp(type: MemType, pages: number, wp: boolean): Promise
 async function minor(type: "shmem" | "hugetlb", pages: number, wp: boolean): Promise<void> {
   using backing = mapMemory(type, pages);
   using registered = backing.alias()!;
-  using uffd = Userfaultfd.open({ features: [Feature.MINOR_SHMEM, Feature.MINOR_HUGETLBFS, ...FEATURES] });
+  using uffd = Userfaultfd.open({
+    features: [Feature.MINOR_SHMEM, Feature.MINOR_HUGETLBFS, ...FEATURES],
+    writers: "other-threads",
+  });
   uffd.register(registered, { minor: true, wp });
   const size = backing.pageSize;
   // Populating the side that is not registered raises no fault.
