@@ -22,7 +22,7 @@
  */
 
 import { kernelRelease } from "./access.ts";
-import { failure } from "./errors.ts";
+import { failure, UffdError } from "./errors.ts";
 import * as libc from "../ffi/_libc.ts";
 import { PAGE_SIZE, PAGE_SIZE_N } from "../ffi/_libc.ts";
 import {
@@ -39,6 +39,7 @@ import {
 import { readPagemapRaw, softDirtySupported } from "./pagemap.ts";
 import { acceptedCategories, hasPagemapScan, pagemapScan } from "./pagemap_scan.ts";
 import { type Category, type Feature, PM_MMAP_EXCLUSIVE, PM_PFN_MASK, PM_PRESENT, PM_UFFD_WP } from "../ffi/uapi.ts";
+import { Region } from "./region.ts";
 import { type Origin, Userfaultfd } from "./userfaultfd.ts";
 
 /** What a mechanism put in a page that held nothing: the shared zero page, or a page of its own (zero-filled). */
@@ -150,6 +151,11 @@ export interface KernelProfile {
     /** The raw `UFFDIO_API` feature mask, in hex (`null` when none could be created). */
     readonly featureMask: string | null;
     readonly features: readonly Feature[];
+    /**
+     * `UFFDIO_CONTINUE` accepts `UFFDIO_CONTINUE_MODE_WP` (Linux 6.4; no feature bit says so), measured on a
+     * memfd page (`null`: no userfaultfd, or no minor faults on shmem to measure it with).
+     */
+    readonly continueWp: boolean | null;
     /** Why no userfaultfd could be created. */
     readonly error?: string;
   };
@@ -157,6 +163,13 @@ export interface KernelProfile {
   readonly zeroPage: ZeroPageTraits;
   /** How never-touched pages are made protectable without `WP_UNPOPULATED` (decided from {@linkcode zeroPage}). */
   readonly untouchedFill: UntouchedFill;
+  /**
+   * How the library reads which pages are protected and which hold data (decided from
+   * {@linkcode pagemapScan} and {@linkcode pagemap}): `"pagemap-scan"` where PAGEMAP_SCAN
+   * exists and its `PFNZERO` answers hold, else `"pagemap"` — the 64-bit entries of
+   * `/proc/<pid>/pagemap` (present, exclusive, PFN, swapped, the uffd-wp bit).
+   */
+  readonly pageBits: "pagemap-scan" | "pagemap";
   /** `/proc/<pid>/pagemap` traits. */
   readonly pagemap: {
     /** PFNs are visible to this process (CAP_SYS_ADMIN); otherwise they read as 0. */
@@ -173,7 +186,9 @@ export interface KernelProfile {
 }
 
 let cache: KernelProfile | undefined;
-let override: Partial<Pick<KernelProfile, "untouchedFill">> | undefined;
+/** The decisions of the profile a test may replace ({@linkcode overrideKernelProfile}). */
+export type ProfileDecisions = Partial<Pick<KernelProfile, "untouchedFill" | "pageBits">>;
+let override: ProfileDecisions | undefined;
 
 /**
  * The running kernel's profile, measured on the first call (a few milliseconds) and
@@ -199,7 +214,7 @@ export function kernelProfile(): KernelProfile {
  * measured profile. Only a choice that does what its name says on this kernel is
  * accepted (`"populate-read"` where `MADV_POPULATE_READ` maps the zero page,
  * `"populate-allocates"` where it allocates, `"uffd-zeropage"` where `UFFDIO_ZEROPAGE`
- * maps the zero page).
+ * maps the zero page; `pageBits: "pagemap"` everywhere, `"pagemap-scan"` where it works).
  *
  * @example
  * ```ts
@@ -209,7 +224,10 @@ export function kernelProfile(): KernelProfile {
  * overrideKernelProfile(undefined);
  * ```
  */
-export function overrideKernelProfile(decisions: Partial<Pick<KernelProfile, "untouchedFill">> | undefined): void {
+export function overrideKernelProfile(decisions: ProfileDecisions | undefined): void {
+  if (decisions?.pageBits === "pagemap-scan" && (cache ??= measure()).pageBits !== "pagemap-scan") {
+    throw new Error("overrideKernelProfile: PAGEMAP_SCAN does not work on this kernel");
+  }
   if (decisions?.untouchedFill !== undefined) {
     const z = (cache ??= measure()).zeroPage;
     const works: Record<UntouchedFill, boolean> = {
@@ -325,6 +343,24 @@ function measure(): KernelProfile {
       }
     } catch { /* user-mode-only or refused: left unmeasured */ }
   }
+  let continueWp: boolean | null = null;
+  if (has("MINOR_SHMEM") && has("WP_HUGETLBFS_SHMEM")) {
+    try {
+      using backing = Region.map(PAGE_SIZE, { memfd: true, name: "uffd-profile" });
+      backing.bytes[0] = 1; // in the page cache
+      using alias = backing.alias();
+      // Nobody writes the alias: the page is only mapped, protected, and unmapped.
+      using uffd = Userfaultfd.open({ require: ["MINOR_SHMEM", "WP_HUGETLBFS_SHMEM"], writers: "other-threads" });
+      uffd.register(alias, { minor: true, wp: true });
+      try {
+        uffd.continue(alias, { wp: true });
+        continueWp = true;
+      } catch (e) {
+        if (!(e instanceof UffdError) || e.code !== "EINVAL") throw e;
+        continueWp = false;
+      }
+    } catch { /* refused: left unmeasured */ }
+  }
   let hugeReadFault: ZeroPageTraits["hugeReadFault"] = "small-pages";
   const pmd = huge?.pmdSize ?? 0;
   if (huge !== null && huge.enabled !== "never" && pmd > 0) {
@@ -355,10 +391,12 @@ function measure(): KernelProfile {
       origin: support?.origin ?? null,
       featureMask: support ? `0x${support.featureMask.toString(16)}` : null,
       features: Object.freeze(support ? [...support.features] : []),
+      continueWp,
       ...(error === undefined ? {} : { error }),
     }),
     zeroPage,
     untouchedFill: decideUntouchedFill(zeroPage),
+    pageBits: scan.available && scan.pfnZero !== false ? "pagemap-scan" : "pagemap",
     pagemap: Object.freeze({ pfnVisible, uffdWpBit }),
     softDirty: Object.freeze({
       categoryAccepted: scan.categories.includes("SOFT_DIRTY"),
@@ -500,6 +538,15 @@ export function profileNotes(p: KernelProfile): TraitNote[] {
     trait: "huge read fault",
     value: z.hugeReadFault,
     effect: z.hugeReadFault === "allocates" ? "reading an untouched THP range allocates 2 MiB" : "",
+  });
+  notes.push({
+    trait: "UFFDIO_CONTINUE_MODE_WP",
+    value: p.userfaultfd.continueWp === null
+      ? "not measured"
+      : p.userfaultfd.continueWp
+      ? "accepted (6.4+)"
+      : "refused",
+    effect: p.userfaultfd.continueWp === false ? "a minor fault cannot be resolved write-protected" : "",
   });
   notes.push({
     trait: "pagemap uffd-wp bit",

@@ -18,7 +18,7 @@ import {
   Userfaultfd,
 } from "../mod.ts";
 import { overrideKernelProfile } from "../kernel/profile.ts";
-import { isRoot, needsPagemapScan, skipUnless } from "./helpers.ts";
+import { assertUffdError, isRoot, needsPagemapScan, skipUnless } from "./helpers.ts";
 
 const PAGE = Region.pageSize;
 const PAGES = 4096; // 16 MiB: far above the RSS counters' per-CPU slack
@@ -151,9 +151,29 @@ Deno.test({
   ignore: skipUnless(profile.pagemap.uffdWpBit !== null, "no userfaultfd with write-protect to measure it"),
   fn: () => {
     using mem = Region.map(PAGE, { populate: true });
-    using uffd = Userfaultfd.open();
+    using uffd = Userfaultfd.open({ writers: "other-threads" }); // nobody writes it
     uffd.register(mem, { wp: true });
     uffd.writeProtect(mem);
     assert.equal(readPagemap(mem)[0]!.uffdWp, profile.pagemap.uffdWpBit);
+  },
+});
+
+Deno.test({
+  name: "kernel profile: UFFDIO_CONTINUE_MODE_WP as measured (maps the page protected, or EINVAL with a hint)",
+  ignore: skipUnless(profile.userfaultfd.continueWp !== null, "no minor faults on shmem to measure it with"),
+  fn: () => {
+    using backing = Region.map(2 * PAGE, { memfd: true });
+    backing.bytes.fill(5);
+    using alias = backing.alias();
+    using uffd = Userfaultfd.open({ require: ["MINOR_SHMEM", "WP_HUGETLBFS_SHMEM"], writers: "other-threads" });
+    uffd.register(alias, { minor: true, wp: true });
+    if (profile.userfaultfd.continueWp) {
+      assert.equal(uffd.continue(alias.pages(0), { wp: true }), PAGE);
+      assert.deepEqual(readPagemap(alias).map((e) => [e.present, e.uffdWp]), [[true, true], [false, false]]);
+    } else {
+      const e = assertUffdError(() => uffd.continue(alias.pages(0), { wp: true }), "EINVAL", /UFFDIO_CONTINUE/);
+      assert.match(e.hint ?? "", /wp mode needs Linux 6\.4/);
+    }
+    assert.equal(uffd.continue(alias.pages(1)), PAGE, "without wp it is accepted everywhere");
   },
 });
