@@ -31,15 +31,17 @@ import {
   MADV_NOHUGEPAGE,
   MADV_POPULATE_READ,
   MAP_ANONYMOUS,
+  MAP_FIXED,
   MAP_NORESERVE,
   MAP_PRIVATE,
+  MAP_SHARED,
+  MFD_CLOEXEC,
   PROT_READ,
   PROT_WRITE,
 } from "../ffi/linux.ts";
 import { readPagemapRaw, softDirtySupported } from "./pagemap.ts";
 import { acceptedCategories, hasPagemapScan, pagemapScan } from "./pagemap_scan.ts";
 import { type Category, type Feature, PM_MMAP_EXCLUSIVE, PM_PFN_MASK, PM_PRESENT, PM_UFFD_WP } from "../ffi/uapi.ts";
-import { Region } from "./region.ts";
 import { type Origin, Userfaultfd } from "./userfaultfd.ts";
 
 /** What a mechanism put in a page that held nothing: the shared zero page, or a page of its own (zero-filled). */
@@ -134,6 +136,18 @@ export interface ThpTraits {
   readonly useZeroPage: boolean | null;
   /** `hpage_pmd_size` in bytes. */
   readonly pmdSize: number | null;
+  /**
+   * A write fault can populate pages of a *neighbouring* mapping: two adjacent private
+   * anonymous mappings with the same flags merge into one, and a transparent huge page
+   * faulted in through one fills the whole 2 MiB block, the other's share included
+   * (measured: THP `always`; `madvise` only with `MADV_HUGEPAGE`, which also stops the
+   * merge). A region registered for missing faults after such a write finds zero-filled
+   * pages it never touched — the "lost data" of a bounce buffer mapped next to it — and
+   * a write tracker sees 512 pages change at once. `Region.map` therefore maps private
+   * anonymous memory `MADV_NOHUGEPAGE` where this is true (see `MapOptions.thp`).
+   * `null`: not measured.
+   */
+  readonly fillsNeighbours: boolean | null;
 }
 
 /** The running kernel, measured: see the module documentation. */
@@ -274,19 +288,66 @@ function selected(path: string): string | null {
   return text === undefined ? null : /\[([^\]]+)\]/.exec(text)?.[1] ?? text.trim();
 }
 
+let thpCache: ThpTraits | null | undefined;
+
+/**
+ * The transparent-huge-page traits alone ({@linkcode KernelProfile.thp}), measured once
+ * per isolate without the rest of the profile (`Region.map` asks for them).
+ *
+ * @example
+ * ```ts
+ * import { thpTraits } from "./profile.ts";
+ * console.log(thpTraits()?.enabled); // e.g. "madvise"
+ * ```
+ */
+export function thpTraits(): ThpTraits | null {
+  if (thpCache === undefined) thpCache = thp();
+  return thpCache;
+}
+
 function thp(): ThpTraits | null {
   const dir = "/sys/kernel/mm/transparent_hugepage";
   const enabled = selected(`${dir}/enabled`);
   if (enabled === null) return null;
   const pmd = readText(`${dir}/hpage_pmd_size`);
   const zero = readText(`${dir}/use_zero_page`);
+  const pmdSize = pmd === undefined ? null : Number(pmd.trim());
   return Object.freeze({
     enabled,
     defrag: selected(`${dir}/defrag`),
     shmemEnabled: selected(`${dir}/shmem_enabled`),
     useZeroPage: zero === undefined ? null : zero.trim() === "1",
-    pmdSize: pmd === undefined ? null : Number(pmd.trim()),
+    pmdSize,
+    fillsNeighbours: pmdSize ? fillsNeighbours(pmdSize) : null,
   });
+}
+
+/**
+ * Two adjacent private anonymous mappings whose boundary lies in the middle of a
+ * PMD-aligned block; a write to the first, in that block: are pages of the second
+ * present afterwards? (See `ThpTraits.fillsNeighbours`.)
+ */
+function fillsNeighbours(pmd: number): boolean | null {
+  const PMD = BigInt(pmd);
+  const flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE;
+  const reserve = libc.mmap(0n, 3n * PMD, PROT_READ | PROT_WRITE, flags, -1, 0n);
+  if (reserve < 0n) return null;
+  try {
+    const block = (reserve + PMD - 1n) / PMD * PMD; // a whole aligned block inside the reservation
+    const boundary = block + PMD / 2n;
+    // Two mappings made one by one (MAP_FIXED over the reservation): [reserve, boundary) and [boundary, end).
+    const end = reserve + 3n * PMD;
+    if (libc.mmap(reserve, boundary - reserve, PROT_READ | PROT_WRITE, flags | MAP_FIXED, -1, 0n) !== reserve) {
+      return null;
+    }
+    if (libc.mmap(boundary, end - boundary, PROT_READ | PROT_WRITE, flags | MAP_FIXED, -1, 0n) !== boundary) {
+      return null;
+    }
+    new Uint8Array(libc.bufferAt(block, 1))[0] = 1; // in the first mapping, in the shared block
+    return (entry(boundary) & PM_PRESENT) !== 0n;
+  } finally {
+    libc.munmap(reserve, 3n * PMD);
+  }
 }
 
 function measure(): KernelProfile {
@@ -298,7 +359,7 @@ function measure(): KernelProfile {
     error = e instanceof Error ? e.message : String(e);
   }
   const has = (f: Feature) => support?.features.has(f) === true;
-  const huge = thp();
+  const huge = thpTraits();
 
   // A read fault, and what it mapped.
   let readFault = true;
@@ -345,21 +406,36 @@ function measure(): KernelProfile {
   }
   let continueWp: boolean | null = null;
   if (has("MINOR_SHMEM") && has("WP_HUGETLBFS_SHMEM")) {
+    // A page in a memfd's page cache (written through one mapping), continued through a second mapping.
+    const fd = libc.memfdCreate("uffd-profile", MFD_CLOEXEC);
+    const maps: bigint[] = [];
     try {
-      using backing = Region.map(PAGE_SIZE, { memfd: true, name: "uffd-profile" });
-      backing.bytes[0] = 1; // in the page cache
-      using alias = backing.alias();
-      // Nobody writes the alias: the page is only mapped, protected, and unmapped.
-      using uffd = Userfaultfd.open({ require: ["MINOR_SHMEM", "WP_HUGETLBFS_SHMEM"], writers: "other-threads" });
-      uffd.register(alias, { minor: true, wp: true });
-      try {
-        uffd.continue(alias, { wp: true });
-        continueWp = true;
-      } catch (e) {
-        if (!(e instanceof UffdError) || e.code !== "EINVAL") throw e;
-        continueWp = false;
+      if (fd >= 0 && libc.ftruncate(fd, PAGE_SIZE_N) === 0) {
+        for (let i = 0; i < 2; i++) {
+          const address = libc.mmap(0n, PAGE_SIZE_N, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0n);
+          if (address >= 0n) maps.push(address);
+        }
       }
-    } catch { /* refused: left unmeasured */ }
+      if (maps.length === 2) {
+        new Uint8Array(libc.bufferAt(maps[0]!, 1))[0] = 1;
+        const alias = { address: maps[1]!, length: PAGE_SIZE_N };
+        // Nobody writes the alias: the page is only mapped, protected, and unmapped.
+        using uffd = Userfaultfd.open({ require: ["MINOR_SHMEM", "WP_HUGETLBFS_SHMEM"], writers: "other-threads" });
+        uffd.register(alias, { minor: true, wp: true });
+        try {
+          uffd.continue(alias, { wp: true });
+          continueWp = true;
+        } catch (e) {
+          if (!(e instanceof UffdError) || e.code !== "EINVAL") throw e;
+          continueWp = false;
+        }
+      }
+    } catch {
+      /* refused: left unmeasured */
+    } finally {
+      for (const address of maps) libc.munmap(address, PAGE_SIZE_N);
+      if (fd >= 0) libc.close(fd);
+    }
   }
   let hugeReadFault: ZeroPageTraits["hugeReadFault"] = "small-pages";
   const pmd = huge?.pmdSize ?? 0;
@@ -581,6 +657,13 @@ export function profileNotes(p: KernelProfile): TraitNote[] {
       trait: "transparent huge pages",
       value: `${p.thp.enabled}, defrag ${p.thp.defrag}, shmem ${p.thp.shmemEnabled}`,
       effect: p.thp.enabled === "always" ? "untouched halves of a 2 MiB block may be populated by a write" : "",
+    });
+    notes.push({
+      trait: "THP fills a merged neighbour",
+      value: p.thp.fillsNeighbours === null ? "not measured" : p.thp.fillsNeighbours ? "yes" : "no",
+      effect: p.thp.fillsNeighbours
+        ? "a write can populate pages of an adjacent mapping: Region.map maps private memory MADV_NOHUGEPAGE"
+        : "",
     });
   }
   return notes;

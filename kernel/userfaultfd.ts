@@ -246,6 +246,19 @@ export interface SharedUserfaultfd {
 const MESSAGES_PER_READ = 64;
 let supportCache: Support | undefined;
 
+/**
+ * Why required features are missing, each for its own reason: declined by the caller,
+ * or not offered by this kernel.
+ */
+function missingHint(missing: bigint, declined: bigint): string {
+  const byCaller = featureNames(missing & declined);
+  const byKernel = featureNames(missing & ~declined);
+  const parts: string[] = [];
+  if (byCaller.length > 0) parts.push(`${byCaller.join(", ")} declined by the caller's options`);
+  if (byKernel.length > 0) parts.push(`${byKernel.join(", ")} not offered by this kernel (${kernelRelease()})`);
+  return parts.join("; ");
+}
+
 /** A failed `UFFDIO_*` call as a `UffdError`, with the hint for its errno. */
 function kernelError(operation: string, rc: number, args: Record<string, unknown>): UffdError {
   return failure(operation, rc, args, uffdioHint(operation, rc));
@@ -375,9 +388,7 @@ export class Userfaultfd implements Disposable {
         errno: ERRNO.EINVAL,
         operation: "UFFDIO_API",
         detail: `required feature${names.length > 1 ? "s" : ""} not available: ${needs}`,
-        hint: (missing & declined) !== 0n
-          ? "declined by the caller's options"
-          : `this kernel (${kernelRelease()}) does not offer ${names.length > 1 ? "them" : "it"}`,
+        hint: missingHint(missing, declined),
         args: { required: names.join("|") },
         beforeSyscall: true,
       });

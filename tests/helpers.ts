@@ -166,14 +166,15 @@ export interface ScenarioRun {
 /**
  * Runs `deno run --allow-all <script> <name>` in its own process — the pattern for
  * anything where the main isolate touches protected or missing memory and could
- * hang — and fails the test if it does not end by itself within `deadlineMs`.
+ * hang — and fails the test if it does not end by itself within `deadlineMs` (scaled by
+ * {@linkcode DEADLINE_SCALE}).
  */
 export async function runScenario(
   script: URL,
   name: string,
   options: { deadlineMs?: number; env?: Record<string, string> } = {},
 ): Promise<ScenarioRun> {
-  const deadlineMs = options.deadlineMs ?? 60_000;
+  const deadlineMs = (options.deadlineMs ?? 60_000) * DEADLINE_SCALE;
   const child = new Deno.Command(Deno.execPath(), {
     args: ["run", "--allow-all", "--no-prompt", script.pathname, name],
     stdout: "piped",

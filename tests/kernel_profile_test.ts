@@ -12,12 +12,19 @@ import {
   kernelProfile,
   MADV_NOHUGEPAGE,
   MADV_POPULATE_READ,
+  MAP_ANONYMOUS,
+  MAP_FIXED,
+  MAP_NORESERVE,
+  MAP_PRIVATE,
   pagemapScan,
+  PROT_READ,
+  PROT_WRITE,
   readPagemap,
   Region,
   Userfaultfd,
 } from "../mod.ts";
 import { overrideKernelProfile } from "../kernel/profile.ts";
+import * as libc from "../ffi/_libc.ts";
 import { assertUffdError, isRoot, needsPagemapScan, skipUnless } from "./helpers.ts";
 
 const PAGE = Region.pageSize;
@@ -175,5 +182,44 @@ Deno.test({
       assert.match(e.hint ?? "", /wp mode needs Linux 6\.4/);
     }
     assert.equal(uffd.continue(alias.pages(1)), PAGE, "without wp it is accepted everywhere");
+  },
+});
+
+/** The `VmFlags` of the mapping that starts at `address` (`/proc/self/smaps`). */
+function vmFlags(address: bigint): string[] {
+  const smaps = Deno.readTextFileSync("/proc/self/smaps");
+  const at = smaps.indexOf(`\n${address.toString(16)}-`);
+  assert.ok(at >= 0, "the mapping is in smaps");
+  return /\nVmFlags:([^\n]*)/.exec(smaps.slice(at))![1]!.trim().split(/\s+/);
+}
+
+Deno.test({
+  name: "kernel profile: a THP faulted in through a merged neighbour fills it as measured; a Region is never filled so",
+  ignore: skipUnless(profile.thp?.pmdSize != null, "no transparent huge pages"),
+  fn: () => {
+    const pmd = BigInt(profile.thp!.pmdSize!);
+    const flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE;
+    // Two plain mappings, the second starting in the middle of a PMD-aligned block: they merge into one.
+    const reserve = libc.mmap(0n, 4n * pmd, PROT_READ | PROT_WRITE, flags, -1, 0n);
+    assert.ok(reserve > 0n);
+    try {
+      const block = (reserve + pmd - 1n) / pmd * pmd;
+      const boundary = block + pmd / 2n;
+      assert.equal(libc.mmap(boundary, pmd, PROT_READ | PROT_WRITE, flags | MAP_FIXED, -1, 0n), boundary);
+      new Uint8Array(libc.bufferAt(block, 1))[0] = 1;
+      const filled = readPagemap({ address: boundary, length: PAGE })[0]!.present;
+      assert.equal(filled, profile.thp!.fillsNeighbours, "the neighbour's first page, never touched");
+    } finally {
+      libc.munmap(reserve, 4n * pmd);
+    }
+    // A Region is mapped MADV_NOHUGEPAGE where that happens (so it never merges with a plain neighbour), and
+    // with MADV_HUGEPAGE or MADV_NOHUGEPAGE when asked.
+    using plain = Region.map(Number(pmd));
+    assert.equal(vmFlags(plain.address).includes("nh"), profile.thp!.fillsNeighbours === true);
+    using huge = Region.map(Number(pmd), { thp: true });
+    assert.ok(vmFlags(huge.address).includes("hg"));
+    using none = Region.map(Number(pmd), { thp: false, populate: true });
+    assert.ok(vmFlags(none.address).includes("nh"));
+    assert.ok(readPagemap(none).every((e) => e.present), "populated after the advice");
   },
 });

@@ -132,7 +132,7 @@ export interface ChildResult {
 
 /** Options of {@linkcode runChild}. */
 export interface ChildOptions {
-  /** Deadline before the child is killed with SIGKILL (default 20 s). */
+  /** Deadline before the child is killed with SIGKILL (default 20 s; scaled by `DEADLINE_SCALE`). */
   timeoutMs?: number;
   /** Deno permission flags (default `["--allow-all"]`). */
   flags?: string[];
@@ -172,7 +172,7 @@ export async function runChild(source: string, options: ChildOptions = {}): Prom
     try {
       child.kill("SIGKILL");
     } catch { /* already gone */ }
-  }, options.timeoutMs ?? 20_000);
+  }, (options.timeoutMs ?? 20_000) * DEADLINE_SCALE);
   const writer = child.stdin.getWriter();
   await writer.write(new TextEncoder().encode(source.replaceAll("UFFD/", ROOT.href)));
   await writer.close();

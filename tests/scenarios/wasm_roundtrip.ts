@@ -10,7 +10,15 @@
  */
 
 import assert from "node:assert/strict";
-import { Checkpoint, LazyRegion, LiveSnapshot, pagemapScan, Region } from "../../mod.ts";
+import {
+  Checkpoint,
+  kernelProfile,
+  LazyRegion,
+  LiveSnapshot,
+  type PagemapEntry,
+  readPagemap,
+  Region,
+} from "../../mod.ts";
 import { waitFor } from "../helpers.ts";
 import { wasmApp } from "../fixtures/wasm_app.ts";
 
@@ -42,9 +50,15 @@ function differingPages(a: Uint8Array, b: Uint8Array): number[] {
   return out;
 }
 
-/** Pages of `range` in the categories `require` (PAGEMAP_SCAN). */
+/**
+ * Pages of `range` in all the categories `require`, from `/proc/self/pagemap` (every kernel has it): present, and
+ * mapping the shared zero page (its PFN where PFNs are visible; else not mapped exclusively — the zero page never is).
+ */
 function scanned(range: Region, ...require: ("PRESENT" | "PFNZERO")[]): number {
-  return pagemapScan(range, { require }).reduce((n, r) => n + r.pages, 0);
+  const profile = kernelProfile();
+  const zeroPfn = profile.pagemap.pfnVisible ? profile.zeroPage.zeroPfn : null;
+  const zero = (e: PagemapEntry) => e.present && (zeroPfn === null ? !e.exclusive : e.pfn === zeroPfn);
+  return readPagemap(range).filter((e) => require.every((c) => c === "PRESENT" ? e.present : zero(e))).length;
 }
 
 /**
