@@ -662,13 +662,21 @@ export class Userfaultfd implements Disposable {
    * @param range Missing pages (page-aligned).
    * @param options `dontWake`.
    * @returns Bytes poisoned.
-   * @throws {UffdError} `EEXIST` when a page is mapped; `ENOENT` when not registered for missing faults.
+   * @throws {UffdError} `EEXIST` when a page is mapped; `ENOENT` when not registered for missing faults; `EINVAL` before
+   *   the system call on a kernel without it (before 6.6).
    */
   poison(range: Range, options?: WakeOptions): number {
     const operation = "UFFDIO_POISON";
     this.#check(operation);
     options = optionsBag(options, operation);
     const { start, len } = pageRange(range, operation);
+    if (!Userfaultfd.supported().features.has("POISON")) {
+      // The kernel would say EINVAL, as for any ioctl it does not know.
+      throw invalid(operation, `UFFDIO_POISON is not available: Linux 6.6+ (this kernel: ${kernelRelease()})`, {
+        start,
+        len,
+      });
+    }
     const done = ops.uffdioPoison(this.fd, start, len, options.dontWake ? UFFDIO_POISON_MODE_DONTWAKE : 0n);
     if (done < 0) throw kernelError(operation, done, { start, len });
     return done;

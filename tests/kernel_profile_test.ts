@@ -223,3 +223,39 @@ Deno.test({
     assert.ok(readPagemap(none).every((e) => e.present), "populated after the advice");
   },
 });
+
+/** `cc` on the PATH (the host and the kernel runner's guests have it). */
+function compilerAvailable(): boolean {
+  try {
+    return new Deno.Command("cc", { args: ["--version"], stdout: "null", stderr: "null" }).outputSync().success;
+  } catch {
+    return false;
+  }
+}
+
+Deno.test({
+  name: "kernel profile: the THP neighbour fill in C, without Deno or the library (tests/fixtures/thp_neighbour.c)",
+  ignore: skipUnless(profile.thp?.fillsNeighbours != null, "no transparent huge pages") ||
+    skipUnless(compilerAvailable(), "no C compiler (cc) on the PATH"),
+  fn: () => {
+    const dir = Deno.makeTempDirSync({ prefix: "uffd-thp-" });
+    try {
+      const source = new URL("./fixtures/thp_neighbour.c", import.meta.url).pathname;
+      const binary = `${dir}/thp_neighbour`;
+      const cc = new Deno.Command("cc", { args: ["-O2", "-o", binary, source] }).outputSync();
+      assert.ok(cc.success, new TextDecoder().decode(cc.stderr));
+      const run = (...args: string[]) => {
+        const out = new Deno.Command(binary, { args }).outputSync();
+        assert.ok(out.success, new TextDecoder().decode(out.stderr));
+        return Number(new TextDecoder().decode(out.stdout).split(" ")[0]);
+      };
+      // The region starts in the middle of a 2 MiB block: the bounce buffer's huge page covers its first half.
+      const filled = run("straddle");
+      assert.equal(filled > 0, profile.thp!.fillsNeighbours, `${filled} pages present that nothing touched`);
+      if (profile.thp!.fillsNeighbours) assert.equal(filled, 256, "the half of the block that lies in the region");
+      assert.equal(run("straddle", "nohugepage"), 0, "MADV_NOHUGEPAGE (what Region.map does): nothing");
+    } finally {
+      Deno.removeSync(dir, { recursive: true });
+    }
+  },
+});

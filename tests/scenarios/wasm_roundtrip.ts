@@ -10,16 +10,8 @@
  */
 
 import assert from "node:assert/strict";
-import {
-  Checkpoint,
-  kernelProfile,
-  LazyRegion,
-  LiveSnapshot,
-  type PagemapEntry,
-  readPagemap,
-  Region,
-} from "../../mod.ts";
-import { waitFor } from "../helpers.ts";
+import { Checkpoint, LazyRegion, LiveSnapshot, Region } from "../../mod.ts";
+import { pagesIn, waitFor } from "../helpers.ts";
 import { wasmApp } from "../fixtures/wasm_app.ts";
 
 const PAGE = Region.pageSize;
@@ -50,16 +42,8 @@ function differingPages(a: Uint8Array, b: Uint8Array): number[] {
   return out;
 }
 
-/**
- * Pages of `range` in all the categories `require`, from `/proc/self/pagemap` (every kernel has it): present, and
- * mapping the shared zero page (its PFN where PFNs are visible; else not mapped exclusively — the zero page never is).
- */
-function scanned(range: Region, ...require: ("PRESENT" | "PFNZERO")[]): number {
-  const profile = kernelProfile();
-  const zeroPfn = profile.pagemap.pfnVisible ? profile.zeroPage.zeroPfn : null;
-  const zero = (e: PagemapEntry) => e.present && (zeroPfn === null ? !e.exclusive : e.pfn === zeroPfn);
-  return readPagemap(range).filter((e) => require.every((c) => c === "PRESENT" ? e.present : zero(e))).length;
-}
+/** Pages of `range` in the categories `require`, from the pagemap (any kernel). */
+const scanned = pagesIn;
 
 /**
  * What this process has open that a leak would show: userfaultfds, Worker
