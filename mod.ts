@@ -246,6 +246,7 @@ export {
   type WpMode,
   type WpScenario,
   type WpSemanticsOptions,
+  type WrittenSource,
   type ZeroFill,
   type ZeroPageTraits,
 } from "./kernel/mod.ts";

@@ -232,4 +232,5 @@ export {
   type WpMode,
   type WpScenario,
   type WpSemanticsOptions,
+  type WrittenSource,
 } from "./semantics.ts";
