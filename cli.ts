@@ -58,12 +58,17 @@ const COMMANDS: Record<string, Command> = {
   },
   semantics: {
     summary: "which writes a write-protect tracker sees: page states x modes, measured",
-    usage: "uffd semantics [--json]",
+    usage: "uffd semantics [--json] [--compare OTHER.json] [--from SAVED.json]",
     details: "For anonymous and memfd memory, 8 scenarios (populated, unpopulated, zeropage, zapped,\n" +
       "read-after-protect, mprotect-roundtrip, unprotected, mremap-moved) and 4 modes (sync,\n" +
-      "sync+unpopulated, async, async+unpopulated): did one write fault, and does PAGEMAP_SCAN report the\n" +
-      "page written before and after it. Each cell runs on its own mapping and userfaultfd.\n" +
-      "Exits 1 when a cell could not run, 3 when no userfaultfd can be created.",
+      "sync+unpopulated, async, async+unpopulated): did one write fault, and is the page reported written\n" +
+      "before and after it (PAGEMAP_SCAN, or the pagemap's uffd-wp bit before Linux 6.7). Each cell runs on\n" +
+      "its own mapping and userfaultfd.\n" +
+      "--compare FILE   print this kernel's matrix beside another's (saved with --json), marking the cells\n" +
+      "                 that differ (reading the file needs --allow-read)\n" +
+      "--from FILE      use a saved matrix instead of measuring (e.g. --from a.json --compare b.json)\n" +
+      "Exits 1 when a cell could not run, 2 for a file that is not a saved matrix, 3 when no userfaultfd\n" +
+      "can be created.",
     load: () => import("./cli/_semantics.ts"),
   },
   pagemap: {

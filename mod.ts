@@ -25,7 +25,7 @@
  * ```ts
  * import { Feature, Region, Userfaultfd } from "@uffd/uffd";
  * using mem = Region.map(64 * Region.pageSize);
- * using uffd = Userfaultfd.open({ features: [Feature.WP_ASYNC, Feature.WP_UNPOPULATED] });
+ * using uffd = Userfaultfd.open({ require: [Feature.WP_ASYNC, Feature.WP_UNPOPULATED] });
  * uffd.register(mem, { wp: true });
  * uffd.writeProtect(mem);
  * mem.bytes[5 * Region.pageSize] = 1; // resolved by the kernel: WP_ASYNC
@@ -247,6 +247,7 @@ export {
   type WpMode,
   type WpScenario,
   type WpSemanticsOptions,
+  type WrittenSource,
   type ZeroFill,
   type ZeroPageTraits,
 } from "./kernel/mod.ts";

@@ -285,6 +285,8 @@ const HINTS: Readonly<Record<string, Partial<Record<ErrnoName, string>>>> = {
     EINVAL: "zeropage works on anonymous and shmem ranges registered for missing faults (not hugetlb)",
   },
   UFFDIO_CONTINUE: {
+    EINVAL: "the range must be registered for minor faults (shmem or hugetlbfs); the wp mode needs Linux 6.4+ " +
+      "(kernelProfile().userfaultfd.continueWp)",
     EFAULT: "there is no page in the page cache at this offset: write it through another mapping first",
     EEXIST: "the page is already mapped",
     ENOENT: "the range is not registered for minor faults",

@@ -11,7 +11,7 @@
  * ```ts
  * import { Feature, Region, Userfaultfd } from "@uffd/uffd";
  * using mem = Region.map(64 * Region.pageSize);
- * using uffd = Userfaultfd.open({ features: [Feature.WP_ASYNC, Feature.WP_UNPOPULATED] });
+ * using uffd = Userfaultfd.open({ require: [Feature.WP_ASYNC, Feature.WP_UNPOPULATED] });
  * uffd.register(mem, { wp: true });
  * uffd.writeProtect(mem);
  * mem.bytes[5 * Region.pageSize] = 1; // resolved by the kernel: WP_ASYNC
@@ -37,7 +37,9 @@ import {
   UFFD_FEATURE_EVENT_REMOVE,
   UFFD_FEATURE_EVENT_UNMAP,
   UFFD_FEATURE_MOVE,
+  UFFD_FEATURE_SIGBUS,
   UFFD_FEATURE_THREAD_ID,
+  UFFD_FEATURE_WP_ASYNC,
   UFFD_PAGEFAULT_FLAG_MINOR,
   UFFD_PAGEFAULT_FLAG_WP,
   UFFD_PAGEFAULT_FLAG_WRITE,
@@ -187,6 +189,20 @@ export interface OpenOptions {
   userModeOnly?: boolean | "auto";
   /** Where to create it: the syscall, `/dev/userfaultfd`, or whichever works (default). */
   via?: "auto" | "syscall" | "device";
+  /**
+   * Who writes the memory this userfaultfd write-protects, when `WP_ASYNC` is not
+   * negotiated (a write to a protected page then waits for a handler, and a thread
+   * can never serve its own fault):
+   * - `"any"` (the default): the calling isolate may write it too, so a handler must
+   *   run on another thread — a `FaultHandler`, `WriteWatch` or `LiveSnapshot`, or a
+   *   Worker given `share()` or `duplicate()` — before anything is write-protected:
+   *   until then `writeProtect()` and the `wp` modes of `copy()` and `continue()` are
+   *   refused with `EDEADLK`, before the system call;
+   * - `"other-threads"`: only other threads (Workers, `nonblocking` FFI calls, native
+   *   code, a child process) write it, and this isolate may serve their faults itself
+   *   (`readEvents()`, `events()`); nothing is refused.
+   */
+  writers?: "any" | "other-threads";
 }
 
 /** Which of the userfaultfd modes to register a range for. */
@@ -248,6 +264,19 @@ const EVENT_BITS: Record<EventKind, bigint> = {
 };
 const PAGE_SIZE_N = libc.PAGE_SIZE_N;
 
+/**
+ * Why required features are missing, each for its own reason: declined by the caller,
+ * or not offered by this kernel.
+ */
+function missingHint(missing: bigint, declined: bigint): string {
+  const byCaller = featureNames(missing & declined);
+  const byKernel = featureNames(missing & ~declined);
+  const parts: string[] = [];
+  if (byCaller.length > 0) parts.push(`${byCaller.join(", ")} declined by the caller's options`);
+  if (byKernel.length > 0) parts.push(`${byKernel.join(", ")} not offered by this kernel (${kernelRelease()})`);
+  return parts.join("; ");
+}
+
 /** A failed `UFFDIO_*` call as a `UffdError`, with the hint for its errno. */
 function kernelError(operation: string, rc: number, args: Record<string, unknown>): UffdError {
   return failure(operation, rc, args, uffdioHint(operation, rc));
@@ -295,6 +324,11 @@ export class Userfaultfd implements Disposable {
     readElsewhere: () => this.#sharedOut || this.closed,
     name: () => `userfaultfd ${this.fd}`,
   };
+  /**
+   * A handler can serve this userfaultfd's faults from another thread (it was shared,
+   * duplicated or adopted), or the caller said only other threads write (`writers`).
+   */
+  #handled: boolean;
 
   private constructor(
     fd: number,
@@ -303,7 +337,9 @@ export class Userfaultfd implements Disposable {
     nonblocking: boolean,
     origin: Origin,
     state: Int32Array,
+    handled: boolean,
   ) {
+    this.#handled = handled;
     this.fd = fd;
     this.featureMask = mask;
     this.features = new Set(featureNames(mask));
@@ -367,6 +403,11 @@ export class Userfaultfd implements Disposable {
     if (options.via !== undefined && !["auto", "syscall", "device"].includes(options.via)) {
       throw invalid("Userfaultfd.open", 'via must be "auto", "syscall" or "device"', { via: String(options.via) });
     }
+    if (options.writers !== undefined && options.writers !== "any" && options.writers !== "other-threads") {
+      throw invalid("Userfaultfd.open", 'writers must be "any" or "other-threads"', {
+        writers: String(options.writers),
+      });
+    }
     const umo = options.userModeOnly;
     if (umo !== undefined && umo !== true && umo !== false && umo !== "auto") {
       throw new TypeError(`Userfaultfd.open: userModeOnly must be true, false or "auto", not ${describe(umo)}`);
@@ -383,9 +424,7 @@ export class Userfaultfd implements Disposable {
         errno: ERRNO.EINVAL,
         operation: "UFFDIO_API",
         detail: `required feature${names.length > 1 ? "s" : ""} not available: ${needs}`,
-        hint: (missing & declined) !== 0n
-          ? "declined by the caller's options"
-          : `this kernel (${kernelRelease()}) does not offer ${names.length > 1 ? "them" : "it"}`,
+        hint: missingHint(missing, declined),
         args: { required: names.join("|") },
         beforeSyscall: true,
       });
@@ -393,7 +432,8 @@ export class Userfaultfd implements Disposable {
     const nonblocking = options.nonblocking ?? true;
     const flags = (options.closeOnExec ?? true ? O_CLOEXEC : 0) | (nonblocking ? O_NONBLOCK : 0);
     const { fd, origin, features, ioctls } = handshake(flags, options, (wanted & available) | required, required);
-    return new Userfaultfd(fd, features, ioctls, nonblocking, origin, new Int32Array(new SharedArrayBuffer(4)));
+    const state = new Int32Array(new SharedArrayBuffer(4));
+    return new Userfaultfd(fd, features, ioctls, nonblocking, origin, state, options.writers === "other-threads");
   }
 
   /**
@@ -412,7 +452,8 @@ export class Userfaultfd implements Disposable {
       if (typeof featureMask !== "bigint") {
         throw new TypeError(`Userfaultfd.adopt: featureMask must be a bigint, not ${describe(featureMask)}`);
       }
-      return new Userfaultfd(from, featureMask, 0n, nonblocking, "syscall", new Int32Array(new SharedArrayBuffer(4)));
+      const state = new Int32Array(new SharedArrayBuffer(4));
+      return new Userfaultfd(from, featureMask, 0n, nonblocking, "syscall", state, true);
     }
     if (
       from === null || typeof from !== "object" || !Number.isInteger(from.fd) || from.fd < 0 ||
@@ -427,6 +468,7 @@ export class Userfaultfd implements Disposable {
       from.nonblocking,
       from.origin,
       new Int32Array(from.state),
+      true,
     );
   }
 
@@ -455,7 +497,8 @@ export class Userfaultfd implements Disposable {
     const fd = libc.dupCloexec(this.fd);
     if (fd < 0) throw failure("fcntl(F_DUPFD_CLOEXEC)", fd, { fd: this.fd });
     const state = new Int32Array(new SharedArrayBuffer(4));
-    return new Userfaultfd(fd, this.featureMask, this.#ioctlMask, this.nonblocking, this.origin, state);
+    this.#handled = true; // a second reference is for a handler elsewhere
+    return new Userfaultfd(fd, this.featureMask, this.#ioctlMask, this.nonblocking, this.origin, state, true);
   }
 
   /**
@@ -467,6 +510,7 @@ export class Userfaultfd implements Disposable {
     this.#check("share");
     this.#sharedOut = true; // its events are read on the thread it goes to
     untrack(this.#reader);
+    this.#handled = true;
     return {
       fd: this.fd,
       featureMask: this.featureMask,
@@ -542,12 +586,22 @@ export class Userfaultfd implements Disposable {
   /**
    * Write-protects a range registered with `{ wp: true }` (`UFFDIO_WRITEPROTECT_MODE_WP`).
    * Protecting never wakes anyone, so `dontWake` changes nothing here.
+   *
+   * Without `WP_ASYNC` (or `SIGBUS`), a write to a protected page waits until a handler
+   * resolves it; a write from the thread that would serve it waits for ever. So this is
+   * refused (`EDEADLK`, before the system call) until a handler can run elsewhere —
+   * the userfaultfd was given to a `FaultHandler` (or another Worker: `share()`,
+   * `duplicate()`) — unless it was opened with `writers: "other-threads"`.
+   *
+   * @throws {UffdError} `EDEADLK` as above; `ENOENT` when the range is not registered for write-protect; `EAGAIN`
+   *   while the address space changes.
    */
   writeProtect(range: Range, options?: WakeOptions): void {
     const operation = "UFFDIO_WRITEPROTECT";
     this.#check(operation);
     options = optionsBag(options, operation);
     const { start, len } = pageRange(range, operation);
+    this.#refuseSelfDeadlock(operation, { start, len });
     let rc = ops.uffdioWriteprotect(this.fd, start, len, UFFDIO_WRITEPROTECT_MODE_WP);
     if (rc === -ENOENT) {
       // Before Linux 6.4 one call covers one mapping: a range of several goes one mapping at a time.
@@ -601,6 +655,7 @@ export class Userfaultfd implements Disposable {
     options = optionsBag(options, operation);
     const { start, len } = pageRange(destination, operation);
     const src = this.#source(source, len, operation);
+    if (options.wp) this.#refuseSelfDeadlock(operation, { dst: start, len });
     const mode = (options.dontWake ? UFFDIO_COPY_MODE_DONTWAKE : 0n) | (options.wp ? UFFDIO_COPY_MODE_WP : 0n);
     let done = ops.uffdioCopy(this.fd, start, src, len, mode);
     if (done === -ENOENT) {
@@ -644,6 +699,7 @@ export class Userfaultfd implements Disposable {
     this.#check(operation);
     options = optionsBag(options, operation);
     const { start, len } = pageRange(range, operation);
+    if (options.wp) this.#refuseSelfDeadlock(operation, { start, len });
     const mode = (options.dontWake ? UFFDIO_CONTINUE_MODE_DONTWAKE : 0n) |
       (options.wp ? UFFDIO_CONTINUE_MODE_WP : 0n);
     let done = ops.uffdioContinue(this.fd, start, len, mode);
@@ -659,13 +715,21 @@ export class Userfaultfd implements Disposable {
    * @param range Missing pages (page-aligned).
    * @param options `dontWake`.
    * @returns Bytes poisoned.
-   * @throws {UffdError} `EEXIST` when a page is mapped; `ENOENT` when not registered for missing faults.
+   * @throws {UffdError} `EEXIST` when a page is mapped; `ENOENT` when not registered for missing faults; `EINVAL` before
+   *   the system call on a kernel without it (before 6.6).
    */
   poison(range: Range, options?: WakeOptions): number {
     const operation = "UFFDIO_POISON";
     this.#check(operation);
     options = optionsBag(options, operation);
     const { start, len } = pageRange(range, operation);
+    if (!Userfaultfd.supported().features.has("POISON")) {
+      // The kernel would say EINVAL, as for any ioctl it does not know.
+      throw invalid(operation, `UFFDIO_POISON is not available: Linux 6.6+ (this kernel: ${kernelRelease()})`, {
+        start,
+        len,
+      });
+    }
     const mode = options.dontWake ? UFFDIO_POISON_MODE_DONTWAKE : 0n;
     let done = ops.uffdioPoison(this.fd, start, len, mode);
     if (done === -ENOENT) done = this.#acrossMappings(start, len, (s, l) => ops.uffdioPoison(this.fd, s, l, mode));
@@ -833,6 +897,26 @@ export class Userfaultfd implements Disposable {
     if (Atomics.load(this.#state, 0) !== 0) {
       throw invalid(operation, "the userfaultfd is closed", { fd: this.fd }, ERRNO.EBADF);
     }
+  }
+
+  /**
+   * Refuses to write-protect where a write of the calling isolate would wait for a
+   * handler that does not exist: no `WP_ASYNC`, nobody else holds the fd, and the
+   * caller did not say that only other threads write (`writers: "other-threads"`).
+   */
+  #refuseSelfDeadlock(operation: string, args: Record<string, unknown>): void {
+    // With SIGBUS no fault waits: it raises SIGBUS instead.
+    if (this.#handled || (this.featureMask & (UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_SIGBUS)) !== 0n) return;
+    throw new UffdError({
+      errno: ERRNO.EDEADLK,
+      operation,
+      detail: "no handler serves this userfaultfd and WP_ASYNC is not negotiated: a write to the protected " +
+        "memory from this isolate would wait for ever",
+      hint: "start the handler first (FaultHandler.start, or a Worker given share() or duplicate()), " +
+        'or open it with { writers: "other-threads" } when only other threads write the memory',
+      args,
+      beforeSyscall: true,
+    });
   }
 
   #source(source: Uint8Array | bigint, len: bigint, operation: string): bigint {

@@ -144,7 +144,10 @@ const scenarios: Record<string, (memory: MemType, pageSize: number) => Promise<O
 async function wpFork(memory: MemType, withEvent: boolean): Promise<Observations> {
   using mem = mapMemory(memory, 2);
   const page: Range = { address: mem.range.address, length: mem.pageSize };
-  using uffd = Userfaultfd.open({ require: [...wpFeatures(memory), ...(withEvent ? [Feature.EVENT_FORK] : [])] });
+  using uffd = Userfaultfd.open({
+    require: [...wpFeatures(memory), ...(withEvent ? [Feature.EVENT_FORK] : [])],
+    writers: "other-threads", // the forked child writes
+  });
   uffd.register(mem.range, { wp: true });
   mem.bytes[0] = 1; // touch
   uffd.writeProtect(page);

@@ -26,7 +26,7 @@ export function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
-/** Reads events until `done(all so far)` holds; throws after `ms`. */
+/** Reads events until `done(all so far)` holds; throws after `ms` (scaled by `DEADLINE_SCALE`). */
 export async function collectEvents(
   uffd: Userfaultfd,
   done: (events: UffdEvent[]) => boolean,
@@ -35,7 +35,7 @@ export async function collectEvents(
 ): Promise<UffdEvent[]> {
   ms *= DEADLINE_SCALE; // a loaded machine (a Worker type-checked at start-up) or TCG: generous, it only bounds a hang
   const events: UffdEvent[] = [];
-  const deadline = Date.now() + ms;
+  const deadline = Date.now() + ms * DEADLINE_SCALE;
   for (;;) {
     events.push(...uffd.readEvents());
     if (done(events)) return events;
@@ -68,7 +68,9 @@ export interface Served<T> {
  * `onEvent`. This is the tests' stand-in for the fault handler: a bounded poll
  * loop over `readEvents()`. On timeout it closes the userfaultfd — which wakes
  * every blocked thread — and waits for the work before failing, so that no
- * thread is left touching memory the test is about to unmap.
+ * thread is left touching memory the test is about to unmap. The same when
+ * `serve` or `onEvent` throws (a resolution the kernel refused): the error is
+ * rethrown only once the work has ended.
  */
 export async function serveUntil<T>(
   uffd: Userfaultfd,
@@ -83,22 +85,31 @@ export async function serveUntil<T>(
   work.then((r) => result = r, (e) => failure = e).finally(() => settled = true);
   const faults: PagefaultEvent[] = [];
   const events: UffdEvent[] = [];
-  const deadline = Date.now() + ms;
+  const deadline = Date.now() + ms * DEADLINE_SCALE;
+  // Closing the userfaultfd wakes every blocked thread; the work then ends by itself. Until it has, its memory
+  // must stay mapped: wait for it (the bound only keeps a broken kernel from hanging the test for good).
+  const release = async (error: unknown): Promise<never> => {
+    uffd.close();
+    const waited = Date.now() + 30_000 * DEADLINE_SCALE;
+    while (!settled && Date.now() < waited) await sleep(5);
+    throw error;
+  };
   while (!settled) {
-    for (const event of uffd.readEvents()) {
-      if (event.type === "pagefault") {
-        faults.push(event);
-        serve(event);
-      } else {
-        events.push(event);
-        options.onEvent?.(event);
+    try {
+      for (const event of uffd.readEvents()) {
+        if (event.type === "pagefault") {
+          faults.push(event);
+          serve(event);
+        } else {
+          events.push(event);
+          options.onEvent?.(event);
+        }
       }
+    } catch (e) {
+      await release(e);
     }
     if (Date.now() > deadline) {
-      uffd.close();
-      const waited = Date.now() + 2000;
-      while (!settled && Date.now() < waited) await sleep(5);
-      throw new Error(`the work did not finish within ${ms} ms (${faults.length} faults served)`);
+      await release(new Error(`the work did not finish within ${ms} ms (${faults.length} faults served)`));
     }
     await sleep(0);
   }
@@ -122,7 +133,7 @@ export interface ChildResult {
 
 /** Options of {@linkcode runChild}. */
 export interface ChildOptions {
-  /** Deadline before the child is killed with SIGKILL (default 20 s). */
+  /** Deadline before the child is killed with SIGKILL (default 20 s; scaled by `DEADLINE_SCALE`). */
   timeoutMs?: number;
   /** Deno permission flags (default `["--allow-all"]`). */
   flags?: string[];
@@ -162,7 +173,7 @@ export async function runChild(source: string, options: ChildOptions = {}): Prom
     try {
       child.kill("SIGKILL");
     } catch { /* already gone */ }
-  }, options.timeoutMs ?? 20_000);
+  }, (options.timeoutMs ?? 20_000) * DEADLINE_SCALE);
   const writer = child.stdin.getWriter();
   await writer.write(new TextEncoder().encode(source.replaceAll("UFFD/", ROOT.href)));
   await writer.close();

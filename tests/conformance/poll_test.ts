@@ -98,8 +98,8 @@ Deno.addSignalListener("SIGUSR1", () => delivered++); // a handler: the signal i
 using mem = Region.map(64 * 4096, { populate: true });
 using uffd = Userfaultfd.open();
 uffd.register(mem, { wp: true });
-uffd.writeProtect(mem);
 await using handler = await FaultHandler.start(uffd, policies.module(new URL("UFFD/tests/conformance/tid_policy.ts")));
+uffd.writeProtect(mem);
 const tid = handler.control("tid");
 const before = handler.stats.wakeups;
 for (let i = 0; i < 50; i++) {

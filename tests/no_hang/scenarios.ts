@@ -130,8 +130,8 @@ const scenarios: Record<string, () => Promise<Observations>> = {
     const mem = Region.map(8 * PAGE, { populate: true });
     const uffd = Userfaultfd.open();
     uffd.register(mem, { wp: true });
-    uffd.writeProtect(mem);
     const handler = await FaultHandler.start(uffd, testPolicy("throw_at", { at: 3 }));
+    uffd.writeProtect(mem);
     const t0 = performance.now();
     for (let p = 0; p < 8; p++) mem.bytes[p * PAGE] = 5; // the 3rd blocks until the Worker closes the uffd
     const blockedMs = performance.now() - t0;
@@ -159,8 +159,8 @@ const scenarios: Record<string, () => Promise<Observations>> = {
     const mem = Region.map(4 * PAGE, { populate: true });
     const uffd = Userfaultfd.open();
     uffd.register(mem, { wp: true });
-    uffd.writeProtect(mem);
     const handler = await FaultHandler.start(uffd, testPolicy("exit_at", { at: 1 }));
+    uffd.writeProtect(mem);
     mem.bytes[PAGE] = 7;
     const end = await ending(handler);
     const landed = mem.bytes[PAGE] === 7;

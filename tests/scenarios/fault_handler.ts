@@ -63,9 +63,9 @@ const scenarios: Record<string, () => Promise<Observations>> = {
     using mem = Region.map(TOTAL * PAGE, { populate: true });
     using uffd = Userfaultfd.open();
     uffd.register(mem, { wp: true });
-    uffd.writeProtect(mem);
     const pages = pickPages(TOTAL, 10_000);
     await using handler = await FaultHandler.start(uffd, policies.unprotect());
+    uffd.writeProtect(mem);
     const bytes = mem.bytes;
     // Read right after each write, before any round trip: faults and resolved already count it.
     let behind = 0;
@@ -105,9 +105,9 @@ const scenarios: Record<string, () => Promise<Observations>> = {
     using mem = Region.map(TOTAL * PAGE, { populate: true });
     using uffd = Userfaultfd.open();
     uffd.register(mem, { wp: true });
-    uffd.writeProtect(mem);
     const pages = pickPages(TOTAL, 300, 777);
     await using handler = await FaultHandler.start(uffd, policies.unprotect({ chunk: 16 }));
+    uffd.writeProtect(mem);
     const bytes = mem.bytes;
     for (const p of pages) bytes[p * PAGE] = 1;
     const chunks = [...new Set(pages.map((p) => Math.floor(p / 16)))];
@@ -188,8 +188,8 @@ const scenarios: Record<string, () => Promise<Observations>> = {
     using mem = Region.map(8 * PAGE, { populate: true });
     using uffd = Userfaultfd.open({ require: [Feature.THREAD_ID, Feature.EXACT_ADDRESS] });
     uffd.register(mem, { wp: true });
-    uffd.writeProtect(mem);
     await using handler = await FaultHandler.start(uffd, policies.module(policyUrl("recording")));
+    uffd.writeProtect(mem);
     mem.bytes[3 * PAGE + 321] = 1;
     const seen = handler.control("faults") as { address: number; page: number; pageIndex: number; threadId: number }[];
     let unknown: string | undefined;
@@ -217,8 +217,8 @@ const scenarios: Record<string, () => Promise<Observations>> = {
       const mem = Region.map(pages * PAGE, { populate: true });
       const uffd = Userfaultfd.open();
       uffd.register(mem, { wp: true });
-      uffd.writeProtect(mem);
       const handler = await FaultHandler.start(uffd, policies.module(policyUrl("throw_at"), { at }));
+      uffd.writeProtect(mem);
       const bytes = mem.bytes;
       for (let p = 0; p < pages; p++) bytes[p * PAGE] = 1; // write `at` blocks until the Worker closes the uffd
       let error: unknown;
@@ -253,8 +253,8 @@ const scenarios: Record<string, () => Promise<Observations>> = {
     using mem = Region.map(20 * PAGE, { populate: true });
     using uffd = Userfaultfd.open();
     uffd.register(mem, { wp: true });
-    uffd.writeProtect(mem);
     const handler = await FaultHandler.start(uffd, policies.module(policyUrl("exit_at"), { at: 5 }));
+    uffd.writeProtect(mem);
     const bytes = mem.bytes;
     for (let p = 0; p < 20; p++) bytes[p * PAGE] = 2;
     let error: unknown;
@@ -284,8 +284,8 @@ const scenarios: Record<string, () => Promise<Observations>> = {
     using mem = Region.map(PAGES * PAGE, { populate: true });
     using uffd = Userfaultfd.open();
     uffd.register(mem, { wp: true });
-    uffd.writeProtect(mem);
     const handler = await FaultHandler.start(uffd, policies.unprotect());
+    uffd.writeProtect(mem);
     const { worker, done } = startWriter(mem, Array.from({ length: PAGES }, (_, p) => p * PAGE), 4);
     await waitFor(() => handler.stats.faults >= 20, 30_000, "the writer's faults");
     const t0 = performance.now();
@@ -306,8 +306,8 @@ const scenarios: Record<string, () => Promise<Observations>> = {
     const mem = Region.map(16 * PAGE, { populate: true });
     const uffd = Userfaultfd.open();
     uffd.register(mem, { wp: true });
-    uffd.writeProtect(mem);
     const handler = await FaultHandler.start(uffd, policies.unprotect());
+    uffd.writeProtect(mem);
     for (let p = 0; p < 16; p++) mem.bytes[p * PAGE] = 1;
     return { resolved: handler.stats.resolved, state: handler.state };
   },
@@ -321,11 +321,11 @@ const scenarios: Record<string, () => Promise<Observations>> = {
     using mem = Region.map(64 * PAGE, { populate: true });
     using uffd = Userfaultfd.open({ require: [Feature.EVENT_REMOVE] });
     uffd.register(mem, { wp: true });
-    uffd.writeProtect(mem);
     const events: UffdEvent[] = [];
     await using handler = await FaultHandler.start(uffd, policies.module(policyUrl("gated")), {
       onEvent: (e) => events.push(e),
     });
+    uffd.writeProtect(mem);
     const { worker, done } = startWriter(mem, [10 * PAGE], 6);
     try {
       await waitFor(() => handler.stats.faults >= 1, 30_000, "the writer's fault");
@@ -359,9 +359,9 @@ const scenarios: Record<string, () => Promise<Observations>> = {
     const destination = Region.map(8 * PAGE);
     using uffd = Userfaultfd.open({ require: [Feature.EVENT_REMAP, Feature.EVENT_UNMAP] });
     uffd.register(mem, { wp: true });
-    uffd.writeProtect(mem);
     const events: UffdEvent[] = [];
     await using handler = await FaultHandler.start(uffd, policies.unprotect(), { onEvent: (e) => events.push(e) });
+    uffd.writeProtect(mem);
     const moved = mem.movePages(mem.pages(8, 8), destination.address); // waits for the Worker to read the event
     const view = new Uint8Array(libc.bufferAt(moved, 8 * PAGE));
     view[2 * PAGE] = 5; // tracked page 10, now at destination + 2 pages
@@ -412,11 +412,11 @@ const scenarios: Record<string, () => Promise<Observations>> = {
     using mem = Region.map(4 * PAGE, { populate: true });
     using uffd = Userfaultfd.open({ require: [Feature.EVENT_FORK] });
     uffd.register(mem, { wp: true });
-    uffd.writeProtect(mem);
     const forks: Userfaultfd[] = [];
     await using handler = await FaultHandler.start(uffd, policies.unprotect(), {
       onEvent: (e) => e.type === "fork" && forks.push(e.uffd),
     });
+    uffd.writeProtect(mem);
     const target = mem.address + BigInt(PAGE + 17);
     const pid = forkWriter(target, 7); // returns once the handler has read the fork event
     assert.ok(pid > 0, `fork failed: ${pid}`);
