@@ -471,7 +471,8 @@ Deno.test("copy, zeropage, writeProtect and unprotect over a range of several ke
   // mapping per call: a range split by madvise, or a memory that grew while registered, goes piece by piece.
   using mem = Region.map(12 * Region.pageSize);
   mem.advise(MADV_NOHUGEPAGE, mem.pages(4, 4)); // three mappings: 0-3, 4-7, 8-11
-  using uffd = Userfaultfd.open({ features: ["PAGEFAULT_FLAG_WP"] });
+  // Nothing writes the protected memory here: it is only read back through the pagemap.
+  using uffd = Userfaultfd.open({ features: ["PAGEFAULT_FLAG_WP"], writers: "other-threads" });
   uffd.register(mem, { missing: true, wp: uffd.features.has("PAGEFAULT_FLAG_WP") });
   const bytes = new Uint8Array(6 * Region.pageSize).fill(9);
   assert.equal(uffd.copy(mem.pages(1, 6), bytes), 6 * Region.pageSize, "copied across the first boundary");
