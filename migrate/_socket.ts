@@ -203,6 +203,7 @@ export class Socket implements Disposable {
   /** The descriptor. */
   readonly fd: number;
   #closed = false;
+  #silenceMs = 10_000;
   /** Set once this end shut the socket down (an abort): a failing transfer is then not the peer's doing. */
   shut = false;
 
@@ -316,6 +317,7 @@ export class Socket implements Disposable {
 
   /** `TCP_NODELAY`, and the silence timeout on both directions. */
   configure(silenceMs: number): void {
+    this.#silenceMs = silenceMs;
     libc.setsockoptInt(this.fd, IPPROTO_TCP, TCP_NODELAY, 1);
     setTimeouts(this.fd, silenceMs);
   }
@@ -334,12 +336,13 @@ export class Socket implements Disposable {
   async sendAsync(address: number, length: number): Promise<void> {
     let done = 0;
     while (done < length) {
+      const t0 = performance.now();
       const n = await libc.sendAtOffThread(this.fd, address + done, length - done, MSG_NOSIGNAL);
       if (n > 0) {
         done += n;
         continue;
       }
-      throw this.#failed(n, done);
+      throw this.#failed(n, done, performance.now() - t0);
     }
   }
 
@@ -351,13 +354,14 @@ export class Socket implements Disposable {
   async recvAsync(address: number, length: number): Promise<void> {
     let done = 0;
     while (done < length) {
+      const t0 = performance.now();
       const n = await libc.recvAtOffThread(this.fd, address + done, length - done, MSG_WAITALL);
       if (n > 0) {
         done += n;
         continue;
       }
       if (n === 0) throw new LinkError("closed", 0, done);
-      throw this.#failed(n, done);
+      throw this.#failed(n, done, performance.now() - t0);
     }
   }
 
@@ -404,12 +408,18 @@ export class Socket implements Disposable {
     this.close();
   }
 
-  /** The error of a failed off-thread transfer (errno is read from the socket: it stayed on the other thread). */
-  #failed(n: number, done: number): LinkError {
+  /**
+   * The error of a failed off-thread transfer. Its errno stayed on the other thread,
+   * and the socket's pending error was consumed by the failing call: a call that
+   * blocked for the whole silence timeout timed out, any other failed on the
+   * connection (reset, or a peer that closed).
+   */
+  #failed(n: number, done: number, ms: number): LinkError {
     const err = this.pendingError();
-    if (n === -1 && err === 0) return new LinkError(this.shut ? "closed" : "timeout", EAGAIN, done);
+    if (this.shut) return new LinkError("closed", 0, done);
     if (n === 0) return new LinkError("closed", 0, done);
-    return new LinkError(err === 0 ? "closed" : "reset", err, done);
+    if (err === 0 && ms >= 0.9 * this.#silenceMs) return new LinkError("timeout", EAGAIN, done);
+    return new LinkError("reset", err === 0 ? ERRNO.ECONNRESET! : err, done);
   }
 }
 
