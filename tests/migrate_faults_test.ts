@@ -260,12 +260,13 @@ for (const decline of [[], [Feature.POISON]]) {
       `typed${decline.length ? ", without UFFDIO_POISON" : ""}, no hang`,
     ignore,
     async fn() {
-      // 1 MB/s: the stream takes six seconds; the source dies as soon as the destination runs.
+      // 1 MB/s: the stream takes six seconds; the source dies a second and a half into it.
       const p = await pair(
         { ...BASE, maxBandwidth: 1e6 },
-        { ...BASE, mode: "postcopy", touch: true, touchAfterMs: 1000, decline, timeoutMs: 3000 },
+        { ...BASE, mode: "postcopy", touch: true, touchAfterMs: 2500, decline, timeoutMs: 3000 },
       );
       await p.destination.line((l) => l.type === "progress" && l.phase === "postcopy", 30_000, "the switch");
+      await new Promise((r) => setTimeout(r, 1500));
       p.source.kill();
       const dst = await p.destination.end(60_000);
       await Promise.all([p.source.done, p.destination.done]);
@@ -277,7 +278,7 @@ for (const decline of [[], [Feature.POISON]]) {
       assert.ok(dst.failedCount > 0, "pages the source never sent fail");
       assert.deepEqual(dst.codes, ["EIO"], "as a UffdError EIO each, not a signal");
       if (decline.length === 0) {
-        assert.ok(dst.ok >= PAGES - DATA, "the zero pages (and what came before the kill) read fine");
+        assert.ok(dst.ok > PAGES - DATA, "the zero pages and what came before the kill read fine");
       } else {assert.equal(
           dst.failedCount,
           PAGES,
