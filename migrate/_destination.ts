@@ -111,6 +111,9 @@ export class DestinationRun {
       throw new TypeError("Migration.receive: onProgress must be a function");
     }
     this.#timeoutMs = options.timeoutMs ?? 10_000;
+    if (options.populate === true && mode !== "precopy") {
+      throw new TypeError("Migration.receive: populate is for pre-copy (post-copy fills pages as they come)");
+    }
     this.#options = options;
     this.#listener = listener;
     this.#ownsListener = ownsListener;
@@ -121,6 +124,7 @@ export class DestinationRun {
   async run(): Promise<ReceivedMigration> {
     const signal = this.#options.signal;
     signal?.throwIfAborted();
+    if (this.#options.populate === true) this.#region.populate({ write: true }); // before the source connects
     this.#abort = () => {
       this.#link?.socket.shutdown();
       this.#faultLink?.socket.shutdown();
@@ -224,7 +228,14 @@ export class DestinationRun {
     this.#crcs.fill(zeroPageCrc(this.#P));
     this.#hasData = new Uint8Array(this.#N);
     if (this.#mode === "hybrid") this.#staging = Region.map(Math.max(this.#P, this.#N * this.#P));
-    else if (this.#mode === "precopy") this.#region.zap();
+    else if (this.#mode === "precopy") {
+      // The image's zero pages are dropped as their ZERO runs come (a fresh target has nothing to drop, and a
+      // populated one keeps its pages for the data); the pages past the image are zero from the start.
+      const end = this.#N * this.#P;
+      if (end < this.#region.length) {
+        this.#region.zap(this.#region.pages(this.#N, this.#region.length / this.#P - this.#N));
+      }
+    }
     await main.send(TAG.ACPT, encodeAccept({ version: VERSION, mode: this.#mode, hybridRounds: this.#hybridRounds }));
     if (this.#mode !== "precopy") await this.#prepareLazy(hello.session, room);
     this.#progress("connected");
@@ -312,14 +323,13 @@ export class DestinationRun {
           const { runs } = decodeRuns(payload, this.#N, "ZERO");
           const zero = zeroPageCrc(P);
           for (let r = 0; r < runs.length; r += 2) {
-            for (let page = runs[r]!; page < runs[r]! + runs[r + 1]!; page++) {
-              if (this.#hasData[page] === 1) {
-                bytes.fill(0, page * P, Math.min(this.#L, (page + 1) * P));
-                this.#hasData[page] = 0;
-              }
-              this.#crcs[page] = zero;
-            }
-            this.#zeroPages += runs[r + 1]!;
+            const first = runs[r]!;
+            const count = runs[r + 1]!;
+            this.#hasData.fill(0, first, first + count);
+            this.#crcs.fill(zero, first, first + count);
+            // Zero, and not allocated: dropped (a target's page past the image's end is not the image's).
+            into.zap(into.pages(first, count));
+            this.#zeroPages += count;
           }
         } else if (frame.tag === TAG.ROND) {
           decodeRoundEnd(payload);

@@ -89,6 +89,15 @@ export interface ReceiveOptions {
    * `"hybrid"`: a few pre-copy rounds, then post-copy.
    */
   mode?: MigrationMode;
+  /**
+   * Pre-copy: allocate every page of the target (`MADV_POPULATE_WRITE`) before the
+   * source connects, so that no page is allocated while pages arrive (default
+   * `false`). It costs the whole target in memory, the image's zero pages are
+   * released again as their runs arrive. On a machine where allocating a page is
+   * slow (a VM whose memory the host backs on first touch) it moves that cost out
+   * of the migration.
+   */
+  populate?: boolean;
   /** Hybrid: pre-copy rounds before the switch, round 0 included (default 2). */
   hybridRounds?: number;
   /** Called as frames arrive (at most once per round, and at each phase change). */
