@@ -40,8 +40,9 @@ import { logOf, migrationLayout, MigrationWriter, type WriterState } from "./_mi
 import { bold, bytes, dim, EXIT, green, printJson, red, table, UsageError } from "./_output.ts";
 
 const MODES: readonly MigrationMode[] = ["precopy", "postcopy", "hybrid"];
-const CLI = new URL("../cli.ts", import.meta.url);
 const PACKAGE = new URL("../", import.meta.url);
+/** The command's entry, which the second process runs (a process, not an import). */
+const CLI = new URL("cli.ts", PACKAGE);
 
 /**
  * A bandwidth in bytes per second: a number of bytes per second, or with a unit —
