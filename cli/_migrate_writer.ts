@@ -180,7 +180,7 @@ export interface MigrationWriterOptions {
   pauseMs?: number;
   /** Park by itself after this pass (0: never; default 0). */
   stopAfter?: number;
-  /** Passes the log has room for (default 65 536). */
+  /** Passes the log has room for (default 262 144: 9 MiB of log, four minutes at one pass per millisecond). */
   maxPasses?: number;
 }
 
@@ -218,7 +218,7 @@ export class MigrationWriter implements AsyncDisposable {
     this.memory = options.memory ??
       new WebAssembly.Memory({ initial: bytes / 65536, maximum: bytes / 65536, shared: true });
     this.layout = layout;
-    const maxPasses = options.maxPasses ?? 65_536;
+    const maxPasses = options.maxPasses ?? 262_144;
     this.#control = new Int32Array(new SharedArrayBuffer(4 * CTRL.SIZE));
     this.#elapsed = new Float64Array(new SharedArrayBuffer(8));
     this.#log = new Int32Array(new SharedArrayBuffer(4 * LOG_FIELDS * (maxPasses + 1)));

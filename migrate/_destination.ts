@@ -332,8 +332,9 @@ export class DestinationRun {
             this.#zeroPages += count;
           }
         } else if (frame.tag === TAG.ROND) {
-          decodeRoundEnd(payload);
+          const round = decodeRoundEnd(payload).round;
           this.#rounds++;
+          await link.send(TAG.RACK, encodeU32(round)); // every page of the round is in place
           this.#progress("precopy");
         } else if (frame.tag === TAG.STAT) {
           state = decodeState(payload);

@@ -485,6 +485,9 @@ export class SourceRun {
         zeroPages: this.#zeroPages - before.zero,
       }),
     );
+    // The round ends when the destination has placed it (not when the socket took it: the buffers on the way
+    // hold megabytes, which would otherwise inflate the bandwidth and land in the next pause).
+    if (!paused) await this.#roundAck(round);
     const ms = performance.now() - t0;
     const bytes = this.#link!.bytesSent - before.bytes;
     const bandwidth = (bytes * 1000) / Math.max(ms, 1e-3);
@@ -635,10 +638,20 @@ export class SourceRun {
     });
   }
 
-  /** Waits for `CONF` or `COMP`, and checks the destination's digest against ours (when it sends one). */
-  async #confirmation(tag: number): Promise<number> {
+  /** Waits for the destination's `RACK` of `round`. */
+  async #roundAck(round: number): Promise<void> {
     const link = this.#link!;
     const frame = await link.receive();
+    if (frame.tag !== TAG.RACK) throw this.#unexpected(frame.tag, frame.sequence, "RACK");
+    const acked = decodeU32(link.payload(frame), "RACK");
+    if (acked !== round) throw this.#unexpected(frame.tag, frame.sequence, `RACK ${round} (not ${acked})`);
+  }
+
+  /** Waits for `CONF` or `COMP` (past the `RACK` of a paused round), and checks the destination's digest. */
+  async #confirmation(tag: number): Promise<number> {
+    const link = this.#link!;
+    let frame = await link.receive();
+    while (frame.tag === TAG.RACK && tag === TAG.CONF) frame = await link.receive();
     if (frame.tag !== tag) throw this.#unexpected(frame.tag, frame.sequence, tagName(tag));
     const theirs = decodeU32(link.payload(frame), tagName(tag));
     if (tag === TAG.CONF) this.#confirmed = true;

@@ -54,6 +54,8 @@ export const TAG = {
   ZERO: tag("ZERO") >>> 0,
   /** Source → destination: the end of a pre-copy round. */
   ROND: tag("ROND") >>> 0,
+  /** Destination → source: a round taken in (every page of it placed): the round's true end-to-end time. */
+  RACK: tag("RACK") >>> 0,
   /** Source → destination: switch to post-copy; the pages still to come. */
   POST: tag("POST") >>> 0,
   /** Source → destination: the program's state (what lives outside the memory). */
