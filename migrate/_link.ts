@@ -100,6 +100,28 @@ export class Link {
     await this.sendBuilt(at, HEADER_BYTES + payload.length);
   }
 
+  /** Sends several small frames in one go (one system call where one is enough): `[tag, payload]` pairs. */
+  async sendMany(frames: readonly (readonly [number, Uint8Array])[]): Promise<void> {
+    const start = this.#start + HEADER_BYTES;
+    let at = start;
+    for (const [tag, payload] of frames) {
+      if (at + HEADER_BYTES + payload.length > this.#start + SMALL_BYTES) {
+        throw new RangeError("Link.sendMany: too big");
+      }
+      writeHeader(this.arena.bytes, at, tag, payload.length, this.sent);
+      this.arena.bytes.set(payload, at + HEADER_BYTES);
+      sealFrame(this.arena, at);
+      this.sent++;
+      at += HEADER_BYTES + payload.length;
+    }
+    try {
+      await this.socket.sendAsync(this.arena.address + start, at - start);
+    } catch (e) {
+      throw this.error(e, "sending");
+    }
+    this.bytesSent += at - start;
+  }
+
   /** Sends a frame already sealed in the arena at `at` (its sequence number must be {@linkcode nextSequence}). */
   async sendBuilt(at: number, length: number): Promise<void> {
     this.sent++;

@@ -125,6 +125,17 @@ export const POST_MESSAGE_BYTES = 1024;
 const SMALL = 64 * 1024;
 /** How long `available()` waits for the stream before it lets the handler look around. */
 const WAIT_SLICE_MS = 20;
+/**
+ * Pages the prefetcher places per run: a fault that comes meanwhile waits for the
+ * run to be placed (each page a fresh allocation), so runs are short — shorter
+ * still while faults come ({@linkcode FAULT_RUN} for {@linkcode FAULT_WINDOW_MS}
+ * after one).
+ */
+const STREAM_RUN = 32;
+const FAULT_RUN = 1;
+const FAULT_WINDOW_MS = 50;
+/** How long a fault's request looks for its answer without sleeping (ms). */
+const SPIN_MS = 0;
 
 /**
  * The factory `LazyRegion` calls in its Worker (`{ module, export: "postcopySource" }`).
@@ -162,6 +173,7 @@ export function postcopySource(options: PostcopyOptions, info: LazySourceInfo): 
   let lastData = performance.now();
   let gone: string | undefined;
   let freedTo = 0;
+  let lastFault = -Infinity;
 
   function started(): boolean {
     if (Atomics.load(control, POST_CTRL.GO) !== 1) return false;
@@ -300,8 +312,20 @@ export function postcopySource(options: PostcopyOptions, info: LazySourceInfo): 
     view.setUint32(4, 1, true);
     sealFrame(arena, faultAt);
     sendSync(options.faultFd, arena.address + faultAt, HEADER_BYTES + 8);
-    // The answer: a PAGE frame with this one page.
-    recvSync(options.faultFd, arena.address + faultAt, HEADER_BYTES);
+    // The answer: a PAGE frame with this one page (one run, one CRC), read in one go — looked for without
+    // sleeping for a little while first (it comes within a round trip), then waited for.
+    const answer = HEADER_BYTES + 8 + 8 + 4 + P;
+    let got = 0;
+    const spinUntil = performance.now() + SPIN_MS;
+    while (got < answer && performance.now() < spinUntil) {
+      const n = libc.recvAt(options.faultFd, arena.address + faultAt + got, answer - got, MSG_DONTWAIT);
+      if (n > 0) got += n;
+      else if (n !== -ERRNO.EAGAIN! && n !== -ERRNO.EINTR!) break;
+    }
+    if (got < HEADER_BYTES) {
+      recvSync(options.faultFd, arena.address + faultAt + got, HEADER_BYTES - got);
+      got = HEADER_BYTES;
+    }
     const h = readHeader(bytes, faultAt);
     if (h.sequence !== faultReceived || (h.tag !== TAG.PAGE && h.tag !== TAG.FAIL) || h.length > 16 * P) {
       throw new WireError(
@@ -309,7 +333,10 @@ export function postcopySource(options: PostcopyOptions, info: LazySourceInfo): 
         `the fault connection carried a ${tagName(h.tag)} frame ${h.sequence} where PAGE ${faultReceived} was due`,
       );
     }
-    recvSync(options.faultFd, arena.address + faultAt + HEADER_BYTES, h.length);
+    if (got > HEADER_BYTES + h.length) throw new WireError("protocol", "the answer to a request is too long");
+    if (got < HEADER_BYTES + h.length) {
+      recvSync(options.faultFd, arena.address + faultAt + got, HEADER_BYTES + h.length - got);
+    }
     faultReceived++;
     checkFrame(arena, faultAt, faultAt + HEADER_BYTES, h);
     if (h.tag === TAG.FAIL) {
@@ -317,12 +344,12 @@ export function postcopySource(options: PostcopyOptions, info: LazySourceInfo): 
         `the source failed: ${decodeFailure(bytes.subarray(faultAt + 16, faultAt + 16 + h.length)).message}`,
       );
     }
-    const got = decodeBatch(arena, faultAt + HEADER_BYTES, h.length, P, N);
-    if (got.count !== 1 || got.pages[0] !== page) {
-      throw new WireError("protocol", `asked for page ${page}, got pages ${[...got.pages].join(", ")}`);
+    const batch = decodeBatch(arena, faultAt + HEADER_BYTES, h.length, P, N);
+    if (batch.count !== 1 || batch.pages[0] !== page) {
+      throw new WireError("protocol", `asked for page ${page}, got pages ${[...batch.pages].join(", ")}`);
     }
-    into.set(bytes.subarray(got.dataAt, got.dataAt + P), intoAt);
-    crcs[page] = got.crcs[0]!;
+    into.set(bytes.subarray(batch.dataAt, batch.dataAt + P), intoAt);
+    crcs[page] = batch.crcs[0]!;
     stats[POST_STAT.requests]++;
     stats[POST_STAT.requestMs] += performance.now() - t0;
     stats[POST_STAT.bytes] += 2 * HEADER_BYTES + 8 + h.length;
@@ -361,6 +388,7 @@ export function postcopySource(options: PostcopyOptions, info: LazySourceInfo): 
         return 0;
       }
       release(first);
+      max = Math.min(max, performance.now() - lastFault < FAULT_WINDOW_MS ? FAULT_RUN : STREAM_RUN);
       if (first >= N) return max;
       const kind = kinds[first];
       if (kind !== KIND.NETWORK) return sameKind(first, max, kind!);
@@ -412,6 +440,7 @@ export function postcopySource(options: PostcopyOptions, info: LazySourceInfo): 
         stats[POST_STAT.streamed] += count;
         return;
       }
+      lastFault = performance.now();
       for (let k = 0; k < count; k++) {
         try {
           request(first + k, into, k * P);

@@ -85,6 +85,8 @@ export class LinkError extends Error {
 }
 
 const SO_RCVTIMEO = 20;
+/** Transfers up to this size are tried on the calling thread first (`MSG_DONTWAIT`). */
+const INLINE_BYTES = 64 * 1024;
 const SO_SNDTIMEO = 21;
 const EAGAIN = ERRNO.EAGAIN!;
 const EINTR = ERRNO.EINTR!;
@@ -335,6 +337,11 @@ export class Socket implements Disposable {
    */
   async sendAsync(address: number, length: number): Promise<void> {
     let done = 0;
+    if (length <= INLINE_BYTES) {
+      // A small frame usually fits the socket's buffer: sent on this thread, without a trip to the pool.
+      const n = libc.sendAt(this.fd, address, length, MSG_NOSIGNAL | MSG_DONTWAIT);
+      if (n > 0) done = n;
+    }
     while (done < length) {
       const t0 = performance.now();
       const n = await libc.sendAtOffThread(this.fd, address + done, length - done, MSG_NOSIGNAL);
@@ -353,6 +360,12 @@ export class Socket implements Disposable {
    */
   async recvAsync(address: number, length: number): Promise<void> {
     let done = 0;
+    if (length <= INLINE_BYTES) {
+      // What is already there is read on this thread: a wait goes to the pool only when something must come.
+      const n = libc.recvAt(this.fd, address, length, MSG_DONTWAIT);
+      if (n > 0) done = n;
+      else if (n === 0) throw new LinkError("closed", 0, 0);
+    }
     while (done < length) {
       const t0 = performance.now();
       const n = await libc.recvAtOffThread(this.fd, address + done, length - done, MSG_WAITALL);

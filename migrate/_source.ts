@@ -353,7 +353,7 @@ export class SourceRun {
         this.#zeroPages += this.#N - count; // zero by the POST frame: never sent
       }
       if (this.#mode === "precopy") {
-        await this.#round(0, pending, true, true);
+        await this.#round(0, pending, true, true, () => this.#stateAndEnd());
         return await this.#finishPrecopy(converged);
       }
     } else {
@@ -386,7 +386,7 @@ export class SourceRun {
       await this.#pause();
       pending = union(set.runs, this.#collect().runs);
       if (this.#mode === "precopy") {
-        await this.#round(this.#rounds.length, pending, false, true);
+        await this.#round(this.#rounds.length, pending, false, true, () => this.#stateAndEnd());
         return await this.#finishPrecopy(converged);
       }
     }
@@ -471,20 +471,27 @@ export class SourceRun {
     this.#maxThrottle = Math.max(this.#maxThrottle, level);
   }
 
-  /** Sends one round: `runs` (round 0: with the gaps as zero runs), then its `ROND`. */
-  async #round(round: number, runs: Uint32Array, first: boolean, paused: boolean): Promise<void> {
+  /**
+   * Sends one round: `runs` (round 0: with the gaps as zero runs), then its `ROND`
+   * — in one send with the frames `tail()` returns (the paused round's state and end).
+   */
+  async #round(
+    round: number,
+    runs: Uint32Array,
+    first: boolean,
+    paused: boolean,
+    tail?: () => Promise<[number, Uint8Array][]>,
+  ): Promise<void> {
     const t0 = performance.now();
     const before = { data: this.#dataPages, zero: this.#zeroPages, bytes: this.#link!.bytesSent };
     await this.#stream(runs, round, first);
     await this.#drain();
-    await this.#link!.send(
-      TAG.ROND,
-      encodeRoundEnd({
-        round,
-        dataPages: this.#dataPages - before.data,
-        zeroPages: this.#zeroPages - before.zero,
-      }),
-    );
+    const end = encodeRoundEnd({
+      round,
+      dataPages: this.#dataPages - before.data,
+      zeroPages: this.#zeroPages - before.zero,
+    });
+    await this.#link!.sendMany([[TAG.ROND, end], ...(tail ? await tail() : [])]);
     // The round ends when the destination has placed it (not when the socket took it: the buffers on the way
     // hold megabytes, which would otherwise inflate the bandwidth and land in the next pause).
     if (!paused) await this.#roundAck(round);
@@ -595,7 +602,6 @@ export class SourceRun {
   }
 
   async #finishPrecopy(converged: boolean): Promise<MigrationResult> {
-    await this.#sendStateAndEnd();
     const digest = await this.#confirmation(TAG.CONF);
     const downtimeMs = performance.now() - this.#pausedAt;
     this.#progress("complete", this.#rounds.length, 0);
@@ -603,12 +609,14 @@ export class SourceRun {
     return this.#result(converged, downtimeMs, digest, undefined);
   }
 
-  async #sendStateAndEnd(): Promise<void> {
-    await this.#sendState();
-    await this.#link!.send(TAG.END, this.#end());
+  /** The paused round's tail: the state, then the end (its digest covers the round just sent). */
+  async #stateAndEnd(): Promise<[number, Uint8Array][]> {
+    const state = await this.#stateFrame();
+    return [state, [TAG.END, this.#end()]];
   }
 
-  async #sendState(): Promise<void> {
+  /** The `STAT` frame of what `state()` returns. */
+  async #stateFrame(): Promise<[number, Uint8Array]> {
     let state: unknown;
     try {
       state = await this.#options.state?.();
@@ -625,7 +633,7 @@ export class SourceRun {
         detail: `the state takes ${bytes.length} bytes; at most ${SMALL_BYTES - 64} travel in a STAT frame`,
       });
     }
-    await this.#link!.send(TAG.STAT, encodeState(bytes, !(state instanceof Uint8Array)));
+    return [TAG.STAT, encodeState(bytes, !(state instanceof Uint8Array))];
   }
 
   #end(): Uint8Array {
@@ -690,8 +698,13 @@ export class SourceRun {
   async #postcopy(pending: Uint32Array, converged: boolean): Promise<MigrationResult> {
     const link = this.#link!;
     const server = this.#server!;
-    await link.send(TAG.POST, encodeRuns(pending));
-    await this.#sendState();
+    // The pages still to come (POST frames of at most 4096 runs each), then the state, in one send.
+    const frames: [number, Uint8Array][] = [];
+    for (let i = 0; i < pending.length || frames.length === 0; i += 2 * MAX_ZERO_RUNS) {
+      frames.push([TAG.POST, encodeRuns(pending.subarray(i, i + 2 * MAX_ZERO_RUNS))]);
+    }
+    frames.push(await this.#stateFrame());
+    for (let i = 0; i < frames.length; i += 6) await link.sendMany(frames.slice(i, i + 6));
     await this.#confirmation(TAG.CONF);
     const downtimeMs = performance.now() - this.#pausedAt;
     this.#progress("postcopy", this.#rounds.length, 0);

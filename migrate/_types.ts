@@ -90,12 +90,12 @@ export interface ReceiveOptions {
    */
   mode?: MigrationMode;
   /**
-   * Pre-copy: allocate every page of the target (`MADV_POPULATE_WRITE`) before the
-   * source connects, so that no page is allocated while pages arrive (default
-   * `false`). It costs the whole target in memory, the image's zero pages are
-   * released again as their runs arrive. On a machine where allocating a page is
-   * slow (a VM whose memory the host backs on first touch) it moves that cost out
-   * of the migration.
+   * Pre-copy: allocate every page of the target (`MADV_POPULATE_WRITE`, then a
+   * write to each) before the source connects, so that no page is allocated while
+   * pages arrive (default `false`). It costs the whole target in memory; the
+   * image's zero pages are released again as their runs arrive. On a machine where
+   * allocating a page is slow (a VM whose host backs its memory on the first
+   * write: 11–40 µs per page here) it moves that cost out of the migration.
    */
   populate?: boolean;
   /** Hybrid: pre-copy rounds before the switch, round 0 included (default 2). */
