@@ -98,7 +98,7 @@ async function digest(memory: WebAssembly.Memory): Promise<string> {
 
 async function replayDigest(runs: readonly (readonly number[])[], pages: number): Promise<string> {
   const image = replay(logOf(runs), Region.pageSize, pages * Region.pageSize, { pass: runs.length, store: Infinity });
-  return [...new Uint8Array(await crypto.subtle.digest("SHA-256", image))]
+  return [...new Uint8Array(await crypto.subtle.digest("SHA-256", image as Uint8Array<ArrayBuffer>))]
     .map((b) => b.toString(16).padStart(2, "0")).join("");
 }
 
