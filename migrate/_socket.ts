@@ -42,6 +42,7 @@ import {
   SHUT_RDWR,
   SHUT_WR,
   SO_ERROR,
+  SO_KEEPALIVE,
   SO_REUSEADDR,
   SOCK_CLOEXEC,
   SOCK_NONBLOCK,
@@ -85,6 +86,9 @@ export class LinkError extends Error {
 }
 
 const SO_RCVTIMEO = 20;
+const TCP_KEEPIDLE = 4;
+const TCP_KEEPINTVL = 5;
+const TCP_KEEPCNT = 6;
 /** Transfers up to this size are tried on the calling thread first (`MSG_DONTWAIT`). */
 const INLINE_BYTES = 64 * 1024;
 const SO_SNDTIMEO = 21;
@@ -322,6 +326,11 @@ export class Socket implements Disposable {
     this.#silenceMs = silenceMs;
     libc.setsockoptInt(this.fd, IPPROTO_TCP, TCP_NODELAY, 1);
     setTimeouts(this.fd, silenceMs);
+    // A peer whose machine vanishes (no reset ever comes) is found by the kernel: probes after the silence timeout.
+    libc.setsockoptInt(this.fd, SOL_SOCKET, SO_KEEPALIVE, 1);
+    libc.setsockoptInt(this.fd, IPPROTO_TCP, TCP_KEEPIDLE, Math.max(1, Math.ceil(silenceMs / 1000)));
+    libc.setsockoptInt(this.fd, IPPROTO_TCP, TCP_KEEPINTVL, 1);
+    libc.setsockoptInt(this.fd, IPPROTO_TCP, TCP_KEEPCNT, 3);
   }
 
   /** The pending error of the connection (`SO_ERROR`), 0 when none. */

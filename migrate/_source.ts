@@ -26,7 +26,7 @@ import { WriteWatch } from "../watch/write_watch.ts";
 import { CrcArena, zeroPageCrc } from "./_crc32c.ts";
 import { Link, SMALL_BYTES } from "./_link.ts";
 import { type PageServerData, SERVER_CTRL, SERVER_MESSAGE_BYTES, SERVER_STAT, SERVER_STATE } from "./_page_server.ts";
-import { Socket } from "./_socket.ts";
+import { LinkError, Socket } from "./_socket.ts";
 import type { MigrationProgress, MigrationResult, RoundStats, SendOptions } from "./_types.ts";
 import {
   BatchBuilder,
@@ -718,7 +718,21 @@ export class SourceRun {
     }
     await link.send(TAG.END, this.#end());
     const streamMs = performance.now() - t0;
-    const digest = await this.#confirmation(TAG.COMP);
+    // The destination confirms once it has placed every page, which for a large memory can take longer than the
+    // silence timeout: wait on while its fault connection is open (a destination that dies closes it; a machine
+    // that vanishes is found by TCP keepalive).
+    let digest: number;
+    for (;;) {
+      try {
+        digest = await this.#confirmation(TAG.COMP);
+        break;
+      } catch (e) {
+        const alive = server.state === SERVER_STATE.RUNNING && this.#faultLink?.socket.pendingError() === 0;
+        const idle = e instanceof MigrationError && e.code === "timeout" && e.cause instanceof LinkError &&
+          e.cause.done === 0; // silent between frames: nothing half read
+        if (!(idle && alive)) throw e;
+      }
+    }
     const ms = performance.now() - t0;
     this.#progress("complete", this.#rounds.length, 0);
     if (this.#throttle > 0) await this.#setThrottle(0);
