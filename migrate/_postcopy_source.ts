@@ -59,8 +59,8 @@ export const POST_STAT = {
   requestMs: 1,
   /** Pages taken from the background stream. */
   streamed: 2,
-  /** Stream pages dropped (a fault had fetched them first). */
-  duplicates: 3,
+  /** Pages the stream's batches held (some a fault had fetched first). */
+  framePages: 3,
   /** Bytes received on both connections. */
   bytes: 4,
   /** Pages copied from the staging memory. */
@@ -225,10 +225,7 @@ export function postcopySource(options: PostcopyOptions, info: LazySourceInfo): 
   function inBatch(first: number, max: number): number {
     if (batch === undefined) return 0;
     const pages = batch.pages;
-    while (next < batch.count && pages[next]! < first) {
-      next++;
-      stats[POST_STAT.duplicates]++;
-    }
+    while (next < batch.count && pages[next]! < first) next++;
     if (next >= batch.count) return 0;
     if (pages[next] !== first) return -1;
     let n = 1;
@@ -247,6 +244,7 @@ export function postcopySource(options: PostcopyOptions, info: LazySourceInfo): 
     if (h.tag === TAG.PAGE) {
       batch = decodeBatch(arena, streamPayloadAt, h.length, P, N, batchRoom);
       next = 0;
+      stats[POST_STAT.framePages] += batch.count;
     } else if (h.tag === TAG.ZERO) {
       const { runs } = decodeRuns(payload, N, "ZERO");
       for (let r = 0; r < runs.length; r += 2) {
@@ -436,7 +434,7 @@ export function postcopySource(options: PostcopyOptions, info: LazySourceInfo): 
         const from = b.dataAt + next * P;
         into.set(arena.bytes.subarray(from, from + count * P));
         for (let k = 0; k < count; k++) crcs[first + k] = b.crcs[next + k]!;
-        next += count;
+        // `next` stays: a run the handler could not place whole (EAGAIN) is read again from the batch.
         stats[POST_STAT.streamed] += count;
         return;
       }
