@@ -16,6 +16,7 @@
  * - `@uffd/uffd/checkpoint`: {@linkcode Checkpoint} and {@linkcode CheckpointReader}.
  * - `@uffd/uffd/snapshot`: {@linkcode LiveSnapshot}, a copy while writers go on.
  * - `@uffd/uffd/lazy`: {@linkcode LazyRegion}, memory filled on first touch.
+ * - `@uffd/uffd/migrate`: {@linkcode Migration}, live migration to another process over TCP.
  * - `@uffd/uffd/cli`: the `uffd` command.
  *
  * Linux only (x86_64, aarch64). Needs `--allow-ffi`; what starts a Worker also
@@ -321,5 +322,23 @@ export {
   type LazySourceInfo,
   type LazyState,
   type LazyStats,
+  type ModulePageSource,
   type PageFiller,
 } from "./lazy/mod.ts";
+
+export {
+  Migration,
+  type MigrationEndpoint,
+  MigrationError,
+  type MigrationErrorCode,
+  type MigrationErrorInit,
+  MigrationListener,
+  type MigrationMode,
+  type MigrationProgress,
+  type MigrationResult,
+  type ReceivedMigration,
+  type ReceiveOptions,
+  type ReceiveStats,
+  type RoundStats,
+  type SendOptions,
+} from "./migrate/mod.ts";

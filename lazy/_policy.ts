@@ -145,7 +145,7 @@ export async function lazyPolicy(options: LazyPolicyOptions, context: PolicyCont
   const fd = context.uffd.fd;
   const base = context.pageAddress(0);
   const errors = new Map<number, string>();
-  const source: PageSource = await openPageSource(options.source, P, pages);
+  const source: PageSource = await openPageSource(options.source, P, pages, fd);
   /** Where reads go: a reused buffer (copy), the staging area (move) or the alias (continue). */
   let buffer: Target;
   let aliasAddress = 0n;
@@ -461,6 +461,10 @@ export async function lazyPolicy(options: LazyPolicyOptions, context: PolicyCont
       if (cursor >= pages) return finished();
       let n = 1;
       while (n < chunk && cursor + n < pages && state[cursor + n] === PAGE_STATE.MISSING) n++;
+      if (source.available !== undefined) {
+        n = Math.min(n, source.available(cursor, n));
+        if (n <= 0) return true; // a streaming source has nothing yet: faults first, then this page again
+      }
       const done = fillPages(cursor, n, false);
       if (typeof done === "number") return advance(done);
       return done.then(advance);
