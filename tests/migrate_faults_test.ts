@@ -277,16 +277,11 @@ for (const decline of [[], [Feature.POISON]]) {
       );
       assert.ok(dst.failedCount > 0, "pages the source never sent fail");
       assert.deepEqual(dst.codes, ["EIO"], "as a UffdError EIO each, not a signal");
-      if (decline.length === 0) {
-        assert.ok(dst.ok > PAGES - DATA, "the zero pages and what came before the kill read fine");
-      } else {assert.equal(
-          dst.failedCount,
-          PAGES,
-          "without poison the lazy region fails as a whole: every read says so",
-        );}
+      // With UFFDIO_POISON or without it (the page made inaccessible, its waiters woken), each page fails alone.
+      assert.ok(dst.ok > PAGES - DATA, "the zero pages and what came before the kill read fine");
       assert.equal(dst.ready?.name, "MigrationError");
       assert.ok(["peer-gone", "timeout"].includes(dst.ready.code), JSON.stringify(dst.ready));
-      if (decline.length === 0) assert.ok(dst.stats.poisoned > 0, "poisoned where the kernel can");
+      assert.ok(dst.stats.poisoned > 0, "the failed pages are marked (poisoned, or PROT_NONE without POISON)");
     },
   });
 }
