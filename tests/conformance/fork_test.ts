@@ -15,7 +15,7 @@
 import assert from "node:assert/strict";
 import { Feature, Region, UffdError, Userfaultfd } from "../../mod.ts";
 import * as libc from "../../ffi/_libc.ts";
-import { skipUnless } from "../helpers.ts";
+import { DEADLINE_SCALE, skipUnless } from "../helpers.ts";
 import { type MemType, needsHugetlbSetup, withHugePages } from "./helpers.ts";
 import { forkPauser, nativeCodeAvailable, waitStatus } from "./native_code.ts";
 
@@ -73,12 +73,12 @@ async function runScenarios(memory: MemType, names: string[]): Promise<Record<st
   const timer = setTimeout(() => {
     timedOut = true;
     child.kill("SIGKILL");
-  }, 30_000);
+  }, 30_000 * DEADLINE_SCALE); // under QEMU's TCG (tests/kernels) a fork of hugetlb memory outlasted 30 s
   const out = await child.output();
   clearTimeout(timer);
   const stdout = new TextDecoder().decode(out.stdout);
   const stderr = new TextDecoder().decode(out.stderr);
-  assert.equal(timedOut, false, `the fork scenarios on ${memory} hung (killed after 30 s)\n${stdout}\n${stderr}`);
+  assert.equal(timedOut, false, `the fork scenarios on ${memory} hung (killed after ${30 * DEADLINE_SCALE} s)\n${stdout}\n${stderr}`);
   assert.equal(out.code, 0, `the fork scenarios on ${memory} failed:\n${stdout}\n${stderr}`);
   return JSON.parse(stdout.trim().split("\n").at(-1)!);
 }

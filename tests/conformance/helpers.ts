@@ -35,7 +35,7 @@ export async function collectEvents(
 ): Promise<UffdEvent[]> {
   ms *= DEADLINE_SCALE; // a loaded machine (a Worker type-checked at start-up) or TCG: generous, it only bounds a hang
   const events: UffdEvent[] = [];
-  const deadline = Date.now() + ms * DEADLINE_SCALE;
+  const deadline = Date.now() + ms;
   for (;;) {
     events.push(...uffd.readEvents());
     if (done(events)) return events;
@@ -85,7 +85,7 @@ export async function serveUntil<T>(
   work.then((r) => result = r, (e) => failure = e).finally(() => settled = true);
   const faults: PagefaultEvent[] = [];
   const events: UffdEvent[] = [];
-  const deadline = Date.now() + ms * DEADLINE_SCALE;
+  const deadline = Date.now() + ms;
   // Closing the userfaultfd wakes every blocked thread; the work then ends by itself. Until it has, its memory
   // must stay mapped: wait for it (the bound only keeps a broken kernel from hanging the test for good).
   const release = async (error: unknown): Promise<never> => {
