@@ -298,7 +298,10 @@ async function demo(options: {
         onProgress: (p) => progress.push(p),
       });
     } catch (e) {
-      const reason = e instanceof MigrationError ? e.message : String(e);
+      let reason = e instanceof MigrationError ? e.message : String(e);
+      // The source often fails because the destination did ("the peer closed the connection"): say why it did.
+      const peer = await next("result", 5_000);
+      if (peer?.type === "error") reason += `; the destination: ${peer.message}`;
       if (options.json) printJson({ status: "failed", reason });
       else console.error(red(`uffd migrate: ${reason}`));
       return EXIT.failure;
