@@ -534,11 +534,21 @@ export class SourceRun {
       this.#zeroPages += count;
       for (let p = first; p < first + count; p++) this.#crcs[p] = this.#zeroCrc;
     };
+    const zeroPage = (page: number) => zero(page, 1);
     for (let r = 0; r < runs.length; r += 2) {
       const first = runs[r]!;
       const stop = first + runs[r + 1]!;
       if (gaps && first > end) zero(end, first - end);
-      for (let p = first; p < stop; p++) {
+      // Without pages to skip (pre-copy), a run goes into the batch in pieces of as many pages as it has room for.
+      for (let p = first; skip === undefined && p < stop;) {
+        p += builder.addRun(p, stop - p, bytes, zeroPage);
+        if (builder.full || this.#zeroRuns.length >= 2 * MAX_ZERO_RUNS) {
+          await this.#flush(builder, round);
+          builder = this.#builders[this.#current]!;
+          builder.begin(round);
+        }
+      }
+      for (let p = first; skip !== undefined && p < stop; p++) {
         if (skip !== undefined && Atomics.load(skip, p) === 1) {
           this.#skipped++;
           continue;

@@ -652,6 +652,49 @@ export class BatchBuilder {
     return true;
   }
 
+  /**
+   * Adds pages `first`, `first + 1`… of `image` (page `p` is bytes `[p·P, (p+1)·P)`,
+   * the last one zero-padded), as many of `count` as the frame has room for: one copy
+   * for the whole run, then each page checked for zeros and checksummed in its slot.
+   * An all-zero page is not kept: `zero(page)` is called for it. Returns how many
+   * pages of the run it took (kept or zero).
+   *
+   * @example
+   * ```ts
+   * import { CrcArena } from "./_crc32c.ts";
+   * import { BatchBuilder } from "./_wire.ts";
+   * const arena = new CrcArena(1 << 20);
+   * const batch = new BatchBuilder(arena, arena.base, 1 << 20, 4096);
+   * const image = new Uint8Array(4 * 4096).fill(1, 0, 4096).fill(2, 2 * 4096);
+   * batch.begin(0);
+   * const zeros: number[] = [];
+   * console.log(batch.addRun(0, 4, image, (p) => zeros.push(p)), batch.pages, zeros); // 4 Uint32Array(3) [ 0, 2, 3 ] [ 1 ]
+   * ```
+   */
+  addRun(first: number, count: number, image: Uint8Array, zero: (page: number) => void): number {
+    const P = this.#pageSize;
+    const take = Math.min(count, this.capacity - this.#count);
+    const all = this.#arena.bytes;
+    let slot = this.#slots + this.#count * P;
+    const from = first * P;
+    const end = Math.min(image.length, (first + take) * P);
+    all.set(image.subarray(from, end), slot);
+    if (end - from < take * P) all.fill(0, slot + (end - from), slot + take * P);
+    let read = slot;
+    for (let i = 0; i < take; i++, read += P) {
+      if (this.#arena.zero(read, P)) {
+        zero(first + i);
+        continue;
+      }
+      if (read !== slot) all.copyWithin(slot, read, read + P);
+      this.#pages[this.#count] = first + i;
+      this.#crcs[this.#count] = this.#arena.crc(slot, P);
+      this.#count++;
+      slot += P;
+    }
+    return take;
+  }
+
   /** Writes the directory and the header (sequence `sequence`) and the CRC: the frame's place in the arena. */
   seal(sequence: number): { at: number; length: number } {
     const P = this.#pageSize;

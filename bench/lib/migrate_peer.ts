@@ -61,28 +61,60 @@ function writerLayout(pages: number) {
   });
 }
 
+/**
+ * CPU time this process has used, in ms (every thread's, from `/proc/self/task/N/schedstat`, nanoseconds on the
+ * CPU), leaving out `skip`'s threads (by name: the writer's Worker is not the migration's work). On a busy machine
+ * the CPU an end spends per byte holds where wall-clock throughput does not.
+ */
+function cpuMs(skip = "worker-", only?: string): number {
+  let ns = 0;
+  for (const entry of Deno.readDirSync("/proc/self/task")) {
+    if (only !== undefined && entry.name !== only) continue;
+    try {
+      const comm = Deno.readTextFileSync(`/proc/self/task/${entry.name}/comm`);
+      if (comm.startsWith(skip)) continue;
+      ns += Number(Deno.readTextFileSync(`/proc/self/task/${entry.name}/schedstat`).split(" ")[0]);
+    } catch { /* the thread ended */ }
+  }
+  return ns / 1e6;
+}
+
 async function copyServer(): Promise<void> {
   using listener = Socket.listen({ hostname: "127.0.0.1", port: 0 });
   print({ type: "listening", port: listener.local.port });
   const socket = await listener.accept();
-  const into = o.into === "fresh" ? Region.map(o.bytes) : Region.map(CHUNK, { populate: true });
+  const whole = o.into === "fresh" || o.into === "populated";
+  const into = whole
+    ? Region.map(o.bytes, { populate: o.into === "populated" })
+    : Region.map(CHUNK, { populate: true });
+  if (o.into === "populated") { for (let i = 0; i < o.bytes; i += P) into.bytes[i] = o.fill ?? 0; // as receive({ populate })
+   }
+  using stage = Region.map(CHUNK, { populate: true });
   const t0 = performance.now();
+  const c0 = cpuMs();
   for (let done = 0; done < o.bytes; done += CHUNK) {
-    const at = o.into === "fresh" ? into.address + BigInt(done) : into.address;
-    await socket.recvAsync(Number(at), CHUNK);
+    const at = whole ? into.address + BigInt(o.wrap ? done % o.wrap : done) : into.address;
+    if (o.staged) {
+      // Received into a reused buffer, then copied into place by this thread (what the destination does).
+      await socket.recvAsync(Number(stage.address), CHUNK);
+      into.bytes.set(stage.bytes, done);
+    } else await socket.recvAsync(Number(at), CHUNK);
   }
   const ms = performance.now() - t0;
+  const cpu = cpuMs() - c0;
   socket.close();
-  print({ type: "result", bytes: o.bytes, ms, bandwidth: (o.bytes * 1000) / ms });
+  print({ type: "result", bytes: o.bytes, ms, bandwidth: (o.bytes * 1000) / ms, cpuMs: cpu });
 }
 
 async function copyClient(): Promise<void> {
   const socket = await Socket.connect({ hostname: "127.0.0.1", port: o.port });
   using buffer = Region.map(CHUNK, { populate: true });
   buffer.bytes.fill(7);
+  const c0 = cpuMs();
   for (let done = 0; done < o.bytes; done += CHUNK) await socket.sendAsync(Number(buffer.address), CHUNK);
+  const cpu = cpuMs() - c0;
   socket.close();
-  print({ type: "result" });
+  print({ type: "result", cpuMs: cpu });
 }
 
 async function pingServer(): Promise<void> {
@@ -135,8 +167,16 @@ async function source(): Promise<void> {
   await writer.until(10, 120_000);
   const startPass = writer.passes;
   let pausePass = 0;
+  // The CPU round 0 took (this end, the writer's Worker left out): from the handshake to round 1's first report.
+  let c0 = NaN, round0Cpu = NaN, m0 = NaN, round0MainCpu = NaN;
   try {
     const result = await Migration.send(writer.memory, {
+      onProgress: (p) => {
+        if (p.phase === "connected") [c0, m0] = [cpuMs(), cpuMs("-", String(Deno.pid))];
+        else if (Number.isNaN(round0Cpu) && p.round >= 1) {
+          [round0Cpu, round0MainCpu] = [cpuMs() - c0, cpuMs("-", String(Deno.pid)) - m0];
+        }
+      },
       connection: { hostname: "127.0.0.1", port: o.port },
       pause: async () => {
         pausePass = (await writer.park()).pass;
@@ -155,7 +195,7 @@ async function source(): Promise<void> {
         for (let k = 0; k < runs[i + 1]!; k++) dirtied.add(runs[i]! + k * runs[i + 2]!);
       }
     }
-    print({ type: "result", result, dirtied: dirtied.size });
+    print({ type: "result", result, dirtied: dirtied.size, round0Cpu, round0MainCpu });
   } catch (e) {
     print({ type: "error", message: String(e) });
   } finally {
@@ -169,10 +209,17 @@ async function destination(): Promise<void> {
   const wasmPages = (o.pages * P) / 65536;
   const memory = new WebAssembly.Memory({ initial: wasmPages, maximum: wasmPages, shared: true });
   try {
+    let c0 = NaN, round0Cpu = NaN, m0 = NaN, round0MainCpu = NaN;
     const received = await Migration.receive(listener, {
       target: memory,
       mode: o.mode,
       populate: o.populate,
+      onProgress: (p) => {
+        if (p.phase === "connected") [c0, m0] = [cpuMs(), cpuMs("-", String(Deno.pid))];
+        else if (Number.isNaN(round0Cpu) && p.round >= 1) {
+          [round0Cpu, round0MainCpu] = [cpuMs() - c0, cpuMs("-", String(Deno.pid)) - m0];
+        }
+      },
     });
     const latencies: number[] = [];
     if (o.touches > 0) {
@@ -191,7 +238,14 @@ async function destination(): Promise<void> {
     await received.ready;
     const stats = received.stats();
     await received.close();
-    print({ type: "result", stats, touchMs: median(latencies), networkTouches: latencies.length });
+    print({
+      type: "result",
+      stats,
+      touchMs: median(latencies),
+      networkTouches: latencies.length,
+      round0Cpu,
+      round0MainCpu,
+    });
   } catch (e) {
     print({ type: "error", message: String(e) });
   }
