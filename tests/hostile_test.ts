@@ -254,6 +254,9 @@ Deno.test("hostile input: Userfaultfd", async (t) => {
         // A kernel without UFFDIO_POISON (before 6.6): refused before the syscall, saying so.
         const e = refuses(() => op(low), "EINVAL", /UFFDIO_POISON is not available: Linux 6\.6\+/);
         assert.equal((e as UffdError).beforeSyscall, true);
+      } else if (name === "UFFDIO_MOVE" && !uffd.features.has("MOVE")) {
+        // A kernel without UFFDIO_MOVE (before 6.8): refused before the syscall, saying so.
+        refuses(() => op(low), "EINVAL", /opened without the MOVE feature/);
       } else {
         const code = name === "UFFDIO_REGISTER" ? "ENOMEM" : name === "UFFDIO_UNREGISTER" ? "EINVAL" : "ENOENT";
         refuses(() => op(low), code, at);
