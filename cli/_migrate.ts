@@ -302,6 +302,14 @@ async function demo(options: {
       // The source often fails because the destination did ("the peer closed the connection"): say why it did.
       const peer = await next("result", 5_000);
       if (peer?.type === "error") reason += `; the destination: ${peer.message}`;
+      else {
+        const exited = await Promise.race([child.status, new Promise((r) => setTimeout(r, 2_000, undefined))]);
+        if (exited !== undefined) {
+          const { code, signal } = exited as Deno.CommandStatus;
+          const text = (await stderr).trim().split("\n").slice(-5).join(" | ");
+          reason += `; the destination exited (${signal ?? `code ${code}`})${text ? `: ${text}` : ""}`;
+        }
+      }
       if (options.json) printJson({ status: "failed", reason });
       else console.error(red(`uffd migrate: ${reason}`));
       return EXIT.failure;

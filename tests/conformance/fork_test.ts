@@ -78,7 +78,11 @@ async function runScenarios(memory: MemType, names: string[]): Promise<Record<st
   clearTimeout(timer);
   const stdout = new TextDecoder().decode(out.stdout);
   const stderr = new TextDecoder().decode(out.stderr);
-  assert.equal(timedOut, false, `the fork scenarios on ${memory} hung (killed after ${30 * DEADLINE_SCALE} s)\n${stdout}\n${stderr}`);
+  assert.equal(
+    timedOut,
+    false,
+    `the fork scenarios on ${memory} hung (killed after ${30 * DEADLINE_SCALE} s)\n${stdout}\n${stderr}`,
+  );
   assert.equal(out.code, 0, `the fork scenarios on ${memory} failed:\n${stdout}\n${stderr}`);
   return JSON.parse(stdout.trim().split("\n").at(-1)!);
 }

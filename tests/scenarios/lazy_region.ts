@@ -20,7 +20,7 @@ import {
   UffdError,
 } from "../../mod.ts";
 import * as libc from "../../ffi/_libc.ts";
-import { anonInodes, pagesIn, within } from "../helpers.ts";
+import { anonInodes, DEADLINE_SCALE, pagesIn, within } from "../helpers.ts";
 import { fillPattern, patternWord } from "../sources/pattern.ts";
 
 const PAGE = Region.pageSize;
@@ -524,15 +524,23 @@ const scenarios: Record<string, () => Promise<Observations>> = {
     const readerDone = true;
     const state = lazy.state;
     const mappedAfterClose = lazy.region.mapped;
-    // The mapping outlives an unclean close by a second, for woken threads.
+    // The mapping outlives an unclean close by a second, for woken threads (then it goes: waited for, bounded).
     await new Promise((r) => setTimeout(r, 1500));
+    const gone = performance.now() + 5_000 * DEADLINE_SCALE;
+    while (lazy.region.mapped && performance.now() < gone) await new Promise((r) => setTimeout(r, 50));
     const mappedLater = lazy.region.mapped;
     // The Worker is still blocked in the source's synchronous wait: nothing can interrupt
     // that; once the source returns, its thread ends and takes its descriptors along.
     const stuck = { fds: anonInodes(), threads: threads() };
     Atomics.store(gate, 1, 1);
     Atomics.notify(gate, 1);
+    // The thread's end is waited for (a loaded machine or TCG takes longer than the 500 ms that usually suffice).
+    const same = (a: unknown, b: unknown) => JSON.stringify(a) === JSON.stringify(b);
+    const settled = performance.now() + 10_000 * DEADLINE_SCALE;
     await new Promise((r) => setTimeout(r, 500));
+    while (!same({ fds: anonInodes(), threads: threads() }, before) && performance.now() < settled) {
+      await new Promise((r) => setTimeout(r, 50));
+    }
     const after = { fds: anonInodes(), threads: threads() };
     return { closeMs, readerDone, state, before, stuck, after, mappedAfterClose, mappedLater };
   },
