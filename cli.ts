@@ -74,7 +74,7 @@ const COMMANDS: Record<string, Command> = {
   migrate: {
     summary: "live migration: a running wasm writer moved to a second process over TCP, rounds and downtime",
     usage:
-      "uffd migrate --demo [--mode precopy|postcopy|hybrid] [--bandwidth RATE] [--downtime MS] [--memory MIB] [--json]",
+      "uffd migrate --demo [--mode precopy|postcopy|hybrid] [--bandwidth RATE] [--downtime MS] [--timeout MS] [--memory MIB] [--json]",
     details: "Starts a wasm writer in a Worker of this process (it fills three quarters of a shared\n" +
       "WebAssembly.Memory, then keeps stamping its globals and a moving hot spot), starts a second process, and\n" +
       "moves the writer there while it runs: Migration.send here, Migration.receive there, over loopback TCP.\n" +
@@ -86,6 +86,7 @@ const COMMANDS: Record<string, Command> = {
       "--bandwidth R    limit the page stream: 100mbit, 1gbit, 50MiB/s, or bytes per second\n" +
       "--downtime MS    the pause pre-copy aims for (default 20)\n" +
       "--memory MIB     the writer's memory (default 64; a multiple of 4)\n" +
+      "--timeout MS     how long either end waits for a silent peer before it fails (default 10000)\n" +
       "--destination    (internal) be the demo's second process\n" +
       "Exits 0 when the migration ran and the check held, 1 when not, 3 when the permissions refuse it\n" +
       "(the second process needs --allow-run, the Workers --allow-read of the package).",

@@ -109,7 +109,9 @@ function layoutFor(pages: number) {
 }
 
 /** The second process: listen, receive, run on, report (one JSON line per event on stdout). */
-async function destination(options: { pages: number; mode: MigrationMode; passes: number }): Promise<number> {
+async function destination(
+  options: { pages: number; mode: MigrationMode; passes: number; timeoutMs: number },
+): Promise<number> {
   const print = (value: unknown) => console.log(JSON.stringify(value));
   using listener = Migration.listen({ hostname: "127.0.0.1", port: 0 });
   print({ type: "listening", port: listener.port });
@@ -121,6 +123,7 @@ async function destination(options: { pages: number; mode: MigrationMode; passes
     received = await Migration.receive(listener, {
       target: memory,
       mode: options.mode,
+      timeoutMs: options.timeoutMs,
       onProgress: (p) => print({ type: "progress", phase: p.phase, round: p.round, bytes: p.bytes }),
     });
   } catch (e) {
@@ -185,6 +188,7 @@ async function demo(options: {
   bandwidth: number | undefined;
   downtime: number;
   passes: number;
+  timeoutMs: number;
 }): Promise<number> {
   const say = (line = "") => options.json || console.log(line);
   const problem = permissionProblem();
@@ -218,6 +222,7 @@ async function demo(options: {
       `--mode=${options.mode}`,
       `--pages=${options.pages}`,
       `--passes=${options.passes}`,
+      `--timeout=${options.timeoutMs}`,
     ],
     stdout: "piped",
     stderr: "piped",
@@ -295,6 +300,7 @@ async function demo(options: {
         throttle: (level) => writer.throttle(level),
         maxBandwidth: options.bandwidth,
         downtime: options.downtime,
+        timeoutMs: options.timeoutMs,
         onProgress: (p) => progress.push(p),
       });
     } catch (e) {
@@ -403,6 +409,7 @@ export async function run(args: string[]): Promise<number> {
       mode: { type: "string", default: "precopy" },
       bandwidth: { type: "string" },
       downtime: { type: "string", default: "20" },
+      timeout: { type: "string", default: "10000" },
       memory: { type: "string", default: "64" },
       pages: { type: "string" },
       passes: { type: "string", default: "200" },
@@ -422,7 +429,8 @@ export async function run(args: string[]): Promise<number> {
   const pages = values.pages !== undefined ? count(values.pages, "pages") : (count(values.memory!, "memory") << 20) / P;
   if ((pages * P) % (64 * 65536) !== 0) throw new UsageError(`the memory must be whole MiB multiples of 4 MiB`);
   const passes = count(values.passes!, "passes");
-  if (values.destination) return await destination({ pages, mode, passes });
+  const timeoutMs = count(values.timeout!, "timeout");
+  if (values.destination) return await destination({ pages, mode, passes, timeoutMs });
   if (!values.demo) throw new UsageError("migrate needs --demo (or --destination, the demo's second process)");
   const downtime = Number(values.downtime);
   if (!(downtime > 0)) throw new UsageError(`--downtime ${values.downtime}: milliseconds, more than 0`);
@@ -433,5 +441,6 @@ export async function run(args: string[]): Promise<number> {
     bandwidth: values.bandwidth === undefined ? undefined : parseBandwidth(values.bandwidth),
     downtime,
     passes,
+    timeoutMs,
   });
 }

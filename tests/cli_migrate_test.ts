@@ -7,7 +7,7 @@
 
 import assert from "node:assert/strict";
 import { runCli } from "./cli_run.ts";
-import { skipUnless } from "./helpers.ts";
+import { DEADLINE_SCALE, skipUnless } from "./helpers.ts";
 import { Region } from "../mod.ts";
 
 const ignore = skipUnless(Region.pageSize === 4096, "the demo's sizes are in 4 KiB pages");
@@ -18,7 +18,21 @@ for (const mode of ["precopy", "postcopy", "hybrid"]) {
     name: `cli migrate --demo --mode ${mode} --json: the writer moved, and its memory checks against the replay`,
     ignore,
     async fn() {
-      const r = await runCli(["migrate", "--demo", "--mode", mode, "--memory", "16", "--passes", "50", "--json"]);
+      // The silence timeout scales under QEMU's TCG (tests/kernels), where post-copy's peers outlasted 10 s.
+      const timeout = String(10_000 * DEADLINE_SCALE);
+      const r = await runCli([
+        "migrate",
+        "--demo",
+        "--mode",
+        mode,
+        "--memory",
+        "16",
+        "--passes",
+        "50",
+        "--timeout",
+        timeout,
+        "--json",
+      ]);
       assert.equal(r.code, 0, r.stderr + r.stdout.slice(0, 2000));
       assert.equal(r.stderr, "");
       const o = JSON.parse(r.stdout);
