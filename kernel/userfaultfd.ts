@@ -23,6 +23,7 @@
 import * as libc from "../ffi/_libc.ts";
 import { decodeUffdMsg, SIZEOF_UFFD_MSG, type UffdMsg } from "../ffi/_structs.ts";
 import * as ops from "../ffi/_uffd_ioctls.ts";
+import * as resolve from "../ffi/_resolve_ops.ts";
 import { O_CLOEXEC, O_NONBLOCK } from "../ffi/linux.ts";
 import {
   type Feature,
@@ -65,7 +66,7 @@ import { kernelRelease } from "./access.ts";
 import { ERRNO, failure, invalid, UffdError, uffdioHint } from "./errors.ts";
 import { byMapping, unmappedParts } from "./maps.ts";
 import { featureNames, ioctlNames } from "./names.ts";
-import { pageRange, type Range, toAddress } from "./range.ts";
+import { bigintToSafeNumber, type NumericRange, pageRange, pageRangeInto, type Range, toAddress } from "./range.ts";
 
 export type { Origin } from "./_create.ts";
 
@@ -247,6 +248,29 @@ const EVENT_BITS: Record<EventKind, bigint> = {
   unmap: UFFD_FEATURE_EVENT_UNMAP,
 };
 const PAGE_SIZE_N = libc.PAGE_SIZE_N;
+const PAGE_SIZE = libc.PAGE_SIZE;
+const SAFE_N = BigInt(Number.MAX_SAFE_INTEGER);
+// The mode bits as numbers, for the ioctls of `_resolve_ops.ts` (the hot path converts no bigint).
+const WP = Number(UFFDIO_WRITEPROTECT_MODE_WP);
+const WP_DONTWAKE = Number(UFFDIO_WRITEPROTECT_MODE_DONTWAKE);
+const COPY_DONTWAKE = Number(UFFDIO_COPY_MODE_DONTWAKE);
+const COPY_WP = Number(UFFDIO_COPY_MODE_WP);
+const ZEROPAGE_DONTWAKE = Number(UFFDIO_ZEROPAGE_MODE_DONTWAKE);
+const CONTINUE_DONTWAKE = Number(UFFDIO_CONTINUE_MODE_DONTWAKE);
+const CONTINUE_WP = Number(UFFDIO_CONTINUE_MODE_WP);
+const POISON_DONTWAKE = Number(UFFDIO_POISON_MODE_DONTWAKE);
+
+/** A range ioctl of `_resolve_ops.ts` over `[start, start + len)` (`source`: a copy's source for `start`). */
+type Retry = (fd: number, start: number, len: number, source: number, mode: number) => number;
+
+/** The range ioctls that `#acrossMappingsN` repeats one mapping at a time. */
+const RETRY = {
+  writeprotect: (fd, start, len, _source, mode) => resolve.writeprotect(fd, start, len, mode),
+  copy: (fd, start, len, source, mode) => resolve.copy(fd, start, source, len, mode),
+  zeropage: (fd, start, len, _source, mode) => resolve.zeropage(fd, start, len, mode),
+  continue: (fd, start, len, _source, mode) => resolve.continuePages(fd, start, len, mode),
+  poison: (fd, start, len, _source, mode) => resolve.poison(fd, start, len, mode),
+} satisfies Record<string, Retry>;
 
 /** A failed `UFFDIO_*` call as a `UffdError`, with the hint for its errno. */
 function kernelError(operation: string, rc: number, args: Record<string, unknown>): UffdError {
@@ -286,6 +310,8 @@ export class Userfaultfd implements Disposable {
   readonly #messages = new Uint8Array(MESSAGES_PER_READ * SIZEOF_UFFD_MSG);
   readonly #registrations = new Registrations();
   readonly #ioctlMask: bigint;
+  /** Where a range validated on the hot path goes (`pageRangeInto`): one object, reused by every call. */
+  readonly #span: NumericRange = { start: 0, len: 0 };
   /** Handed to another thread with `share()`: its events are read there. */
   #sharedOut = false;
   /** What `Region` asks before a call that raises an event this isolate would have to read (`_event_readers.ts`). */
@@ -547,15 +573,20 @@ export class Userfaultfd implements Disposable {
     const operation = "UFFDIO_WRITEPROTECT";
     this.#check(operation);
     options = optionsBag(options, operation);
+    const span = this.#span;
+    if (pageRangeInto(range, operation, span)) {
+      let rc = resolve.writeprotect(this.fd, span.start, span.len, WP);
+      if (rc === -ENOENT) {
+        rc = this.#acrossMappingsN(RETRY.writeprotect, span.start, span.len, 0, WP);
+      }
+      if (rc < 0) throw kernelError(operation, rc, { start: BigInt(span.start), len: BigInt(span.len), mode: "wp" });
+      return;
+    }
     const { start, len } = pageRange(range, operation);
     let rc = ops.uffdioWriteprotect(this.fd, start, len, UFFDIO_WRITEPROTECT_MODE_WP);
     if (rc === -ENOENT) {
       // Before Linux 6.4 one call covers one mapping: a range of several goes one mapping at a time.
-      rc = this.#acrossMappings(
-        start,
-        len,
-        (s, l) => ops.uffdioWriteprotect(this.fd, s, l, UFFDIO_WRITEPROTECT_MODE_WP),
-      );
+      rc = this.#acrossMappingsN(RETRY.writeprotect, Number(start), Number(len), 0, WP);
     }
     if (rc < 0) throw kernelError(operation, rc, { start, len, mode: "wp" });
   }
@@ -565,10 +596,24 @@ export class Userfaultfd implements Disposable {
     const operation = "UFFDIO_WRITEPROTECT";
     this.#check(operation);
     options = optionsBag(options, operation);
+    const span = this.#span;
+    if (pageRangeInto(range, operation, span)) {
+      const m = options.dontWake ? WP_DONTWAKE : 0;
+      let rc = resolve.writeprotect(this.fd, span.start, span.len, m);
+      if (rc === -ENOENT) rc = this.#acrossMappingsN(RETRY.writeprotect, span.start, span.len, 0, m);
+      if (rc < 0) {
+        throw kernelError(operation, rc, {
+          start: BigInt(span.start),
+          len: BigInt(span.len),
+          mode: options.dontWake ? "dontwake" : "0",
+        });
+      }
+      return;
+    }
     const { start, len } = pageRange(range, operation);
     const mode = options.dontWake ? UFFDIO_WRITEPROTECT_MODE_DONTWAKE : 0n;
     let rc = ops.uffdioWriteprotect(this.fd, start, len, mode);
-    if (rc === -ENOENT) rc = this.#acrossMappings(start, len, (s, l) => ops.uffdioWriteprotect(this.fd, s, l, mode));
+    if (rc === -ENOENT) rc = this.#acrossMappingsN(RETRY.writeprotect, Number(start), Number(len), 0, Number(mode));
     if (rc < 0) throw kernelError(operation, rc, { start, len, mode: options.dontWake ? "dontwake" : "0" });
   }
 
@@ -599,12 +644,27 @@ export class Userfaultfd implements Disposable {
     const operation = "UFFDIO_COPY";
     this.#check(operation);
     options = optionsBag(options, operation);
+    const span = this.#span;
+    if (pageRangeInto(destination, operation, span)) {
+      const at = span.start;
+      const length = span.len;
+      const from = this.#sourceNumber(source, length, operation);
+      if (from >= 0) {
+        const m = (options.dontWake ? COPY_DONTWAKE : 0) | (options.wp ? COPY_WP : 0);
+        let done = resolve.copy(this.fd, at, from, length, m);
+        if (done === -ENOENT) {
+          done = this.#acrossMappingsN(RETRY.copy, at, length, from, m);
+        }
+        if (done < 0) throw kernelError(operation, done, { dst: BigInt(at), src: BigInt(from), len: BigInt(length) });
+        return done;
+      }
+    }
     const { start, len } = pageRange(destination, operation);
     const src = this.#source(source, len, operation);
     const mode = (options.dontWake ? UFFDIO_COPY_MODE_DONTWAKE : 0n) | (options.wp ? UFFDIO_COPY_MODE_WP : 0n);
     let done = ops.uffdioCopy(this.fd, start, src, len, mode);
     if (done === -ENOENT) {
-      done = this.#acrossMappings(start, len, (s, l) => ops.uffdioCopy(this.fd, s, src + s - start, l, mode));
+      done = this.#acrossMappingsN(RETRY.copy, Number(start), Number(len), Number(src), Number(mode));
     }
     if (done < 0) throw kernelError(operation, done, { dst: start, src, len });
     return done;
@@ -622,10 +682,18 @@ export class Userfaultfd implements Disposable {
     const operation = "UFFDIO_ZEROPAGE";
     this.#check(operation);
     options = optionsBag(options, operation);
+    const span = this.#span;
+    if (pageRangeInto(range, operation, span)) {
+      const m = options.dontWake ? ZEROPAGE_DONTWAKE : 0;
+      let done = resolve.zeropage(this.fd, span.start, span.len, m);
+      if (done === -ENOENT) done = this.#acrossMappingsN(RETRY.zeropage, span.start, span.len, 0, m);
+      if (done < 0) throw kernelError(operation, done, { start: BigInt(span.start), len: BigInt(span.len) });
+      return done;
+    }
     const { start, len } = pageRange(range, operation);
     const mode = options.dontWake ? UFFDIO_ZEROPAGE_MODE_DONTWAKE : 0n;
     let done = ops.uffdioZeropage(this.fd, start, len, mode);
-    if (done === -ENOENT) done = this.#acrossMappings(start, len, (s, l) => ops.uffdioZeropage(this.fd, s, l, mode));
+    if (done === -ENOENT) done = this.#acrossMappingsN(RETRY.zeropage, Number(start), Number(len), 0, Number(mode));
     if (done < 0) throw kernelError(operation, done, { start, len });
     return done;
   }
@@ -643,11 +711,21 @@ export class Userfaultfd implements Disposable {
     const operation = "UFFDIO_CONTINUE";
     this.#check(operation);
     options = optionsBag(options, operation);
+    const span = this.#span;
+    if (pageRangeInto(range, operation, span)) {
+      const m = (options.dontWake ? CONTINUE_DONTWAKE : 0) | (options.wp ? CONTINUE_WP : 0);
+      let done = resolve.continuePages(this.fd, span.start, span.len, m);
+      if (done === -ENOENT) {
+        done = this.#acrossMappingsN(RETRY.continue, span.start, span.len, 0, m);
+      }
+      if (done < 0) throw kernelError(operation, done, { start: BigInt(span.start), len: BigInt(span.len) });
+      return done;
+    }
     const { start, len } = pageRange(range, operation);
     const mode = (options.dontWake ? UFFDIO_CONTINUE_MODE_DONTWAKE : 0n) |
       (options.wp ? UFFDIO_CONTINUE_MODE_WP : 0n);
     let done = ops.uffdioContinue(this.fd, start, len, mode);
-    if (done === -ENOENT) done = this.#acrossMappings(start, len, (s, l) => ops.uffdioContinue(this.fd, s, l, mode));
+    if (done === -ENOENT) done = this.#acrossMappingsN(RETRY.continue, Number(start), Number(len), 0, Number(mode));
     if (done < 0) throw kernelError(operation, done, { start, len });
     return done;
   }
@@ -665,10 +743,18 @@ export class Userfaultfd implements Disposable {
     const operation = "UFFDIO_POISON";
     this.#check(operation);
     options = optionsBag(options, operation);
+    const span = this.#span;
+    if (pageRangeInto(range, operation, span)) {
+      const m = options.dontWake ? POISON_DONTWAKE : 0;
+      let done = resolve.poison(this.fd, span.start, span.len, m);
+      if (done === -ENOENT) done = this.#acrossMappingsN(RETRY.poison, span.start, span.len, 0, m);
+      if (done < 0) throw kernelError(operation, done, { start: BigInt(span.start), len: BigInt(span.len) });
+      return done;
+    }
     const { start, len } = pageRange(range, operation);
     const mode = options.dontWake ? UFFDIO_POISON_MODE_DONTWAKE : 0n;
     let done = ops.uffdioPoison(this.fd, start, len, mode);
-    if (done === -ENOENT) done = this.#acrossMappings(start, len, (s, l) => ops.uffdioPoison(this.fd, s, l, mode));
+    if (done === -ENOENT) done = this.#acrossMappingsN(RETRY.poison, Number(start), Number(len), 0, Number(mode));
     if (done < 0) throw kernelError(operation, done, { start, len });
     return done;
   }
@@ -707,21 +793,33 @@ export class Userfaultfd implements Disposable {
   }
 
   /**
-   * Repeats a range ioctl one mapping at a time after the kernel refused the whole
-   * range with `ENOENT` because it runs into the next mapping (a memory that grew
-   * while registered, a range split by `madvise`): see `byMapping` in `maps.ts`. Only
+   * Repeats a range ioctl — one of {@linkcode RETRY}, with a copy's `source` and the
+   * `mode` bits — one mapping at a time after the kernel refused the whole range
+   * with `ENOENT` because it runs into the next mapping (a memory that grew while
+   * registered, a range split by `madvise`): see `byMapping` in `maps.ts`. Only
    * where this userfaultfd registered all of the range — otherwise `ENOENT` stands:
    * the range reaches memory that is not ours. Returns bytes done or `-errno`.
+   *
+   * A method of its own, with the ioctl from a table: a closure over a caller's
+   * locals (or `this`) would make V8 allocate a context on every call of the
+   * caller, the hot path included; this one is built on the rare path only.
    */
-  #acrossMappings(start: bigint, len: bigint, op: (start: bigint, len: bigint) => number): number {
-    if (len <= PAGE_SIZE_N || !this.#registrations.covers(start, start + len)) return -ENOENT;
-    return byMapping(Number(start), Number(len), (s, l) => op(BigInt(s), BigInt(l)));
+  #acrossMappingsN(op: Retry, start: number, len: number, source: number, mode: number): number {
+    if (len <= PAGE_SIZE || !this.#registrations.covers(BigInt(start), BigInt(start + len))) return -ENOENT;
+    const fd = this.fd;
+    return byMapping(start, len, (s, l) => op(fd, s, l, source + s - start, mode));
   }
 
   /** Wakes the threads waiting on a range (after `dontWake` resolutions). */
   wake(range: Range): void {
     const operation = "UFFDIO_WAKE";
     this.#check(operation);
+    const span = this.#span;
+    if (pageRangeInto(range, operation, span)) {
+      const rc = resolve.wake(this.fd, span.start, span.len);
+      if (rc < 0) throw kernelError(operation, rc, { start: BigInt(span.start), len: BigInt(span.len) });
+      return;
+    }
     const { start, len } = pageRange(range, operation);
     const rc = ops.uffdioWake(this.fd, start, len);
     if (rc < 0) throw kernelError(operation, rc, { start, len });
@@ -829,10 +927,37 @@ export class Userfaultfd implements Disposable {
     this.close();
   }
 
+  /**
+   * Refuses a closed fd. A plain read of the shared flag, not `Atomics.load`: an
+   * aligned `Int32Array` element is read whole either way, a close racing with
+   * the call is caught by the kernel (`EBADF`) either way, and `Atomics.load` costs
+   * hundreds of nanoseconds here (a tenth of an ioctl, measured in `copy()`).
+   */
   #check(operation: string): void {
-    if (Atomics.load(this.#state, 0) !== 0) {
+    if (this.#state[0] !== 0) {
       throw invalid(operation, "the userfaultfd is closed", { fd: this.fd }, ERRNO.EBADF);
     }
+  }
+
+  /**
+   * {@linkcode #source} on numbers: the source address, validated as `#source` does,
+   * or -1 when it lies above 2^53 (the caller then takes the bigint path).
+   */
+  #sourceNumber(source: Uint8Array | bigint, len: number, operation: string): number {
+    if (typeof source === "bigint") {
+      const address = bigintToSafeNumber(source);
+      return address >= 0 ? address : bigintToSafeNumber(toAddress(source, operation, "src"));
+    }
+    if (!(source instanceof Uint8Array)) {
+      throw new TypeError(`${operation}: source must be a Uint8Array or a bigint address`);
+    }
+    if (source.byteLength < len) {
+      throw invalid(operation, `source has ${source.byteLength} bytes; the destination needs ${len}`, {
+        len: BigInt(len),
+      });
+    }
+    const address = libc.addressOf(source);
+    return address <= SAFE_N ? Number(address) : -1;
   }
 
   #source(source: Uint8Array | bigint, len: bigint, operation: string): bigint {
