@@ -247,9 +247,7 @@ const EVENT_BITS: Record<EventKind, bigint> = {
   remap: UFFD_FEATURE_EVENT_REMAP,
   unmap: UFFD_FEATURE_EVENT_UNMAP,
 };
-const PAGE_SIZE_N = libc.PAGE_SIZE_N;
 const PAGE_SIZE = libc.PAGE_SIZE;
-const SAFE_N = BigInt(Number.MAX_SAFE_INTEGER);
 // The mode bits as numbers, for the ioctls of `_resolve_ops.ts` (the hot path converts no bigint).
 const WP = Number(UFFDIO_WRITEPROTECT_MODE_WP);
 const WP_DONTWAKE = Number(UFFDIO_WRITEPROTECT_MODE_DONTWAKE);
@@ -956,8 +954,7 @@ export class Userfaultfd implements Disposable {
         len: BigInt(len),
       });
     }
-    const address = libc.addressOf(source);
-    return address <= SAFE_N ? Number(address) : -1;
+    return bigintToSafeNumber(libc.addressOf(source));
   }
 
   #source(source: Uint8Array | bigint, len: bigint, operation: string): bigint {
