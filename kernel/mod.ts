@@ -191,7 +191,9 @@ export {
   type VisitSummary,
 } from "./pagemap_scan.ts";
 export {
+  EventBatch,
   type EventsOptions,
+  EventView,
   type ForkEvent,
   type OpenOptions,
   type Origin,
@@ -202,6 +204,7 @@ export {
   type SharedUserfaultfd,
   type Support,
   type UffdEvent,
+  type UffdEventType,
   type UnknownEvent,
   type UnmapEvent,
   Userfaultfd,

@@ -21,7 +21,8 @@
  */
 
 import * as libc from "../ffi/_libc.ts";
-import { decodeUffdMsg, SIZEOF_UFFD_MSG, type UffdMsg } from "../ffi/_structs.ts";
+import type { UffdMsg } from "../ffi/_structs.ts";
+import { MessageBatch } from "../ffi/_message_batch.ts";
 import * as ops from "../ffi/_uffd_ioctls.ts";
 import * as resolve from "../ffi/_resolve_ops.ts";
 import { O_CLOEXEC, O_NONBLOCK } from "../ffi/linux.ts";
@@ -166,6 +167,292 @@ export interface EventsOptions {
  */
 export type UffdEvent = PagefaultEvent | ForkEvent | RemapEvent | RemoveEvent | UnmapEvent | UnknownEvent;
 
+/** What kind of event a message is: the `type` of its {@linkcode UffdEvent}. */
+export type UffdEventType = UffdEvent["type"];
+
+const TYPE_OF_CODE: readonly UffdEventType[] = (() => {
+  const types: UffdEventType[] = new Array(256).fill("unknown");
+  types[UFFD_EVENT_PAGEFAULT] = "pagefault";
+  types[UFFD_EVENT_FORK] = "fork";
+  types[UFFD_EVENT_REMAP] = "remap";
+  types[UFFD_EVENT_REMOVE] = "remove";
+  types[UFFD_EVENT_UNMAP] = "unmap";
+  return types;
+})();
+const FLAG_WRITE = Number(UFFD_PAGEFAULT_FLAG_WRITE);
+const FLAG_WP = Number(UFFD_PAGEFAULT_FLAG_WP);
+const FLAG_MINOR = Number(UFFD_PAGEFAULT_FLAG_MINOR);
+
+/** A page fault needs no fork's userfaultfd adopted. */
+const noFork = (): never => {
+  throw new Error("unreachable: a page fault carries no userfaultfd");
+};
+
+/** Fills a batch from one `read(2)` (set up by `EventBatch`'s static block, used by `readEventsInto`). */
+let fillBatch: (batch: EventBatch, fd: number, threadIds: boolean, other: (msg: UffdMsg) => UffdEvent) => number;
+
+/**
+ * Room for a batch of userfaultfd messages, filled by
+ * {@linkcode Userfaultfd.readEventsInto} with one `read(2)` and decoded at once,
+ * in one loop, into typed arrays that the batch keeps from read to read: no
+ * object is made per page fault, so a loop that serves faults from it allocates
+ * nothing. Read a page fault through the arrays (`codes`, `addresses`, `flags`,
+ * `threadIds`, entries `0` to `length - 1`), the accessors (`type(i)`,
+ * `address(i)`, `write(i)`, …) or by iterating, which yields one reused
+ * {@linkcode EventView}; `event(i)` builds the full {@linkcode UffdEvent} object
+ * when one is wanted. The rare address-space events (fork, remap, remove, unmap)
+ * are decoded into objects when they are read, as `readEvents()` does (a fork's
+ * child userfaultfd is adopted then, once). Each read replaces the contents.
+ *
+ * Addresses are numbers: every user-space address is below 2^53 on x86_64 and
+ * aarch64, so they are exact (`address(i)` refuses anything larger rather than
+ * round it). Flags are the low 32 bits of the kernel's, where every
+ * `UFFD_PAGEFAULT_FLAG_*` lives.
+ *
+ * @example
+ * ```ts
+ * import { EventBatch, Region, Userfaultfd } from "@uffd/uffd";
+ * const libc = Deno.dlopen("libc.so.6", {
+ *   memset: { parameters: ["pointer", "i32", "usize"], result: "pointer", nonblocking: true },
+ * });
+ * using mem = Region.map(Region.pageSize);
+ * using uffd = Userfaultfd.open();
+ * uffd.register(mem, { missing: true });
+ * const writing = libc.symbols.memset(Deno.UnsafePointer.create(mem.address), 7, BigInt(mem.length));
+ * const batch = new EventBatch();
+ * while (uffd.readEventsInto(batch) === 0) await new Promise((r) => setTimeout(r, 1));
+ * for (const e of batch) {
+ *   if (e.type === "pagefault") uffd.zeropage({ address: BigInt(e.address), length: Region.pageSize });
+ * }
+ * await writing;
+ * libc.close();
+ * console.log(batch.length, batch.type(0), batch.write(0), mem.bytes[0]); // 1 pagefault true 7
+ * ```
+ */
+export class EventBatch implements Iterable<EventView> {
+  /** How many messages one read can return (the buffer's size in messages). */
+  readonly capacity: number;
+  /** The `event` byte of each message (`UFFD_EVENT_*`), entries `0` to `length - 1`. */
+  readonly codes: Uint8Array;
+  /** Each page fault's address (a number; `NaN` above 2^53); stale for other messages. */
+  readonly addresses: Float64Array;
+  /** Each page fault's `UFFD_PAGEFAULT_FLAG_*` bits; stale for other messages. */
+  readonly flags: Uint32Array;
+  /** Each page fault's thread id (`ptid`: 0 without `THREAD_ID`); stale for other messages. */
+  readonly threadIds: Uint32Array;
+  readonly #messages: MessageBatch;
+  #length = 0;
+  #hasThreadIds = false;
+  /** The decoded event of each message that is not a page fault (`undefined` for page faults). */
+  readonly #others: (UffdEvent | undefined)[];
+  readonly #view: EventView;
+  readonly #result: { done: boolean; value: EventView };
+  #next = 0;
+  readonly #iterator: Iterator<EventView> & Iterable<EventView>;
+
+  /**
+   * Room for `capacity` messages (default 64: what a `FaultHandler` reads at once).
+   *
+   * @param capacity Messages per read, 1 to 4096.
+   * @throws {UffdError} `EINVAL` for a capacity out of range.
+   */
+  constructor(capacity = 64) {
+    if (typeof capacity !== "number") {
+      throw new TypeError(`EventBatch: capacity must be a number, not ${describe(capacity)}`);
+    }
+    if (!Number.isInteger(capacity) || capacity < 1 || capacity > 4096) {
+      throw invalid("EventBatch", "capacity must be an integer in [1, 4096]", { capacity });
+    }
+    this.capacity = capacity;
+    this.codes = new Uint8Array(capacity);
+    this.addresses = new Float64Array(capacity);
+    this.flags = new Uint32Array(capacity);
+    this.threadIds = new Uint32Array(capacity);
+    this.#messages = new MessageBatch(capacity);
+    this.#others = new Array(capacity).fill(undefined);
+    this.#view = new EventView(this);
+    this.#result = { done: false, value: this.#view };
+    const result = this.#result;
+    const view = this.#view;
+    this.#iterator = {
+      next: () => {
+        if (this.#next < this.#length) {
+          view.index = this.#next++;
+          result.done = false;
+        } else result.done = true;
+        return result as IteratorResult<EventView>;
+      },
+      [Symbol.iterator]() {
+        return this;
+      },
+    };
+  }
+
+  static {
+    fillBatch = (batch, fd, threadIds, other) => {
+      const others = batch.#others;
+      for (let i = 0; i < batch.#length; i++) others[i] = undefined;
+      batch.#length = 0;
+      batch.#hasThreadIds = threadIds;
+      const messages = batch.#messages;
+      const n = messages.read(fd);
+      if (n < 0) return n;
+      const codes = batch.codes;
+      messages.decodeInto(codes, batch.addresses, batch.flags, batch.threadIds);
+      for (let i = 0; i < n; i++) if (codes[i] !== UFFD_EVENT_PAGEFAULT) others[i] = other(messages.message(i));
+      batch.#length = n;
+      return n;
+    };
+  }
+
+  /** Messages held (from the last read). */
+  get length(): number {
+    return this.#length;
+  }
+
+  #at(i: number): number {
+    if (!(i >= 0 && i < this.#length && (i | 0) === i)) {
+      throw new RangeError(`EventBatch: message ${i} is not in this batch of ${this.#length}`);
+    }
+    return i;
+  }
+
+  /** The kind of message `i`. */
+  type(i: number): UffdEventType {
+    return TYPE_OF_CODE[this.codes[this.#at(i)]!]!;
+  }
+
+  /** Page fault `i`'s address as a number: exact with `EXACT_ADDRESS`, otherwise page-aligned. */
+  address(i: number): number {
+    const address = this.addresses[this.#pagefault(i)]!;
+    if (Number.isNaN(address)) throw new RangeError(`EventBatch: the address of message ${i} is above 2^53`);
+    return address;
+  }
+
+  /** Page fault `i`'s `UFFD_PAGEFAULT_FLAG_*` bits. */
+  flagsOf(i: number): number {
+    return this.flags[this.#pagefault(i)]!;
+  }
+
+  /** Page fault `i` was a write. */
+  write(i: number): boolean {
+    return (this.flags[this.#pagefault(i)]! & FLAG_WRITE) !== 0;
+  }
+
+  /** Page fault `i` was a write to a write-protected page. */
+  wp(i: number): boolean {
+    return (this.flags[this.#pagefault(i)]! & FLAG_WP) !== 0;
+  }
+
+  /** Page fault `i` was a minor fault. */
+  minor(i: number): boolean {
+    return (this.flags[this.#pagefault(i)]! & FLAG_MINOR) !== 0;
+  }
+
+  /** The thread of page fault `i`, when `THREAD_ID` was negotiated. */
+  threadId(i: number): number | undefined {
+    const at = this.#pagefault(i);
+    return this.#hasThreadIds ? this.threadIds[at] : undefined;
+  }
+
+  /**
+   * Message `i` as a typed event object, exact to the kernel's 64 bits (allocates;
+   * the same object each time for events other than faults).
+   */
+  event(i: number): UffdEvent {
+    const at = this.#at(i);
+    const other = this.#others[at];
+    if (other !== undefined) return other;
+    return toEvent(this.#messages.message(at), this.#hasThreadIds, noFork);
+  }
+
+  /**
+   * The messages in order, as one {@linkcode EventView} that moves along: keep
+   * what you need from it, not the view itself. One iteration of a batch at a time.
+   */
+  [Symbol.iterator](): Iterator<EventView> {
+    this.#next = 0;
+    return this.#iterator;
+  }
+
+  #pagefault(i: number): number {
+    const at = this.#at(i);
+    if (this.codes[at] !== UFFD_EVENT_PAGEFAULT) {
+      throw new TypeError(
+        `EventBatch: message ${i} is a ${this.#others[at]?.type ?? "unknown"} event, not a page fault`,
+      );
+    }
+    return at;
+  }
+}
+
+/**
+ * One message of an {@linkcode EventBatch}, as iterating the batch yields it: the
+ * same object for every message (`index` moves), so that a loop over a batch
+ * allocates nothing. The page-fault fields throw for messages of other kinds.
+ *
+ * @example
+ * ```ts
+ * import { EventBatch } from "@uffd/uffd";
+ * const writtenAt = (batch: EventBatch) => {
+ *   const addresses: number[] = [];
+ *   for (const e of batch) if (e.type === "pagefault" && e.write) addresses.push(e.address);
+ *   return addresses;
+ * };
+ * console.log(writtenAt(new EventBatch())); // []
+ * ```
+ */
+export class EventView {
+  /** The message this view shows, in its batch. */
+  index = 0;
+  readonly #batch: EventBatch;
+
+  /** A view of `batch`'s message `index` (batches make their own). */
+  constructor(batch: EventBatch) {
+    this.#batch = batch;
+  }
+
+  /** The kind of the message. */
+  get type(): UffdEventType {
+    return this.#batch.type(this.index);
+  }
+
+  /** The page fault's address, as a number. */
+  get address(): number {
+    return this.#batch.address(this.index);
+  }
+
+  /** The page fault's `UFFD_PAGEFAULT_FLAG_*` bits. */
+  get flags(): number {
+    return this.#batch.flagsOf(this.index);
+  }
+
+  /** The page fault was a write. */
+  get write(): boolean {
+    return this.#batch.write(this.index);
+  }
+
+  /** A write to a write-protected page. */
+  get wp(): boolean {
+    return this.#batch.wp(this.index);
+  }
+
+  /** A minor fault. */
+  get minor(): boolean {
+    return this.#batch.minor(this.index);
+  }
+
+  /** The faulting thread, when `THREAD_ID` was negotiated. */
+  get threadId(): number | undefined {
+    return this.#batch.threadId(this.index);
+  }
+
+  /** The message as a typed event object (allocates). */
+  event(): UffdEvent {
+    return this.#batch.event(this.index);
+  }
+}
+
 // ---------------------------------------------------------------------------
 
 /** Options of {@linkcode Userfaultfd.open}. */
@@ -305,7 +592,8 @@ export class Userfaultfd implements Disposable {
   readonly origin: Origin;
 
   readonly #state: Int32Array;
-  readonly #messages = new Uint8Array(MESSAGES_PER_READ * SIZEOF_UFFD_MSG);
+  /** The batch `readEvents()` reads into. */
+  #messages: EventBatch | undefined;
   readonly #registrations = new Registrations();
   readonly #ioctlMask: bigint;
   /** Where a range validated on the hot path goes (`pageRangeInto`): one object, reused by every call. */
@@ -836,27 +1124,55 @@ export class Userfaultfd implements Disposable {
    * ```
    */
   readEvents(): UffdEvent[] {
-    const operation = "read";
-    this.#check(operation);
     const events: UffdEvent[] = [];
-    const buf = this.#messages;
-    const threadIds = (this.featureMask & UFFD_FEATURE_THREAD_ID) !== 0n;
+    const batch = this.#messages ??= new EventBatch(MESSAGES_PER_READ);
     for (;;) {
-      const got = ops.readMessages(this.fd, buf);
-      if (got < 0) {
-        if (got === -ERRNO.EAGAIN) break;
-        throw kernelError(operation, got, { fd: this.fd });
-      }
-      for (let offset = 0; offset + SIZEOF_UFFD_MSG <= got; offset += SIZEOF_UFFD_MSG) {
-        const event = toEvent(decodeUffdMsg(buf, offset), threadIds, (fd) => Userfaultfd.adopt(fd, this.featureMask));
-        if (event.type === "unmap") this.#registrations.unmapped(event.start, event.end);
-        else if (event.type === "remap") this.#registrations.moved(event.from, event.to, event.length);
-        events.push(event);
-      }
-      if (got < buf.byteLength || !this.nonblocking) break;
+      const n = this.readEventsInto(batch);
+      for (let i = 0; i < n; i++) events.push(batch.event(i));
+      if (n < batch.capacity || !this.nonblocking) break;
     }
     return events;
   }
+
+  /**
+   * Reads the queued messages into `batch` with one `read(2)` — as many as it
+   * holds — and returns how many it read: 0 when none is queued (on a blocking fd
+   * it waits for the first). Page faults are read from the batch in place, with no
+   * object per message: a loop that serves faults this way allocates nothing.
+   * Address-space events are decoded when read (unmap and remap update
+   * `registrations`, a fork's child userfaultfd is adopted), as `readEvents()` does.
+   * Call again while it returns `batch.capacity`: more may be queued.
+   *
+   * @param batch Where the messages go; what it held before is replaced.
+   * @returns Messages read (`batch.length`).
+   * @throws {UffdError} `EBADF` when closed; the `read(2)` error otherwise.
+   *
+   * @example
+   * ```ts
+   * import { EventBatch, Userfaultfd } from "@uffd/uffd";
+   * using uffd = Userfaultfd.open();
+   * const batch = new EventBatch(32);
+   * console.log(uffd.readEventsInto(batch), batch.length); // 0 0
+   * ```
+   */
+  readEventsInto(batch: EventBatch): number {
+    const operation = "read";
+    this.#check(operation);
+    if (!(batch instanceof EventBatch)) throw new TypeError("readEventsInto: batch must be an EventBatch");
+    const threadIds = (this.featureMask & UFFD_FEATURE_THREAD_ID) !== 0n;
+    const n = fillBatch(batch, this.fd, threadIds, this.#decodeOther);
+    if (n >= 0) return n;
+    if (n === -ERRNO.EAGAIN) return 0;
+    throw kernelError(operation, n, { fd: this.fd });
+  }
+
+  /** An address-space event read into a batch, as an object; unmaps and remaps update `registrations`. */
+  readonly #decodeOther = (msg: UffdMsg): UffdEvent => {
+    const event = toEvent(msg, false, (fd) => Userfaultfd.adopt(fd, this.featureMask));
+    if (event.type === "unmap") this.#registrations.unmapped(event.start, event.end);
+    else if (event.type === "remap") this.#registrations.moved(event.from, event.to, event.length);
+    return event;
+  };
 
   /**
    * The events of this userfaultfd as an `AsyncIterable` of batches: every message
