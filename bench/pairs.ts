@@ -235,6 +235,7 @@ export function pairs(options: PairOptions): Pair[] {
     ["batch", "Userfaultfd.readEventsInto() (an EventBatch reused, no object per message)", 1.5],
     ["method", "Userfaultfd.readEvents() (an event object per message)", undefined],
     ["wrapper", "ffi/ MessageBatch read + accessors", undefined],
+    ["raw-symbol", "bare dlopen'd read(2) symbol, nothing decoded (the floor)", undefined],
   ];
   for (const [impl, label, goal] of readImpls) {
     out.push({

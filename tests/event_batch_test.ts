@@ -9,7 +9,7 @@
 import assert from "node:assert/strict";
 import {
   EventBatch,
-  EventView,
+  type EventView,
   Feature,
   MADV_DONTNEED,
   Region,
