@@ -179,8 +179,10 @@ export {
 export {
   acceptedCategories,
   hasPagemapScan,
+  PackedScan,
   pagemapScan,
   PagemapScanner,
+  pagemapScanPacked,
   type PageRange,
   type PreparedQuery,
   prepareQuery,
