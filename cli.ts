@@ -58,13 +58,38 @@ const COMMANDS: Record<string, Command> = {
   },
   semantics: {
     summary: "which writes a write-protect tracker sees: page states x modes, measured",
-    usage: "uffd semantics [--json]",
+    usage: "uffd semantics [--json] [--compare OTHER.json] [--from SAVED.json]",
     details: "For anonymous and memfd memory, 8 scenarios (populated, unpopulated, zeropage, zapped,\n" +
       "read-after-protect, mprotect-roundtrip, unprotected, mremap-moved) and 4 modes (sync,\n" +
-      "sync+unpopulated, async, async+unpopulated): did one write fault, and does PAGEMAP_SCAN report the\n" +
-      "page written before and after it. Each cell runs on its own mapping and userfaultfd.\n" +
-      "Exits 1 when a cell could not run, 3 when no userfaultfd can be created.",
+      "sync+unpopulated, async, async+unpopulated): did one write fault, and is the page reported written\n" +
+      "before and after it (PAGEMAP_SCAN, or the pagemap's uffd-wp bit before Linux 6.7). Each cell runs on\n" +
+      "its own mapping and userfaultfd.\n" +
+      "--compare FILE   print this kernel's matrix beside another's (saved with --json), marking the cells\n" +
+      "                 that differ (reading the file needs --allow-read)\n" +
+      "--from FILE      use a saved matrix instead of measuring (e.g. --from a.json --compare b.json)\n" +
+      "Exits 1 when a cell could not run, 2 for a file that is not a saved matrix, 3 when no userfaultfd\n" +
+      "can be created.",
     load: () => import("./cli/_semantics.ts"),
+  },
+  migrate: {
+    summary: "live migration: a running wasm writer moved to a second process over TCP, rounds and downtime",
+    usage:
+      "uffd migrate --demo [--mode precopy|postcopy|hybrid] [--bandwidth RATE] [--downtime MS] [--memory MIB] [--json]",
+    details: "Starts a wasm writer in a Worker of this process (it fills three quarters of a shared\n" +
+      "WebAssembly.Memory, then keeps stamping its globals and a moving hot spot), starts a second process, and\n" +
+      "moves the writer there while it runs: Migration.send here, Migration.receive there, over loopback TCP.\n" +
+      "Prints each pre-copy round (pages, zero pages, bytes, time, bandwidth, pages dirtied meanwhile, dirty\n" +
+      "rate), the downtime, the bytes, the post-copy's requests and stream; the writer then runs on in the\n" +
+      "second process, and its memory is checked, byte for byte, against an undisturbed run replayed from\n" +
+      "both processes' logs.\n" +
+      "--mode M         precopy (default), postcopy or hybrid (a few pre-copy rounds, then post-copy)\n" +
+      "--bandwidth R    limit the page stream: 100mbit, 1gbit, 50MiB/s, or bytes per second\n" +
+      "--downtime MS    the pause pre-copy aims for (default 20)\n" +
+      "--memory MIB     the writer's memory (default 64; a multiple of 4)\n" +
+      "--destination    (internal) be the demo's second process\n" +
+      "Exits 0 when the migration ran and the check held, 1 when not, 3 when the permissions refuse it\n" +
+      "(the second process needs --allow-run, the Workers --allow-read of the package).",
+    load: () => import("./cli/_migrate.ts"),
   },
   pagemap: {
     summary: "a process's mappings with present/swapped/file/zero/huge page counts and residency",

@@ -16,6 +16,7 @@
  * - `@uffd/uffd/checkpoint`: {@linkcode Checkpoint} and {@linkcode CheckpointReader}.
  * - `@uffd/uffd/snapshot`: {@linkcode LiveSnapshot}, a copy while writers go on.
  * - `@uffd/uffd/lazy`: {@linkcode LazyRegion}, memory filled on first touch.
+ * - `@uffd/uffd/migrate`: {@linkcode Migration}, live migration to another process over TCP.
  * - `@uffd/uffd/cli`: the `uffd` command.
  *
  * Linux only (x86_64, aarch64). Needs `--allow-ffi`; what starts a Worker also
@@ -25,7 +26,7 @@
  * ```ts
  * import { Feature, Region, Userfaultfd } from "@uffd/uffd";
  * using mem = Region.map(64 * Region.pageSize);
- * using uffd = Userfaultfd.open({ features: [Feature.WP_ASYNC, Feature.WP_UNPOPULATED] });
+ * using uffd = Userfaultfd.open({ require: [Feature.WP_ASYNC, Feature.WP_UNPOPULATED] });
  * uffd.register(mem, { wp: true });
  * uffd.writeProtect(mem);
  * mem.bytes[5 * Region.pageSize] = 1; // resolved by the kernel: WP_ASYNC
@@ -252,6 +253,7 @@ export {
   type WpMode,
   type WpScenario,
   type WpSemanticsOptions,
+  type WrittenSource,
   type ZeroFill,
   type ZeroPageTraits,
 } from "./kernel/mod.ts";
@@ -325,5 +327,23 @@ export {
   type LazySourceInfo,
   type LazyState,
   type LazyStats,
+  type ModulePageSource,
   type PageFiller,
 } from "./lazy/mod.ts";
+
+export {
+  Migration,
+  type MigrationEndpoint,
+  MigrationError,
+  type MigrationErrorCode,
+  type MigrationErrorInit,
+  MigrationListener,
+  type MigrationMode,
+  type MigrationProgress,
+  type MigrationResult,
+  type ReceivedMigration,
+  type ReceiveOptions,
+  type ReceiveStats,
+  type RoundStats,
+  type SendOptions,
+} from "./migrate/mod.ts";

@@ -354,7 +354,13 @@ async function main(argv: string[]): Promise<number> {
   if (!opts.json) console.log(`\nREADME.md, Performance:\n${line}`);
   if (opts.write) {
     const path = here("./RESULTS.md");
-    await Deno.writeTextFile(path, resultsMarkdown(report));
+    // The live migration's section is bench:migrate's (bench/migrate.ts): kept as it is.
+    const old = await Deno.readTextFile(path).catch(() => "");
+    const [begin, end] = ["<!-- migrate:begin -->", "<!-- migrate:end -->"];
+    const kept = old.includes(begin) && old.includes(end)
+      ? `\n\n${old.slice(old.indexOf(begin), old.indexOf(end) + end.length)}\n`
+      : "";
+    await Deno.writeTextFile(path, resultsMarkdown(report).trimEnd() + kept);
     await new Deno.Command(Deno.execPath(), { args: ["fmt", "--quiet", path] }).output();
     progress(`wrote ${path}`);
     if (report.mode === "full") {

@@ -6,6 +6,9 @@
  * returns runs of pages, never one entry per page), so it stays fast on processes
  * with gigabytes mapped. A mapping PAGEMAP_SCAN refuses (`[vsyscall]`, which lies
  * outside the user address space) is marked unreadable; the rest still print.
+ * Before Linux 6.7 (no PAGEMAP_SCAN) the same counts come from the 64-bit entries
+ * of `/proc/<pid>/pagemap`, read only for the mappings `/proc/<pid>/smaps` says
+ * hold something, and the huge pages from smaps' per-mapping sizes.
  *
  * @module
  */
@@ -14,7 +17,7 @@ import { parseArgs } from "node:util";
 import {
   type Category,
   hasPagemapScan,
-  kernelRelease,
+  kernelProfile,
   type Mapping,
   PAGE_IS_FILE,
   PAGE_IS_HUGE,
@@ -23,7 +26,13 @@ import {
   PAGE_IS_SWAPPED,
   pagemapScan,
   type Pid,
+  PM_FILE,
+  PM_MMAP_EXCLUSIVE,
+  PM_PFN_MASK,
+  PM_PRESENT,
+  PM_SWAP,
   readMaps,
+  readPagemapRaw,
   readProcFile,
   Region,
   UffdError,
@@ -84,6 +93,13 @@ export interface PagemapReport {
   };
   /** One entry per mapping. */
   vmas: VmaReport[];
+  /**
+   * How the pages were counted: `"PAGEMAP_SCAN"`, or `"pagemap"` — the entries of
+   * `/proc/<pid>/pagemap` and `/proc/<pid>/smaps` on a kernel without PAGEMAP_SCAN
+   * (where PFNs are hidden, without `CAP_SYS_ADMIN`, a zero page is a present page
+   * mapped by more than one process, which may also be a page shared after `fork`).
+   */
+  source: "PAGEMAP_SCAN" | "pagemap";
   /** Time spent scanning, in milliseconds. */
   elapsedMs: number;
 }
@@ -151,21 +167,116 @@ export function scanVma(start: bigint, end: bigint, pid: Pid): Omit<VmaReport, "
     if (c & PAGE_IS_HUGE) counts.huge += n;
     if ((c & PAGE_IS_PRESENT) === 0n) continue;
     counts.present += n;
-    // Cell k covers pages [ceil(k*pages/cells), ceil((k+1)*pages/cells)); page p is in cell floor(p*cells/pages).
-    const first = r.firstPage;
-    const last = first + n; // exclusive
-    for (let k = Math.floor(first * cells / pages); k < cells; k++) {
-      const cellStart = Math.ceil(k * pages / cells);
-      if (cellStart >= last) break;
-      const cellEnd = Math.ceil((k + 1) * pages / cells);
-      presentInCell[k]! += Math.min(cellEnd, last) - Math.max(cellStart, first);
-    }
+    addPresent(presentInCell, pages, r.firstPage, r.firstPage + n);
   }
-  const residency = presentInCell.map((present, k) => {
+  return { pages, ...counts, residency: residencyOf(presentInCell, pages) };
+}
+
+/** The bar's cells for a run of present pages `[first, last)` of `pages`, added into `presentInCell`. */
+function addPresent(presentInCell: number[], pages: number, first: number, last: number): void {
+  const cells = presentInCell.length;
+  // Cell k covers pages [ceil(k*pages/cells), ceil((k+1)*pages/cells)); page p is in cell floor(p*cells/pages).
+  for (let k = Math.floor(first * cells / pages); k < cells; k++) {
+    const cellStart = Math.ceil(k * pages / cells);
+    if (cellStart >= last) break;
+    const cellEnd = Math.ceil((k + 1) * pages / cells);
+    presentInCell[k]! += Math.min(cellEnd, last) - Math.max(cellStart, first);
+  }
+}
+
+function residencyOf(presentInCell: number[], pages: number): number[] {
+  const cells = presentInCell.length;
+  return presentInCell.map((present, k) => {
     const size = Math.ceil((k + 1) * pages / cells) - Math.ceil(k * pages / cells);
     return Math.round(present / size * 1000) / 1000;
   });
-  return { pages, ...counts, residency };
+}
+
+/** What `/proc/<pid>/smaps` says about one mapping: whether anything is in it, and its huge-page bytes. */
+export interface SmapsEntry {
+  /** Resident or swapped bytes (`Rss` + `Swap`). */
+  inUse: number;
+  /** Bytes mapped by huge pages (THP: `AnonHugePages`, `ShmemPmdMapped`, `FilePmdMapped`; hugetlb). */
+  huge: number;
+}
+
+/** Parses `/proc/<pid>/smaps` into one entry per mapping, keyed by its start address. */
+export function parseSmaps(text: string): Map<bigint, SmapsEntry> {
+  const out = new Map<bigint, SmapsEntry>();
+  let current: SmapsEntry | undefined;
+  for (const line of text.split("\n")) {
+    const head = /^([0-9a-f]+)-[0-9a-f]+ /.exec(line);
+    if (head) {
+      current = { inUse: 0, huge: 0 };
+      out.set(BigInt(`0x${head[1]}`), current);
+      continue;
+    }
+    const field = /^(\w+):\s+(\d+) kB/.exec(line);
+    if (!field || !current) continue;
+    const bytes = Number(field[2]) * 1024;
+    if (field[1] === "Rss" || field[1] === "Swap") current.inUse += bytes;
+    if (/^(AnonHugePages|ShmemPmdMapped|FilePmdMapped|Shared_Hugetlb|Private_Hugetlb)$/.test(field[1]!)) {
+      current.huge += bytes;
+    }
+  }
+  return out;
+}
+
+/** Entries read at a time from `/proc/<pid>/pagemap` (512 KiB). */
+const PAGEMAP_CHUNK = 65536;
+let entries: BigUint64Array | undefined;
+
+/**
+ * Counts one mapping from the entries of `/proc/<pid>/pagemap` (a kernel without
+ * PAGEMAP_SCAN): present, swapped, file (present or swapped, not anonymous), the zero
+ * page (its PFN where visible, else present and mapped by more than this process) and
+ * the residency bar; the huge pages from `smaps`. A mapping smaps says holds nothing is
+ * not read at all (a reservation of terabytes costs nothing then).
+ */
+export function readVma(
+  start: bigint,
+  end: bigint,
+  pid: Pid,
+  smaps: SmapsEntry | undefined,
+): Omit<VmaReport, "perms" | "path" | "start" | "end"> {
+  const PAGE_SIZE_N = BigInt(Region.pageSize);
+  const pages = Number((end - start) / PAGE_SIZE_N);
+  const presentInCell = new Array<number>(Math.min(BAR_CELLS, pages)).fill(0);
+  const counts = { present: 0, swapped: 0, file: 0, zero: 0, huge: 0 };
+  // One entry even where nothing is in use: a mapping beyond the pagemap (`[vsyscall]`) says so (EFAULT).
+  if (smaps !== undefined && smaps.inUse === 0) readPagemapRaw({ address: start, length: PAGE_SIZE_N }, { pid });
+  else {
+    const profile = kernelProfile();
+    const zeroPfn = profile.pagemap.pfnVisible ? profile.zeroPage.zeroPfn : null;
+    entries ??= new BigUint64Array(PAGEMAP_CHUNK);
+    let runStart = -1;
+    for (let done = 0; done < pages;) {
+      const want = Math.min(PAGEMAP_CHUNK, pages - done);
+      const raw = readPagemapRaw(
+        { address: start + BigInt(done) * PAGE_SIZE_N, length: BigInt(want) * PAGE_SIZE_N },
+        { pid, into: entries },
+      );
+      for (let i = 0; i < want; i++) {
+        const e = raw[i]!;
+        const present = (e & PM_PRESENT) !== 0n;
+        if ((e & PM_SWAP) !== 0n) counts.swapped++;
+        if ((e & PM_FILE) !== 0n) counts.file++;
+        if (present) {
+          counts.present++;
+          const zero = zeroPfn !== null ? (e & PM_PFN_MASK) === zeroPfn : (e & (PM_MMAP_EXCLUSIVE | PM_FILE)) === 0n;
+          if (zero) counts.zero++;
+          if (runStart < 0) runStart = done + i;
+        } else if (runStart >= 0) {
+          addPresent(presentInCell, pages, runStart, done + i);
+          runStart = -1;
+        }
+      }
+      done += want;
+    }
+    if (runStart >= 0) addPresent(presentInCell, pages, runStart, pages);
+  }
+  counts.huge = Math.min(pages, Math.round((smaps?.huge ?? 0) / Region.pageSize));
+  return { pages, ...counts, residency: residencyOf(presentInCell, pages) };
 }
 
 /** One character per cell: `·` nothing present, `░ ▒ ▓` partly, `█` all. */
@@ -207,6 +318,10 @@ function mapsOf(pid: Pid): Mapping[] {
 export function pagemapReport(pid: Pid, range?: { start: bigint; end: bigint }): PagemapReport {
   const maps = mapsOf(pid);
   const started = performance.now();
+  // The profile's decision (a test may force the pagemap file on a kernel with PAGEMAP_SCAN).
+  const scan = hasPagemapScan() && kernelProfile().pageBits === "pagemap-scan";
+  const smapsText = scan ? undefined : readProcFile(`/proc/${pid}/smaps`);
+  const smaps = smapsText === undefined ? undefined : parseSmaps(smapsText);
   const vmas: VmaReport[] = [];
   for (const m of maps) {
     const start = range && range.start > m.start ? range.start : m.start;
@@ -214,7 +329,7 @@ export function pagemapReport(pid: Pid, range?: { start: bigint; end: bigint }):
     if (start >= end) continue;
     const base = { start: hex(start), end: hex(end), perms: m.perms, path: m.path };
     try {
-      vmas.push({ ...base, ...scanVma(start, end, pid) });
+      vmas.push({ ...base, ...(scan ? scanVma(start, end, pid) : readVma(start, end, pid, smaps?.get(m.start))) });
     } catch (e) {
       if (!(e instanceof UffdError)) throw e;
       if (e.code === "EACCES" || e.code === "EPERM") {
@@ -258,6 +373,7 @@ export function pagemapReport(pid: Pid, range?: { start: bigint; end: bigint }):
       huge: sum("huge"),
     },
     vmas,
+    source: scan ? "PAGEMAP_SCAN" : "pagemap",
     elapsedMs,
   };
 }
@@ -288,7 +404,11 @@ export function printPagemap(report: PagemapReport): void {
   console.log(
     dim(
       `counts are ${report.pageSize}-byte pages; residency: ${BAR_CELLS} cells across each mapping, ` +
-        `· none present ░ ▒ ▓ partly █ all; one PAGEMAP_SCAN walk per mapping, ${report.elapsedMs} ms in all`,
+        `· none present ░ ▒ ▓ partly █ all; ${
+          report.source === "PAGEMAP_SCAN"
+            ? "one PAGEMAP_SCAN walk per mapping"
+            : "read from /proc/<pid>/pagemap and smaps (no PAGEMAP_SCAN on this kernel)"
+        }, ${report.elapsedMs} ms in all`,
     ),
   );
 }
@@ -304,10 +424,6 @@ export function run(args: string[]): number {
   if (positionals.length > 1) throw new UsageError(`one process at a time (got ${positionals.join(" ")})`);
   const pid = parsePid(positionals[0]);
   const range = values.range === undefined ? undefined : parseRange(values.range);
-  if (!hasPagemapScan()) {
-    console.error(red(`uffd pagemap: this kernel (${kernelRelease()}) has no PAGEMAP_SCAN (Linux 6.7+)`));
-    return EXIT.refused;
-  }
   let report: PagemapReport;
   try {
     report = pagemapReport(pid, range);

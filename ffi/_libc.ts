@@ -55,6 +55,20 @@ const symbols = {
   memset_nonblocking: { name: "memset", parameters: ["u64", "i32", "usize"], result: "u64", nonblocking: true },
   memcpy_nonblocking: { name: "memcpy", parameters: ["u64", "u64", "usize"], result: "u64", nonblocking: true },
   __errno_location: { parameters: [], result: "pointer" },
+  // TCP sockets, for the live migration (buffers by address: pages go out of and into any memory).
+  socket: { parameters: ["i32", "i32", "i32"], result: "i32" },
+  bind: { parameters: ["i32", "buffer", "u32"], result: "i32" },
+  listen: { parameters: ["i32", "i32"], result: "i32" },
+  accept4: { parameters: ["i32", "buffer", "buffer", "i32"], result: "i32" },
+  connect: { parameters: ["i32", "buffer", "u32"], result: "i32" },
+  getsockname: { parameters: ["i32", "buffer", "buffer"], result: "i32" },
+  setsockopt: { parameters: ["i32", "i32", "i32", "buffer", "u32"], result: "i32" },
+  getsockopt: { parameters: ["i32", "i32", "i32", "buffer", "buffer"], result: "i32" },
+  shutdown: { parameters: ["i32", "i32"], result: "i32" },
+  send: { parameters: ["i32", "usize", "usize", "i32"], result: "isize" },
+  recv: { parameters: ["i32", "usize", "usize", "i32"], result: "isize" },
+  send_nonblocking: { name: "send", parameters: ["i32", "usize", "usize", "i32"], result: "isize", nonblocking: true },
+  recv_nonblocking: { name: "recv", parameters: ["i32", "usize", "usize", "i32"], result: "isize", nonblocking: true },
 } as const satisfies Deno.ForeignLibraryInterface;
 
 const libc = Deno.dlopen("libc.so.6", symbols).symbols;
@@ -382,4 +396,113 @@ export function bufferAt(address: bigint, length: number): ArrayBuffer {
   const pointer = Deno.UnsafePointer.create(address);
   if (pointer === null || length === 0) return new ArrayBuffer(0);
   return Deno.UnsafePointerView.getArrayBuffer(pointer, length);
+}
+
+// --- TCP sockets (the live migration) ---
+
+/** `socket(domain, type, protocol)`: a descriptor, or `-errno`. */
+export function socket(domain: number, type: number, protocol = 0): number {
+  return orErrno(libc.socket(domain, type, protocol));
+}
+
+/** `bind(fd, address, length)` with a `struct sockaddr_in`/`_in6` in `address`: 0, or `-errno`. */
+export function bind(fd: number, address: Uint8Array): number {
+  return orErrno(libc.bind(fd, address, address.byteLength));
+}
+
+/** `listen(fd, backlog)`: 0, or `-errno`. */
+export function listen(fd: number, backlog: number): number {
+  return orErrno(libc.listen(fd, backlog));
+}
+
+/** `accept4(fd, NULL, NULL, flags)`: the connection's descriptor, or `-errno`. */
+export function accept4(fd: number, flags: number): number {
+  return orErrno(libc.accept4(fd, null, null, flags));
+}
+
+/** `connect(fd, address, length)`: 0, or `-errno` (`-EINPROGRESS` on a non-blocking socket). */
+export function connect(fd: number, address: Uint8Array): number {
+  return orErrno(libc.connect(fd, address, address.byteLength));
+}
+
+const socklen = new Uint32Array(1);
+const socklenBytes = new Uint8Array(socklen.buffer);
+
+/** `getsockname(fd, address, &length)` into `address` (its whole length offered): the length, or `-errno`. */
+export function getsockname(fd: number, address: Uint8Array): number {
+  socklen[0] = address.byteLength;
+  const rc = orErrno(libc.getsockname(fd, address, socklenBytes));
+  return rc < 0 ? rc : socklen[0]!;
+}
+
+const optionValue = new Int32Array(4);
+const optionBytes = new Uint8Array(optionValue.buffer);
+
+/** `setsockopt(fd, level, name, &value, 4)` with an `int` value: 0, or `-errno`. */
+export function setsockoptInt(fd: number, level: number, name: number, value: number): number {
+  optionValue[0] = value;
+  return orErrno(libc.setsockopt(fd, level, name, optionBytes.subarray(0, 4), 4));
+}
+
+/** `setsockopt(fd, level, name, value, length)` with the option's bytes: 0, or `-errno`. */
+export function setsockoptBytes(fd: number, level: number, name: number, value: Uint8Array): number {
+  return orErrno(libc.setsockopt(fd, level, name, value, value.byteLength));
+}
+
+/** `getsockopt(fd, level, name, &value, &length)` of an `int` option: the value, or `-errno`. */
+export function getsockoptInt(fd: number, level: number, name: number): number {
+  socklen[0] = 4;
+  const rc = orErrno(libc.getsockopt(fd, level, name, optionBytes.subarray(0, 4), socklenBytes));
+  return rc < 0 ? rc : optionValue[0]!;
+}
+
+/** `shutdown(fd, how)`: 0, or `-errno`. Wakes every thread blocked in a `send` or `recv` on the socket. */
+export function shutdown(fd: number, how: number): number {
+  return orErrno(libc.shutdown(fd, how));
+}
+
+const F_GETFL = 3;
+const F_SETFL = 4;
+const O_NONBLOCK_FLAG = 0o4000;
+
+/** Sets or clears `O_NONBLOCK` on `fd` (`fcntl` `F_GETFL`/`F_SETFL`): 0, or `-errno`. */
+export function setNonblocking(fd: number, on: boolean): number {
+  const flags = orErrno(libc.fcntl(fd, F_GETFL, 0n));
+  if (flags < 0) return flags;
+  const next = on ? flags | O_NONBLOCK_FLAG : flags & ~O_NONBLOCK_FLAG;
+  return next === flags ? 0 : orErrno(libc.fcntl(fd, F_SETFL, BigInt(next)));
+}
+
+/** `send(fd, address, length, flags)` from raw memory on this thread: bytes sent, or `-errno`. */
+export function sendAt(fd: number, address: number | bigint, length: number, flags: number): number {
+  return orErrnoBig(libc.send(fd, BigInt(address), BigInt(length), flags));
+}
+
+/** `recv(fd, address, length, flags)` into raw memory on this thread: bytes received (0: the peer closed), or `-errno`. */
+export function recvAt(fd: number, address: number | bigint, length: number, flags: number): number {
+  return orErrnoBig(libc.recv(fd, BigInt(address), BigInt(length), flags));
+}
+
+/**
+ * `send` on one of Deno's blocking-pool threads (this isolate goes on meanwhile):
+ * bytes sent, or `-1` (errno lives on that thread: ask the socket's `SO_ERROR`).
+ * The memory must stay mapped and untouched until the promise settles.
+ */
+export async function sendAtOffThread(
+  fd: number,
+  address: number | bigint,
+  length: number,
+  flags: number,
+): Promise<number> {
+  return Number(await libc.send_nonblocking(fd, BigInt(address), BigInt(length), flags));
+}
+
+/** `recv` on one of Deno's blocking-pool threads: bytes received (0: the peer closed), or `-1` (see `sendAtOffThread`). */
+export async function recvAtOffThread(
+  fd: number,
+  address: number | bigint,
+  length: number,
+  flags: number,
+): Promise<number> {
+  return Number(await libc.recv_nonblocking(fd, BigInt(address), BigInt(length), flags));
 }

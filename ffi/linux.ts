@@ -123,3 +123,49 @@ export const POLLERR = 0x8;
 export const POLLHUP = 0x10;
 /** `POLLNVAL` */
 export const POLLNVAL = 0x20;
+/** `POLLOUT` */
+export const POLLOUT = 0x4;
+
+// TCP sockets (the live migration's connections).
+/** `AF_INET` */
+export const AF_INET = 2;
+/** `AF_INET6` */
+export const AF_INET6 = 10;
+/** `SOCK_STREAM` */
+export const SOCK_STREAM = 1;
+/** `SOCK_NONBLOCK` (a flag of `socket`'s and `accept4`'s type) */
+export const SOCK_NONBLOCK: number = O_NONBLOCK;
+/** `SOCK_CLOEXEC` (a flag of `socket`'s and `accept4`'s type) */
+export const SOCK_CLOEXEC: number = O_CLOEXEC;
+/** `SOL_SOCKET` */
+export const SOL_SOCKET = 1;
+/** `SO_REUSEADDR` */
+export const SO_REUSEADDR = 2;
+/** `SO_ERROR` */
+export const SO_ERROR = 4;
+/** `SO_SNDBUF` */
+export const SO_SNDBUF = 7;
+/** `SO_RCVBUF` */
+export const SO_RCVBUF = 8;
+/** `SO_KEEPALIVE` */
+export const SO_KEEPALIVE = 9;
+/** `IPPROTO_TCP` */
+export const IPPROTO_TCP = 6;
+/** `TCP_NODELAY` */
+export const TCP_NODELAY = 1;
+/** `MSG_DONTWAIT` */
+export const MSG_DONTWAIT = 0x40;
+/** `MSG_WAITALL` */
+export const MSG_WAITALL = 0x100;
+/** `MSG_NOSIGNAL`: a write to a connection the peer closed fails with `EPIPE` instead of raising `SIGPIPE`. */
+export const MSG_NOSIGNAL = 0x4000;
+/** `SHUT_RD` */
+export const SHUT_RD = 0;
+/** `SHUT_WR` */
+export const SHUT_WR = 1;
+/** `SHUT_RDWR` */
+export const SHUT_RDWR = 2;
+/** `F_GETFL` (`fcntl`) */
+export const F_GETFL = 3;
+/** `F_SETFL` (`fcntl`) */
+export const F_SETFL = 4;

@@ -112,7 +112,7 @@ export const FEATURE_MASK: Readonly<Record<Feature, bigint>> = Object.freeze(
  * @example
  * ```ts
  * import { Feature, Userfaultfd } from "@uffd/uffd";
- * using uffd = Userfaultfd.open({ features: [Feature.WP_ASYNC, Feature.WP_UNPOPULATED] });
+ * using uffd = Userfaultfd.open({ require: [Feature.WP_ASYNC, Feature.WP_UNPOPULATED] });
  * console.log(uffd.features.has(Feature.WP_ASYNC));
  * ```
  */

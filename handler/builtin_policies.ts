@@ -51,8 +51,8 @@ function refuse(policy: string, fault: Fault, serves: string): never {
  * using mem = Region.map(64 * Region.pageSize, { populate: true });
  * using uffd = Userfaultfd.open();
  * uffd.register(mem, { wp: true });
- * uffd.writeProtect(mem);
  * await using handler = await FaultHandler.start(uffd, policies.unprotect({ chunk: 4 }));
+ * uffd.writeProtect(mem);
  * mem.bytes[5 * Region.pageSize] = 1; // the main isolate blocks until the Worker unprotects pages 4–7
  * console.log(handler.collect()); // [{ firstPage: 4, pages: 4 }]
  * ```

@@ -13,8 +13,8 @@
  * using mem = Region.map(256 * Region.pageSize, { populate: true });
  * using uffd = Userfaultfd.open();
  * uffd.register(mem, { wp: true });
- * uffd.writeProtect(mem);
  * await using handler = await FaultHandler.start(uffd, policies.unprotect());
+ * uffd.writeProtect(mem);
  * mem.bytes[3 * Region.pageSize] = 1; // blocks until the Worker unprotects page 3
  * mem.bytes[9 * Region.pageSize] = 1;
  * console.log(handler.collect()); // [{ firstPage: 3, pages: 1 }, { firstPage: 9, pages: 1 }] — re-protected
@@ -556,8 +556,8 @@ export class FaultHandler implements AsyncDisposable {
    * using mem = Region.map(8 * Region.pageSize, { populate: true });
    * using uffd = Userfaultfd.open();
    * uffd.register(mem, { wp: true });
-   * uffd.writeProtect(mem);
    * await using handler = await FaultHandler.start(uffd, policies.unprotect());
+   * uffd.writeProtect(mem);
    * mem.page(2)[0] = 1;
    * console.log(handler.collect(), handler.collect()); // [{ firstPage: 2, pages: 1 }] []
    * ```
@@ -577,8 +577,8 @@ export class FaultHandler implements AsyncDisposable {
    * using mem = Region.map(8 * Region.pageSize, { populate: true });
    * using uffd = Userfaultfd.open();
    * uffd.register(mem, { wp: true });
-   * uffd.writeProtect(mem);
    * await using handler = await FaultHandler.start(uffd, policies.unprotect({ chunk: 2 }));
+   * uffd.writeProtect(mem);
    * mem.page(5)[0] = 1;
    * console.log(handler.written()); // [{ firstPage: 4, pages: 2 }]
    * ```
@@ -650,8 +650,8 @@ export class FaultHandler implements AsyncDisposable {
    * using b = Region.map(2 * Region.pageSize, { populate: true });
    * using uffd = Userfaultfd.open();
    * uffd.register(a, { wp: true });
-   * uffd.writeProtect(a);
    * await using handler = await FaultHandler.start(uffd, policies.unprotect(), { maxPages: 4 });
+   * uffd.writeProtect(a);
    * uffd.register(b, { wp: true });
    * handler.addRanges([b]); // b's pages are 2 and 3
    * uffd.writeProtect(b);

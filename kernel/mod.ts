@@ -238,4 +238,5 @@ export {
   type WpMode,
   type WpScenario,
   type WpSemanticsOptions,
+  type WrittenSource,
 } from "./semantics.ts";

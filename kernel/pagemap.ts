@@ -127,7 +127,8 @@ const RAW_CHUNK = 65536;
  * @param range A page-aligned range (a `Region` is widened to its `pageSpan`).
  * @param options `pid` (default `"self"`), and `into`, a reused array of at least one entry per page.
  * @returns `into`, or a new array of one raw entry per page.
- * @throws {UffdError} `E2BIG` beyond 2^24 pages; `ESRCH`, `EACCES` for another process.
+ * @throws {UffdError} `E2BIG` beyond 2^24 pages; `EFAULT` beyond the user address space; `ESRCH`, `EACCES` for
+ *   another process.
  *
  * @example
  * ```ts
@@ -172,7 +173,15 @@ export function readPagemapRaw(range: Range, options?: { pid?: Pid; into?: BigUi
           got === -ERRNO.ESRCH ? `process ${pid} has exited` : undefined,
         );
       }
-      if (got === 0) break;
+      if (got === 0) {
+        // The pagemap ends where the user address space does: nothing there to report.
+        throw new UffdError({
+          errno: ERRNO.EFAULT,
+          operation,
+          args: { start: address, pages: want, pid },
+          detail: "the range lies beyond the user address space (the pagemap ends before it)",
+        });
+      }
       done += got;
     }
   } finally {

@@ -22,7 +22,7 @@
  */
 
 import { kernelRelease } from "./access.ts";
-import { failure } from "./errors.ts";
+import { failure, UffdError } from "./errors.ts";
 import * as libc from "../ffi/_libc.ts";
 import { PAGE_SIZE, PAGE_SIZE_N } from "../ffi/_libc.ts";
 import {
@@ -31,8 +31,11 @@ import {
   MADV_NOHUGEPAGE,
   MADV_POPULATE_READ,
   MAP_ANONYMOUS,
+  MAP_FIXED,
   MAP_NORESERVE,
   MAP_PRIVATE,
+  MAP_SHARED,
+  MFD_CLOEXEC,
   PROT_READ,
   PROT_WRITE,
 } from "../ffi/linux.ts";
@@ -133,6 +136,18 @@ export interface ThpTraits {
   readonly useZeroPage: boolean | null;
   /** `hpage_pmd_size` in bytes. */
   readonly pmdSize: number | null;
+  /**
+   * A write fault can populate pages of a *neighbouring* mapping: two adjacent private
+   * anonymous mappings with the same flags merge into one, and a transparent huge page
+   * faulted in through one fills the whole 2 MiB block, the other's share included
+   * (measured: THP `always`; `madvise` only with `MADV_HUGEPAGE`, which also stops the
+   * merge). A region registered for missing faults after such a write finds zero-filled
+   * pages it never touched — the "lost data" of a bounce buffer mapped next to it — and
+   * a write tracker sees 512 pages change at once. `Region.map` therefore maps private
+   * anonymous memory `MADV_NOHUGEPAGE` where this is true (see `MapOptions.thp`).
+   * `null`: not measured.
+   */
+  readonly fillsNeighbours: boolean | null;
 }
 
 /** The running kernel, measured: see the module documentation. */
@@ -150,6 +165,11 @@ export interface KernelProfile {
     /** The raw `UFFDIO_API` feature mask, in hex (`null` when none could be created). */
     readonly featureMask: string | null;
     readonly features: readonly Feature[];
+    /**
+     * `UFFDIO_CONTINUE` accepts `UFFDIO_CONTINUE_MODE_WP` (Linux 6.4; no feature bit says so), measured on a
+     * memfd page (`null`: no userfaultfd, or no minor faults on shmem to measure it with).
+     */
+    readonly continueWp: boolean | null;
     /** Why no userfaultfd could be created. */
     readonly error?: string;
   };
@@ -157,6 +177,13 @@ export interface KernelProfile {
   readonly zeroPage: ZeroPageTraits;
   /** How never-touched pages are made protectable without `WP_UNPOPULATED` (decided from {@linkcode zeroPage}). */
   readonly untouchedFill: UntouchedFill;
+  /**
+   * How the library reads which pages are protected and which hold data (decided from
+   * {@linkcode pagemapScan} and {@linkcode pagemap}): `"pagemap-scan"` where PAGEMAP_SCAN
+   * exists and its `PFNZERO` answers hold, else `"pagemap"` — the 64-bit entries of
+   * `/proc/<pid>/pagemap` (present, exclusive, PFN, swapped, the uffd-wp bit).
+   */
+  readonly pageBits: "pagemap-scan" | "pagemap";
   /** `/proc/<pid>/pagemap` traits. */
   readonly pagemap: {
     /** PFNs are visible to this process (CAP_SYS_ADMIN); otherwise they read as 0. */
@@ -173,7 +200,9 @@ export interface KernelProfile {
 }
 
 let cache: KernelProfile | undefined;
-let override: Partial<Pick<KernelProfile, "untouchedFill">> | undefined;
+/** The decisions of the profile a test may replace ({@linkcode overrideKernelProfile}). */
+export type ProfileDecisions = Partial<Pick<KernelProfile, "untouchedFill" | "pageBits">>;
+let override: ProfileDecisions | undefined;
 
 /**
  * The running kernel's profile, measured on the first call (a few milliseconds) and
@@ -199,7 +228,7 @@ export function kernelProfile(): KernelProfile {
  * measured profile. Only a choice that does what its name says on this kernel is
  * accepted (`"populate-read"` where `MADV_POPULATE_READ` maps the zero page,
  * `"populate-allocates"` where it allocates, `"uffd-zeropage"` where `UFFDIO_ZEROPAGE`
- * maps the zero page).
+ * maps the zero page; `pageBits: "pagemap"` everywhere, `"pagemap-scan"` where it works).
  *
  * @example
  * ```ts
@@ -209,7 +238,10 @@ export function kernelProfile(): KernelProfile {
  * overrideKernelProfile(undefined);
  * ```
  */
-export function overrideKernelProfile(decisions: Partial<Pick<KernelProfile, "untouchedFill">> | undefined): void {
+export function overrideKernelProfile(decisions: ProfileDecisions | undefined): void {
+  if (decisions?.pageBits === "pagemap-scan" && (cache ??= measure()).pageBits !== "pagemap-scan") {
+    throw new Error("overrideKernelProfile: PAGEMAP_SCAN does not work on this kernel");
+  }
   if (decisions?.untouchedFill !== undefined) {
     const z = (cache ??= measure()).zeroPage;
     const works: Record<UntouchedFill, boolean> = {
@@ -256,19 +288,66 @@ function selected(path: string): string | null {
   return text === undefined ? null : /\[([^\]]+)\]/.exec(text)?.[1] ?? text.trim();
 }
 
+let thpCache: ThpTraits | null | undefined;
+
+/**
+ * The transparent-huge-page traits alone ({@linkcode KernelProfile.thp}), measured once
+ * per isolate without the rest of the profile (`Region.map` asks for them).
+ *
+ * @example
+ * ```ts
+ * import { thpTraits } from "./profile.ts";
+ * console.log(thpTraits()?.enabled); // e.g. "madvise"
+ * ```
+ */
+export function thpTraits(): ThpTraits | null {
+  if (thpCache === undefined) thpCache = thp();
+  return thpCache;
+}
+
 function thp(): ThpTraits | null {
   const dir = "/sys/kernel/mm/transparent_hugepage";
   const enabled = selected(`${dir}/enabled`);
   if (enabled === null) return null;
   const pmd = readText(`${dir}/hpage_pmd_size`);
   const zero = readText(`${dir}/use_zero_page`);
+  const pmdSize = pmd === undefined ? null : Number(pmd.trim());
   return Object.freeze({
     enabled,
     defrag: selected(`${dir}/defrag`),
     shmemEnabled: selected(`${dir}/shmem_enabled`),
     useZeroPage: zero === undefined ? null : zero.trim() === "1",
-    pmdSize: pmd === undefined ? null : Number(pmd.trim()),
+    pmdSize,
+    fillsNeighbours: pmdSize ? fillsNeighbours(pmdSize) : null,
   });
+}
+
+/**
+ * Two adjacent private anonymous mappings whose boundary lies in the middle of a
+ * PMD-aligned block; a write to the first, in that block: are pages of the second
+ * present afterwards? (See `ThpTraits.fillsNeighbours`.)
+ */
+function fillsNeighbours(pmd: number): boolean | null {
+  const PMD = BigInt(pmd);
+  const flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE;
+  const reserve = libc.mmap(0n, 3n * PMD, PROT_READ | PROT_WRITE, flags, -1, 0n);
+  if (reserve < 0n) return null;
+  try {
+    const block = (reserve + PMD - 1n) / PMD * PMD; // a whole aligned block inside the reservation
+    const boundary = block + PMD / 2n;
+    // Two mappings made one by one (MAP_FIXED over the reservation): [reserve, boundary) and [boundary, end).
+    const end = reserve + 3n * PMD;
+    if (libc.mmap(reserve, boundary - reserve, PROT_READ | PROT_WRITE, flags | MAP_FIXED, -1, 0n) !== reserve) {
+      return null;
+    }
+    if (libc.mmap(boundary, end - boundary, PROT_READ | PROT_WRITE, flags | MAP_FIXED, -1, 0n) !== boundary) {
+      return null;
+    }
+    new Uint8Array(libc.bufferAt(block, 1))[0] = 1; // in the first mapping, in the shared block
+    return (entry(boundary) & PM_PRESENT) !== 0n;
+  } finally {
+    libc.munmap(reserve, 3n * PMD);
+  }
 }
 
 function measure(): KernelProfile {
@@ -280,7 +359,7 @@ function measure(): KernelProfile {
     error = e instanceof Error ? e.message : String(e);
   }
   const has = (f: Feature) => support?.features.has(f) === true;
-  const huge = thp();
+  const huge = thpTraits();
 
   // A read fault, and what it mapped.
   let readFault = true;
@@ -306,7 +385,8 @@ function measure(): KernelProfile {
   if (support !== undefined) {
     try {
       using m = scratch(2n * PAGE_SIZE_N);
-      using uffd = Userfaultfd.open({ features: ["PAGEFAULT_FLAG_WP"] });
+      // Nobody writes the protected page: it is only read afterwards.
+      using uffd = Userfaultfd.open({ features: ["PAGEFAULT_FLAG_WP"], writers: "other-threads" });
       const zero = { address: m.address, length: PAGE_SIZE_N };
       uffd.register(zero, { missing: true });
       if (uffd.zeropage(zero) === PAGE_SIZE) {
@@ -323,6 +403,39 @@ function measure(): KernelProfile {
         uffdWpBit = (entry(page.address) & PM_UFFD_WP) !== 0n;
       }
     } catch { /* user-mode-only or refused: left unmeasured */ }
+  }
+  let continueWp: boolean | null = null;
+  if (has("MINOR_SHMEM") && has("WP_HUGETLBFS_SHMEM")) {
+    // A page in a memfd's page cache (written through one mapping), continued through a second mapping.
+    const fd = libc.memfdCreate("uffd-profile", MFD_CLOEXEC);
+    const maps: bigint[] = [];
+    try {
+      if (fd >= 0 && libc.ftruncate(fd, PAGE_SIZE_N) === 0) {
+        for (let i = 0; i < 2; i++) {
+          const address = libc.mmap(0n, PAGE_SIZE_N, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0n);
+          if (address >= 0n) maps.push(address);
+        }
+      }
+      if (maps.length === 2) {
+        new Uint8Array(libc.bufferAt(maps[0]!, 1))[0] = 1;
+        const alias = { address: maps[1]!, length: PAGE_SIZE_N };
+        // Nobody writes the alias: the page is only mapped, protected, and unmapped.
+        using uffd = Userfaultfd.open({ require: ["MINOR_SHMEM", "WP_HUGETLBFS_SHMEM"], writers: "other-threads" });
+        uffd.register(alias, { minor: true, wp: true });
+        try {
+          uffd.continue(alias, { wp: true });
+          continueWp = true;
+        } catch (e) {
+          if (!(e instanceof UffdError) || e.code !== "EINVAL") throw e;
+          continueWp = false;
+        }
+      }
+    } catch {
+      /* refused: left unmeasured */
+    } finally {
+      for (const address of maps) libc.munmap(address, PAGE_SIZE_N);
+      if (fd >= 0) libc.close(fd);
+    }
   }
   let hugeReadFault: ZeroPageTraits["hugeReadFault"] = "small-pages";
   const pmd = huge?.pmdSize ?? 0;
@@ -354,10 +467,12 @@ function measure(): KernelProfile {
       origin: support?.origin ?? null,
       featureMask: support ? `0x${support.featureMask.toString(16)}` : null,
       features: Object.freeze(support ? [...support.features] : []),
+      continueWp,
       ...(error === undefined ? {} : { error }),
     }),
     zeroPage,
     untouchedFill: decideUntouchedFill(zeroPage),
+    pageBits: scan.available && scan.pfnZero !== false ? "pagemap-scan" : "pagemap",
     pagemap: Object.freeze({ pfnVisible, uffdWpBit }),
     softDirty: Object.freeze({
       categoryAccepted: scan.categories.includes("SOFT_DIRTY"),
@@ -501,6 +616,15 @@ export function profileNotes(p: KernelProfile): TraitNote[] {
     effect: z.hugeReadFault === "allocates" ? "reading an untouched THP range allocates 2 MiB" : "",
   });
   notes.push({
+    trait: "UFFDIO_CONTINUE_MODE_WP",
+    value: p.userfaultfd.continueWp === null
+      ? "not measured"
+      : p.userfaultfd.continueWp
+      ? "accepted (6.4+)"
+      : "refused",
+    effect: p.userfaultfd.continueWp === false ? "a minor fault cannot be resolved write-protected" : "",
+  });
+  notes.push({
     trait: "pagemap uffd-wp bit",
     value: p.pagemap.uffdWpBit === null ? "not measured" : p.pagemap.uffdWpBit ? "set (5.17+)" : "absent",
     effect: p.pagemap.uffdWpBit === false ? "protection cannot be read back without PAGEMAP_SCAN" : "",
@@ -533,6 +657,13 @@ export function profileNotes(p: KernelProfile): TraitNote[] {
       trait: "transparent huge pages",
       value: `${p.thp.enabled}, defrag ${p.thp.defrag}, shmem ${p.thp.shmemEnabled}`,
       effect: p.thp.enabled === "always" ? "untouched halves of a 2 MiB block may be populated by a write" : "",
+    });
+    notes.push({
+      trait: "THP fills a merged neighbour",
+      value: p.thp.fillsNeighbours === null ? "not measured" : p.thp.fillsNeighbours ? "yes" : "no",
+      effect: p.thp.fillsNeighbours
+        ? "a write can populate pages of an adjacent mapping: Region.map maps private memory MADV_NOHUGEPAGE"
+        : "",
     });
   }
   return notes;

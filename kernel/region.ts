@@ -23,6 +23,8 @@ import {
   MADV_DONTNEED,
   MADV_DONTNEED_LOCKED,
   MADV_FREE,
+  MADV_HUGEPAGE,
+  MADV_NOHUGEPAGE,
   MADV_POPULATE_READ,
   MADV_POPULATE_WRITE,
   MADV_REMOVE,
@@ -41,6 +43,7 @@ import {
 } from "../ffi/linux.ts";
 import { pageCeil, pageFloor, pageRange, type Range, toLength } from "./range.ts";
 import { cInt, optionsBag } from "./_validate.ts";
+import { thpTraits } from "./profile.ts";
 
 /** How {@linkcode Region.map} maps memory. */
 export interface MapOptions {
@@ -56,6 +59,17 @@ export interface MapOptions {
   prot?: number;
   /** The memfd's name in `/proc/<pid>/maps` (default `"uffd"`). */
   name?: string;
+  /**
+   * Transparent huge pages for private anonymous memory: `true` asks for them
+   * (`MADV_HUGEPAGE`), `false` refuses them (`MADV_NOHUGEPAGE`). By default the kernel
+   * decides — except where a huge page faulted in through a neighbouring mapping can
+   * populate this one (`kernelProfile().thp.fillsNeighbours`: THP `always`), where the
+   * region is mapped `MADV_NOHUGEPAGE`: its pages then hold only what was put there (a
+   * region registered for missing faults has no zero-filled pages it never touched),
+   * a write populates and dirties one page, not 512, and the mapping cannot merge with
+   * a neighbour that has huge pages.
+   */
+  thp?: boolean;
 }
 
 /** What backs a region. */
@@ -205,10 +219,26 @@ export class Region implements Range, Disposable {
         (options.hugetlb ? MAP_HUGETLB : 0);
       kind = options.hugetlb ? "hugetlb" : options.shared ? "shared" : "private";
     }
+    if (options.thp !== undefined && typeof options.thp !== "boolean") {
+      throw new TypeError(`${operation}: thp must be a boolean, not ${typeof options.thp}`);
+    }
+    const thp = kind !== "private"
+      ? undefined
+      : options.thp ?? (thpTraits()?.fillsNeighbours === true ? false : undefined);
+    // The advice must come before the pages: populate afterwards, not with MAP_POPULATE.
+    if (thp !== undefined) flags &= ~MAP_POPULATE;
     const address = libc.mmap(0n, len, prot, flags, fd ?? -1, 0n);
     if (address < 0n) {
       if (fd !== undefined) libc.close(fd);
       fail(address, "mmap", { length: len, prot, flags }, options.hugetlb ? HUGETLB_HINT : undefined);
+    }
+    if (thp !== undefined) {
+      libc.madvise(address, len, thp ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);
+      if (populate !== 0 && libc.madvise(address, len, MADV_POPULATE_WRITE) < 0) {
+        // Before Linux 5.14: what MAP_POPULATE does on private memory, a write fault per page.
+        const bytes = new Uint8Array(libc.bufferAt(address, Number(len)));
+        for (let i = 0; i < bytes.length; i += libc.PAGE_SIZE) bytes[i] = 0;
+      }
     }
     return new Region(address, Number(len), kind, pageSize, fd, undefined);
   }

@@ -2,8 +2,9 @@
  * The write-protect semantics matrix, measured on the running kernel: for each
  * memory kind, each scenario (what happened to a page before and after
  * protection) and each mode (which write-protect features were negotiated), does
- * one write to the page raise a fault, and does `PAGEMAP_SCAN` report the page
- * written before and after that write? It answers the question of the kernel
+ * one write to the page raise a fault, and is the page reported written (without
+ * write protection) before and after that write — by `PAGEMAP_SCAN`, or before
+ * Linux 6.7 by the uffd-wp bit of `/proc/self/pagemap`? It answers the question of the kernel
  * thread behind `UFFD_FEATURE_WP_UNPOPULATED` (which writes does a tracker lose)
  * on this machine instead of from a table.
  *
@@ -29,6 +30,8 @@ import * as libc from "../ffi/_libc.ts";
 import { PAGE_SIZE } from "../ffi/_libc.ts";
 import { PROT_READ, PROT_WRITE } from "../ffi/linux.ts";
 import { hasPagemapScan, pagemapScan } from "./pagemap_scan.ts";
+import { readPagemap } from "./pagemap.ts";
+import { kernelProfile } from "./profile.ts";
 import { pageFloor, type Range } from "./range.ts";
 import { Region } from "./region.ts";
 import { type Feature, FEATURES } from "../ffi/uapi.ts";
@@ -127,9 +130,13 @@ export interface WpCell {
    * could not run.
    */
   readonly faulted: boolean | null;
-  /** `PAGEMAP_SCAN` reported `PAGE_IS_WRITTEN` for the page just before the write (`null`: not measured). */
+  /**
+   * The page was reported written just before the write: `PAGE_IS_WRITTEN` from
+   * `PAGEMAP_SCAN`, or the uffd-wp bit of `/proc/self/pagemap` clear where the kernel has
+   * no `PAGEMAP_SCAN` (see `WpMatrix.writtenFrom`; `null`: not measured).
+   */
   readonly writtenBefore: boolean | null;
-  /** `PAGEMAP_SCAN` reported `PAGE_IS_WRITTEN` for the page just after the write (`null`: not measured). */
+  /** The same, just after the write (`null`: not measured). */
   readonly writtenAfter: boolean | null;
   /**
    * `ok`: measured; `unsupported`: the kernel lacks (or the caller declined) a
@@ -140,6 +147,18 @@ export interface WpCell {
   readonly error?: string;
 }
 
+/** Where a cell's "written" comes from (see `WpMatrix.writtenFrom`). */
+export type WrittenSource = "PAGEMAP_SCAN" | "pagemap";
+
+/**
+ * Where this kernel's "written" answers come from: `PAGEMAP_SCAN`, else the pagemap's
+ * uffd-wp bit, else nowhere (`null`).
+ */
+function writtenSource(): WrittenSource | null {
+  if (hasPagemapScan()) return "PAGEMAP_SCAN";
+  return kernelProfile().pagemap.uffdWpBit === true ? "pagemap" : null;
+}
+
 /** The whole matrix, as `uffd semantics --json` prints it. */
 export interface WpMatrix {
   /** `uname -r` of the kernel measured. */
@@ -148,6 +167,11 @@ export interface WpMatrix {
   readonly arch: string;
   /** Base page size. */
   readonly pageSize: number;
+  /**
+   * Where "written" comes from: `"PAGEMAP_SCAN"` (`PAGE_IS_WRITTEN`, Linux 6.7), `"pagemap"`
+   * (the uffd-wp bit of `/proc/self/pagemap` clear, Linux 5.17), or `null` (neither: not measured).
+   */
+  readonly writtenFrom: WrittenSource | null;
   /** Every cell, memory-major, then scenario, then mode (table order). */
   readonly cells: readonly WpCell[];
   /** The cells whose write a tracker would not learn about (see {@linkcode losesWrite}). */
@@ -250,6 +274,7 @@ export async function measureWpSemantics(options: WpSemanticsOptions = {}): Prom
     kernel: kernelRelease(),
     arch: Deno.build.arch,
     pageSize: Region.pageSize,
+    writtenFrom: writtenSource(),
     cells,
     lostWrites,
     elapsedMs: Math.round(performance.now() - started),
@@ -290,9 +315,14 @@ function unavailable(mode: (typeof WP_MODES)[number], decline: readonly Feature[
     !support.has(f) || decline.includes(f)
   );
   if (missing.length === 0) return undefined;
-  const names = missing.map((f) => `${f} (Linux ${FEATURES.find((x) => x.name === f)!.since}+)`).join(", ");
-  const declined = missing.every((f) => decline.includes(f));
-  return `needs ${names}, ${declined ? "declined by the caller" : `which kernel ${kernelRelease()} lacks`}`;
+  const names = (fs: Feature[]) =>
+    fs.map((f) => `${f} (Linux ${FEATURES.find((x) => x.name === f)!.since}+)`).join(", ");
+  const declined = missing.filter((f) => decline.includes(f));
+  const lacking = missing.filter((f) => !decline.includes(f));
+  const parts: string[] = [];
+  if (declined.length > 0) parts.push(`${names(declined)}, declined by the caller`);
+  if (lacking.length > 0) parts.push(`${names(lacking)}, which kernel ${kernelRelease()} lacks`);
+  return `needs ${parts.join("; and ")}`;
 }
 
 function describe(e: unknown): string {
@@ -311,9 +341,17 @@ function settlesWithin(promise: Promise<unknown>, ms: number): Promise<boolean> 
   return Promise.race([promise.then(() => true, () => true), timeout]).finally(() => clearTimeout(timer));
 }
 
-/** Whether PAGEMAP_SCAN reports the page at `address` written. */
-function written(address: bigint): boolean {
-  return pagemapScan({ address, length: Region.pageSize }, { require: ["WRITTEN"] }).length > 0;
+/** Whether the page at `address` is reported written (see `WpCell.writtenBefore`); `null` where nothing says. */
+function written(address: bigint): boolean | null {
+  const range = { address, length: Region.pageSize };
+  switch (writtenSource()) {
+    case "PAGEMAP_SCAN":
+      return pagemapScan(range, { require: ["WRITTEN"] }).length > 0;
+    case "pagemap":
+      return !readPagemap(range)[0]!.uffdWp;
+    default:
+      return null;
+  }
 }
 
 /** How the one-byte write went. */
@@ -420,13 +458,6 @@ export async function measureWpCell(
   } as const;
   const why = unavailable(modeInfo, decline);
   if (why) return { ...base, status: "unsupported", error: why };
-  if (!hasPagemapScan()) {
-    return {
-      ...base,
-      status: "unsupported",
-      error: `needs PAGEMAP_SCAN (Linux 6.7+), which ${kernelRelease()} lacks`,
-    };
-  }
 
   let mem: Region | undefined;
   let destination: Region | undefined;
@@ -445,7 +476,12 @@ export async function measureWpCell(
     }
     if (scenario === "zeropage") readSink ^= mem.page(TARGET)[0]!;
 
-    uffd = Userfaultfd.open({ require: ["PAGEFAULT_FLAG_WP", ...modeInfo.features], decline: [...decline] });
+    // The write under test is made off-thread and its fault served from here.
+    uffd = Userfaultfd.open({
+      require: ["PAGEFAULT_FLAG_WP", ...modeInfo.features],
+      decline: [...decline],
+      writers: "other-threads",
+    });
     uffd.register(mem, { wp: true });
     uffd.writeProtect(mem);
 

@@ -11,7 +11,7 @@
  * ```ts
  * import { Feature, Region, Userfaultfd } from "@uffd/uffd";
  * using mem = Region.map(64 * Region.pageSize);
- * using uffd = Userfaultfd.open({ features: [Feature.WP_ASYNC, Feature.WP_UNPOPULATED] });
+ * using uffd = Userfaultfd.open({ require: [Feature.WP_ASYNC, Feature.WP_UNPOPULATED] });
  * uffd.register(mem, { wp: true });
  * uffd.writeProtect(mem);
  * mem.bytes[5 * Region.pageSize] = 1; // resolved by the kernel: WP_ASYNC
@@ -39,7 +39,9 @@ import {
   UFFD_FEATURE_EVENT_REMOVE,
   UFFD_FEATURE_EVENT_UNMAP,
   UFFD_FEATURE_MOVE,
+  UFFD_FEATURE_SIGBUS,
   UFFD_FEATURE_THREAD_ID,
+  UFFD_FEATURE_WP_ASYNC,
   UFFD_PAGEFAULT_FLAG_MINOR,
   UFFD_PAGEFAULT_FLAG_WP,
   UFFD_PAGEFAULT_FLAG_WRITE,
@@ -475,6 +477,20 @@ export interface OpenOptions {
   userModeOnly?: boolean | "auto";
   /** Where to create it: the syscall, `/dev/userfaultfd`, or whichever works (default). */
   via?: "auto" | "syscall" | "device";
+  /**
+   * Who writes the memory this userfaultfd write-protects, when `WP_ASYNC` is not
+   * negotiated (a write to a protected page then waits for a handler, and a thread
+   * can never serve its own fault):
+   * - `"any"` (the default): the calling isolate may write it too, so a handler must
+   *   run on another thread — a `FaultHandler`, `WriteWatch` or `LiveSnapshot`, or a
+   *   Worker given `share()` or `duplicate()` — before anything is write-protected:
+   *   until then `writeProtect()` and the `wp` modes of `copy()` and `continue()` are
+   *   refused with `EDEADLK`, before the system call;
+   * - `"other-threads"`: only other threads (Workers, `nonblocking` FFI calls, native
+   *   code, a child process) write it, and this isolate may serve their faults itself
+   *   (`readEvents()`, `events()`); nothing is refused.
+   */
+  writers?: "any" | "other-threads";
 }
 
 /** Which of the userfaultfd modes to register a range for. */
@@ -557,6 +573,19 @@ const RETRY = {
   poison: (fd, start, len, _source, mode) => resolve.poison(fd, start, len, mode),
 } satisfies Record<string, Retry>;
 
+/**
+ * Why required features are missing, each for its own reason: declined by the caller,
+ * or not offered by this kernel.
+ */
+function missingHint(missing: bigint, declined: bigint): string {
+  const byCaller = featureNames(missing & declined);
+  const byKernel = featureNames(missing & ~declined);
+  const parts: string[] = [];
+  if (byCaller.length > 0) parts.push(`${byCaller.join(", ")} declined by the caller's options`);
+  if (byKernel.length > 0) parts.push(`${byKernel.join(", ")} not offered by this kernel (${kernelRelease()})`);
+  return parts.join("; ");
+}
+
 /** A failed `UFFDIO_*` call as a `UffdError`, with the hint for its errno. */
 function kernelError(operation: string, rc: number, args: Record<string, unknown>): UffdError {
   return failure(operation, rc, args, uffdioHint(operation, rc));
@@ -607,6 +636,13 @@ export class Userfaultfd implements Disposable {
     readElsewhere: () => this.#sharedOut || this.closed,
     name: () => `userfaultfd ${this.fd}`,
   };
+  /**
+   * A handler can serve this userfaultfd's faults from another thread (it was shared,
+   * duplicated or adopted), or the caller said only other threads write (`writers`).
+   */
+  #handled: boolean;
+  /** No fault waits for a handler here (`WP_ASYNC` or `SIGBUS`): nothing is refused for want of one. */
+  readonly #neverWaits: boolean;
 
   private constructor(
     fd: number,
@@ -615,7 +651,10 @@ export class Userfaultfd implements Disposable {
     nonblocking: boolean,
     origin: Origin,
     state: Int32Array,
+    handled: boolean,
   ) {
+    this.#handled = handled;
+    this.#neverWaits = (mask & (UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_SIGBUS)) !== 0n;
     this.fd = fd;
     this.featureMask = mask;
     this.features = new Set(featureNames(mask));
@@ -679,6 +718,11 @@ export class Userfaultfd implements Disposable {
     if (options.via !== undefined && !["auto", "syscall", "device"].includes(options.via)) {
       throw invalid("Userfaultfd.open", 'via must be "auto", "syscall" or "device"', { via: String(options.via) });
     }
+    if (options.writers !== undefined && options.writers !== "any" && options.writers !== "other-threads") {
+      throw invalid("Userfaultfd.open", 'writers must be "any" or "other-threads"', {
+        writers: String(options.writers),
+      });
+    }
     const umo = options.userModeOnly;
     if (umo !== undefined && umo !== true && umo !== false && umo !== "auto") {
       throw new TypeError(`Userfaultfd.open: userModeOnly must be true, false or "auto", not ${describe(umo)}`);
@@ -695,9 +739,7 @@ export class Userfaultfd implements Disposable {
         errno: ERRNO.EINVAL,
         operation: "UFFDIO_API",
         detail: `required feature${names.length > 1 ? "s" : ""} not available: ${needs}`,
-        hint: (missing & declined) !== 0n
-          ? "declined by the caller's options"
-          : `this kernel (${kernelRelease()}) does not offer ${names.length > 1 ? "them" : "it"}`,
+        hint: missingHint(missing, declined),
         args: { required: names.join("|") },
         beforeSyscall: true,
       });
@@ -705,7 +747,8 @@ export class Userfaultfd implements Disposable {
     const nonblocking = options.nonblocking ?? true;
     const flags = (options.closeOnExec ?? true ? O_CLOEXEC : 0) | (nonblocking ? O_NONBLOCK : 0);
     const { fd, origin, features, ioctls } = handshake(flags, options, (wanted & available) | required, required);
-    return new Userfaultfd(fd, features, ioctls, nonblocking, origin, new Int32Array(new SharedArrayBuffer(4)));
+    const state = new Int32Array(new SharedArrayBuffer(4));
+    return new Userfaultfd(fd, features, ioctls, nonblocking, origin, state, options.writers === "other-threads");
   }
 
   /**
@@ -724,7 +767,8 @@ export class Userfaultfd implements Disposable {
       if (typeof featureMask !== "bigint") {
         throw new TypeError(`Userfaultfd.adopt: featureMask must be a bigint, not ${describe(featureMask)}`);
       }
-      return new Userfaultfd(from, featureMask, 0n, nonblocking, "syscall", new Int32Array(new SharedArrayBuffer(4)));
+      const state = new Int32Array(new SharedArrayBuffer(4));
+      return new Userfaultfd(from, featureMask, 0n, nonblocking, "syscall", state, true);
     }
     if (
       from === null || typeof from !== "object" || !Number.isInteger(from.fd) || from.fd < 0 ||
@@ -739,6 +783,7 @@ export class Userfaultfd implements Disposable {
       from.nonblocking,
       from.origin,
       new Int32Array(from.state),
+      true,
     );
   }
 
@@ -767,7 +812,8 @@ export class Userfaultfd implements Disposable {
     const fd = libc.dupCloexec(this.fd);
     if (fd < 0) throw failure("fcntl(F_DUPFD_CLOEXEC)", fd, { fd: this.fd });
     const state = new Int32Array(new SharedArrayBuffer(4));
-    return new Userfaultfd(fd, this.featureMask, this.#ioctlMask, this.nonblocking, this.origin, state);
+    this.#handled = true; // a second reference is for a handler elsewhere
+    return new Userfaultfd(fd, this.featureMask, this.#ioctlMask, this.nonblocking, this.origin, state, true);
   }
 
   /**
@@ -779,6 +825,7 @@ export class Userfaultfd implements Disposable {
     this.#check("share");
     this.#sharedOut = true; // its events are read on the thread it goes to
     untrack(this.#reader);
+    this.#handled = true;
     return {
       fd: this.fd,
       featureMask: this.featureMask,
@@ -854,6 +901,15 @@ export class Userfaultfd implements Disposable {
   /**
    * Write-protects a range registered with `{ wp: true }` (`UFFDIO_WRITEPROTECT_MODE_WP`).
    * Protecting never wakes anyone, so `dontWake` changes nothing here.
+   *
+   * Without `WP_ASYNC` (or `SIGBUS`), a write to a protected page waits until a handler
+   * resolves it; a write from the thread that would serve it waits for ever. So this is
+   * refused (`EDEADLK`, before the system call) until a handler can run elsewhere —
+   * the userfaultfd was given to a `FaultHandler` (or another Worker: `share()`,
+   * `duplicate()`) — unless it was opened with `writers: "other-threads"`.
+   *
+   * @throws {UffdError} `EDEADLK` as above; `ENOENT` when the range is not registered for write-protect; `EAGAIN`
+   *   while the address space changes.
    */
   writeProtect(range: Range, options?: WakeOptions): void {
     const operation = "UFFDIO_WRITEPROTECT";
@@ -861,6 +917,9 @@ export class Userfaultfd implements Disposable {
     options = optionsBag(options, operation);
     const span = this.#span;
     if (pageRangeInto(range, operation, span)) {
+      if (this.#selfDeadlocks) {
+        this.#refuseSelfDeadlock(operation, { start: BigInt(span.start), len: BigInt(span.len) });
+      }
       let rc = resolve.writeprotect(this.fd, span.start, span.len, WP);
       if (rc === -ENOENT) {
         rc = this.#acrossMappingsN(RETRY.writeprotect, span.start, span.len, 0, WP);
@@ -869,6 +928,7 @@ export class Userfaultfd implements Disposable {
       return;
     }
     const { start, len } = pageRange(range, operation);
+    this.#refuseSelfDeadlock(operation, { start, len });
     let rc = ops.uffdioWriteprotect(this.fd, start, len, UFFDIO_WRITEPROTECT_MODE_WP);
     if (rc === -ENOENT) {
       // Before Linux 6.4 one call covers one mapping: a range of several goes one mapping at a time.
@@ -936,6 +996,9 @@ export class Userfaultfd implements Disposable {
       const length = span.len;
       const from = this.#sourceNumber(source, length, operation);
       if (from >= 0) {
+        if (options.wp && this.#selfDeadlocks) {
+          this.#refuseSelfDeadlock(operation, { dst: BigInt(at), len: BigInt(length) });
+        }
         const m = (options.dontWake ? COPY_DONTWAKE : 0) | (options.wp ? COPY_WP : 0);
         let done = resolve.copy(this.fd, at, from, length, m);
         if (done === -ENOENT) {
@@ -947,6 +1010,7 @@ export class Userfaultfd implements Disposable {
     }
     const { start, len } = pageRange(destination, operation);
     const src = this.#source(source, len, operation);
+    if (options.wp) this.#refuseSelfDeadlock(operation, { dst: start, len });
     const mode = (options.dontWake ? UFFDIO_COPY_MODE_DONTWAKE : 0n) | (options.wp ? UFFDIO_COPY_MODE_WP : 0n);
     let done = ops.uffdioCopy(this.fd, start, src, len, mode);
     if (done === -ENOENT) {
@@ -999,6 +1063,9 @@ export class Userfaultfd implements Disposable {
     options = optionsBag(options, operation);
     const span = this.#span;
     if (pageRangeInto(range, operation, span)) {
+      if (options.wp && this.#selfDeadlocks) {
+        this.#refuseSelfDeadlock(operation, { start: BigInt(span.start), len: BigInt(span.len) });
+      }
       const m = (options.dontWake ? CONTINUE_DONTWAKE : 0) | (options.wp ? CONTINUE_WP : 0);
       let done = resolve.continuePages(this.fd, span.start, span.len, m);
       if (done === -ENOENT) {
@@ -1008,6 +1075,7 @@ export class Userfaultfd implements Disposable {
       return done;
     }
     const { start, len } = pageRange(range, operation);
+    if (options.wp) this.#refuseSelfDeadlock(operation, { start, len });
     const mode = (options.dontWake ? UFFDIO_CONTINUE_MODE_DONTWAKE : 0n) |
       (options.wp ? UFFDIO_CONTINUE_MODE_WP : 0n);
     let done = ops.uffdioContinue(this.fd, start, len, mode);
@@ -1023,7 +1091,8 @@ export class Userfaultfd implements Disposable {
    * @param range Missing pages (page-aligned).
    * @param options `dontWake`.
    * @returns Bytes poisoned.
-   * @throws {UffdError} `EEXIST` when a page is mapped; `ENOENT` when not registered for missing faults.
+   * @throws {UffdError} `EEXIST` when a page is mapped; `ENOENT` when not registered for missing faults; `EINVAL` before
+   *   the system call on a kernel without it (before 6.6).
    */
   poison(range: Range, options?: WakeOptions): number {
     const operation = "UFFDIO_POISON";
@@ -1031,6 +1100,12 @@ export class Userfaultfd implements Disposable {
     options = optionsBag(options, operation);
     const span = this.#span;
     if (pageRangeInto(range, operation, span)) {
+      if (!Userfaultfd.supported().features.has("POISON")) {
+        throw invalid(operation, `UFFDIO_POISON is not available: Linux 6.6+ (this kernel: ${kernelRelease()})`, {
+          start: BigInt(span.start),
+          len: BigInt(span.len),
+        });
+      }
       const m = options.dontWake ? POISON_DONTWAKE : 0;
       let done = resolve.poison(this.fd, span.start, span.len, m);
       if (done === -ENOENT) done = this.#acrossMappingsN(RETRY.poison, span.start, span.len, 0, m);
@@ -1038,6 +1113,13 @@ export class Userfaultfd implements Disposable {
       return done;
     }
     const { start, len } = pageRange(range, operation);
+    if (!Userfaultfd.supported().features.has("POISON")) {
+      // The kernel would say EINVAL, as for any ioctl it does not know.
+      throw invalid(operation, `UFFDIO_POISON is not available: Linux 6.6+ (this kernel: ${kernelRelease()})`, {
+        start,
+        len,
+      });
+    }
     const mode = options.dontWake ? UFFDIO_POISON_MODE_DONTWAKE : 0n;
     let done = ops.uffdioPoison(this.fd, start, len, mode);
     if (done === -ENOENT) done = this.#acrossMappingsN(RETRY.poison, Number(start), Number(len), 0, Number(mode));
@@ -1271,6 +1353,34 @@ export class Userfaultfd implements Disposable {
       });
     }
     return bigintToSafeNumber(libc.addressOf(source));
+  }
+
+  /**
+   * Whether {@linkcode #refuseSelfDeadlock} would refuse: two booleans, so that the
+   * hot paths test it before building the refusal's arguments.
+   */
+  get #selfDeadlocks(): boolean {
+    return !this.#handled && !this.#neverWaits;
+  }
+
+  /**
+   * Refuses to write-protect where a write of the calling isolate would wait for a
+   * handler that does not exist: no `WP_ASYNC`, nobody else holds the fd, and the
+   * caller did not say that only other threads write (`writers: "other-threads"`).
+   */
+  #refuseSelfDeadlock(operation: string, args: Record<string, unknown>): void {
+    // With SIGBUS no fault waits: it raises SIGBUS instead.
+    if (!this.#selfDeadlocks) return;
+    throw new UffdError({
+      errno: ERRNO.EDEADLK,
+      operation,
+      detail: "no handler serves this userfaultfd and WP_ASYNC is not negotiated: a write to the protected " +
+        "memory from this isolate would wait for ever",
+      hint: "start the handler first (FaultHandler.start, or a Worker given share() or duplicate()), " +
+        'or open it with { writers: "other-threads" } when only other threads write the memory',
+      args,
+      beforeSyscall: true,
+    });
   }
 
   #source(source: Uint8Array | bigint, len: bigint, operation: string): bigint {

@@ -18,7 +18,7 @@
 import { ERRNO, failure, UffdError } from "../kernel/errors.ts";
 import * as libc from "../ffi/_libc.ts";
 import * as resolve from "../ffi/_resolve_ops.ts";
-import { MADV_NOHUGEPAGE, MAP_SHARED, PROT_READ, PROT_WRITE } from "../ffi/linux.ts";
+import { MADV_NOHUGEPAGE, MAP_SHARED, PROT_NONE, PROT_READ, PROT_WRITE } from "../ffi/linux.ts";
 import { openPageSource, type PageSource } from "./_source.ts";
 import type { LazySourceSpec } from "./_source.ts";
 import type { Fault, FaultPolicy, PolicyContext } from "../handler/fault_policy.ts";
@@ -145,7 +145,7 @@ export async function lazyPolicy(options: LazyPolicyOptions, context: PolicyCont
   const fd = context.uffd.fd;
   const base = context.pageAddress(0);
   const errors = new Map<number, string>();
-  const source: PageSource = await openPageSource(options.source, P, pages);
+  const source: PageSource = await openPageSource(options.source, P, pages, fd);
   /** Where reads go: a reused buffer (copy), the staging area (move) or the alias (continue). */
   let buffer: Target;
   let aliasAddress = 0n;
@@ -286,9 +286,12 @@ export async function lazyPolicy(options: LazyPolicyOptions, context: PolicyCont
   }
 
   /**
-   * The source failed for `page`: record it and poison the page (or, without
-   * `POISON`, fail the handler, which closes the userfaultfd). Returns what
-   * {@linkcode place} returns.
+   * The source failed for `page`: record it and poison the page — with
+   * `UFFDIO_POISON`, or without it (before Linux 6.6, or declined) by making the page
+   * inaccessible (`PROT_NONE`) and waking its waiters: a touch then raises SIGSEGV
+   * where a poisoned page raises SIGBUS, and a system call gets EFAULT either way.
+   * Only where even that fails does the handler fail (which closes the userfaultfd).
+   * Returns what {@linkcode place} returns.
    */
   function poison(page: number, error: unknown): number {
     if (state[page] !== PAGE_STATE.POISONED) {
@@ -299,17 +302,24 @@ export async function lazyPolicy(options: LazyPolicyOptions, context: PolicyCont
       settle(page, 1, PAGE_STATE.POISONED);
     }
     if (!options.poison) {
-      const failure = new UffdError({
+      const address = base + page * P;
+      if (libc.mprotect(BigInt(address), BigInt(P), PROT_NONE) === 0) {
+        const rc = resolve.wake(fd, address, P);
+        if (rc >= 0) return 1;
+        if (rc === -ENOENT || rc === -ESRCH) return -1;
+        throw failure("UFFDIO_WAKE", rc, { start: BigInt(address), len: P });
+      }
+      const failed = new UffdError({
         errno: ERRNO.EIO!,
         operation: "LazyRegion",
         detail: `page ${page}: the source failed (${errors.get(page) ?? error}), and without UFFDIO_POISON ` +
-          "(Linux 6.6) the handler closes the userfaultfd",
+          "(Linux 6.6) nor a way to make the page inaccessible the handler closes the userfaultfd",
         cause: error,
       });
       // Before throwing: a reader woken by the close must find the reason.
-      tell(failure.message);
+      tell(failed.message);
       signal(LAZY_CTRL.FAILED);
-      throw failure;
+      throw failed;
     }
     const rc = resolve.poison(fd, base + page * P, P, 0);
     if (rc >= 0 || rc === -EEXIST) return 1;
@@ -451,6 +461,10 @@ export async function lazyPolicy(options: LazyPolicyOptions, context: PolicyCont
       if (cursor >= pages) return finished();
       let n = 1;
       while (n < chunk && cursor + n < pages && state[cursor + n] === PAGE_STATE.MISSING) n++;
+      if (source.available !== undefined) {
+        n = Math.min(n, source.available(cursor, n));
+        if (n <= 0) return true; // a streaming source has nothing yet: faults first, then this page again
+      }
       const done = fillPages(cursor, n, false);
       if (typeof done === "number") return advance(done);
       return done.then(advance);

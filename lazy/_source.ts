@@ -43,6 +43,12 @@ export interface LazySourceInfo {
   readonly pages: number;
   /** Length of the region in bytes. */
   readonly length: number;
+  /**
+   * The handler's userfaultfd descriptor, readable while a fault waits: a streaming
+   * source that waits for data in `available()` may poll it too, and return at once.
+   * Only for polling: never read, write or close it.
+   */
+  readonly faultFd: number;
 }
 
 /**
@@ -52,13 +58,41 @@ export interface LazySourceInfo {
 export type PageFiller = (index: number, page: Uint8Array) => void | Promise<void>;
 
 /**
+ * A page source a module builds, beyond a bare {@linkcode PageFiller}: `close()` is
+ * called when the handler stops. A source whose pages arrive over time (a stream)
+ * may also say what it has, which lets the prefetcher work in runs and wait for it:
+ *
+ * - `zeroRun(first, max)`: how many pages from `first` (at most `max`) are zero
+ *   without reading (mapped with `UFFDIO_ZEROPAGE`); 0 when `first` is not.
+ * - `dataRun(first, max)`: how many pages from `first` (at least 1, at most `max`)
+ *   one `read` produces; with it, `read(first, into, count)` fills `count` pages of
+ *   `into` (not zeroed first).
+ * - `available(first, max)`: for the prefetcher only — how many pages from `first`
+ *   can be produced now without waiting; 0 when none yet: the prefetcher serves
+ *   waiting faults and asks again. It may wait a little for data itself (polling
+ *   `info.faultFd` to return as soon as a fault waits).
+ */
+export interface ModulePageSource {
+  /** Fills pages; see {@linkcode PageFiller} (and `dataRun` above for the third argument). */
+  read(index: number, page: Uint8Array, count?: number): void | Promise<void>;
+  /** Releases what the source holds. */
+  close?(): void;
+  /** Pages from `first` known to be zero without reading (0: `first` is not). */
+  zeroRun?(first: number, max: number): number;
+  /** Pages from `first` that one `read` produces (1 … `max`). */
+  dataRun?(first: number, max: number): number;
+  /** For the prefetcher: pages from `first` that can be read without waiting (0: not yet). */
+  available?(first: number, max: number): number;
+}
+
+/**
  * What a page-source module exports: a factory called once in the handler's
- * Worker, returning the function that fills pages (or `{ read, close }`).
+ * Worker, returning the function that fills pages (or a {@linkcode ModulePageSource}).
  */
 export type LazySourceFactory<Options = unknown> = (
   options: Options,
   info: LazySourceInfo,
-) => PageFiller | { read: PageFiller; close?(): void } | Promise<PageFiller | { read: PageFiller; close?(): void }>;
+) => PageFiller | ModulePageSource | Promise<PageFiller | ModulePageSource>;
 
 /** A source opened in the Worker. Page numbers are the region's. */
 export interface PageSource {
@@ -72,12 +106,22 @@ export interface PageSource {
   address(page: number): number;
   /** Reads `count` pages (at most `dataRun(first, …)`) into the first `count` pages of `into`. */
   read(first: number, count: number, into: Uint8Array): void | Promise<void>;
+  /** For the prefetcher: pages from `first` (at most `max`) readable without waiting; 0: not yet. Absent: all. */
+  available?(first: number, max: number): number;
   /** Releases files and the like. */
   close(): void;
 }
 
-/** Opens `spec` for a region of `pages` pages of `pageSize` bytes. */
-export async function openPageSource(spec: LazySourceSpec, pageSize: number, pages: number): Promise<PageSource> {
+/**
+ * Opens `spec` for a region of `pages` pages of `pageSize` bytes; `faultFd` is the
+ * handler's userfaultfd (a module source may poll it while it waits for data).
+ */
+export async function openPageSource(
+  spec: LazySourceSpec,
+  pageSize: number,
+  pages: number,
+  faultFd = -1,
+): Promise<PageSource> {
   switch (spec.kind) {
     case "checkpoint":
       return new CheckpointSource(spec.paths, spec.verify !== false, pageSize, pages);
@@ -88,7 +132,7 @@ export async function openPageSource(spec: LazySourceSpec, pageSize: number, pag
     case "memory":
       return new MemorySource(spec.address, spec.length, pageSize, pages);
     case "module":
-      return await moduleSource(spec, pageSize, pages);
+      return await moduleSource(spec, pageSize, pages, faultFd);
     default:
       throw new TypeError(`unknown page source kind ${(spec as { kind: unknown }).kind}`);
   }
@@ -359,24 +403,47 @@ class CheckpointSource implements PageSource {
   }
 }
 
-/** A module's page function. */
+/** A module's page function, or its streaming source. */
 async function moduleSource(
   spec: { url: string; export: string; options: unknown },
   pageSize: number,
   pages: number,
+  faultFd: number,
 ): Promise<PageSource> {
   const exports: Record<string, unknown> = await import(spec.url);
   const factory = exports[spec.export];
   if (typeof factory !== "function") {
     throw new TypeError(`page source module ${spec.url} has no function export ${JSON.stringify(spec.export)}`);
   }
-  const made = await (factory as LazySourceFactory)(spec.options, { pageSize, pages, length: pages * pageSize });
-  const fill = typeof made === "function" ? made : made?.read;
+  const info: LazySourceInfo = { pageSize, pages, length: pages * pageSize, faultFd };
+  const made = await (factory as LazySourceFactory)(spec.options, info);
+  const fill: PageFiller | undefined = typeof made === "function" ? made : made?.read?.bind(made);
   if (typeof fill !== "function") {
     throw new TypeError(`the factory ${spec.export} of ${spec.url} returned neither a function nor { read }`);
   }
-  const done = typeof made === "function" ? undefined : made.close?.bind(made);
+  const object = typeof made === "function" ? undefined : made;
+  const done = object?.close?.bind(object);
   const length = pages * pageSize;
+  if (object?.dataRun !== undefined || object?.zeroRun !== undefined || object?.available !== undefined) {
+    // A streaming source: runs, zeros it knows of, and "not yet" for the prefetcher.
+    const zeroRun = object.zeroRun?.bind(object);
+    const dataRun = object.dataRun?.bind(object);
+    const available = object.available?.bind(object);
+    return {
+      length,
+      zeroRun: (first, max) => zeroRun?.(first, max) ?? 0,
+      dataRun: (first, max) => Math.max(1, Math.min(max, dataRun?.(first, max) ?? 1)),
+      address: () => -1,
+      read(first: number, count: number, into: Uint8Array): void | Promise<void> {
+        if (dataRun === undefined) into.fill(0, 0, pageSize);
+        return object.read(first, into, dataRun === undefined ? 1 : count);
+      },
+      available,
+      close(): void {
+        done?.();
+      },
+    };
+  }
   return {
     length,
     zeroRun: () => 0,

@@ -51,7 +51,7 @@ import type { Feature } from "../ffi/uapi.ts";
 import { Userfaultfd } from "../kernel/userfaultfd.ts";
 import { optionsBag, positiveInteger } from "../kernel/_validate.ts";
 
-export type { LazySourceFactory, LazySourceInfo, PageFiller } from "./_source.ts";
+export type { LazySourceFactory, LazySourceInfo, ModulePageSource, PageFiller } from "./_source.ts";
 export type { LazyFill } from "./_policy.ts";
 
 /**

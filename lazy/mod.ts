@@ -23,6 +23,7 @@ export {
   type LazySourceInfo,
   type LazyState,
   type LazyStats,
+  type ModulePageSource,
   type PageFiller,
 } from "./lazy_region.ts";
 

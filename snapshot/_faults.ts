@@ -44,17 +44,12 @@ import * as resolve from "../ffi/_resolve_ops.ts";
 import type { UffdMsg } from "../ffi/_structs.ts";
 import { latencyBucket } from "../handler/stats.ts";
 import { POLLERR, POLLIN, POLLNVAL } from "../ffi/linux.ts";
-import { fillUntouched, swapActive } from "../kernel/_page_contents.ts";
-import { PagemapScanner, type PreparedQuery } from "../kernel/pagemap_scan.ts";
+import { fillUntouched, PageBits } from "../kernel/_page_contents.ts";
 import { Region } from "../kernel/region.ts";
 import { HANDLER, PageStates, SAVED, UNSAVED_DATA, UNSAVED_ZERO } from "./_pages.ts";
 import { openSink, type PageSink } from "./_sinks.ts";
 import { COPIER_STATE, PROGRESS, SNAP_CTRL, type SnapshotWorkerData } from "./_protocol.ts";
 import {
-  PAGE_IS_PFNZERO,
-  PAGE_IS_PRESENT,
-  PAGE_IS_SWAPPED,
-  PAGE_IS_WRITTEN,
   UFFD_EVENT_PAGEFAULT,
   UFFD_EVENT_REMAP,
   UFFD_EVENT_REMOVE,
@@ -95,29 +90,8 @@ function addRun(runs: [number, number][], i: number): void {
   else runs.push([i, 1]);
 }
 
-/**
- * A PAGEMAP_SCAN query built by hand: `prepareQuery` would probe the kernel's
- * categories through `/proc/self/pagemap`, which `kernel/pagemap.ts` keeps open for the
- * rest of the isolate's life — one fd leaked per snapshot Worker. These four
- * categories exist on every kernel with PAGEMAP_SCAN (checked by `take()`).
- */
-function query(required: bigint, inverted = 0n): PreparedQuery {
-  return Object.freeze({ flags: 0n, inverted, required, anyOf: 0n, report: 0n, maxPages: 0 });
-}
-
 /** The fault handler's stamp: its copies never race with a removal it has read. */
 const zeroStamp = () => 0;
-
-const QUERIES = {
-  /** No uffd-wp bit: a page (or hole) a write would not fault on. */
-  unprotected: query(PAGE_IS_WRITTEN),
-  /** The same, stopping at the first page. */
-  anyUnprotected: Object.freeze({ ...query(PAGE_IS_WRITTEN), maxPages: 1 }),
-  /** Resident and not the shared zero page: holds data. */
-  data: query(PAGE_IS_PRESENT | PAGE_IS_PFNZERO, PAGE_IS_PFNZERO),
-  /** Swapped out (a uffd-wp marker also reads as swapped: only consulted when swap is on). */
-  swapped: query(PAGE_IS_SWAPPED),
-};
 
 /** The fault handler's loop. One per snapshot. */
 export class FaultsLoop {
@@ -130,8 +104,11 @@ export class FaultsLoop {
   readonly #states: PageStates;
   readonly #poll: PollSet;
   readonly #batch: MessageBatch;
-  /** Its own pagemap fd (by pid: `"self"` would keep one open for the Worker's isolate after it is gone). */
-  readonly #scanner = new PagemapScanner({ pid: libc.getpid(), vectorLength: 4096 });
+  /**
+   * Which pages are protected and which hold data: PAGEMAP_SCAN, or `/proc/<pid>/pagemap` before Linux 6.7
+   * (its own fd, by pid: `"self"` would keep one open for the Worker's isolate after it is gone).
+   */
+  readonly #bits: PageBits;
   readonly #base: number;
   readonly #pages: number;
   readonly #end: number;
@@ -169,6 +146,7 @@ export class FaultsLoop {
     this.#base = data.base;
     this.#pages = data.pages;
     this.#end = data.base + data.pages * PAGE_SIZE;
+    this.#bits = new PageBits(data.pageBits);
     this.#probePage = Region.map(PAGE_SIZE);
     this.#probeAddress = Number(this.#probePage.address);
     this.#progress[PROGRESS.pages] = data.pages;
@@ -214,12 +192,11 @@ export class FaultsLoop {
       if (rc < 0) {
         throw failure("UFFDIO_WRITEPROTECT", rc, { start: span.address });
       }
-      if (this.#scanner.visit(span, QUERIES.anyUnprotected, () => {}).pages === 0) break;
+      if (this.#bits.unprotected(span, () => {}, { first: true }) === 0) break;
     }
     // Sort the pages: data (resident, not the zero page; swapped when swap is on), or zero.
     const states = this.#states;
-    this.#scanner.visit(span, QUERIES.data, (first, n) => states.markData(first, first + n));
-    if (swapActive()) this.#scanner.visit(span, QUERIES.swapped, (first, n) => states.markData(first, first + n));
+    this.#bits.data(span, (first, n) => states.markData(first, first + n));
     let dataPages = 0;
     for (let i = 0; i < this.#pages; i++) if (states.state(i) === UNSAVED_DATA) dataPages++;
     const list = new Uint32Array(dataPages);
@@ -355,7 +332,7 @@ export class FaultsLoop {
   /** Releases what the loop holds in the process (after the userfaultfd is closed): its page, its pagemap fd. */
   close(): void {
     this.#probePage.unmap();
-    this.#scanner.close();
+    this.#bits.close();
   }
 
   // --- faults and events ---
@@ -548,7 +525,7 @@ export class FaultsLoop {
     const out: [number, number][] = [];
     for (const [first, n] of runs) {
       const range = { address: BigInt(this.#base + first * PAGE_SIZE), length: n * PAGE_SIZE };
-      this.#scanner.visit(range, QUERIES.unprotected, (f, m) => {
+      this.#bits.unprotected(range, (f, m) => {
         for (let i = first + f; i < first + f + m; i++) addRun(out, i);
       });
     }

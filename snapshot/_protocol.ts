@@ -22,6 +22,7 @@
  */
 
 import type { UntouchedFill } from "../kernel/profile.ts";
+import type { PageBitsPlan } from "../kernel/_page_contents.ts";
 import type { SerializedError } from "../handler/_protocol.ts";
 import type { SharedUserfaultfd } from "../kernel/userfaultfd.ts";
 
@@ -149,6 +150,8 @@ export interface SnapshotWorkerData {
   wpUnpopulated: boolean;
   /** How never-touched pages are filled before protection without `WP_UNPOPULATED` (the main side's profile). */
   untouchedFill: UntouchedFill | null;
+  /** How the page bits are read: PAGEMAP_SCAN, or `/proc/<pid>/pagemap` before Linux 6.7 (the main side's profile). */
+  pageBits: PageBitsPlan;
   sink: WorkerSinkSpec;
   /** Pages per chunk: the copier saves and unprotects a chunk at a time, under the chunk's lock. */
   chunkPages: number;

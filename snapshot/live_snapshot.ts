@@ -35,7 +35,7 @@ import { deserializeError } from "../handler/_protocol.ts";
 import { EFD_CLOEXEC, EFD_NONBLOCK, MADV_DONTNEED } from "../ffi/linux.ts";
 import { kernelRelease } from "../kernel/access.ts";
 import { kernelProfile, type UntouchedPages, untouchedPages } from "../kernel/profile.ts";
-import { hasPagemapScan } from "../kernel/pagemap_scan.ts";
+import { pageBitsPlan } from "../kernel/_page_contents.ts";
 import { pageCeil, pageFloor } from "../kernel/range.ts";
 import { Region } from "../kernel/region.ts";
 import { checkTarget, locateTarget, type MemoryTarget, privateAnonymous, type TargetSpan } from "../kernel/target.ts";
@@ -402,10 +402,13 @@ export class LiveSnapshot implements AsyncDisposable {
         { address: location.address, length: location.length },
       );
     }
-    if (!hasPagemapScan()) {
+    // Which pages are protected and which hold data: PAGEMAP_SCAN (6.7), else the pagemap's uffd-wp bit (5.17).
+    const pageBits = pageBitsPlan();
+    if (!pageBits.scan && !pageBits.wpBit) {
       throw invalid(
         operation,
-        `this kernel (${kernelRelease()}) has no PAGEMAP_SCAN (Linux 6.7+), which sorts the pages to save`,
+        `this kernel (${kernelRelease()}) reports write protection neither through PAGEMAP_SCAN (Linux 6.7) nor ` +
+          "in /proc/self/pagemap (bit 57, Linux 5.17): the snapshot could not check that every page is protected",
         {},
         ERRNO.EOPNOTSUPP,
       );
@@ -534,6 +537,7 @@ export class LiveSnapshot implements AsyncDisposable {
         length: location.length,
         wpUnpopulated,
         untouchedFill: wpUnpopulated ? null : fill,
+        pageBits,
         sink: sinkSpec,
         chunkPages,
         batch: 64,

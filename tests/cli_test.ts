@@ -145,7 +145,7 @@ Deno.test("--help works for the tool and for each command, and help <command> sa
   const top = await runCli(["--help"]);
   assert.equal(top.code, 0);
   assert.match(top.stdout, /commands:/);
-  for (const command of ["demo", "features", "semantics", "pagemap"]) {
+  for (const command of ["demo", "features", "semantics", "pagemap", "migrate"]) {
     assert.ok(top.stdout.includes(`  ${command} `), command);
     const help = await runCli([command, "--help"]);
     assert.equal(help.code, 0);

@@ -8,13 +8,16 @@
  */
 
 import assert from "node:assert/strict";
-import { Feature, LiveSnapshot, type WriteSet, WriteWatch } from "../mod.ts";
+import { Feature, LiveSnapshot, Userfaultfd, type WriteSet, WriteWatch } from "../mod.ts";
 import { checkRound, ROUNDS } from "../cli/_demo_watch.ts";
 import { checkSnapshot } from "../cli/_demo_snapshot_check.ts";
 import { WasmWriter } from "../cli/_demo_writer.ts";
 import { wasmStrideWriter } from "../cli/_demo_wasm.ts";
 import { hasStackTrace, onPath, runCli, runCliOnTerminal } from "./cli_run.ts";
-import { needs, needsPagemapScan, skipUnless } from "./helpers.ts";
+import { DEADLINE_SCALE, needs, skipUnless, waitFor } from "./helpers.ts";
+
+/** `text` as a regular expression matching it literally (a release like 6.12.117+deb12 has `.` and `+`). */
+const literal = (text: string) => text.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
 
 const backends = WriteWatch.backends();
 const best = backends.find((b) => b.available);
@@ -27,9 +30,9 @@ function needsAnyBackend(): boolean {
 /** What `LiveSnapshot` needs. */
 const SNAPSHOT_FEATURES = [Feature.PAGEFAULT_FLAG_WP, Feature.EVENT_REMOVE, Feature.EVENT_UNMAP, Feature.EVENT_REMAP];
 
-/** `ignore:` for tests that need a live snapshot. */
+/** `ignore:` for tests that need a live snapshot (Linux 5.17+: sync write-protect and the pagemap's uffd-wp bit). */
 function needsLiveSnapshot(): boolean {
-  return needs(...SNAPSHOT_FEATURES) || needsPagemapScan();
+  return needs(...SNAPSHOT_FEATURES);
 }
 
 /** The demo's `liveSnapshot` key, as far as the tests read it. */
@@ -96,7 +99,7 @@ Deno.test({
     const seconds = (performance.now() - t0) / 1000;
     assert.equal(code, 0, stderr);
     assert.equal(stderr, "");
-    assert.ok(seconds < 10, `demo --json took ${seconds.toFixed(1)} s`);
+    assert.ok(seconds < 10 * DEADLINE_SCALE, `demo --json took ${seconds.toFixed(1)} s`);
     const doc = JSON.parse(stdout);
     assert.equal(doc.kernel, Deno.osRelease());
     assert.equal(doc.features.status, "ok");
@@ -108,6 +111,7 @@ Deno.test({
     const rounds: Round[] = watch.rounds;
     assert.ok(rounds.length >= ROUNDS, `${rounds.length} rounds`);
     const { stripes, globals } = watch.layout;
+    let passesBefore = 0;
     for (const r of rounds) {
       assert.deepEqual(r.pages, [...new Set(r.pages)].sort((a, b) => a - b), "pages ascending, once each");
       assert.equal(r.count, r.pages.length);
@@ -123,7 +127,11 @@ Deno.test({
       for (const page of r.pages) assert.ok(may.has(page), `round ${r.round}: page ${page} reported, never written`);
       assert.equal(r.check.ok, true);
       assert.equal(r.check.writtenBefore, r.log.due.length);
-      // The writer's pattern is there: its globals in every round, this round's stripes.
+      // The writer's pattern is there: its globals in every round, this round's stripes — in each round in which the
+      // writer finished a pass (every one on a real machine; under an emulator a pass may outlast a round).
+      const passed = r.writer.passes > passesBefore;
+      passesBefore = r.writer.passes;
+      if (!passed && DEADLINE_SCALE > 1) continue;
       const dueNow = new Set(r.log.due.filter(([, from]) => from === r.round).map(([page]) => page));
       assert.ok(dueNow.has(globals.first), `round ${r.round}: the writer's globals were written`);
       const stride = stripes.strides[(r.round - 1) % stripes.strides.length];
@@ -132,15 +140,16 @@ Deno.test({
       assert.equal(stripePages.length, stripes.pages / stride, `round ${r.round}: every ${stride}th stripe page`);
     }
     assert.ok(rounds[rounds.length - 1]!.writer.passes > rounds[0]!.writer.passes, "the writer kept writing");
-    // The hot spot moves: its highest page in the last round is past the first round's.
-    const hot = (r: Round) =>
-      Math.max(...r.pages.filter((p) => p >= watch.layout.hotSpot.first && p < stripes.first - 8));
-    assert.ok(hot(rounds[rounds.length - 1]!) > hot(rounds[0]!), "the hot spot moved");
+    // The hot spot moves (with time, wrapping at the end of its lane): the last round's is not the first round's.
+    const hot = (r: Round) => r.pages.filter((p) => p >= watch.layout.hotSpot.first && p < stripes.first - 8).join();
+    const withHot = rounds.filter((r) => hot(r) !== "");
+    assert.ok(withHot.length >= 2, "the hot spot was written in two rounds at least");
+    assert.notEqual(hot(withHot.at(-1)!), hot(withHot[0]!), "the hot spot moved");
     // Then the live snapshot of the same memory, the writer still running.
     if (needsLiveSnapshot()) return;
     const snap: SnapshotStep = doc.liveSnapshot;
     assertSnapshotRan(snap, watch.memory.bytes);
-    assert.equal(snap.wpUnpopulated, true);
+    assert.equal(snap.wpUnpopulated, Userfaultfd.supported().features.has(Feature.WP_UNPOPULATED));
     assert.ok(snap.check.instant.pass >= last(rounds).writer.passes, "the snapshot came after the watch's last round");
   },
 });
@@ -152,7 +161,7 @@ Deno.test({
     const { code, stdout, stderr } = await runCli(["demo"]);
     assert.equal(code, 0, stderr);
     assert.ok(!hasStackTrace(stdout + stderr));
-    assert.match(stdout, new RegExp(`^uffd demo — Linux ${Deno.osRelease().replaceAll(".", "\\.")} `));
+    assert.match(stdout, new RegExp(`^uffd demo — Linux ${literal(Deno.osRelease())} `));
     assert.match(stdout, /this demo uses: WP_ASYNC [✓✗] {2}WP_UNPOPULATED [✓✗] {2}PAGEMAP_SCAN [✓✗]/);
     assert.match(stdout, /1 cell = 4 pages/);
     const maps = stdout.split("\n").filter((line) => /^\s+\d+\s{4}[·░▒▓█]{64}\s+\d+$/.test(line));
@@ -163,7 +172,8 @@ Deno.test({
     for (const line of checks) {
       assert.match(line, /^\s+✓ (\d+)\/\1 written before.* · ✓ 0 spurious · writer \+\d+ passes$/);
     }
-    assert.doesNotMatch(stdout, /✗/);
+    // No check failed (the features line may say ✗ for what this kernel lacks).
+    assert.doesNotMatch(stdout.split("\n").filter((l) => !l.startsWith("this demo uses:")).join("\n"), /✗/);
     // deno-lint-ignore no-control-regex
     assert.doesNotMatch(stdout, /\x1b\[/, "NO_COLOR: no escapes");
     // The live snapshot, after the rounds: its figures and its check.
@@ -386,6 +396,9 @@ Deno.test({
     let boundary = 0;
     for (let i = 1; i <= 20; i++) {
       await sleep(10);
+      // At least one pass of the writer since the last round (under an emulator one can take longer than 10 ms).
+      const passes = s.writer.passes;
+      await waitFor(() => s.writer.passes > passes, 10_000, "a pass of the writer");
       const c = await s.round();
       assert.deepEqual(c.missed, [], `round ${i}`);
       assert.deepEqual(c.neverWritten, [], `round ${i}`);
@@ -407,7 +420,9 @@ Deno.test({
     while (s.writer.passes < passes + 5) await sleep(1);
     await sleep(150); // the hot spot moves on by ~30 pages: the pages it left are not written again
     s.watch.reset(); // not a mark: the writes before it are gone
-    await sleep(5);
+    // Two more passes: the globals and stripes are written again, the pages the hot spot left are not.
+    const after = s.writer.passes;
+    await waitFor(() => s.writer.passes >= after + 2, 10_000, "two passes of the writer after the reset");
     const c = await s.round();
     assert.equal(c.ok, false);
     assert.ok(c.missed.length > 0, "the check saw the lost writes");

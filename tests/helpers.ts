@@ -8,7 +8,7 @@
 import assert from "node:assert/strict";
 import { bufferAt } from "../ffi/_libc.ts";
 import { hasPagemapScan } from "../kernel/pagemap_scan.ts";
-import { type Feature, kernelProfile, type Range, UffdError, Userfaultfd } from "../mod.ts";
+import { type Feature, kernelProfile, type Range, readPagemap, UffdError, Userfaultfd } from "../mod.ts";
 
 /**
  * `ignore:` value for a test that needs something the machine may lack. Prints the
@@ -69,6 +69,22 @@ export function needsZeroPage(): boolean {
     z.readFault || z.uffdZeropage === "zero-page",
     `kernel ${Deno.osRelease()} maps no shared zero page (read faults allocate; UFFDIO_ZEROPAGE: ${z.uffdZeropage})`,
   );
+}
+
+/**
+ * Pages of `range` in every category of `require`, from `/proc/self/pagemap` (every kernel has it, with or without
+ * PAGEMAP_SCAN): `PRESENT`; `PFNZERO`, present and the shared zero page (its PFN where PFNs are visible, else a page
+ * not mapped exclusively — the zero page never is).
+ */
+export function pagesIn(range: Range, ...require: ("PRESENT" | "PFNZERO")[]): number {
+  const profile = kernelProfile();
+  const zeroPfn = profile.pagemap.pfnVisible ? profile.zeroPage.zeroPfn : null;
+  let n = 0;
+  for (const e of readPagemap(range)) {
+    const zero = e.present && (zeroPfn === null ? !e.exclusive : e.pfn === zeroPfn);
+    if (require.every((c) => c === "PRESENT" ? e.present : zero)) n++;
+  }
+  return n;
 }
 
 /** `true` when running as root (some tests arrange the machine: huge pages, sysctls, users). */
@@ -166,14 +182,15 @@ export interface ScenarioRun {
 /**
  * Runs `deno run --allow-all <script> <name>` in its own process — the pattern for
  * anything where the main isolate touches protected or missing memory and could
- * hang — and fails the test if it does not end by itself within `deadlineMs`.
+ * hang — and fails the test if it does not end by itself within `deadlineMs` (scaled by
+ * {@linkcode DEADLINE_SCALE}).
  */
 export async function runScenario(
   script: URL,
   name: string,
   options: { deadlineMs?: number; env?: Record<string, string> } = {},
 ): Promise<ScenarioRun> {
-  const deadlineMs = options.deadlineMs ?? 60_000;
+  const deadlineMs = (options.deadlineMs ?? 60_000) * DEADLINE_SCALE;
   const child = new Deno.Command(Deno.execPath(), {
     args: ["run", "--allow-all", "--no-prompt", script.pathname, name],
     stdout: "piped",

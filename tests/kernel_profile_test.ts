@@ -12,13 +12,20 @@ import {
   kernelProfile,
   MADV_NOHUGEPAGE,
   MADV_POPULATE_READ,
+  MAP_ANONYMOUS,
+  MAP_FIXED,
+  MAP_NORESERVE,
+  MAP_PRIVATE,
   pagemapScan,
+  PROT_READ,
+  PROT_WRITE,
   readPagemap,
   Region,
   Userfaultfd,
 } from "../mod.ts";
 import { overrideKernelProfile } from "../kernel/profile.ts";
-import { isRoot, needsPagemapScan, skipUnless } from "./helpers.ts";
+import * as libc from "../ffi/_libc.ts";
+import { assertUffdError, isRoot, needsPagemapScan, skipUnless } from "./helpers.ts";
 
 const PAGE = Region.pageSize;
 const PAGES = 4096; // 16 MiB: far above the RSS counters' per-CPU slack
@@ -151,9 +158,104 @@ Deno.test({
   ignore: skipUnless(profile.pagemap.uffdWpBit !== null, "no userfaultfd with write-protect to measure it"),
   fn: () => {
     using mem = Region.map(PAGE, { populate: true });
-    using uffd = Userfaultfd.open();
+    using uffd = Userfaultfd.open({ writers: "other-threads" }); // nobody writes it
     uffd.register(mem, { wp: true });
     uffd.writeProtect(mem);
     assert.equal(readPagemap(mem)[0]!.uffdWp, profile.pagemap.uffdWpBit);
+  },
+});
+
+Deno.test({
+  name: "kernel profile: UFFDIO_CONTINUE_MODE_WP as measured (maps the page protected, or EINVAL with a hint)",
+  ignore: skipUnless(profile.userfaultfd.continueWp !== null, "no minor faults on shmem to measure it with"),
+  fn: () => {
+    using backing = Region.map(2 * PAGE, { memfd: true });
+    backing.bytes.fill(5);
+    using alias = backing.alias();
+    using uffd = Userfaultfd.open({ require: ["MINOR_SHMEM", "WP_HUGETLBFS_SHMEM"], writers: "other-threads" });
+    uffd.register(alias, { minor: true, wp: true });
+    if (profile.userfaultfd.continueWp) {
+      assert.equal(uffd.continue(alias.pages(0), { wp: true }), PAGE);
+      assert.deepEqual(readPagemap(alias).map((e) => [e.present, e.uffdWp]), [[true, true], [false, false]]);
+    } else {
+      const e = assertUffdError(() => uffd.continue(alias.pages(0), { wp: true }), "EINVAL", /UFFDIO_CONTINUE/);
+      assert.match(e.hint ?? "", /wp mode needs Linux 6\.4/);
+    }
+    assert.equal(uffd.continue(alias.pages(1)), PAGE, "without wp it is accepted everywhere");
+  },
+});
+
+/** The `VmFlags` of the mapping that starts at `address` (`/proc/self/smaps`). */
+function vmFlags(address: bigint): string[] {
+  const smaps = Deno.readTextFileSync("/proc/self/smaps");
+  const at = smaps.indexOf(`\n${address.toString(16)}-`);
+  assert.ok(at >= 0, "the mapping is in smaps");
+  return /\nVmFlags:([^\n]*)/.exec(smaps.slice(at))![1]!.trim().split(/\s+/);
+}
+
+Deno.test({
+  name: "kernel profile: a THP faulted in through a merged neighbour fills it as measured; a Region is never filled so",
+  ignore: skipUnless(profile.thp?.pmdSize != null, "no transparent huge pages"),
+  fn: () => {
+    const pmd = BigInt(profile.thp!.pmdSize!);
+    const flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE;
+    // Two plain mappings, the second starting in the middle of a PMD-aligned block: they merge into one.
+    const reserve = libc.mmap(0n, 4n * pmd, PROT_READ | PROT_WRITE, flags, -1, 0n);
+    assert.ok(reserve > 0n);
+    try {
+      const block = (reserve + pmd - 1n) / pmd * pmd;
+      const boundary = block + pmd / 2n;
+      assert.equal(libc.mmap(boundary, pmd, PROT_READ | PROT_WRITE, flags | MAP_FIXED, -1, 0n), boundary);
+      new Uint8Array(libc.bufferAt(block, 1))[0] = 1;
+      const filled = readPagemap({ address: boundary, length: PAGE })[0]!.present;
+      assert.equal(filled, profile.thp!.fillsNeighbours, "the neighbour's first page, never touched");
+    } finally {
+      libc.munmap(reserve, 4n * pmd);
+    }
+    // A Region is mapped MADV_NOHUGEPAGE where that happens (so it never merges with a plain neighbour), and
+    // with MADV_HUGEPAGE or MADV_NOHUGEPAGE when asked.
+    using plain = Region.map(Number(pmd));
+    assert.equal(vmFlags(plain.address).includes("nh"), profile.thp!.fillsNeighbours === true);
+    using huge = Region.map(Number(pmd), { thp: true });
+    assert.ok(vmFlags(huge.address).includes("hg"));
+    using none = Region.map(Number(pmd), { thp: false, populate: true });
+    assert.ok(vmFlags(none.address).includes("nh"));
+    assert.ok(readPagemap(none).every((e) => e.present), "populated after the advice");
+  },
+});
+
+/** `cc` on the PATH (the host and the kernel runner's guests have it). */
+function compilerAvailable(): boolean {
+  try {
+    return new Deno.Command("cc", { args: ["--version"], stdout: "null", stderr: "null" }).outputSync().success;
+  } catch {
+    return false;
+  }
+}
+
+Deno.test({
+  name: "kernel profile: the THP neighbour fill in C, without Deno or the library (tests/fixtures/thp_neighbour.c)",
+  ignore: skipUnless(profile.thp?.fillsNeighbours != null, "no transparent huge pages") ||
+    skipUnless(compilerAvailable(), "no C compiler (cc) on the PATH"),
+  fn: () => {
+    const dir = Deno.makeTempDirSync({ prefix: "uffd-thp-" });
+    try {
+      const source = new URL("./fixtures/thp_neighbour.c", import.meta.url).pathname;
+      const binary = `${dir}/thp_neighbour`;
+      const cc = new Deno.Command("cc", { args: ["-O2", "-o", binary, source] }).outputSync();
+      assert.ok(cc.success, new TextDecoder().decode(cc.stderr));
+      const run = (...args: string[]) => {
+        const out = new Deno.Command(binary, { args }).outputSync();
+        assert.ok(out.success, new TextDecoder().decode(out.stderr));
+        return Number(new TextDecoder().decode(out.stdout).split(" ")[0]);
+      };
+      // The region starts in the middle of a 2 MiB block: the bounce buffer's huge page covers its first half.
+      const filled = run("straddle");
+      assert.equal(filled > 0, profile.thp!.fillsNeighbours, `${filled} pages present that nothing touched`);
+      if (profile.thp!.fillsNeighbours) assert.equal(filled, 256, "the half of the block that lies in the region");
+      assert.equal(run("straddle", "nohugepage"), 0, "MADV_NOHUGEPAGE (what Region.map does): nothing");
+    } finally {
+      Deno.removeSync(dir, { recursive: true });
+    }
   },
 });

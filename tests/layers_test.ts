@@ -13,7 +13,7 @@
 import assert from "node:assert/strict";
 
 const ROOT = decodeURIComponent(new URL("../", import.meta.url).pathname).replace(/\/$/, "");
-const FOLDERS = ["ffi", "kernel", "handler", "watch", "checkpoint", "snapshot", "lazy", "cli"];
+const FOLDERS = ["ffi", "kernel", "handler", "watch", "checkpoint", "snapshot", "lazy", "migrate", "cli"];
 /** Floor of each folder (of a root file: by name). */
 const FLOOR: Record<string, number> = {
   ffi: 0,
@@ -23,10 +23,11 @@ const FLOOR: Record<string, number> = {
   checkpoint: 4,
   snapshot: 5,
   lazy: 5,
-  "mod.ts": 6,
-  cli: 7,
+  migrate: 6,
+  "mod.ts": 7,
+  cli: 8,
 };
-const ENTRIES = ["kernel", "handler", "watch", "checkpoint", "snapshot", "lazy"].map((f) => `${f}/mod.ts`);
+const ENTRIES = ["kernel", "handler", "watch", "checkpoint", "snapshot", "lazy", "migrate"].map((f) => `${f}/mod.ts`);
 
 function walk(dir: string): string[] {
   const out: string[] = [];

@@ -132,7 +132,7 @@ uffd.register(mem, { missing: true });
 const handler = await FaultHandler.start(uffd, policies.module(new URL("UFFD/tests/no_hang/hold_policy.ts")));
 ${start}
 ${
-    writer === "main isolate" ? "" : `await waitFor(() => handler.control("held") === 1, 5000, "the held fault");
+    writer === "main isolate" ? "" : `await waitFor(() => handler.control("held") === 1, 30_000, "the held fault");
 console.log("blocked", handler.state);
 ${end}`
   }

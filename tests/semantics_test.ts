@@ -8,6 +8,7 @@
 import assert from "node:assert/strict";
 import {
   type Feature,
+  kernelProfile,
   losesWrite,
   measureWpCell,
   measureWpSemantics,
@@ -17,7 +18,8 @@ import {
   WP_SCENARIOS,
   type WpCell,
 } from "../mod.ts";
-import { fdCount, needs, needsPagemapScan } from "./helpers.ts";
+import { fdCount, needs } from "./helpers.ts";
+import { hasPagemapScan } from "../kernel/pagemap_scan.ts";
 import { runCli } from "./cli_run.ts";
 
 const support = Userfaultfd.supported();
@@ -33,7 +35,7 @@ const SYNC_MODES = WP_MODES.filter((m) => !m.async).map((m) => m.id);
  * - a page unprotected again never faults;
  * - async modes: no fault reaches user space, a freshly protected page is not WRITTEN, and a never-touched
  *   page is protected too (WP_ASYNC implies WP_UNPOPULATED);
- * - a page just written is always reported WRITTEN (PAGEMAP_SCAN loses no write).
+ * - a page just written is always reported WRITTEN (PAGEMAP_SCAN, or the pagemap's uffd-wp bit, loses no write).
  */
 function assertDocumented(cells: readonly WpCell[]): void {
   const cell = (memory: string, scenario: string, mode: string) => {
@@ -73,6 +75,13 @@ function assertDocumented(cells: readonly WpCell[]): void {
   }
 }
 
+/** Where "written" comes from here: PAGEMAP_SCAN (6.7), else the pagemap's uffd-wp bit (5.17). */
+const expectedSource = hasPagemapScan()
+  ? "PAGEMAP_SCAN"
+  : kernelProfile().pagemap.uffdWpBit === true
+  ? "pagemap"
+  : null;
+
 /** The modes this kernel can run; the others must say why they cannot. */
 function expectedStatus(mode: string): "ok" | "unsupported" {
   const features = WP_MODES.find((m) => m.id === mode)!.features;
@@ -81,7 +90,7 @@ function expectedStatus(mode: string): "ok" | "unsupported" {
 
 Deno.test({
   name: "measureWpSemantics: every cell of 2 x 8 x 4, the documented ones as documented, nothing left behind",
-  ignore: needs("PAGEFAULT_FLAG_WP") || needsPagemapScan(),
+  ignore: needs("PAGEFAULT_FLAG_WP"),
   async fn() {
     const fds = fdCount();
     const seen: number[] = [];
@@ -100,6 +109,7 @@ Deno.test({
       }
     }
     assertDocumented(matrix.cells);
+    assert.equal(matrix.writtenFrom, expectedSource);
     assert.deepEqual(
       matrix.lostWrites.map((l) => `${l.memory}/${l.scenario}/${l.mode}`),
       matrix.cells.filter((c) => losesWrite(c) === true).map((c) => `${c.memory}/${c.scenario}/${c.mode}`),
@@ -112,7 +122,7 @@ Deno.test({
 
 Deno.test({
   name: "a mode whose feature is missing says so in every cell (forced by declining WP_ASYNC)",
-  ignore: needs("PAGEFAULT_FLAG_WP") || needsPagemapScan(),
+  ignore: needs("PAGEFAULT_FLAG_WP"),
   async fn() {
     const matrix = await measureWpSemantics({ memory: ["anon"], scenarios: ["populated"], decline: ["WP_ASYNC"] });
     assert.equal(matrix.cells.length, 4);
@@ -130,7 +140,7 @@ Deno.test({
 
 Deno.test({
   name: "measureWpCell: a sync fault is seen and resolved, and the written byte lands",
-  ignore: needs("PAGEFAULT_FLAG_WP") || needsPagemapScan(),
+  ignore: needs("PAGEFAULT_FLAG_WP"),
   async fn() {
     const zeropage = await measureWpCell("anon", "zeropage", "sync");
     assert.equal(zeropage.status, "ok", zeropage.error);
@@ -144,7 +154,7 @@ Deno.test({
 
 Deno.test({
   name: "uffd semantics --json: 64 cells, the documented ones as documented, the lost writes listed",
-  ignore: needs("PAGEFAULT_FLAG_WP") || needsPagemapScan(),
+  ignore: needs("PAGEFAULT_FLAG_WP"),
   async fn() {
     const { code, stdout, stderr } = await runCli(["semantics", "--json"]);
     assert.equal(code, 0, stderr);
@@ -164,7 +174,7 @@ Deno.test({
 
 Deno.test({
   name: "uffd semantics: one table per memory kind, the lost writes in words under each, a legend",
-  ignore: needs("PAGEFAULT_FLAG_WP") || needsPagemapScan(),
+  ignore: needs("PAGEFAULT_FLAG_WP"),
   async fn() {
     const { code, stdout } = await runCli(["semantics"]);
     assert.equal(code, 0);
@@ -178,5 +188,46 @@ Deno.test({
     assert.match(anonLine[1]!, /^unpopulated\b/, "anon sync loses writes to never-touched pages");
     assert.match(stdout, /^lost writes \(shmem\) — /m);
     assert.match(stdout, /^legend/m);
+  },
+});
+
+const FIXTURES = ["semantics-6.1.json", "semantics-6.18.json"].map((f) => new URL(`../docs/${f}`, import.meta.url));
+
+Deno.test("the matrices kept in docs/ are whole: 64 cells each, the documented ones as documented", () => {
+  for (const url of FIXTURES) {
+    const matrix = JSON.parse(Deno.readTextFileSync(url));
+    assert.equal(matrix.cells.length, 64, url.pathname);
+    assert.ok(matrix.cells.every((c: WpCell) => c.status !== "failed"), `${url.pathname}: no cell failed`);
+    assertDocumented(matrix.cells);
+  }
+});
+
+Deno.test({
+  name: "uffd semantics --compare: two kernels side by side, the differing cells marked and counted",
+  ignore: needs("PAGEFAULT_FLAG_WP"),
+  async fn() {
+    const [old, recent] = FIXTURES.map((u) => u.pathname);
+    // Two saved matrices, nothing measured: 6.1 has neither WP_ASYNC nor WP_UNPOPULATED.
+    const json = await runCli(["semantics", "--from", old!, "--compare", recent!, "--json"]);
+    assert.equal(json.code, 0, json.stderr);
+    const c = JSON.parse(json.stdout);
+    assert.equal(c.a.kernel, JSON.parse(Deno.readTextFileSync(old!)).kernel);
+    assert.equal(c.cells.length, 64);
+    assert.equal(c.differing, c.cells.filter((x: { differs: boolean }) => x.differs).length);
+    const cell = (memory: string, scenario: string, mode: string) =>
+      c.cells.find((x: WpCell) => x.memory === memory && x.scenario === scenario && x.mode === mode);
+    assert.equal(cell("anon", "unpopulated", "async").differs, true, "n/a on 6.1, measured on 6.18");
+    assert.equal(cell("anon", "populated", "sync").differs, false, "a fault on both");
+    const text = await runCli(["semantics", "--from", old!, "--compare", recent!]);
+    assert.equal(text.code, 0, text.stderr);
+    assert.match(text.stdout, new RegExp(`${c.differing} of 64 cells differ`));
+    const marked = text.stdout.split("\n").filter((l) => /≠\s*$/.test(l)).length;
+    assert.equal(marked, c.differing, "one ≠ per differing row");
+    // This kernel beside a saved one: measured here, compared there.
+    const live = await runCli(["semantics", "--compare", recent!, "--json"]);
+    assert.equal(live.code, 0, live.stderr);
+    assert.equal(JSON.parse(live.stdout).a.kernel, Deno.osRelease());
+    const bad = await runCli(["semantics", "--compare", new URL(import.meta.url).pathname]);
+    assert.equal(bad.code, 2, "a file that is not a matrix is a usage error");
   },
 });

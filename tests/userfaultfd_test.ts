@@ -4,12 +4,22 @@
  */
 
 import assert from "node:assert/strict";
-import { ERRNO, Feature, MADV_NOHUGEPAGE, readPagemap, Region, type UffdEvent, Userfaultfd } from "../mod.ts";
+import {
+  ERRNO,
+  FaultHandler,
+  Feature,
+  MADV_NOHUGEPAGE,
+  policies,
+  readPagemap,
+  Region,
+  type UffdEvent,
+  Userfaultfd,
+} from "../mod.ts";
 import * as libc from "../ffi/_libc.ts";
 import { uffdioApi } from "../ffi/_uffd_ioctls.ts";
 import { sysUserfaultfd } from "../ffi/_syscalls.ts";
 import { O_CLOEXEC, O_NONBLOCK } from "../ffi/linux.ts";
-import { assertUffdError, isRoot, reserveHugePages, skipUnless, waitFor, within } from "./helpers.ts";
+import { assertUffdError, DEADLINE_SCALE, isRoot, reserveHugePages, skipUnless, waitFor, within } from "./helpers.ts";
 
 const PAGE = Region.pageSize;
 
@@ -45,12 +55,25 @@ Deno.test("handshake: wanted features are granted when present, and only those",
 
 Deno.test("handshake: a required feature that is missing fails clearly (forced by declining it)", () => {
   const e = assertUffdError(
-    () => Userfaultfd.open({ require: [Feature.MOVE, Feature.WP_ASYNC], decline: [Feature.MOVE] }),
+    () => Userfaultfd.open({ require: [Feature.MOVE], decline: [Feature.MOVE] }),
     "EINVAL",
     /required feature not available: MOVE \(Linux 6\.8\+\)/,
   );
   assert.equal(e.beforeSyscall, true);
-  assert.equal(e.hint, "declined by the caller's options");
+  assert.equal(e.hint, "MOVE declined by the caller's options");
+  // Each missing feature with its own reason: one declined, one the kernel may lack.
+  const kernelHasAsync = Userfaultfd.supported().features.has(Feature.WP_ASYNC);
+  const both = assertUffdError(
+    () => Userfaultfd.open({ require: [Feature.MOVE, Feature.WP_ASYNC], decline: [Feature.MOVE] }),
+    "EINVAL",
+    kernelHasAsync ? /not available: MOVE \(Linux 6\.8\+\) —/ : /not available: WP_ASYNC \(Linux 6\.7\+\), MOVE/,
+  );
+  assert.equal(
+    both.hint,
+    kernelHasAsync
+      ? "MOVE declined by the caller's options"
+      : `MOVE declined by the caller's options; WP_ASYNC not offered by this kernel (${Deno.osRelease()})`,
+  );
   // Declining an optional feature just leaves it out.
   using uffd = Userfaultfd.open({ features: [Feature.MOVE], decline: [Feature.MOVE] });
   assert.equal(uffd.features.has(Feature.MOVE), false);
@@ -64,17 +87,47 @@ Deno.test("handshake: an unknown feature name is refused before the syscall", ()
   );
 });
 
-Deno.test("handshake: a second UFFDIO_API on the same fd fails with EINVAL and the fd keeps its features", () => {
-  using uffd = Userfaultfd.open({ features: [Feature.WP_ASYNC] });
+Deno.test("handshake: a second UFFDIO_API on the same fd fails with EINVAL and the fd keeps its features", async () => {
+  using uffd = Userfaultfd.open({ features: [Feature.WP_ASYNC], writers: "other-threads" });
   const { rc, api } = uffdioApi(uffd.fd, 0n);
   assert.equal(rc, -ERRNO.EINVAL);
   assert.equal(api.features, 0n, "the kernel zeroes the struct");
-  using mem = Region.map(PAGE);
+  using mem = Region.map(PAGE, { populate: true }); // present: sync write-protect needs a PTE to protect
   uffd.register(mem, { wp: true });
   uffd.writeProtect(mem);
-  mem.bytes[0] = 1; // would block forever if WP_ASYNC had been lost
+  // A write from another thread: resolved by the kernel if WP_ASYNC is still there, else a fault reaches us.
+  const writer = libc.memsetOffThread(mem.address, 1, 1n);
+  const faults = await serveWrites(uffd, writer);
+  assert.equal(faults, uffd.features.has(Feature.WP_ASYNC) ? 0 : 1);
   assert.equal(mem.bytes[0], 1);
 });
+
+/**
+ * Serves the write-protect faults of `writer` (another thread) from here by unprotecting
+ * each page, until it is done; on a timeout the userfaultfd is closed (the writer then
+ * goes through) before the test fails. Returns the number of faults served.
+ */
+async function serveWrites(uffd: Userfaultfd, writer: Promise<unknown>): Promise<number> {
+  let done = false;
+  writer.finally(() => done = true);
+  let faults = 0;
+  const deadline = Date.now() + 5000 * DEADLINE_SCALE;
+  while (!done) {
+    for (const e of uffd.readEvents()) {
+      if (e.type !== "pagefault") continue;
+      faults++;
+      uffd.unprotect({ address: e.address & ~BigInt(PAGE - 1), length: PAGE });
+    }
+    if (Date.now() > deadline) {
+      uffd.close();
+      await writer;
+      throw new Error("the writer did not finish");
+    }
+    await new Promise((r) => setTimeout(r, 1));
+  }
+  await writer;
+  return faults;
+}
 
 Deno.test("closing twice is harmless and every operation on a closed fd says EBADF", () => {
   using mem = Region.map(PAGE);
@@ -97,7 +150,7 @@ for (const kind of kinds) {
   Deno.test(`register, protect, unprotect, unregister on ${kind.name} memory`, () => {
     using mem = Region.map(4 * PAGE, kind.options);
     mem.bytes.fill(1);
-    using uffd = Userfaultfd.open({ features: [Feature.WP_ASYNC] });
+    using uffd = Userfaultfd.open({ features: [Feature.WP_ASYNC], writers: "other-threads" }); // nobody writes
     const allowed = uffd.register(mem, { wp: true });
     assert.ok(allowed.has("WRITEPROTECT"), [...allowed].join(" "));
     uffd.writeProtect(mem);
@@ -126,7 +179,7 @@ Deno.test({
       const huge = Region.hugePageSize;
       using mem = Region.map(huge, { hugetlb: true });
       mem.bytes[0] = 1;
-      using uffd = Userfaultfd.open({ features: [Feature.WP_HUGETLBFS_SHMEM] });
+      using uffd = Userfaultfd.open({ features: [Feature.WP_HUGETLBFS_SHMEM], writers: "other-threads" });
       const allowed = uffd.register(mem, { wp: true, missing: true });
       assert.ok(allowed.has("COPY") && allowed.has("WRITEPROTECT"), [...allowed].join(" "));
       assert.equal(allowed.has("ZEROPAGE"), false, "hugetlb has no ZEROPAGE");
@@ -153,7 +206,7 @@ Deno.test("copy resolves a missing fault raised by a write on another thread; th
   const target = mem.address + BigInt(PAGE) + 100n;
   const writer = libc.memsetOffThread(target, 0x33, 200n);
   let events: UffdEvent[] = [];
-  await waitFor(() => (events = uffd.readEvents()).length > 0, 5000, "the missing fault");
+  await waitFor(() => (events = uffd.readEvents()).length > 0, 30_000, "the missing fault");
   assert.equal(events.length, 1);
   const fault = events[0]!;
   assert.equal(fault.type, "pagefault");
@@ -163,7 +216,7 @@ Deno.test("copy resolves a missing fault raised by a write on another thread; th
   assert.equal(fault.wp, false);
   const page = new Uint8Array(PAGE).fill(0x11);
   assert.equal(uffd.copy({ address: fault.address, length: PAGE }, page), PAGE);
-  await within(writer, 5000, "the writer");
+  await within(writer, 30_000, "the writer");
   const bytes = mem.page(1);
   assert.equal(bytes[99], 0x11);
   assert.equal(bytes[100], 0x33);
@@ -180,26 +233,89 @@ Deno.test("zeropage resolves a missing fault raised by a Worker; the Worker's by
     const done = new Promise((resolve) => worker.onmessage = resolve);
     worker.postMessage({ address: mem.address, length: 64, value: 0x77 });
     let events: UffdEvent[] = [];
-    await waitFor(() => (events = uffd.readEvents()).length > 0, 5000, "the Worker's fault");
+    await waitFor(() => (events = uffd.readEvents()).length > 0, 30_000, "the Worker's fault");
     assert.equal(events[0]!.type, "pagefault");
     assert.equal(uffd.zeropage(mem.pages(0)), PAGE);
-    await within(done, 5000, "the Worker");
+    await within(done, 30_000, "the Worker");
     assert.deepEqual([...mem.page(0).subarray(60, 68)], [0x77, 0x77, 0x77, 0x77, 0, 0, 0, 0]);
   } finally {
     worker.terminate();
   }
 });
 
-Deno.test("copy with wp leaves the page write-protected", () => {
+Deno.test("copy with wp leaves the page write-protected", async () => {
   using mem = Region.map(PAGE);
-  using uffd = Userfaultfd.open({ features: [Feature.WP_ASYNC] });
+  using uffd = Userfaultfd.open({ features: [Feature.WP_ASYNC], writers: "other-threads" });
   uffd.register(mem, { missing: true, wp: true });
   uffd.copy(mem, new Uint8Array(PAGE).fill(9), { wp: true });
   assert.equal(readPagemap(mem)[0]!.uffdWp, true);
   assert.equal(mem.bytes[0], 9);
-  // A write now is resolved by WP_ASYNC and clears the bit.
-  mem.bytes[0] = 10;
+  // A write now (from another thread) is resolved by WP_ASYNC where the kernel has it, else it faults;
+  // either way it clears the bit.
+  const faults = await serveWrites(uffd, libc.memsetOffThread(mem.address, 10, 1n));
+  assert.equal(faults, uffd.features.has(Feature.WP_ASYNC) ? 0 : 1);
+  assert.equal(mem.bytes[0], 10);
   assert.equal(readPagemap(mem)[0]!.uffdWp, false);
+});
+
+Deno.test("writeProtect with no handler and no WP_ASYNC is EDEADLK before the syscall; a handler or writers lifts it", async (t) => {
+  using mem = Region.map(2 * PAGE, { populate: true });
+  const open = (options: Parameters<typeof Userfaultfd.open>[0] = {}) => {
+    const uffd = Userfaultfd.open({ decline: [Feature.WP_ASYNC], ...options });
+    uffd.register(mem, { missing: true, wp: true });
+    return uffd;
+  };
+  await t.step("refused: writeProtect, copy and continue with wp; nothing protected", () => {
+    using uffd = open();
+    const e = assertUffdError(() => uffd.writeProtect(mem), "EDEADLK", /no handler serves this userfaultfd/);
+    assert.equal(e.beforeSyscall, true);
+    assert.match(e.hint ?? "", /FaultHandler\.start|writers: "other-threads"/);
+    assert.deepEqual(readPagemap(mem).map((p) => p.uffdWp), [false, false]);
+    using empty = Region.map(PAGE);
+    using other = Userfaultfd.open({ decline: [Feature.WP_ASYNC] });
+    other.register(empty, { missing: true, wp: true });
+    assertUffdError(() => other.copy(empty, new Uint8Array(PAGE), { wp: true }), "EDEADLK");
+    assert.equal(readPagemap(empty)[0]!.present, false, "nothing was copied");
+    assertUffdError(() => other.continue(empty, { wp: true }), "EDEADLK");
+    // Unprotecting and copying without wp are never refused.
+    other.copy(empty, new Uint8Array(PAGE).fill(1));
+    uffd.unprotect(mem);
+  });
+  await t.step("allowed once the fd is shared, duplicated or given to a FaultHandler", async () => {
+    {
+      using uffd = open();
+      uffd.share();
+      uffd.writeProtect(mem);
+    }
+    {
+      using uffd = open();
+      using dup = uffd.duplicate();
+      uffd.writeProtect(mem);
+      dup.writeProtect(mem.pages(0));
+    }
+    {
+      using uffd = open();
+      await using handler = await FaultHandler.start(uffd, policies.unprotect());
+      uffd.writeProtect(mem);
+      mem.bytes[PAGE] = 7; // served by the handler's Worker
+      assert.deepEqual(handler.collect(), [{ firstPage: 1, pages: 1 }]);
+    }
+  });
+  await t.step('allowed with writers: "other-threads", and with WP_ASYNC', () => {
+    {
+      using uffd = open({ writers: "other-threads" });
+      uffd.writeProtect(mem);
+    }
+    if (Userfaultfd.supported().features.has(Feature.WP_ASYNC)) {
+      using uffd = Userfaultfd.open({ require: [Feature.WP_ASYNC] });
+      uffd.register(mem, { wp: true });
+      uffd.writeProtect(mem);
+      mem.bytes[0] = 3; // resolved by the kernel
+    }
+  });
+  await t.step("a bad writers value is a clear error", () => {
+    assertUffdError(() => Userfaultfd.open({ writers: "me" as "any" }), "EINVAL", /writers must be/);
+  });
 });
 
 Deno.test("copy into a page that is already there is EEXIST with a hint, never a count", () => {
@@ -213,7 +329,7 @@ Deno.test("copy into a page that is already there is EEXIST with a hint, never a
 
 Deno.test("bad input is refused with the errno name and a message saying what is wrong", async (t) => {
   using mem = Region.map(4 * PAGE);
-  using uffd = Userfaultfd.open();
+  using uffd = Userfaultfd.open({ writers: "other-threads" });
   await t.step("unaligned address", () => {
     const e = assertUffdError(
       () => uffd.register({ address: mem.address + 8n, length: PAGE }, { missing: true }),
@@ -355,7 +471,8 @@ Deno.test("copy, zeropage, writeProtect and unprotect over a range of several ke
   // mapping per call: a range split by madvise, or a memory that grew while registered, goes piece by piece.
   using mem = Region.map(12 * Region.pageSize);
   mem.advise(MADV_NOHUGEPAGE, mem.pages(4, 4)); // three mappings: 0-3, 4-7, 8-11
-  using uffd = Userfaultfd.open({ features: ["PAGEFAULT_FLAG_WP"] });
+  // Nothing writes the protected memory here: it is only read back through the pagemap.
+  using uffd = Userfaultfd.open({ features: ["PAGEFAULT_FLAG_WP"], writers: "other-threads" });
   uffd.register(mem, { missing: true, wp: uffd.features.has("PAGEFAULT_FLAG_WP") });
   const bytes = new Uint8Array(6 * Region.pageSize).fill(9);
   assert.equal(uffd.copy(mem.pages(1, 6), bytes), 6 * Region.pageSize, "copied across the first boundary");

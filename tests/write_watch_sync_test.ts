@@ -13,6 +13,7 @@ import {
   readPagemap,
   Region,
   type UntouchedFill,
+  Userfaultfd,
   type WriteSet,
   WriteWatch,
   type WriteWatchOptions,
@@ -192,14 +193,15 @@ Deno.test({
   ignore: noSync || skipUnless(readPagemap.length > 0 && kernelProfile().pagemap.uffdWpBit === true, "no uffd-wp bit"),
   fn: async (t) => {
     using mem = Region.map(8 * PAGE);
-    {
+    // With WP_UNPOPULATED (Linux 6.4): markers on the untouched pages; without it, the profile's fill (below).
+    if (Userfaultfd.supported().features.has("WP_UNPOPULATED")) {
       using watch = WriteWatch.start(mem, { backend: "sync" });
       assert.equal(watch.untouched, "unpopulated");
       const entries = readPagemap(mem);
       assert.deepEqual(entries.map((e) => [e.present, e.uffdWp]), Array(8).fill([false, true]), "markers, no pages");
       mem.bytes[6 * PAGE] = 1;
       assert.deepEqual([...watch.collect()], [6]);
-    }
+    } else console.log(`  kernel ${Deno.osRelease()} has no WP_UNPOPULATED: only the fills are measured`);
     for (const fill of fills()) {
       await t.step(fill, () => {
         overrideKernelProfile({ untouchedFill: fill });
@@ -249,11 +251,15 @@ Deno.test({
       mem.bytes[i * PAGE] = 1;
       assert.deepEqual([...watch.collect()], [i]);
     }
+    // At most as many as before (a thread or fd of the runtime's may also have gone meanwhile).
+    let now = { fds: 0, threads: 0 };
     await waitFor(
-      () => fdCount() === fds && threadCount() === threads,
+      () => (now = { fds: fdCount(), threads: threadCount() }).fds <= fds && now.threads <= threads,
       30_000,
-      `fds ${fdCount()} (were ${fds}) and threads ${threadCount()} (were ${threads}) to come back`,
-    );
+      `fds (were ${fds}) and threads (were ${threads}) to come back`,
+    ).catch((e) => {
+      throw new Error(`${e.message}: fds ${now.fds}, threads ${now.threads}`);
+    });
   },
 });
 
@@ -358,7 +364,16 @@ Deno.test({
     const ffiOnly = await run(["--allow-ffi"]);
     assert.equal(ffiOnly.available, false);
     assert.match(ffiOnly.reason, /loads this package's modules from .*needs read permission there \(--allow-read=/);
-    assert.match(ffiOnly.backend, /no write-watch backend can run here \(async: WP_ASYNC declined.*; sync: its fault/);
+    if (kernelProfile().softDirty.works) {
+      // Where soft-dirty works (no Worker, no file to read), automatic selection goes on to it.
+      assert.equal(ffiOnly.backend, "soft-dirty");
+      assert.deepEqual(ffiOnly.written, [1]);
+    } else {
+      assert.match(
+        ffiOnly.backend,
+        /no write-watch backend can run here \(async: WP_ASYNC declined.*; sync: its fault/,
+      );
+    }
     const withRead = await run(["--allow-ffi", `--allow-read=${decodeURIComponent(root.pathname)}`]);
     assert.deepEqual(withRead, { available: true, reason: null, backend: "sync", written: [1] });
   },

@@ -31,11 +31,13 @@ export function missingFeatures(span: WatchedSpan, needed: readonly Feature[], s
   } catch (e) {
     return `no userfaultfd here: ${e instanceof Error ? e.message : String(e)}`;
   }
+  // Each missing feature with its own reason: the caller's decline is not blamed for what the kernel lacks.
   const declined = needed.filter((f) => span.decline?.includes(f));
-  if (declined.length > 0) return `${declined.join(", ")} declined by the caller's options`;
-  const missing = needed.filter((f) => !features.has(f));
+  const missing = needed.filter((f) => !features.has(f) && !declined.includes(f));
+  const parts: string[] = [];
+  if (declined.length > 0) parts.push(`${declined.join(", ")} declined by the caller's options`);
   if (missing.length > 0) {
-    return `userfaultfd on this kernel (${kernelRelease()}) lacks ${missing.join(", ")} (${since})`;
+    parts.push(`userfaultfd on this kernel (${kernelRelease()}) lacks ${missing.join(", ")} (${since})`);
   }
-  return undefined;
+  return parts.length > 0 ? parts.join("; ") : undefined;
 }

@@ -4,6 +4,13 @@
  * Process-wide and not atomic. Internal: `docs/write-watch.md`, "The soft-dirty
  * backend".
  *
+ * The kernel keeps the soft-dirty bit per page table entry: a transparent huge page
+ * mapped by one PMD has one bit for its 512 pages, and one write would report all of
+ * them. The backend therefore splits the huge pages of the watched span into page
+ * entries when it starts (a mapping boundary inside a PMD splits it) and makes the
+ * span `MADV_NOHUGEPAGE`, so that no new one forms: each page is then answered for
+ * itself, as the other backends do.
+ *
  * @example
  * ```ts
  * import { softDirtyBackend } from "./_soft_dirty.ts";
@@ -17,7 +24,8 @@ import { kernelRelease } from "../kernel/access.ts";
 import { ERRNO, failure, UffdError } from "../kernel/errors.ts";
 import * as libc from "../ffi/_libc.ts";
 import { PAGE_SIZE, PAGE_SIZE_N } from "../ffi/_libc.ts";
-import { MS_ASYNC, O_CLOEXEC, O_WRONLY } from "../ffi/linux.ts";
+import { MADV_HUGEPAGE, MADV_NOHUGEPAGE, MS_ASYNC, O_CLOEXEC, O_WRONLY } from "../ffi/linux.ts";
+import { thpTraits } from "../kernel/profile.ts";
 import { unmappedParts } from "../kernel/maps.ts";
 import { readPagemapRaw, softDirtySupported } from "../kernel/pagemap.ts";
 import { PM_PRESENT, PM_SOFT_DIRTY, PM_SWAP } from "../ffi/uapi.ts";
@@ -42,6 +50,28 @@ function clearRefs(): void {
 
 const CLEAR_SOFT_DIRTY = new TextEncoder().encode("4");
 
+/**
+ * Makes `[address, address + pages)` `MADV_NOHUGEPAGE` and splits the transparent
+ * huge pages already in it into page entries: for each PMD-aligned block, a mapping
+ * boundary one page into the block (`MADV_HUGEPAGE` on that page, then back) splits
+ * its PMD, and the pieces merge again. Where the kernel has no transparent huge pages
+ * (or they are off), nothing is done. Advice the kernel refuses is left alone: the
+ * answers are then per huge page there, conservative (more pages, never fewer).
+ */
+function splitHugePages(address: bigint, pages: number): void {
+  const thp = thpTraits();
+  if (thp === null || thp.enabled === "never" || !thp.pmdSize || pages === 0) return;
+  const length = BigInt(pages) * PAGE_SIZE_N;
+  const end = address + length;
+  if (libc.madvise(address, length, MADV_NOHUGEPAGE) < 0) return;
+  const pmd = BigInt(thp.pmdSize);
+  for (let block = (address + pmd - 1n) / pmd * pmd; block + PAGE_SIZE_N <= end; block += pmd) {
+    libc.madvise(block, PAGE_SIZE_N, MADV_HUGEPAGE);
+    libc.madvise(block, PAGE_SIZE_N, MADV_NOHUGEPAGE);
+  }
+  // A huge page that straddles the span's start: the NOHUGEPAGE above put a boundary inside it already.
+}
+
 class SoftDirtyBackend implements WriteWatchBackend {
   readonly name = "soft-dirty" as const;
   readonly untouched = "unpopulated" as const;
@@ -57,6 +87,7 @@ class SoftDirtyBackend implements WriteWatchBackend {
     this.#pages = span.pages;
     this.#entries = new BigUint64Array(span.pages);
     this.#resident = new Uint8Array(span.pages);
+    splitHugePages(span.address, span.pages);
     this.reset();
   }
 
@@ -67,6 +98,7 @@ class SoftDirtyBackend implements WriteWatchBackend {
   extend(pages: number, _written: RunList): void {
     this.#check();
     if (pages <= this.#pages) return;
+    splitHugePages(this.#address + BigInt(this.#pages) * PAGE_SIZE_N, pages - this.#pages);
     const entries = new BigUint64Array(pages);
     const resident = new Uint8Array(pages);
     resident.set(this.#resident);

@@ -46,7 +46,7 @@ for (const kind of ["anon", "shmem"] as const) {
       const released = thread.call({ op: "madvise", address: mem.address + P, length: 2n * P, advice });
       const events = await collectEvents(uffd, (es) => es.length > 0, "the remove event");
       assert.deepEqual(events, [{ type: "remove", start: mem.address + P, end: mem.address + 3n * P }]);
-      assert.equal(await within(released, 5000, "madvise after the event was read"), 0);
+      assert.equal(await within(released, 30_000, "madvise after the event was read"), 0);
       // The range is still registered: reading a released page is a missing fault again.
       const reader = libc.memcpyOffThread(libc.addressOf(new Uint8Array(8)), mem.address + P, 8n);
       const served = await serveUntil(uffd, reader, (f) => uffd.zeropage({ address: f.address, length: PAGE }));
@@ -84,7 +84,7 @@ for (const kind of ["anon", "shmem"] as const) {
       const moved = thread.call({ op: "mremap", address: mem.address, length: 4n * P, to: target.address });
       const events = await collectEvents(uffd, (es) => es.length > 0, "the remap event");
       assert.deepEqual(events, [{ type: "remap", from: mem.address, to: target.address, length: 4n * P }]);
-      assert.equal(await within(moved, 5000, "mremap after the event was read"), 0);
+      assert.equal(await within(moved, 30_000, "mremap after the event was read"), 0);
       assert.deepEqual(uffd.registrations, [{ start: target.address, end: target.address + 4n * P, mode: "missing" }]);
       // …and the second half after it: the faults arrive at the new address.
       const scratch = new Uint8Array(4 * PAGE);
@@ -93,7 +93,9 @@ for (const kind of ["anon", "shmem"] as const) {
         page.fill(Number((f.address - target.address) / P) + 1);
         uffd.copy({ address: f.address, length: PAGE }, page);
       });
-      assert.deepEqual(served.faults.map((f) => (f.address - target.address) / P), [2n, 3n]);
+      // Once each; in whichever order the copy touches them (glibc's memcpy may copy the tail first, by CPU).
+      const pages = served.faults.map((f) => (f.address - target.address) / P);
+      assert.deepEqual(pages.toSorted((a, b) => a < b ? -1 : 1), [2n, 3n], `faults at pages ${pages.join(", ")}`);
       assert.deepEqual([0, 1, 2, 3].map((i) => scratch[i * PAGE]), [1, 2, 3, 4], "moved pages kept their contents");
     },
   });
@@ -117,7 +119,7 @@ Deno.test({
           const released = thread.call({ op: "madvise", address: mem.range.address, length, advice });
           const events = await collectEvents(uffd, (es) => es.length > 0, "the remove event");
           assert.deepEqual(events, [{ type: "remove", start: mem.range.address, end: mem.range.address + length }]);
-          assert.equal(await within(released, 5000, "madvise"), 0);
+          assert.equal(await within(released, 30_000, "madvise"), 0);
         });
       }
     });
@@ -139,7 +141,7 @@ Deno.test({
       start: mem.address + 2n * P,
       end: mem.address + 4n * P,
     }]);
-    assert.equal(await within(unmapped, 5000, "munmap after the event was read"), 0);
+    assert.equal(await within(unmapped, 30_000, "munmap after the event was read"), 0);
     assert.deepEqual(uffd.registrations, [{ start: mem.address, end: mem.address + 2n * P, mode: "missing" }]);
     // COPY into the unmapped part is refused by the kernel (ENOENT), which is what the event warns about.
     assertUffdError(() => uffd.copy(mem.pages(2), new Uint8Array(PAGE)), "ENOENT");
@@ -188,7 +190,7 @@ Deno.test({
     // Reading the event lets the madvise finish, and the ioctls work again.
     const events = await collectEvents(uffd, (es) => es.length > 0, "the remove event");
     assert.equal(events[0]!.type, "remove");
-    assert.equal(await within(removed, 5000, "madvise"), 0);
+    assert.equal(await within(removed, 30_000, "madvise"), 0);
     assert.equal(uffd.zeropage(mem.pages(1)), PAGE);
   },
 });

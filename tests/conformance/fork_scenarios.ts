@@ -97,7 +97,7 @@ const scenarios: Record<string, (memory: MemType, pageSize: number) => Promise<O
     let status: ReturnType<typeof waitStatus> | undefined;
     const faults: number[] = [];
     try {
-      await waitFor(() => children.length === 1, 5_000, "the fork event");
+      await waitFor(() => children.length === 1, 30_000, "the fork event");
       const child = children[0]!;
       const page = new Uint8Array(pageSize);
       await waitFor(
@@ -144,7 +144,10 @@ const scenarios: Record<string, (memory: MemType, pageSize: number) => Promise<O
 async function wpFork(memory: MemType, withEvent: boolean): Promise<Observations> {
   using mem = mapMemory(memory, 2);
   const page: Range = { address: mem.range.address, length: mem.pageSize };
-  using uffd = Userfaultfd.open({ require: [...wpFeatures(memory), ...(withEvent ? [Feature.EVENT_FORK] : [])] });
+  using uffd = Userfaultfd.open({
+    require: [...wpFeatures(memory), ...(withEvent ? [Feature.EVENT_FORK] : [])],
+    writers: "other-threads", // the forked child writes
+  });
   uffd.register(mem.range, { wp: true });
   mem.bytes[0] = 1; // touch
   uffd.writeProtect(page);
@@ -158,7 +161,7 @@ async function wpFork(memory: MemType, withEvent: boolean): Promise<Observations
       Deno.kill(pid, "SIGKILL");
       reap(pid);
       if (reader) {
-        await waitFor(() => reader.children.length > 0, 5_000, "the fork event");
+        await waitFor(() => reader.children.length > 0, 30_000, "the fork event");
         reader.children.shift()!.close();
       }
     }
@@ -202,7 +205,7 @@ async function sigbusFork(memory: MemType, pageSize: number, wp: boolean): Promi
   const pid = forkReader(mem.range.address + BigInt(pageSize), 1, 0);
   if (pid < 0) throw new Error(`fork: ${pid}`);
   const status = reap(pid);
-  await waitFor(() => children.length === 1, 5_000, "the fork event");
+  await waitFor(() => children.length === 1, 30_000, "the fork event");
   const child = children[0]!;
   const childEvents = child.readEvents().length;
   child.close();

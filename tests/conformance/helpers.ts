@@ -11,7 +11,7 @@ import assert from "node:assert/strict";
 import { MAP_PRIVATE, MFD_CLOEXEC, PROT_READ, PROT_WRITE, type Range, Region } from "../../mod.ts";
 import type { PagefaultEvent, UffdEvent, Userfaultfd } from "../../mod.ts";
 import * as libc from "../../ffi/_libc.ts";
-import { isRoot, reserveHugePages, skipUnless } from "../helpers.ts";
+import { DEADLINE_SCALE, isRoot, reserveHugePages, skipUnless } from "../helpers.ts";
 export { assertUffdError } from "../helpers.ts";
 
 /** The base page size. */
@@ -26,15 +26,16 @@ export function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
-/** Reads events until `done(all so far)` holds; throws after `ms`. */
+/** Reads events until `done(all so far)` holds; throws after `ms` (scaled by `DEADLINE_SCALE`). */
 export async function collectEvents(
   uffd: Userfaultfd,
   done: (events: UffdEvent[]) => boolean,
   what: string,
-  ms = 5000,
+  ms = 30_000,
 ): Promise<UffdEvent[]> {
+  ms *= DEADLINE_SCALE; // a loaded machine (a Worker type-checked at start-up) or TCG: generous, it only bounds a hang
   const events: UffdEvent[] = [];
-  const deadline = Date.now() + ms;
+  const deadline = Date.now() + ms * DEADLINE_SCALE;
   for (;;) {
     events.push(...uffd.readEvents());
     if (done(events)) return events;
@@ -46,7 +47,7 @@ export async function collectEvents(
 }
 
 /** The next page fault (other events before it are returned too). */
-export async function nextFault(uffd: Userfaultfd, what = "a page fault", ms = 5000): Promise<PagefaultEvent> {
+export async function nextFault(uffd: Userfaultfd, what = "a page fault", ms = 30_000): Promise<PagefaultEvent> {
   const events = await collectEvents(uffd, (es) => es.some((e) => e.type === "pagefault"), what, ms);
   return events.find((e) => e.type === "pagefault") as PagefaultEvent;
 }
@@ -67,7 +68,9 @@ export interface Served<T> {
  * `onEvent`. This is the tests' stand-in for the fault handler: a bounded poll
  * loop over `readEvents()`. On timeout it closes the userfaultfd — which wakes
  * every blocked thread — and waits for the work before failing, so that no
- * thread is left touching memory the test is about to unmap.
+ * thread is left touching memory the test is about to unmap. The same when
+ * `serve` or `onEvent` throws (a resolution the kernel refused): the error is
+ * rethrown only once the work has ended.
  */
 export async function serveUntil<T>(
   uffd: Userfaultfd,
@@ -75,29 +78,38 @@ export async function serveUntil<T>(
   serve: (fault: PagefaultEvent) => void,
   options: { ms?: number; onEvent?: (event: UffdEvent) => void } = {},
 ): Promise<Served<T>> {
-  const ms = options.ms ?? 10_000;
+  const ms = (options.ms ?? 30_000) * DEADLINE_SCALE;
   let settled = false;
   let failure: unknown;
   let result: T | undefined;
   work.then((r) => result = r, (e) => failure = e).finally(() => settled = true);
   const faults: PagefaultEvent[] = [];
   const events: UffdEvent[] = [];
-  const deadline = Date.now() + ms;
+  const deadline = Date.now() + ms * DEADLINE_SCALE;
+  // Closing the userfaultfd wakes every blocked thread; the work then ends by itself. Until it has, its memory
+  // must stay mapped: wait for it (the bound only keeps a broken kernel from hanging the test for good).
+  const release = async (error: unknown): Promise<never> => {
+    uffd.close();
+    const waited = Date.now() + 30_000 * DEADLINE_SCALE;
+    while (!settled && Date.now() < waited) await sleep(5);
+    throw error;
+  };
   while (!settled) {
-    for (const event of uffd.readEvents()) {
-      if (event.type === "pagefault") {
-        faults.push(event);
-        serve(event);
-      } else {
-        events.push(event);
-        options.onEvent?.(event);
+    try {
+      for (const event of uffd.readEvents()) {
+        if (event.type === "pagefault") {
+          faults.push(event);
+          serve(event);
+        } else {
+          events.push(event);
+          options.onEvent?.(event);
+        }
       }
+    } catch (e) {
+      await release(e);
     }
     if (Date.now() > deadline) {
-      uffd.close();
-      const waited = Date.now() + 2000;
-      while (!settled && Date.now() < waited) await sleep(5);
-      throw new Error(`the work did not finish within ${ms} ms (${faults.length} faults served)`);
+      await release(new Error(`the work did not finish within ${ms} ms (${faults.length} faults served)`));
     }
     await sleep(0);
   }
@@ -121,7 +133,7 @@ export interface ChildResult {
 
 /** Options of {@linkcode runChild}. */
 export interface ChildOptions {
-  /** Deadline before the child is killed with SIGKILL (default 20 s). */
+  /** Deadline before the child is killed with SIGKILL (default 20 s; scaled by `DEADLINE_SCALE`). */
   timeoutMs?: number;
   /** Deno permission flags (default `["--allow-all"]`). */
   flags?: string[];
@@ -161,7 +173,7 @@ export async function runChild(source: string, options: ChildOptions = {}): Prom
     try {
       child.kill("SIGKILL");
     } catch { /* already gone */ }
-  }, options.timeoutMs ?? 20_000);
+  }, (options.timeoutMs ?? 20_000) * DEADLINE_SCALE);
   const writer = child.stdin.getWriter();
   await writer.write(new TextEncoder().encode(source.replaceAll("UFFD/", ROOT.href)));
   await writer.close();

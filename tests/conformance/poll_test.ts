@@ -61,12 +61,12 @@ Deno.test("userfaultfd.rst POLLERR: poll() on a userfaultfd before UFFDIO_API, a
     uffd.register(mem, { missing: true });
     const reader = libc.memcpyOffThread(libc.addressOf(new Uint8Array(8)), mem.address, 8n);
     try {
-      await waitFor(() => (revents(uffd.fd) & POLLIN) !== 0, 5_000, "POLLIN for the queued fault");
+      await waitFor(() => (revents(uffd.fd) & POLLIN) !== 0, 30_000, "POLLIN for the queued fault");
       const events = uffd.readEvents();
       assert.equal(events.length, 1);
       assert.equal(revents(uffd.fd) & POLLIN, 0, "read: nothing queued any more (the fault still waits)");
       uffd.zeropage(mem);
-      await within(reader, 5_000, "the reader");
+      await within(reader, 30_000, "the reader");
     } finally {
       uffd.close(); // whatever failed, the reader is released before the page is unmapped
       await reader;
@@ -98,8 +98,8 @@ Deno.addSignalListener("SIGUSR1", () => delivered++); // a handler: the signal i
 using mem = Region.map(64 * 4096, { populate: true });
 using uffd = Userfaultfd.open();
 uffd.register(mem, { wp: true });
-uffd.writeProtect(mem);
 await using handler = await FaultHandler.start(uffd, policies.module(new URL("UFFD/tests/conformance/tid_policy.ts")));
+uffd.writeProtect(mem);
 const tid = handler.control("tid");
 const before = handler.stats.wakeups;
 for (let i = 0; i < 50; i++) {

@@ -24,7 +24,11 @@ Deno.test({
   ignore: needs(Feature.PAGEFAULT_FLAG_WP, Feature.WP_UNPOPULATED),
   fn() {
     using mem = Region.map(4 * PAGE);
-    using uffd = Userfaultfd.open({ require: [Feature.PAGEFAULT_FLAG_WP, Feature.WP_UNPOPULATED] });
+    // This isolate writes only where the marker is gone.
+    using uffd = Userfaultfd.open({
+      require: [Feature.PAGEFAULT_FLAG_WP, Feature.WP_UNPOPULATED],
+      writers: "other-threads",
+    });
     uffd.register(mem, { wp: true });
     // Protecting an empty page leaves a marker that pagemap reports…
     uffd.writeProtect(mem.pages(0));
@@ -57,7 +61,9 @@ for (const unpopulated of [true, false]) {
     async fn() {
       using mem = Region.map(2 * PAGE);
       using uffd = Userfaultfd.open(
-        unpopulated ? { require: [Feature.WP_UNPOPULATED] } : { decline: [Feature.WP_UNPOPULATED] },
+        unpopulated
+          ? { require: [Feature.WP_UNPOPULATED], writers: "other-threads" }
+          : { decline: [Feature.WP_UNPOPULATED], writers: "other-threads" },
       );
       uffd.register(mem, { wp: true });
       uffd.writeProtect(mem);

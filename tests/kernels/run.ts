@@ -30,7 +30,7 @@ const REPO = decodeURIComponent(new URL("../..", import.meta.url).pathname).repl
 
 const USAGE = `usage: deno run -A tests/kernels/run.ts [options] [files or folders…] [-- deno test flags…]
   --kernel K            6.1 (default), 6.12, all, or a linux-image-…-unsigned package; comma list allowed
-  --timeout-per-file S  watchdog per file, seconds (default 300): then kernel stacks are dumped and it is killed
+  --timeout-per-file S  watchdog per file, seconds (default 600): then kernel stacks are dumped and it is killed
   --thp MODE            always|madvise|never: THP mode set in the guest first (default: the kernel's own)
   --cmd 'SHELL'         run a shell command in the guest (repeatable; from the repo root; runs before files)
   --isolate             one boot per file instead of one boot per kernel
@@ -124,7 +124,7 @@ async function main(): Promise<number> {
       allowPositionals: true,
       options: {
         kernel: { type: "string", default: "6.1" },
-        "timeout-per-file": { type: "string", default: "300" },
+        "timeout-per-file": { type: "string", default: "600" },
         thp: { type: "string" },
         cmd: { type: "string", multiple: true, default: [] },
         isolate: { type: "boolean", default: false },

@@ -94,7 +94,7 @@ function testPolicy(name: string, options: unknown = {}) {
 /** How a handler ended: its error's class and message, or its state. */
 async function ending(handler: FaultHandler): Promise<Observations> {
   try {
-    const stats = await within(handler.done, 5_000, "handler.done");
+    const stats = await within(handler.done, 30_000, "handler.done");
     return { ended: "stopped", faults: stats.faults, state: handler.state };
   } catch (e) {
     return {
@@ -112,12 +112,12 @@ async function terminated(how: string): Promise<Observations> {
   uffd.register(mem, { missing: true });
   const handler = await FaultHandler.start(uffd, policy("misbehave_policy", { how }), { stopTimeoutMs: 300 });
   const writer = libc.memsetOffThread(mem.address + BigInt(PAGE), 9, 16n);
-  await waitFor(() => handler.stats.faults >= 1, 5_000, "the writer's fault");
+  await waitFor(() => handler.stats.faults >= 1, 30_000, "the writer's fault");
   const t0 = performance.now();
   let stopError = "";
   await handler.stop().catch((e) => stopError = (e as Error).message);
   const stopMs = performance.now() - t0;
-  await within(writer, 5_000, "the writer after the handler was terminated");
+  await within(writer, 30_000, "the writer after the handler was terminated");
   const end = await ending(handler);
   const landed = mem.bytes[PAGE] === 9;
   mem.unmap();
@@ -130,8 +130,8 @@ const scenarios: Record<string, () => Promise<Observations>> = {
     const mem = Region.map(8 * PAGE, { populate: true });
     const uffd = Userfaultfd.open();
     uffd.register(mem, { wp: true });
-    uffd.writeProtect(mem);
     const handler = await FaultHandler.start(uffd, testPolicy("throw_at", { at: 3 }));
+    uffd.writeProtect(mem);
     const t0 = performance.now();
     for (let p = 0; p < 8; p++) mem.bytes[p * PAGE] = 5; // the 3rd blocks until the Worker closes the uffd
     const blockedMs = performance.now() - t0;
@@ -159,8 +159,8 @@ const scenarios: Record<string, () => Promise<Observations>> = {
     const mem = Region.map(4 * PAGE, { populate: true });
     const uffd = Userfaultfd.open();
     uffd.register(mem, { wp: true });
-    uffd.writeProtect(mem);
     const handler = await FaultHandler.start(uffd, testPolicy("exit_at", { at: 1 }));
+    uffd.writeProtect(mem);
     mem.bytes[PAGE] = 7;
     const end = await ending(handler);
     const landed = mem.bytes[PAGE] === 7;
@@ -201,7 +201,7 @@ const scenarios: Record<string, () => Promise<Observations>> = {
     const t0 = performance.now();
     mem.bytes[2 * PAGE] = 3; // blocks: the policy never resolves it
     const blockedMs = performance.now() - t0;
-    await within(closed, 5_000, "the closer");
+    await within(closed, 30_000, "the closer");
     closer.terminate();
     const end = await ending(handler);
     const landed = mem.bytes[2 * PAGE] === 3;
@@ -216,9 +216,9 @@ const scenarios: Record<string, () => Promise<Observations>> = {
     uffd.register(mem, { missing: true });
     const handler = await FaultHandler.start(uffd, policy("hold_policy"));
     const writer = libc.memsetOffThread(mem.address, 4, 64n);
-    await waitFor(() => handler.control("held") === 1, 5_000, "the held fault");
+    await waitFor(() => handler.control("held") === 1, 30_000, "the held fault");
     uffd.close();
-    await within(writer, 5_000, "the writer after close()");
+    await within(writer, 30_000, "the writer after close()");
     const end = await ending(handler);
     const landed = mem.bytes[63] === 4;
     mem.unmap();

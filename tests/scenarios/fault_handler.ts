@@ -63,9 +63,9 @@ const scenarios: Record<string, () => Promise<Observations>> = {
     using mem = Region.map(TOTAL * PAGE, { populate: true });
     using uffd = Userfaultfd.open();
     uffd.register(mem, { wp: true });
-    uffd.writeProtect(mem);
     const pages = pickPages(TOTAL, 10_000);
     await using handler = await FaultHandler.start(uffd, policies.unprotect());
+    uffd.writeProtect(mem);
     const bytes = mem.bytes;
     // Read right after each write, before any round trip: faults and resolved already count it.
     let behind = 0;
@@ -105,9 +105,9 @@ const scenarios: Record<string, () => Promise<Observations>> = {
     using mem = Region.map(TOTAL * PAGE, { populate: true });
     using uffd = Userfaultfd.open();
     uffd.register(mem, { wp: true });
-    uffd.writeProtect(mem);
     const pages = pickPages(TOTAL, 300, 777);
     await using handler = await FaultHandler.start(uffd, policies.unprotect({ chunk: 16 }));
+    uffd.writeProtect(mem);
     const bytes = mem.bytes;
     for (const p of pages) bytes[p * PAGE] = 1;
     const chunks = [...new Set(pages.map((p) => Math.floor(p / 16)))];
@@ -188,8 +188,8 @@ const scenarios: Record<string, () => Promise<Observations>> = {
     using mem = Region.map(8 * PAGE, { populate: true });
     using uffd = Userfaultfd.open({ require: [Feature.THREAD_ID, Feature.EXACT_ADDRESS] });
     uffd.register(mem, { wp: true });
-    uffd.writeProtect(mem);
     await using handler = await FaultHandler.start(uffd, policies.module(policyUrl("recording")));
+    uffd.writeProtect(mem);
     mem.bytes[3 * PAGE + 321] = 1;
     const seen = handler.control("faults") as { address: number; page: number; pageIndex: number; threadId: number }[];
     let unknown: string | undefined;
@@ -217,12 +217,12 @@ const scenarios: Record<string, () => Promise<Observations>> = {
       const mem = Region.map(pages * PAGE, { populate: true });
       const uffd = Userfaultfd.open();
       uffd.register(mem, { wp: true });
-      uffd.writeProtect(mem);
       const handler = await FaultHandler.start(uffd, policies.module(policyUrl("throw_at"), { at }));
+      uffd.writeProtect(mem);
       const bytes = mem.bytes;
       for (let p = 0; p < pages; p++) bytes[p * PAGE] = 1; // write `at` blocks until the Worker closes the uffd
       let error: unknown;
-      await within(handler.done, 5_000, "handler.done").catch((e) => error = e);
+      await within(handler.done, 30_000, "handler.done").catch((e) => error = e);
       let stopError: unknown;
       await handler.stop().catch((e) => stopError = e);
       const landed = Array.from({ length: pages }, (_, p) => bytes[p * PAGE] === 1).every(Boolean);
@@ -253,12 +253,12 @@ const scenarios: Record<string, () => Promise<Observations>> = {
     using mem = Region.map(20 * PAGE, { populate: true });
     using uffd = Userfaultfd.open();
     uffd.register(mem, { wp: true });
-    uffd.writeProtect(mem);
     const handler = await FaultHandler.start(uffd, policies.module(policyUrl("exit_at"), { at: 5 }));
+    uffd.writeProtect(mem);
     const bytes = mem.bytes;
     for (let p = 0; p < 20; p++) bytes[p * PAGE] = 2;
     let error: unknown;
-    await within(handler.done, 5_000, "handler.done").catch((e) => error = e);
+    await within(handler.done, 30_000, "handler.done").catch((e) => error = e);
     return {
       landed: Array.from({ length: 20 }, (_, p) => bytes[p * PAGE] === 2).every(Boolean),
       isHandlerError: error instanceof FaultHandlerError,
@@ -284,15 +284,15 @@ const scenarios: Record<string, () => Promise<Observations>> = {
     using mem = Region.map(PAGES * PAGE, { populate: true });
     using uffd = Userfaultfd.open();
     uffd.register(mem, { wp: true });
-    uffd.writeProtect(mem);
     const handler = await FaultHandler.start(uffd, policies.unprotect());
+    uffd.writeProtect(mem);
     const { worker, done } = startWriter(mem, Array.from({ length: PAGES }, (_, p) => p * PAGE), 4);
-    await waitFor(() => handler.stats.faults >= 20, 5_000, "the writer's faults");
+    await waitFor(() => handler.stats.faults >= 20, 30_000, "the writer's faults");
     const t0 = performance.now();
     const stats = await handler.stop();
     const stopMs = performance.now() - t0;
     uffd.close(); // wakes the writer if it is blocked; its remaining writes need no handler
-    await within(done, 5_000, "the writer after close");
+    await within(done, 30_000, "the writer after close");
     worker.terminate();
     return {
       stopMs,
@@ -306,8 +306,8 @@ const scenarios: Record<string, () => Promise<Observations>> = {
     const mem = Region.map(16 * PAGE, { populate: true });
     const uffd = Userfaultfd.open();
     uffd.register(mem, { wp: true });
-    uffd.writeProtect(mem);
     const handler = await FaultHandler.start(uffd, policies.unprotect());
+    uffd.writeProtect(mem);
     for (let p = 0; p < 16; p++) mem.bytes[p * PAGE] = 1;
     return { resolved: handler.stats.resolved, state: handler.state };
   },
@@ -321,17 +321,17 @@ const scenarios: Record<string, () => Promise<Observations>> = {
     using mem = Region.map(64 * PAGE, { populate: true });
     using uffd = Userfaultfd.open({ require: [Feature.EVENT_REMOVE] });
     uffd.register(mem, { wp: true });
-    uffd.writeProtect(mem);
     const events: UffdEvent[] = [];
     await using handler = await FaultHandler.start(uffd, policies.module(policyUrl("gated")), {
       onEvent: (e) => events.push(e),
     });
+    uffd.writeProtect(mem);
     const { worker, done } = startWriter(mem, [10 * PAGE], 6);
     try {
-      await waitFor(() => handler.stats.faults >= 1, 5_000, "the writer's fault");
+      await waitFor(() => handler.stats.faults >= 1, 30_000, "the writer's fault");
       mem.advise(MADV_DONTNEED, mem.pages(20, 4)); // waits until the Worker has read the remove event
-      await within(done, 5_000, "the writer");
-      await waitFor(() => events.length >= 1, 5_000, "the remove event on the main side");
+      await within(done, 30_000, "the writer");
+      await waitFor(() => events.length >= 1, 30_000, "the remove event on the main side");
     } finally {
       worker.terminate();
     }
@@ -359,9 +359,9 @@ const scenarios: Record<string, () => Promise<Observations>> = {
     const destination = Region.map(8 * PAGE);
     using uffd = Userfaultfd.open({ require: [Feature.EVENT_REMAP, Feature.EVENT_UNMAP] });
     uffd.register(mem, { wp: true });
-    uffd.writeProtect(mem);
     const events: UffdEvent[] = [];
     await using handler = await FaultHandler.start(uffd, policies.unprotect(), { onEvent: (e) => events.push(e) });
+    uffd.writeProtect(mem);
     const moved = mem.movePages(mem.pages(8, 8), destination.address); // waits for the Worker to read the event
     const view = new Uint8Array(libc.bufferAt(moved, 8 * PAGE));
     view[2 * PAGE] = 5; // tracked page 10, now at destination + 2 pages
@@ -371,7 +371,7 @@ const scenarios: Record<string, () => Promise<Observations>> = {
     // mremap itself may send an unmap event (for the range it replaces), so wait for the one that names the
     // destination rather than for a count of events.
     const destinationUnmapped = () => events.some((e) => e.type === "unmap" && e.start === destination.address);
-    await waitFor(destinationUnmapped, 5_000, "the unmap event of the destination");
+    await waitFor(destinationUnmapped, 30_000, "the unmap event of the destination");
     const afterUnmap = runsToPages(handler.collect()); // nothing left to re-protect at the old place
     mem.bytes[31 * PAGE] = 5;
     const stats = handler.stats;
@@ -412,20 +412,20 @@ const scenarios: Record<string, () => Promise<Observations>> = {
     using mem = Region.map(4 * PAGE, { populate: true });
     using uffd = Userfaultfd.open({ require: [Feature.EVENT_FORK] });
     uffd.register(mem, { wp: true });
-    uffd.writeProtect(mem);
     const forks: Userfaultfd[] = [];
     await using handler = await FaultHandler.start(uffd, policies.unprotect(), {
       onEvent: (e) => e.type === "fork" && forks.push(e.uffd),
     });
+    uffd.writeProtect(mem);
     const target = mem.address + BigInt(PAGE + 17);
     const pid = forkWriter(target, 7); // returns once the handler has read the fork event
     assert.ok(pid > 0, `fork failed: ${pid}`);
     let status = -1;
     let faults: UffdEvent[] = [];
     try {
-      await waitFor(() => forks.length === 1, 5_000, "the fork event");
+      await waitFor(() => forks.length === 1, 30_000, "the fork event");
       const child = forks[0]!;
-      await waitFor(() => (faults = child.readEvents()).length > 0, 5_000, "the child's fault");
+      await waitFor(() => (faults = child.readEvents()).length > 0, 30_000, "the child's fault");
       const blocked = libc.waitpid(pid, 1 /* WNOHANG */)[0] === 0;
       child.unprotect({ address: mem.address + BigInt(PAGE), length: PAGE });
       await waitFor(

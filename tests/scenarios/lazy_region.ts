@@ -12,19 +12,27 @@ import assert from "node:assert/strict";
 import {
   Checkpoint,
   CheckpointReader,
+  type Feature,
   LazyRegion,
   type LazySource,
-  pagemapScan,
+  readMaps,
   Region,
   UffdError,
 } from "../../mod.ts";
 import * as libc from "../../ffi/_libc.ts";
-import { anonInodes, within } from "../helpers.ts";
+import { anonInodes, pagesIn, within } from "../helpers.ts";
 import { fillPattern, patternWord } from "../sources/pattern.ts";
 
 const PAGE = Region.pageSize;
 const PAGES_64M = (64 << 20) / PAGE;
 const PATTERN = new URL("../sources/pattern.ts", import.meta.url).href;
+/** Features every LazyRegion of this run declines (`UFFD_LAZY_DECLINE=POISON`: the fallback, on any kernel). */
+const DECLINE = (Deno.env.get("UFFD_LAZY_DECLINE") ?? "").split(",").filter((f) => f !== "") as Feature[];
+
+/** `LazyRegion.open`, declining what the run declines. */
+function openLazy(...[source, options]: Parameters<typeof LazyRegion.open>): ReturnType<typeof LazyRegion.open> {
+  return LazyRegion.open(source, { ...options, decline: [...DECLINE, ...(options?.decline ?? [])] });
+}
 type Observations = Record<string, unknown>;
 
 /** A deterministic pseudo-random sequence of `count` page numbers below `total` (with repeats). */
@@ -36,10 +44,8 @@ function randomPages(total: number, count: number, seed = 4242): number[] {
   });
 }
 
-/** Pages of `range` in the categories `require` (PAGEMAP_SCAN). */
-function scanned(range: Region, ...require: ("PRESENT" | "PFNZERO")[]): number {
-  return pagemapScan(range, { require }).reduce((n, r) => n + r.pages, 0);
-}
+/** Pages of `range` in the categories `require`, from the pagemap (any kernel). */
+const scanned = pagesIn;
 
 /** Worker threads of this process (Deno names them `worker-N`; its own helper threads come and go). */
 function threads(): number {
@@ -126,7 +132,7 @@ function allPages(n: number, except = -1): number[] {
  */
 async function warmUp(): Promise<void> {
   for (const prefetch of [false, true]) {
-    const lazy = await LazyRegion.open({ module: PATTERN }, { length: 4 * PAGE, prefetch });
+    const lazy = await openLazy({ module: PATTERN }, { length: 4 * PAGE, prefetch });
     await libc.memcpyOffThread(libc.addressOf(new Uint8Array(8)), lazy.region.address, 8n);
     await lazy.close();
   }
@@ -139,7 +145,7 @@ const scenarios: Record<string, () => Promise<Observations>> = {
     const dir = Deno.makeTempDirSync();
     try {
       const { paths, image, zero } = buildChain(dir);
-      await using lazy = await LazyRegion.open({ checkpoint: paths });
+      await using lazy = await openLazy({ checkpoint: paths });
       // /proc/self/mem does not wait for userfaultfd handlers: a missing page is EIO, and nothing is served.
       const mem = libc.open("/proc/self/mem", 0);
       const procMem = libc.pread(mem, new Uint8Array(8), 8, lazy.region.address + BigInt(PAGE));
@@ -190,7 +196,7 @@ const scenarios: Record<string, () => Promise<Observations>> = {
     try {
       const { paths, image, zero } = buildChain(dir);
       const t0 = performance.now();
-      await using lazy = await LazyRegion.open({ checkpoint: paths }, { prefetch: true });
+      await using lazy = await openLazy({ checkpoint: paths }, { prefetch: true });
       const bytes = lazy.bytes;
       let mismatches = 0;
       for (const p of randomPages(PAGES_64M, 300, 99)) {
@@ -227,7 +233,7 @@ const scenarios: Record<string, () => Promise<Observations>> = {
       const out: Observations = {};
       {
         // Without prefetch: the reader meets the bad page through read().
-        await using lazy = await LazyRegion.open({ checkpoint: paths });
+        await using lazy = await openLazy({ checkpoint: paths });
         out.before = lazy.read(BAD * PAGE - 8, 8).every((b, i) => b === image[BAD * PAGE - 8 + i]);
         try {
           lazy.read(BAD * PAGE - 8, 16);
@@ -250,7 +256,7 @@ const scenarios: Record<string, () => Promise<Observations>> = {
         out.poisonedNoPrefetch = lazy.poisoned();
       }
       {
-        await using lazy = await LazyRegion.open({ checkpoint: paths }, { prefetch: true });
+        await using lazy = await openLazy({ checkpoint: paths }, { prefetch: true });
         const stats = await within(lazy.ready, 60_000, "ready");
         out.poisoned = lazy.poisoned();
         out.poisonedCount = stats.poisoned;
@@ -275,7 +281,7 @@ const scenarios: Record<string, () => Promise<Observations>> = {
   /** JavaScript touching a poisoned page: the process dies of SIGBUS (the test expects it). */
   async "poison-touch"() {
     const module = { module: PATTERN, options: { failAt: [3] } };
-    const lazy = await LazyRegion.open(module, { length: 8 * PAGE });
+    const lazy = await openLazy(module, { length: 8 * PAGE });
     const bytes = lazy.bytes;
     console.log(`page 2: ${bytes[2 * PAGE] === (patternWord(2, 0) & 0xff)}`);
     console.log("touching the poisoned page");
@@ -292,7 +298,7 @@ const scenarios: Record<string, () => Promise<Observations>> = {
     fillPattern(expected, 0);
     const out: Observations = {};
     const check = async (name: string, source: LazySource, length?: number, image = expected) => {
-      await using lazy = await LazyRegion.open(source, length === undefined ? {} : { length });
+      await using lazy = await openLazy(source, length === undefined ? {} : { length });
       const wrong = differing(lazy, image, randomPages(lazy.pages, 200, 7));
       const all = differing(lazy, image, allPages(lazy.pages));
       out[name] = { pages: lazy.pages, wrong: wrong.length + all.length, faults: lazy.stats.faults, kind: lazy.source };
@@ -315,14 +321,14 @@ const scenarios: Record<string, () => Promise<Observations>> = {
     }
     // Bytes: copied once unless shared — a later change is seen only through shared bytes.
     const plain = expected.slice();
-    const lazyPlain = await LazyRegion.open(plain);
+    const lazyPlain = await openLazy(plain);
     plain.fill(0xee, 0, PAGE);
     out.plainCopied = lazyPlain.bytes[0] === expected[0];
     out.plainWrong = differing(lazyPlain, expected, allPages(PAGES)).length;
     await lazyPlain.close();
     const shared = new Uint8Array(new SharedArrayBuffer(PAGES * PAGE));
     shared.set(expected);
-    const lazyShared = await LazyRegion.open(shared);
+    const lazyShared = await openLazy(shared);
     shared.fill(0xee, 0, PAGE);
     out.sharedSeen = lazyShared.bytes[0] === 0xee;
     out.sharedBytesRead = lazyShared.stats.bytesRead;
@@ -336,7 +342,7 @@ const scenarios: Record<string, () => Promise<Observations>> = {
     await check("moduleAsync", { module: PATTERN, options: { async: true } }, PAGES * PAGE);
     {
       // A module with prefetch: its async function runs in the prefetcher too.
-      await using lazy = await LazyRegion.open({ module: PATTERN, options: { async: true } }, {
+      await using lazy = await openLazy({ module: PATTERN, options: { async: true } }, {
         length: PAGES * PAGE,
         prefetch: true,
       });
@@ -347,7 +353,7 @@ const scenarios: Record<string, () => Promise<Observations>> = {
     const sparse = new Uint8Array(PAGES * PAGE);
     sparse.fill(1, 5 * PAGE, 6 * PAGE);
     {
-      await using lazy = await LazyRegion.open(sparse, { prefetch: true });
+      await using lazy = await openLazy(sparse, { prefetch: true });
       const stats = await within(lazy.ready, 20_000, "ready");
       out.sparse = {
         zeroPages: stats.zeroPages,
@@ -366,7 +372,7 @@ const scenarios: Record<string, () => Promise<Observations>> = {
       const { paths, image } = buildChain(dir, PAGES);
       const out: Observations = {};
       {
-        await using lazy = await LazyRegion.open({ checkpoint: paths }, { memory: "memfd" });
+        await using lazy = await openLazy({ checkpoint: paths }, { memory: "memfd" });
         const touched = new Set(randomPages(PAGES, 500, 3));
         out.wrong = differing(lazy, image, touched).length;
         out.faults = lazy.stats.faults;
@@ -383,7 +389,7 @@ const scenarios: Record<string, () => Promise<Observations>> = {
         out.minorAfter = lazy.stats.handler.minor;
       }
       {
-        await using lazy = await LazyRegion.open({ checkpoint: paths }, { memory: "memfd", prefetch: true });
+        await using lazy = await openLazy({ checkpoint: paths }, { memory: "memfd", prefetch: true });
         const stats = await within(lazy.ready, 30_000, "ready");
         out.prefetch = {
           resident: stats.resident,
@@ -405,7 +411,7 @@ const scenarios: Record<string, () => Promise<Observations>> = {
       const { paths, image, zero } = buildChain(dir, PAGES);
       const out: Observations = {};
       {
-        await using lazy = await LazyRegion.open({ checkpoint: paths }, { fill: "move" });
+        await using lazy = await openLazy({ checkpoint: paths }, { fill: "move" });
         const touched = new Set(randomPages(PAGES, 500, 5));
         out.wrong = differing(lazy, image, touched).length;
         out.faults = lazy.stats.faults;
@@ -413,7 +419,7 @@ const scenarios: Record<string, () => Promise<Observations>> = {
         out.fill = lazy.fill;
       }
       {
-        await using lazy = await LazyRegion.open({ checkpoint: paths }, { fill: "move", prefetch: true });
+        await using lazy = await openLazy({ checkpoint: paths }, { fill: "move", prefetch: true });
         const stats = await within(lazy.ready, 30_000, "ready");
         out.prefetch = {
           resident: stats.resident,
@@ -437,7 +443,7 @@ const scenarios: Record<string, () => Promise<Observations>> = {
     const out: Observations = {};
     for (const async of [false, true]) {
       for (const prefetch of [false, true]) {
-        await using lazy = await LazyRegion.open({ module: PATTERN, options: { failAt: [5, 77], async } }, {
+        await using lazy = await openLazy({ module: PATTERN, options: { failAt: [5, 77], async } }, {
           length: PAGES * PAGE,
           prefetch,
         });
@@ -465,27 +471,35 @@ const scenarios: Record<string, () => Promise<Observations>> = {
     return out;
   },
 
-  /** Without UFFDIO_POISON: the handler closes the userfaultfd; nothing hangs, the failure is visible. */
+  /**
+   * Without UFFDIO_POISON (declined): the failed page is made inaccessible instead (PROT_NONE), the handler serves
+   * the other pages on, and read() and system calls report the page.
+   */
   async "no-poison"() {
-    const lazy = await LazyRegion.open({ module: PATTERN, options: { failAt: [5] } }, {
+    const lazy = await openLazy({ module: PATTERN, options: { failAt: [5] } }, {
       length: 16 * PAGE,
       decline: ["POISON"],
     });
     const out: Observations = {};
     out.page4 = lazy.bytes[4 * PAGE] === (patternWord(4, 0) & 0xff);
-    // The main isolate touches the failing page: woken by the close, it reads zeros.
-    out.page5 = lazy.bytes[5 * PAGE + 1];
     out.readError = (() => {
       try {
-        lazy.read(8 * PAGE, 4);
+        lazy.read(5 * PAGE - 4, 8);
         return "none";
       } catch (e) {
         return e instanceof UffdError ? `${e.code} ${e.message}` : String(e);
       }
     })();
-    out.readyError = await within(lazy.ready.then(() => "resolved", (e) => String(e?.message)), 10_000, "ready");
+    // write(2) from the failed page: the kernel reads it for us and fails.
+    const fd = libc.memfdCreate("lazy-probe", 1);
+    out.writeSyscall = libc.write(fd, new Uint8Array(libc.bufferAt(lazy.region.address + BigInt(5 * PAGE), 64)));
+    libc.close(fd);
+    out.page9 = lazy.bytes[9 * PAGE] === (patternWord(9, 0) & 0xff);
+    out.poisoned = lazy.poisoned();
+    out.stats = { poisoned: lazy.stats.poisoned, faults: lazy.stats.faults };
     out.state = lazy.state;
-    out.page9 = lazy.bytes[9 * PAGE];
+    const address = lazy.region.address + BigInt(5 * PAGE);
+    out.perms = readMaps().find((m) => m.start <= address && address < m.end)?.perms;
     await lazy.close();
     out.closedState = lazy.state;
     return out;
@@ -496,7 +510,7 @@ const scenarios: Record<string, () => Promise<Observations>> = {
     await warmUp();
     const before = { fds: anonInodes(), threads: threads() };
     const gate = new Int32Array(new SharedArrayBuffer(8));
-    const lazy = await LazyRegion.open(
+    const lazy = await openLazy(
       { module: PATTERN, export: "gated", options: { page: 3, gate: gate.buffer, ms: 20_000 } },
       { length: 8 * PAGE, stopTimeoutMs: 300 },
     );
@@ -506,7 +520,7 @@ const scenarios: Record<string, () => Promise<Observations>> = {
     const t0 = performance.now();
     await lazy.close();
     const closeMs = performance.now() - t0;
-    await within(reader, 5_000, "the reader woken by close()");
+    await within(reader, 30_000, "the reader woken by close()");
     const readerDone = true;
     const state = lazy.state;
     const mappedAfterClose = lazy.region.mapped;
@@ -527,7 +541,7 @@ const scenarios: Record<string, () => Promise<Observations>> = {
   async "close-clean"() {
     await warmUp();
     const before = { fds: anonInodes(), threads: threads() };
-    const lazy = await LazyRegion.open({ module: PATTERN }, { length: 32 * PAGE, prefetch: true });
+    const lazy = await openLazy({ module: PATTERN }, { length: 32 * PAGE, prefetch: true });
     const first = new Uint32Array(lazy.bytes.buffer, lazy.bytes.byteOffset + PAGE + 8, 1)[0] === patternWord(1, 2);
     await lazy.close();
     await new Promise((r) => setTimeout(r, 300)); // the Worker's thread goes away after its exit event
@@ -543,14 +557,14 @@ const scenarios: Record<string, () => Promise<Observations>> = {
 
   /** Without prefetch, `ready` resolves once the program has touched every page. */
   async "ready-by-touch"() {
-    const lazy = await LazyRegion.open({ module: PATTERN }, { length: 16 * PAGE });
+    const lazy = await openLazy({ module: PATTERN }, { length: 16 * PAGE });
     let resolved = false;
     lazy.ready.then(() => resolved = true);
     for (let p = 0; p < 15; p++) lazy.bytes[p * PAGE];
     await new Promise((r) => setTimeout(r, 100));
     const before = resolved;
     lazy.bytes[15 * PAGE];
-    const stats = await within(lazy.ready, 5_000, "ready");
+    const stats = await within(lazy.ready, 30_000, "ready");
     await lazy.close();
     return { before, resident: stats.resident, faults: stats.faults };
   },
@@ -632,7 +646,7 @@ const scenarios: Record<string, () => Promise<Observations>> = {
       const load = instance.exports.load as (address: number) => number;
       const out: Observations = {};
       {
-        await using lazy = await LazyRegion.open({ checkpoint: paths }, { target: memory });
+        await using lazy = await openLazy({ checkpoint: paths }, { target: memory });
         out.address = lazy.region.address === libc.addressOf(memory.buffer);
         const words = new Int32Array(image.buffer, image.byteOffset, image.byteLength >>> 2);
         let wrong = 0;
@@ -650,7 +664,7 @@ const scenarios: Record<string, () => Promise<Observations>> = {
       {
         const mem = Region.map(PAGES * PAGE);
         mem.bytes.fill(0xcc);
-        const lazy = await LazyRegion.open({ checkpoint: paths }, { target: mem, prefetch: true });
+        const lazy = await openLazy({ checkpoint: paths }, { target: mem, prefetch: true });
         await within(lazy.ready, 20_000, "ready");
         out.regionWrong = differing(lazy, image, allPages(PAGES)).length;
         await lazy.close();
@@ -677,7 +691,7 @@ const scenarios: Record<string, () => Promise<Observations>> = {
       view[5000] = 1;
       ckpt.write(`${dir}/delta-1`);
       using reader = CheckpointReader.open(ckpt.files);
-      await using lazy = await LazyRegion.open({ checkpoint: reader }, { prefetch: true });
+      await using lazy = await openLazy({ checkpoint: reader }, { prefetch: true });
       await within(lazy.ready, 10_000, "ready");
       const bytes = lazy.bytes;
       let wrong = 0;

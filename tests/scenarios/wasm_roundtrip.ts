@@ -10,8 +10,8 @@
  */
 
 import assert from "node:assert/strict";
-import { Checkpoint, LazyRegion, LiveSnapshot, pagemapScan, Region } from "../../mod.ts";
-import { waitFor } from "../helpers.ts";
+import { Checkpoint, LazyRegion, LiveSnapshot, Region } from "../../mod.ts";
+import { pagesIn, waitFor } from "../helpers.ts";
 import { wasmApp } from "../fixtures/wasm_app.ts";
 
 const PAGE = Region.pageSize;
@@ -42,10 +42,8 @@ function differingPages(a: Uint8Array, b: Uint8Array): number[] {
   return out;
 }
 
-/** Pages of `range` in the categories `require` (PAGEMAP_SCAN). */
-function scanned(range: Region, ...require: ("PRESENT" | "PFNZERO")[]): number {
-  return pagemapScan(range, { require }).reduce((n, r) => n + r.pages, 0);
-}
+/** Pages of `range` in the categories `require`, from the pagemap (any kernel). */
+const scanned = pagesIn;
 
 /**
  * What this process has open that a leak would show: userfaultfds, Worker

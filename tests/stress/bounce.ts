@@ -39,7 +39,7 @@ import {
 } from "../../mod.ts";
 import * as libc from "../../ffi/_libc.ts";
 import { mapMemory, type MemType, type TestMemory } from "../conformance/helpers.ts";
-import { reserveHugePages } from "../helpers.ts";
+import { DEADLINE_SCALE, reserveHugePages } from "../helpers.ts";
 import type { BouncePolicyStats } from "./bounce_policy.ts";
 import type { HammerInit } from "./hammer.ts";
 import { check, CTRL, initialPage, lock, MAX_WORKERS, prng, unlock, WSTAT } from "./page_format.ts";
@@ -202,18 +202,23 @@ async function run(o: StressOptions, mem: TestMemory): Promise<{ report: StressR
 
   const workers: Worker[] = [];
   const finished: Promise<void>[] = [];
+  const ready: Promise<void>[] = [];
   for (let w = 0; w < o.workers; w++) {
     const worker = new Worker(new URL("./hammer.ts", import.meta.url), { type: "module" });
     workers.push(worker);
+    const arrived = Promise.withResolvers<void>();
+    ready.push(arrived.promise);
     finished.push(
       new Promise((resolve) => {
         worker.onmessage = (e) => {
+          if (e.data.ready) arrived.resolve();
           if (e.data.error) fail(e.data.error);
           if (e.data.done) resolve();
         };
         worker.onerror = (e) => {
           e.preventDefault();
           fail(`Worker ${w}: ${e.message}`);
+          arrived.resolve();
           resolve();
         };
       }),
@@ -239,6 +244,15 @@ async function run(o: StressOptions, mem: TestMemory): Promise<{ report: StressR
     for (let w = 0; w < o.workers; w++) n += workerStats[w * WSTAT.SIZE + WSTAT.increments]!;
     return n;
   };
+
+  // The run's duration counts from the moment every Worker runs (starting one takes seconds under an emulator).
+  let readyTimer: ReturnType<typeof setTimeout> | undefined;
+  const allReady = await Promise.race([
+    Promise.all(ready).then(() => true),
+    new Promise<boolean>((resolve) => readyTimer = setTimeout(() => resolve(false), 30_000 * DEADLINE_SCALE)),
+  ]);
+  clearTimeout(readyTimer);
+  if (!allReady) fail("the Workers did not all start");
 
   // The bouncer.
   const random = prng(o.seed);
@@ -316,10 +330,10 @@ async function run(o: StressOptions, mem: TestMemory): Promise<{ report: StressR
   let timer: ReturnType<typeof setTimeout> | undefined;
   const allDone = await Promise.race([
     Promise.all(finished).then(() => true),
-    new Promise<boolean>((resolve) => timer = setTimeout(() => resolve(false), 30_000)),
+    new Promise<boolean>((resolve) => timer = setTimeout(() => resolve(false), 30_000 * DEADLINE_SCALE)),
   ]);
   clearTimeout(timer);
-  if (!allDone) fail("the Workers did not stop within 30 s");
+  if (!allDone) fail(`the Workers did not stop within ${30 * DEADLINE_SCALE} s`);
 
   let totalInPages = 0;
   let verifiedPages = 0;

@@ -7,8 +7,8 @@
  * threads fault on the same page at once. Every access may block in a missing or
  * write-protect fault until the handler resolves it.
  *
- * In: one message with the run's shared arrays. Out: `{ error }` at the first
- * integrity failure (after setting `FAILED`), and `{ done }` once `STOP` is set.
+ * In: one message with the run's shared arrays. Out: `{ ready }` on arrival, `{ error }`
+ * at the first integrity failure (after setting `FAILED`), and `{ done }` once `STOP` is set.
  *
  * @module
  */
@@ -33,6 +33,7 @@ export interface HammerInit {
 
 self.onmessage = (e: MessageEvent<HammerInit>) => {
   const init = e.data;
+  self.postMessage({ ready: true }); // the run's clock starts once every Worker is here
   const { index: me, workers, pages, pageSize } = init;
   const pageWords = pageSize / 4;
   const words = new Uint32Array(bufferAt(init.address, pages * pageSize));

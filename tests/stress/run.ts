@@ -19,6 +19,7 @@
 import { parseArgs } from "node:util";
 import { defaultOptions, type StressOptions, type StressReport } from "./bounce.ts";
 import type { MemType } from "../conformance/helpers.ts";
+import { DEADLINE_SCALE } from "../helpers.ts";
 
 const ENGINE = new URL("./bounce.ts", import.meta.url);
 const MEMORY: readonly MemType[] = ["anon", "shmem", "shmem-private", "hugetlb", "hugetlb-private"];
@@ -36,7 +37,8 @@ export interface ChildRun {
 }
 
 /**
- * Runs `bounce.ts` with `options` in a child process, killed after `deadlineMs`.
+ * Runs `bounce.ts` with `options` in a child process, killed after `deadlineMs` (scaled by
+ * `DEADLINE_SCALE` from `tests/helpers.ts`).
  * Progress lines go to `onLine` as they come.
  */
 export async function runStressChild(
@@ -56,7 +58,7 @@ export async function runStressChild(
     try {
       child.kill("SIGKILL");
     } catch { /* gone */ }
-  }, deadlineMs);
+  }, deadlineMs * DEADLINE_SCALE);
   const stderrLines: string[] = [];
   const readErr = (async () => {
     let rest = "";

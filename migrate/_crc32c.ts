@@ -1,0 +1,219 @@
+/**
+ * CRC-32C (the checkpoint format's checksum, `checkpoint/crc32c.ts`) in a small
+ * hand-assembled WebAssembly module, slicing-by-16: about 2.2 GB/s here against
+ * 1.4–1.6 GB/s for the TypeScript slicing-by-8, which matters when every byte of a
+ * migration is checksummed on both ends. The buffers it checksums live in its own
+ * memory ({@linkcode CrcArena}): the migration stages pages there, checksums them
+ * in place, and sends or receives them by address. Also a zero check (32 bytes per
+ * step) for the pages a round can send as a zero marker instead of bytes.
+ *
+ * ```wat
+ * (func $crc (param $p i32) (param $n i32) (param $c i32) (result i32)  ;; CRC-32C of [p, p+n), continuing c
+ *   ;; c = ~c; 16 bytes per step: c = T15[b0^c0] ^ T14[b1^c1] ^ T13[b2^c2] ^ T12[b3^c3] ^ T11[b4] ^ … ^ T0[b15]
+ *   ;; (T_k at k·1024: 16 tables of 256 words), then byte by byte: c = T0[(c ^ b) & 255] ^ (c >> 8); ~c)
+ * (func $zero (param $p i32) (param $n i32) (result i32)                ;; 1 when [p, p+n) is all zero (n % 32 = 0)
+ * ```
+ *
+ * @example
+ * ```ts
+ * import { CrcArena } from "./_crc32c.ts";
+ * const arena = new CrcArena(4096);
+ * const text = new TextEncoder().encode("123456789");
+ * arena.bytes.set(text, arena.base);
+ * console.log(arena.crc(arena.base, text.length).toString(16)); // e3069283
+ * console.log(arena.zero(arena.base + 4096 - 32, 32)); // true
+ * ```
+ *
+ * @module
+ */
+
+/** Unsigned LEB128. */
+function leb(n: number): number[] {
+  const out: number[] = [];
+  do {
+    let byte = n & 0x7f;
+    n >>>= 7;
+    if (n !== 0) byte |= 0x80;
+    out.push(byte);
+  } while (n !== 0);
+  return out;
+}
+
+/** Signed LEB128 (`i32.const`). */
+function sleb(n: number): number[] {
+  n |= 0;
+  const out: number[] = [];
+  for (;;) {
+    const byte = n & 0x7f;
+    n >>= 7;
+    if ((n === 0 && (byte & 0x40) === 0) || (n === -1 && (byte & 0x40) !== 0)) {
+      out.push(byte);
+      return out;
+    }
+    out.push(byte | 0x80);
+  }
+}
+
+const section = (id: number, content: number[]) => [id, ...leb(content.length), ...content];
+const name = (text: string) => [...leb(text.length), ...new TextEncoder().encode(text)];
+
+/** Bytes of the 16 lookup tables at the start of the module's memory. */
+const TABLE_BYTES = 16 * 1024;
+
+/** The module: `crc(p, n, c) -> c'` and `zero(p, n) -> 0/1`, over an imported memory `e.m`. */
+function moduleBytes(): Uint8Array<ArrayBuffer> {
+  const I32 = 0x7f, I64 = 0x7e;
+  const get = (i: number) => [0x20, i];
+  const set = (i: number) => [0x21, i];
+  const k = (n: number) => [0x41, ...sleb(n)];
+  const load = (offset: number) => [0x28, 2, ...leb(offset)];
+  const [XOR, AND, SHR_U, SHL, ADD, GE_U, LT_U] = [0x73, 0x71, 0x76, 0x74, 0x6a, 0x4f, 0x49];
+  // crc: params p=0 n=1 c=2; locals end=3, w0..w3 = 4..7
+  const [P, N, C, END] = [0, 1, 2, 3];
+  const W = [4, 5, 6, 7];
+  const byteOf = (w: number, shift: number) =>
+    shift === 24 ? [...get(w), ...k(24), SHR_U] : [...get(w), ...(shift ? [...k(shift), SHR_U] : []), ...k(255), AND];
+  const lookup = (table: number, index: number[]) => [...index, ...k(2), SHL, ...load(table * 1024)];
+  const crc: number[] = [1, 5, I32]; // five i32 locals
+  crc.push(...get(P), ...get(N), ADD, ...set(END));
+  crc.push(...get(C), ...k(-1), XOR, ...set(C));
+  // 16 bytes per step while p + 16 <= end
+  crc.push(0x02, 0x40, 0x03, 0x40);
+  crc.push(...get(END), ...get(P), 0x6b, /* sub */ ...k(16), LT_U, 0x0d, 1);
+  for (let j = 0; j < 4; j++) {
+    crc.push(...get(P), ...load(4 * j));
+    if (j === 0) crc.push(...get(C), XOR);
+    crc.push(...set(W[j]!));
+  }
+  for (let i = 0; i < 16; i++) {
+    crc.push(...lookup(15 - i, byteOf(W[i >> 2]!, (i & 3) * 8)));
+    if (i > 0) crc.push(XOR);
+  }
+  crc.push(...set(C), ...get(P), ...k(16), ADD, ...set(P), 0x0c, 0, 0x0b, 0x0b);
+  // the rest byte by byte
+  crc.push(0x02, 0x40, 0x03, 0x40);
+  crc.push(...get(P), ...get(END), GE_U, 0x0d, 1);
+  crc.push(...get(C), ...get(P), 0x2d, 0, 0, /* i32.load8_u */ XOR, ...k(255), AND, ...k(2), SHL, ...load(0));
+  crc.push(...get(C), ...k(8), SHR_U, XOR, ...set(C));
+  crc.push(...get(P), ...k(1), ADD, ...set(P), 0x0c, 0, 0x0b, 0x0b);
+  crc.push(...get(C), ...k(-1), XOR, 0x0b);
+  // zero: params p=0 n=1; local end=2 (i32), acc=3 (i64)
+  const i64load = (offset: number) => [0x29, 3, ...leb(offset)];
+  const zero: number[] = [2, 1, I32, 1, I64];
+  zero.push(...get(0), ...get(1), ADD, ...set(2));
+  zero.push(0x02, 0x40, 0x03, 0x40);
+  zero.push(...get(0), ...get(2), GE_U, 0x0d, 1);
+  zero.push(...get(0), ...i64load(0), ...get(0), ...i64load(8), 0x84, ...get(0), ...i64load(16), 0x84);
+  zero.push(...get(0), ...i64load(24), 0x84, 0x50, /* i64.eqz */ 0x45 /* i32.eqz */);
+  zero.push(0x04, 0x40, ...k(0), 0x0f, 0x0b); // if nonzero: return 0
+  zero.push(...get(0), ...k(32), ADD, ...set(0), 0x0c, 0, 0x0b, 0x0b);
+  zero.push(...k(1), 0x0b);
+  return new Uint8Array([
+    ...[0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00],
+    ...section(1, [2, 0x60, 3, I32, I32, I32, 1, I32, 0x60, 2, I32, I32, 1, I32]),
+    ...section(2, [1, ...name("e"), ...name("m"), 0x02, 0x00, ...leb(1)]),
+    ...section(3, [2, 0, 1]),
+    ...section(7, [2, ...name("crc"), 0x00, 0, ...name("zero"), 0x00, 1]),
+    ...section(10, [2, ...leb(crc.length), ...crc, ...leb(zero.length), ...zero]),
+  ]);
+}
+
+let compiled: WebAssembly.Module | undefined;
+
+/** The CRC-32C of `P` zero bytes, by page size. */
+const zeroPageCrcs = new Map<number, number>();
+
+/**
+ * A WebAssembly memory holding the CRC tables and `bytes` of buffer space from
+ * {@linkcode base}, with the checksum and the zero check over it. The memory
+ * never grows, so its address ({@linkcode address}) stays valid for `send`/`recv`.
+ * One per thread that needs it (a Worker makes its own).
+ *
+ * @example
+ * ```ts
+ * import { CrcArena } from "./_crc32c.ts";
+ * const arena = new CrcArena(8192);
+ * arena.bytes.fill(7, arena.base, arena.base + 8192);
+ * const out = new Uint32Array(2);
+ * arena.pageCrcs(arena.base, 2, 4096, out, 0);
+ * console.log(out[0] === out[1], arena.zero(arena.base, 4096)); // true false
+ * ```
+ */
+export class CrcArena {
+  /** The whole memory, tables included. */
+  readonly bytes: Uint8Array;
+  /** Where the buffer space starts (an offset into {@linkcode bytes}, page-aligned). */
+  readonly base: number;
+  /** Bytes of buffer space. */
+  readonly size: number;
+  /** The address of `bytes[0]` (for system calls). */
+  readonly address: number;
+  readonly #crc: (p: number, n: number, c: number) => number;
+  readonly #zero: (p: number, n: number) => number;
+  // Kept: the memory must outlive its views.
+  readonly #memory: WebAssembly.Memory;
+
+  /** An arena with `size` bytes of buffer space after the tables. */
+  constructor(size: number) {
+    if (!Number.isSafeInteger(size) || size < 0) throw new RangeError(`CrcArena: bad size ${size}`);
+    const base = 65536; // the tables, then page-aligned buffers
+    const pages = Math.ceil((base + size) / 65536);
+    this.#memory = new WebAssembly.Memory({ initial: pages, maximum: pages });
+    compiled ??= new WebAssembly.Module(moduleBytes());
+    const exports = new WebAssembly.Instance(compiled, { e: { m: this.#memory } }).exports;
+    this.#crc = exports.crc as (p: number, n: number, c: number) => number;
+    this.#zero = exports.zero as (p: number, n: number) => number;
+    this.bytes = new Uint8Array(this.#memory.buffer);
+    this.base = base;
+    this.size = size;
+    const table = new Uint32Array(this.#memory.buffer, 0, TABLE_BYTES / 4);
+    for (let i = 0; i < 256; i++) {
+      let c = i;
+      for (let b = 0; b < 8; b++) c = c & 1 ? (c >>> 1) ^ 0x82f63b78 : c >>> 1;
+      table[i] = c >>> 0;
+    }
+    for (let i = 0; i < 256; i++) {
+      for (let s = 1; s < 16; s++) {
+        const prev = table[(s - 1) * 256 + i]!;
+        table[s * 256 + i] = (prev >>> 8) ^ table[prev & 0xff]!;
+      }
+    }
+    const pointer = Deno.UnsafePointer.of(this.#memory.buffer);
+    this.address = pointer === null ? 0 : Number(Deno.UnsafePointer.value(pointer));
+  }
+
+  /** The CRC-32C of `length` bytes at offset `at` of {@linkcode bytes}, continuing `crc` (default: a new one). */
+  crc(at: number, length: number, crc = 0): number {
+    return this.#crc(at, length, crc) >>> 0;
+  }
+
+  /** Whether `length` bytes (a multiple of 32) at offset `at` are all zero. */
+  zero(at: number, length: number): boolean {
+    return this.#zero(at, length) === 1;
+  }
+
+  /** The CRC-32C of each of `count` pages of `pageSize` bytes from offset `at`, into `out[from…]`. */
+  pageCrcs(at: number, count: number, pageSize: number, out: Uint32Array, from: number): void {
+    for (let i = 0; i < count; i++) out[from + i] = this.#crc(at + i * pageSize, pageSize, 0) >>> 0;
+  }
+}
+
+/**
+ * The CRC-32C of a page of `pageSize` zero bytes (what a zero page's entry in the
+ * image digest is).
+ *
+ * @example
+ * ```ts
+ * import { zeroPageCrc } from "./_crc32c.ts";
+ * console.log(zeroPageCrc(4096) !== 0); // true
+ * ```
+ */
+export function zeroPageCrc(pageSize: number): number {
+  let crc = zeroPageCrcs.get(pageSize);
+  if (crc === undefined) {
+    const arena = new CrcArena(pageSize);
+    crc = arena.crc(arena.base, pageSize);
+    zeroPageCrcs.set(pageSize, crc);
+  }
+  return crc;
+}
