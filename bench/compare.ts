@@ -28,8 +28,16 @@ import { parseArgs } from "node:util";
 import { type Pair, pairs } from "./pairs.ts";
 import { describeMachine, loadAverage, machine, meminfo, versionOf } from "./lib/machine.ts";
 import type { Result } from "./lib/measure.ts";
-import { formatNs, type Outcome, type Report, resultsMarkdown, terminalTable } from "./lib/report.ts";
-import { ratios, summarize } from "./lib/stats.ts";
+import {
+  formatNs,
+  type Outcome,
+  performanceLine,
+  README_MARKERS,
+  type Report,
+  resultsMarkdown,
+  terminalTable,
+} from "./lib/report.ts";
+import { differences, ratios, summarize } from "./lib/stats.ts";
 
 const HELP = `deno task bench:compare [options]
 
@@ -164,7 +172,17 @@ function figure(result: Result, field: string): number {
   return field === "ns_per_op" ? result.ns_per_op : Number(result.extra[field]);
 }
 
-/** Runs one pair `runs` times, alternating ours and C. */
+/** The runs of one side's figure `field` of `extra` (peak RSS, allocations), when every run has it. */
+function extraSummary(results: readonly Result[], field: string) {
+  const values = results.map((r) => Number(r.extra[field]));
+  return values.length > 0 && values.every((v) => Number.isFinite(v)) ? summarize(values) : undefined;
+}
+
+/**
+ * Runs one pair `runs` times (the pair's own count, if it has one), alternating
+ * ours and its reference: the C program, or (`pair.baseline`) another variant of
+ * ours.
+ */
 async function comparePair(
   pair: Pair,
   opts: Options,
@@ -184,18 +202,31 @@ async function comparePair(
       warnings: [],
     };
   }
-  const oursArgs = ["run", "--allow-all", "--no-prompt", here(`./ours/${pair.program}.ts`), ...argList(pair.args)];
-  oursArgs.push(`--impl=${pair.impl}`);
-  const cArgs = argList(pair.cArgs ?? pair.args);
-  const key = JSON.stringify([pair.program, oursArgs, binary ? cArgs : null]);
+  const oursCommand = (impl: string, args: Pair["args"]) => [
+    "run",
+    "--allow-all",
+    "--no-prompt",
+    here(`./ours/${pair.program}.ts`),
+    ...argList(args),
+    `--impl=${impl}`,
+  ];
+  const oursArgs = oursCommand(pair.impl, pair.args);
+  // The reference: our own baseline variant (always there), or the C binary (when it built).
+  const reference: [string, string[]] | undefined = pair.baseline !== undefined
+    ? [Deno.execPath(), oursCommand(pair.baseline, pair.cArgs ?? pair.args)]
+    : binary
+    ? [binary, argList(pair.cArgs ?? pair.args)]
+    : undefined;
+  const key = JSON.stringify([pair.program, oursArgs, reference ?? null]);
+  const count = Math.min(opts.runs, pair.runs ?? opts.runs);
   let runs = runCache.get(key);
   if (runs === undefined) {
     const ours: Result[] = [];
     const c: Result[] = [];
     try {
-      for (let run = 0; run < opts.runs; run++) {
+      for (let run = 0; run < count; run++) {
         ours.push(await runOnce(Deno.execPath(), oursArgs, opts.timeoutMs));
-        if (binary) c.push(await runOnce(binary, cArgs, opts.timeoutMs));
+        if (reference) c.push(await runOnce(reference[0], reference[1], opts.timeoutMs));
       }
       runs = { ours, c };
     } catch (error) {
@@ -204,40 +235,45 @@ async function comparePair(
     runCache.set(key, runs);
   }
   if ("error" in runs) return { pair, error: runs.error, noisy: false, status: "failed", extra: {}, warnings: [] };
-  const { ours, c } = runs;
-  const oursValues = ours.map((r) => figure(r, pair.measure?.ours ?? "ns_per_op"));
+  const { ours: oursRuns, c } = runs;
+  const oursValues = oursRuns.map((r) => figure(r, pair.measure?.ours ?? "ns_per_op"));
   const cValues = c.map((r) => figure(r, pair.measure?.c ?? "ns_per_op"));
   const oursSummary = summarize(oursValues);
   const cSummary = c.length ? summarize(cValues) : undefined;
   const ratio = cSummary ? ratios(oursValues, cValues) : undefined;
-  const cpu = pair.measure === undefined && ours.every((r) => r.cpu_ns_per_op > 0);
+  const excess = cSummary ? differences(oursValues, cValues) : undefined;
+  const cpu = pair.measure === undefined && oursRuns.every((r) => r.cpu_ns_per_op > 0);
   const ratioCpu = cSummary && cpu
-    ? ratios(ours.map((r) => r.cpu_ns_per_op), c.map((r) => r.cpu_ns_per_op))
+    ? ratios(oursRuns.map((r) => r.cpu_ns_per_op), c.map((r) => r.cpu_ns_per_op))
     : undefined;
   const noisy = oursSummary.spread > opts.noise || (cSummary?.spread ?? 0) > opts.noise;
   const warnings: string[] = [];
-  const lastOurs = ours[ours.length - 1]!.extra;
+  const lastOurs = oursRuns[oursRuns.length - 1]!.extra;
   if (lastOurs.correct === false) {
     warnings.push(
       `our result was wrong (${JSON.stringify(lastOurs)}); the time is still ours, for the same ioctls`,
     );
   }
-  const status: Outcome["status"] = !ratio
+  const judged = pair.goalKind === "excess" ? excess : ratio;
+  const status: Outcome["status"] = !judged
     ? "ours only"
     : pair.goal === undefined
     ? "info"
-    : ratio.median <= pair.goal
+    : judged.median <= pair.goal
     ? "met"
     : "missed";
-  if (!binary && missing === undefined) warnings.push("the C reference did not build");
+  if (!reference && missing === undefined) warnings.push("the C reference did not build");
   return {
     pair,
     ours: oursSummary,
     c: cSummary,
     ratio,
-    oursCpu: cpu ? summarize(ours.map((r) => r.cpu_ns_per_op)) : undefined,
+    excess,
+    oursCpu: cpu ? summarize(oursRuns.map((r) => r.cpu_ns_per_op)) : undefined,
     cCpu: cpu && c.length ? summarize(c.map((r) => r.cpu_ns_per_op)) : undefined,
     ratioCpu,
+    rss: { ours: extraSummary(oursRuns, "peak_rss_kib"), c: extraSummary(c, "peak_rss_kib") },
+    allocation: extraSummary(oursRuns, "alloc_bytes_per_op"),
     noisy,
     status,
     extra: { ours: lastOurs, c: c[c.length - 1]?.extra },
@@ -279,8 +315,11 @@ async function main(argv: string[]): Promise<number> {
         ? `skipped: ${outcome.skipped}`
         : outcome.error
         ? `FAILED: ${outcome.error}`
-        : `ours ${formatNs(outcome.ours!.median)}, C ${outcome.c ? formatNs(outcome.c.median) : "—"}` +
+        : `ours ${formatNs(outcome.ours!.median)}, ${pair.baseline ? "reference" : "C"} ${
+          outcome.c ? formatNs(outcome.c.median) : "—"
+        }` +
           (outcome.ratio ? `, ${outcome.ratio.median.toFixed(2)}×` : "") +
+          (pair.goalKind === "excess" && outcome.excess ? ` (+${formatNs(outcome.excess.median)})` : "") +
           (outcome.ratioCpu ? ` (CPU ${outcome.ratioCpu.median.toFixed(2)}×)` : "") +
           (outcome.noisy ? " (noisy)" : "");
       progress(`[${i + 1}/${selected.length}] ${pair.id}: ${summary}`);
@@ -311,6 +350,8 @@ async function main(argv: string[]): Promise<number> {
     console.log(terminalTable(outcomes));
     for (const o of outcomes) for (const w of o.warnings) console.log(`\nnote: ${o.pair.id}: ${w}`);
   }
+  const line = performanceLine(report);
+  if (!opts.json) console.log(`\nREADME.md, Performance:\n${line}`);
   if (opts.write) {
     const path = here("./RESULTS.md");
     // The live migration's section is bench:migrate's (bench/migrate.ts): kept as it is.
@@ -322,7 +363,20 @@ async function main(argv: string[]): Promise<number> {
     await Deno.writeTextFile(path, resultsMarkdown(report).trimEnd() + kept);
     await new Deno.Command(Deno.execPath(), { args: ["fmt", "--quiet", path] }).output();
     progress(`wrote ${path}`);
-  } else if (opts.only !== undefined) progress("--only: bench/RESULTS.md left as it was");
+    if (report.mode === "full") {
+      // The README quotes the full run's like-for-like figures, between its markers.
+      const readme = here("../README.md");
+      const text = await Deno.readTextFile(readme);
+      const [open, close] = README_MARKERS;
+      const from = text.indexOf(open);
+      const to = text.indexOf(close);
+      if (from >= 0 && to > from) {
+        await Deno.writeTextFile(readme, `${text.slice(0, from + open.length)}\n\n${line}\n\n${text.slice(to)}`);
+        await new Deno.Command(Deno.execPath(), { args: ["fmt", "--quiet", readme] }).output();
+        progress(`rewrote the Performance paragraph of ${readme}`);
+      } else progress(`README.md has no ${open} … ${close} markers: its Performance paragraph was left alone`);
+    }
+  } else if (opts.only !== undefined) progress("--only: bench/RESULTS.md and README.md left as they were");
   return outcomes.some((o) => o.status === "failed") ? 1 : 0;
 }
 

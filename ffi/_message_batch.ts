@@ -16,6 +16,7 @@
 
 import { read } from "./_libc.ts";
 import { decodeUffdMsg, SIZEOF_UFFD_MSG, type UffdMsg } from "./_structs.ts";
+import { UFFD_EVENT_PAGEFAULT } from "./uapi.ts";
 
 const TWO_32 = 4294967296;
 const MAX_HIGH = 0x1fffff; // high word of 2^53 - 1
@@ -66,6 +67,26 @@ export class MessageBatch {
   /** A page fault's `ptid` (the faulting thread with `THREAD_ID`, otherwise 0). */
   ptid(i: number): number {
     return this.#words[i * 8 + 6]!;
+  }
+
+  /**
+   * Decodes every message held into parallel arrays, in one loop (allocation-free):
+   * `codes[i]` the `event` byte; for page faults `addresses[i]` (a number, `NaN`
+   * above 2^53), `flags[i]` (low 32 bits) and `ptids[i]`; for other events those
+   * three are left as they were. The arrays need room for `count` entries.
+   */
+  decodeInto(codes: Uint8Array, addresses: Float64Array, flags: Uint32Array, ptids: Uint32Array): void {
+    const bytes = this.#bytes;
+    const words = this.#words;
+    for (let i = 0, w = 0; i < this.count; i++, w += 8) {
+      const code = bytes[w * 4]!;
+      codes[i] = code;
+      if (code !== UFFD_EVENT_PAGEFAULT) continue;
+      const high = words[w + 5]!;
+      addresses[i] = high > MAX_HIGH ? NaN : high * TWO_32 + words[w + 4]!;
+      flags[i] = words[w + 2]!;
+      ptids[i] = words[w + 6]!;
+    }
   }
 
   /** Message `i` decoded into a typed struct (allocates; for events other than page faults). */

@@ -179,8 +179,10 @@ export {
 export {
   acceptedCategories,
   hasPagemapScan,
+  PackedScan,
   pagemapScan,
   PagemapScanner,
+  pagemapScanPacked,
   type PageRange,
   type PreparedQuery,
   prepareQuery,
@@ -191,7 +193,9 @@ export {
   type VisitSummary,
 } from "./pagemap_scan.ts";
 export {
+  EventBatch,
   type EventsOptions,
+  EventView,
   type ForkEvent,
   type OpenOptions,
   type Origin,
@@ -202,6 +206,7 @@ export {
   type SharedUserfaultfd,
   type Support,
   type UffdEvent,
+  type UffdEventType,
   type UnknownEvent,
   type UnmapEvent,
   Userfaultfd,

@@ -44,7 +44,7 @@ import { optionsBag } from "./_validate.ts";
 import { ERRNO, failure, invalid, type UffdError } from "./errors.ts";
 import { categoryMask, categoryNames } from "./names.ts";
 import { KEEP_SELF_FD, openPagemap, type Pid, releasePagemap, softDirtySupported } from "./pagemap.ts";
-import { pageRange, type Range } from "./range.ts";
+import { type NumericRange, pageRange, pageRangeInto, type Range } from "./range.ts";
 
 /** What to look for in a PAGEMAP_SCAN walk: the ioctl's masks and flags, by category name. */
 export interface ScanQuery {
@@ -146,16 +146,32 @@ export interface PreparedQuery {
 }
 
 const DEFAULT_VECTOR = 1024;
-/** User-space addresses on x86_64 and aarch64 stay below 2^53, so they are exact as numbers (the fast path). */
-const ADDRESS_LIMIT = BigInt(Number.MAX_SAFE_INTEGER);
+const FLAG_WP_MATCHING = Number(PM_SCAN_WP_MATCHING);
+const FLAG_CHECK_WPASYNC = Number(PM_SCAN_CHECK_WPASYNC);
 
-function mask(names: Iterable<Category> | undefined, option: string): bigint {
-  if (names === undefined) return 0n;
+/** Each category's bit as a number (every `PAGE_IS_*` bit is below 2^32): names to masks without bigints. */
+const CATEGORY_BITS = new Map<string, number>(CATEGORIES.map((c) => [c.name, Number(c.mask)]));
+
+/** The mask of a list of category names, as a number; an array (the usual case) is read without allocating. */
+function mask(names: Iterable<Category> | undefined, option: string): number {
+  if (names === undefined) return 0;
+  if (Array.isArray(names)) {
+    let bits = 0;
+    for (let i = 0; i < names.length; i++) {
+      const bit = CATEGORY_BITS.get(names[i]);
+      if (bit === undefined) throw new TypeError(`unknown PAGEMAP_SCAN category: ${String(names[i])}`);
+      bits |= bit;
+    }
+    return bits;
+  }
   if (typeof names !== "object" || names === null || !(Symbol.iterator in names)) {
     throw new TypeError(`PAGEMAP_SCAN: ${option} must be a list of category names`);
   }
-  return categoryMask(names);
+  return Number(categoryMask(names));
 }
+
+/** Prepared queries by their masks (without `maxPages`): the same query object for the same masks, made once. */
+const preparedCache = new Map<number, PreparedQuery>();
 
 /**
  * Checks a query once and turns it into the ioctl's masks: unknown names are a
@@ -182,18 +198,18 @@ export function prepareQuery(query: ScanQuery = {}): PreparedQuery {
   const anyOf = mask(query.anyOf, "anyOf");
   const inverted = mask(query.invert, "invert");
   const named = required | anyOf | inverted;
-  const answerable = answerableCategoryMask();
-  const report = query.report !== undefined ? mask(query.report, "report") : named === 0n ? answerable : named;
-  const refused = (named | report) & ~acceptedCategoryMask();
-  if (refused !== 0n) {
-    const names = categoryNames(refused);
+  const answerable = answerableBits();
+  const report = query.report !== undefined ? mask(query.report, "report") : named === 0 ? answerable : named;
+  const refused = (named | report) & ~acceptedBits();
+  if (refused !== 0) {
+    const names = categoryNames(BigInt(refused));
     throw invalid(
       operation,
       `this kernel does not accept the categor${names.length > 1 ? "ies" : "y"} ${names.join(", ")}`,
       { kernel: kernelRelease(), accepted: acceptedCategories().join("|") },
     );
   }
-  if (((named | report) & ~answerable) !== 0n) {
+  if (((named | report) & ~answerable) !== 0) {
     throw invalid(
       operation,
       "SOFT_DIRTY is accepted by this kernel but never set: it was built without CONFIG_MEM_SOFT_DIRTY " +
@@ -207,19 +223,174 @@ export function prepareQuery(query: ScanQuery = {}): PreparedQuery {
   if (!Number.isSafeInteger(maxPages) || maxPages < 0) {
     throw invalid(operation, "maxPages must be a non-negative integer", { maxPages });
   }
-  const flags = (query.writeProtect ? PM_SCAN_WP_MATCHING : 0n) | (query.checkWpAsync ? PM_SCAN_CHECK_WPASYNC : 0n);
-  return Object.freeze({ flags, inverted, required, anyOf, report, maxPages });
+  const flags = (query.writeProtect ? FLAG_WP_MATCHING : 0) | (query.checkWpAsync ? FLAG_CHECK_WPASYNC : 0);
+  // Every mask fits in 10 bits and the flags in 2: one number names the query (maxPages aside).
+  const key = required + inverted * 2 ** 10 + anyOf * 2 ** 20 + report * 2 ** 30 + flags * 2 ** 40;
+  if (maxPages === 0) {
+    const cached = preparedCache.get(key);
+    if (cached !== undefined) return cached;
+  }
+  const prepared = Object.freeze({
+    flags: BigInt(flags),
+    inverted: BigInt(inverted),
+    required: BigInt(required),
+    anyOf: BigInt(anyOf),
+    report: BigInt(report),
+    maxPages,
+  });
+  if (maxPages === 0 && preparedCache.size < 256) preparedCache.set(key, prepared);
+  return prepared;
 }
 
 function isPrepared(query: ScanQuery | PreparedQuery): query is PreparedQuery {
   return typeof (query as PreparedQuery).flags === "bigint";
 }
 
+/** Appends a region to a packed result (set up by `PackedScan`'s static block). */
+let appendPacked: (packed: PackedScan, first: number, count: number, categories: number) => void;
+
+/**
+ * A scan's regions packed into typed arrays, the form C keeps them in: region
+ * `i` is `pageCounts[i]` pages from page `firstPages[i]` (relative to the scanned
+ * range's start, `base`), with the reported `PAGE_IS_*` bits `categories[i]`,
+ * for `i` below `length`. Filled by {@linkcode pagemapScanPacked} or
+ * {@linkcode PagemapScanner.scanPacked}; pass the same object again (`into`) and
+ * the next scan reuses its arrays, which grow when a scan finds more regions and
+ * never shrink: a scan then allocates nothing, whatever the size of the range.
+ * Entries past `length` are left over from earlier scans.
+ *
+ * @example
+ * ```ts
+ * import { pagemapScanPacked, Region } from "@uffd/uffd";
+ * using mem = Region.map(8 * Region.pageSize);
+ * mem.bytes[2 * Region.pageSize] = 1;
+ * mem.bytes[3 * Region.pageSize] = 1;
+ * const found = pagemapScanPacked(mem, { require: ["PRESENT"] });
+ * console.log(found.length, found.firstPages[0], found.pageCounts[0], found.names(0)); // 1 2 2 ["PRESENT"]
+ * ```
+ */
+export class PackedScan {
+  /** Regions found by the last scan. */
+  length = 0;
+  /** Pages in those regions. */
+  pages = 0;
+  /** The scanned range's start: page `p` is at `base + p × pageSize`. */
+  base = 0n;
+  /** Where the last walk ended (see {@linkcode ScanResult.walkEnd}). */
+  walkEnd = 0n;
+  /** PAGEMAP_SCAN ioctls the last scan made. */
+  calls = 0;
+  #firstPages: Float64Array;
+  #pageCounts: Float64Array;
+  #categories: Uint32Array;
+
+  /** Empty, with room for `capacity` regions before its arrays grow (default 1024). */
+  constructor(capacity = 1024) {
+    if (typeof capacity !== "number" || !Number.isSafeInteger(capacity) || capacity < 1 || capacity > 2 ** 28) {
+      throw new TypeError("PackedScan: capacity must be an integer in [1, 2^28]");
+    }
+    this.#firstPages = new Float64Array(capacity);
+    this.#pageCounts = new Float64Array(capacity);
+    this.#categories = new Uint32Array(capacity);
+  }
+
+  static {
+    appendPacked = (p, first, count, categories) => {
+      const n = p.length;
+      if (n === p.#firstPages.length) p.#grow();
+      p.#firstPages[n] = first;
+      p.#pageCounts[n] = count;
+      p.#categories[n] = categories;
+      p.length = n + 1;
+      p.pages += count;
+    };
+  }
+
+  /** Each region's first page, relative to `base` (entries `0` to `length - 1`). */
+  get firstPages(): Float64Array {
+    return this.#firstPages;
+  }
+
+  /** Each region's number of pages. */
+  get pageCounts(): Float64Array {
+    return this.#pageCounts;
+  }
+
+  /** Each region's reported `PAGE_IS_*` bits. */
+  get categories(): Uint32Array {
+    return this.#categories;
+  }
+
+  /** How many regions the arrays hold before they grow. */
+  get capacity(): number {
+    return this.#firstPages.length;
+  }
+
+  /** Region `i`'s start address. */
+  start(i: number): bigint {
+    return this.base + BigInt(this.#firstPages[this.#at(i)]! * PAGE_SIZE);
+  }
+
+  /** Region `i`'s end address (exclusive). */
+  end(i: number): bigint {
+    const at = this.#at(i);
+    return this.base + BigInt((this.#firstPages[at]! + this.#pageCounts[at]!) * PAGE_SIZE);
+  }
+
+  /** Region `i`'s reported categories by name (one frozen array per mask, shared). */
+  names(i: number): readonly Category[] {
+    return namesOf(this.#categories[this.#at(i)]!);
+  }
+
+  /** The regions as `PageRange` objects, as `pagemapScan()` returns them (allocates). */
+  toArray(): PageRange[] {
+    const out: PageRange[] = [];
+    for (let i = 0; i < this.length; i++) {
+      out.push(new ScannedRange(this.base, this.#firstPages[i]!, this.#pageCounts[i]!, this.#categories[i]!));
+    }
+    return out;
+  }
+
+  /** Empties it for the next scan (the storage stays). */
+  clear(base = 0n): void {
+    this.length = 0;
+    this.pages = 0;
+    this.calls = 0;
+    this.base = base;
+    this.walkEnd = base;
+  }
+
+  #at(i: number): number {
+    if (!(i >= 0 && i < this.length && (i | 0) === i)) {
+      throw new RangeError(`PackedScan: region ${i} is not in this result of ${this.length}`);
+    }
+    return i;
+  }
+
+  #grow(): void {
+    const size = this.#firstPages.length * 2;
+    const first = new Float64Array(size);
+    const counts = new Float64Array(size);
+    const categories = new Uint32Array(size);
+    first.set(this.#firstPages);
+    counts.set(this.#pageCounts);
+    categories.set(this.#categories);
+    this.#firstPages = first;
+    this.#pageCounts = counts;
+    this.#categories = categories;
+  }
+}
+
+/** The non-enumerable properties of a `ScanResult`, reused: a descriptor per call costs more than the scan's JS. */
+const WALK_END: PropertyDescriptor = { value: 0n, enumerable: false };
+const CALLS: PropertyDescriptor = { value: 0, enumerable: false };
+
 /**
  * A pagemap file and a PAGEMAP_SCAN output vector kept open for repeated scans:
  * of this process, or of another one (`pid`), which needs ptrace read access to it.
- * {@linkcode scan} returns region objects; {@linkcode visit} hands each region to a
- * callback as plain numbers and allocates nothing per region or per ioctl.
+ * {@linkcode scan} returns region objects; {@linkcode scanPacked} fills typed arrays
+ * ({@linkcode PackedScan}); {@linkcode visit} hands each region to a callback as
+ * plain numbers. The last two allocate nothing per region or per ioctl.
  *
  * @example
  * ```ts
@@ -238,6 +409,15 @@ export class PagemapScanner implements Disposable {
   readonly vectorLength: number;
   readonly #buffers: ScanBuffers;
   #fd: number;
+  /** The query the buffers hold (set once for the repeated scans of one query). */
+  #query: PreparedQuery | undefined;
+  /** The range being scanned, as numbers (below 2^53). */
+  readonly #span: NumericRange = { start: 0, len: 0 };
+  /** What the last walk did (read right after it). */
+  #regions = 0;
+  #pages = 0;
+  #calls = 0;
+  #walkEnd = 0n;
 
   /** Opens `/proc/<pid>/pagemap` (`"self"` by default); fails with ESRCH for a missing process, EACCES without access. */
   constructor(options: { pid?: Pid; vectorLength?: number } = {}) {
@@ -259,14 +439,47 @@ export class PagemapScanner implements Disposable {
    */
   scan(range: Range, query: ScanQuery | PreparedQuery = {}): ScanResult {
     const out = [] as PageRange[] as ScanResult;
-    const { start } = pageRange(range, "PAGEMAP_SCAN");
-    const summary = this.visit(range, query, (first, pages, categories) => {
-      out.push(new ScannedRange(start, first, pages, categories));
-    });
+    this.#walk(range, query, undefined, out);
     // Not enumerable: the result still compares and prints like a plain array.
-    Object.defineProperty(out, "walkEnd", { value: summary.walkEnd, enumerable: false });
-    Object.defineProperty(out, "calls", { value: summary.calls, enumerable: false });
+    WALK_END.value = this.#walkEnd;
+    CALLS.value = this.#calls;
+    Object.defineProperty(out, "walkEnd", WALK_END);
+    Object.defineProperty(out, "calls", CALLS);
     return out;
+  }
+
+  /**
+   * Scans a page-aligned range into typed arrays: `into` (reused, so that the scan
+   * allocates nothing) or a new {@linkcode PackedScan}.
+   *
+   * @param range A page-aligned range (a `Region` is widened to its `pageSpan`).
+   * @param query The categories and flags, or a prepared query.
+   * @param into A packed result to fill (its arrays are reused).
+   * @returns `into`, or a new packed result.
+   *
+   * @example
+   * ```ts
+   * import { PackedScan, PagemapScanner, prepareQuery, Region } from "@uffd/uffd";
+   * using mem = Region.map(8 * Region.pageSize);
+   * mem.bytes[5 * Region.pageSize] = 1;
+   * using scanner = new PagemapScanner();
+   * const present = prepareQuery({ require: ["PRESENT"] });
+   * const packed = new PackedScan();
+   * scanner.scanPacked(mem, present, packed);
+   * console.log(packed.length, packed.firstPages[0], packed.start(0) === mem.address + 5n * 4096n); // 1 5 true
+   * ```
+   */
+  scanPacked(range: Range, query: ScanQuery | PreparedQuery = {}, into?: PackedScan): PackedScan {
+    if (into !== undefined && !(into instanceof PackedScan)) {
+      throw new TypeError("scanPacked: into must be a PackedScan");
+    }
+    const packed = into ?? new PackedScan();
+    packed.length = 0;
+    packed.pages = 0;
+    this.#walk(range, query, undefined, undefined, packed);
+    packed.calls = this.#calls;
+    packed.walkEnd = this.#walkEnd;
+    return packed;
   }
 
   /**
@@ -275,18 +488,45 @@ export class PagemapScanner implements Disposable {
    * vector are merged back. Nothing is allocated per region or per ioctl.
    */
   visit(range: Range, query: ScanQuery | PreparedQuery, visitor: RegionVisitor): VisitSummary {
+    this.#walk(range, query, visitor);
+    return { regions: this.#regions, pages: this.#pages, calls: this.#calls, walkEnd: this.#walkEnd };
+  }
+
+  /**
+   * The walk behind `visit`, `scan` and `scanPacked`: each region goes to `visitor`,
+   * into `objects` (as `PageRange`s) or into `packed`. Leaves what it did in
+   * `#regions`, `#pages`, `#calls`, `#walkEnd`; returns the range's start.
+   */
+  #walk(
+    range: Range,
+    query: ScanQuery | PreparedQuery,
+    visitor?: RegionVisitor,
+    objects?: PageRange[],
+    packed?: PackedScan,
+  ): bigint {
     const operation = "PAGEMAP_SCAN";
     if (this.#fd < 0) throw invalid(operation, "the scanner is closed", {}, ERRNO.EBADF);
     const q = isPrepared(query) ? query : prepareQuery(query);
-    const { start: base, len } = pageRange(range, operation);
-    // Offsets from `base` are plain numbers; so are addresses below 2^53 (all of user
-    // space on x86_64 and aarch64), which keeps the loop free of bigints. Above that
-    // (the vsyscall page), each ioctl and region converts.
-    const high = base + len > ADDRESS_LIMIT;
-    const start = high ? 0 : Number(base);
-    const length = Number(len);
+    const span = this.#span;
+    // Offsets from the start are plain numbers; so are addresses below 2^53 (all of user space
+    // on x86_64 and aarch64), which keeps the loop free of bigints. Above that (the vsyscall
+    // page), each ioctl and region converts.
+    const high = !pageRangeInto(range, operation, span);
+    let base: bigint;
+    let len: bigint;
+    if (high) ({ start: base, len } = pageRange(range, operation));
+    else {
+      base = BigInt(span.start);
+      len = 0n;
+    }
+    const start = high ? 0 : span.start;
+    const length = high ? Number(len) : span.len;
+    if (packed !== undefined) packed.base = base;
     const scan = this.#buffers;
-    scan.setQuery(q.flags, q.inverted, q.required, q.anyOf, q.report);
+    if (q !== this.#query) {
+      scan.setQuery(q.flags, q.inverted, q.required, q.anyOf, q.report);
+      this.#query = q;
+    }
     const limited = q.maxPages > 0;
     let remaining = q.maxPages;
     let regions = 0;
@@ -296,7 +536,7 @@ export class PagemapScanner implements Disposable {
     let heldFirst = -1;
     let heldPages = 0;
     let heldCategories = 0;
-    let at = 0; // offset from base
+    let at = 0; // offset from start
     let walkEnd = 0;
     while (at < length) {
       const n = high
@@ -313,7 +553,8 @@ export class PagemapScanner implements Disposable {
         )
         : scan.scanFrom(this.#fd, start + at, start + length, limited ? remaining : 0);
       calls++;
-      if (n < 0) throw scanError(n, base, base + len, q.flags, this.pid);
+      if (high) this.#query = undefined; // scan() wrote the whole argument
+      if (n < 0) throw scanError(n, base, base + BigInt(length), q.flags, this.pid);
       for (let i = 0; i < n; i++) {
         const rs = high ? Number(scan.regionStart(i) - base) : scan.startOf(i) - start;
         const count = (high ? Number(scan.regionEnd(i) - scan.regionStart(i)) : scan.endOf(i) - scan.startOf(i)) /
@@ -324,7 +565,9 @@ export class PagemapScanner implements Disposable {
           heldPages += count;
         } else {
           if (heldFirst >= 0) {
-            visitor(heldFirst, heldPages, heldCategories);
+            if (packed !== undefined) appendPacked(packed, heldFirst, heldPages, heldCategories);
+            else if (objects !== undefined) objects.push(new ScannedRange(base, heldFirst, heldPages, heldCategories));
+            else visitor!(heldFirst, heldPages, heldCategories);
             regions++;
           }
           heldFirst = first;
@@ -351,10 +594,16 @@ export class PagemapScanner implements Disposable {
       at = next;
     }
     if (heldFirst >= 0) {
-      visitor(heldFirst, heldPages, heldCategories);
+      if (packed !== undefined) appendPacked(packed, heldFirst, heldPages, heldCategories);
+      else if (objects !== undefined) objects.push(new ScannedRange(base, heldFirst, heldPages, heldCategories));
+      else visitor!(heldFirst, heldPages, heldCategories);
       regions++;
     }
-    return { regions, pages, calls, walkEnd: base + BigInt(walkEnd) };
+    this.#regions = regions;
+    this.#pages = pages;
+    this.#calls = calls;
+    this.#walkEnd = base + BigInt(walkEnd);
+    return base;
   }
 
   /** Closes the pagemap file of another process (this process's stays open for everyone). */
@@ -373,11 +622,29 @@ export class PagemapScanner implements Disposable {
 const selfScanners = new Map<number, PagemapScanner>();
 
 /**
+ * The scanner of this process `pagemapScan` and `pagemapScanPacked` keep for
+ * `options`' vector length, or `undefined` when they need one of their own (another
+ * process, or more vector lengths than are kept).
+ */
+function keptScanner(options: ScanOptions): PagemapScanner | undefined {
+  if ((options.pid ?? "self") !== "self" || !KEEP_SELF_FD) return undefined;
+  const vectorLength = options.vectorLength ?? DEFAULT_VECTOR;
+  let scanner = selfScanners.get(vectorLength);
+  if (scanner === undefined && selfScanners.size < 8) {
+    scanner = new PagemapScanner({ vectorLength });
+    selfScanners.set(vectorLength, scanner);
+  }
+  return scanner;
+}
+
+/**
  * Runs PAGEMAP_SCAN over a page-aligned range and returns the matching regions,
  * coalesced as the kernel reports them. The walk resumes from `walk_end` whenever
  * the output vector fills, until the range is covered or `maxPages` is reached
  * (`result.walkEnd` says where it stopped). For this process the output vector is
  * reused across calls; for another (`pid`) the pagemap file is opened per call.
+ * {@linkcode pagemapScanPacked} is the same scan into typed arrays, without an
+ * object per region.
  *
  * @param range A page-aligned range (a `Region` is widened to its `pageSpan`).
  * @param options The query, `pid` and `vectorLength`.
@@ -395,18 +662,42 @@ const selfScanners = new Map<number, PagemapScanner>();
  */
 export function pagemapScan(range: Range, options?: ScanOptions): ScanResult {
   options = optionsBag(options, "PAGEMAP_SCAN");
-  const pid = options.pid ?? "self";
-  const vectorLength = options.vectorLength ?? DEFAULT_VECTOR;
-  if (pid === "self" && KEEP_SELF_FD) {
-    let scanner = selfScanners.get(vectorLength);
-    if (scanner === undefined) {
-      scanner = new PagemapScanner({ vectorLength });
-      if (selfScanners.size < 8) selfScanners.set(vectorLength, scanner);
-    }
-    return scanner.scan(range, options);
-  }
-  using scanner = new PagemapScanner({ pid, vectorLength });
+  const kept = keptScanner(options);
+  if (kept !== undefined) return kept.scan(range, options);
+  using scanner = new PagemapScanner({ pid: options.pid, vectorLength: options.vectorLength });
   return scanner.scan(range, options);
+}
+
+/**
+ * {@linkcode pagemapScan} into typed arrays: the same walk, the regions kept as
+ * first pages, page counts and category bits (a {@linkcode PackedScan}) instead of
+ * an object each — the form to use when a scan finds thousands of regions, or
+ * runs often. Pass the result back as `into` and the next scan reuses its arrays.
+ *
+ * @param range A page-aligned range (a `Region` is widened to its `pageSpan`).
+ * @param options The query, `pid` and `vectorLength`.
+ * @param into A packed result to fill (its arrays are reused).
+ * @returns `into`, or a new packed result: the regions, `walkEnd` and `calls`.
+ * @throws {UffdError} As {@linkcode pagemapScan}.
+ *
+ * @example
+ * ```ts
+ * import { pagemapScanPacked, Region } from "@uffd/uffd";
+ * using mem = Region.map(64 * Region.pageSize);
+ * for (let p = 0; p < 64; p += 4) mem.bytes[p * Region.pageSize] = 1;
+ * let found = pagemapScanPacked(mem, { require: ["PRESENT"] });
+ * console.log(found.length, found.pages); // 16 16
+ * mem.bytes[1 * Region.pageSize] = 1;
+ * found = pagemapScanPacked(mem, { require: ["PRESENT"] }, found); // the same arrays, refilled
+ * console.log(found.length, found.pageCounts[0]); // 16 2
+ * ```
+ */
+export function pagemapScanPacked(range: Range, options?: ScanOptions, into?: PackedScan): PackedScan {
+  options = optionsBag(options, "PAGEMAP_SCAN");
+  const kept = keptScanner(options);
+  if (kept !== undefined) return kept.scanPacked(range, options, into);
+  using scanner = new PagemapScanner({ pid: options.pid, vectorLength: options.vectorLength });
+  return scanner.scanPacked(range, options, into);
 }
 
 /**
@@ -529,4 +820,17 @@ function acceptedCategoryMask(): bigint {
 function answerableCategoryMask(): bigint {
   const accepted = acceptedCategoryMask() & PAGE_IS_KNOWN;
   return (accepted & PAGE_IS_SOFT_DIRTY) !== 0n && !softDirtySupported() ? accepted & ~PAGE_IS_SOFT_DIRTY : accepted;
+}
+
+let acceptedBitsCache = -1;
+let answerableBitsCache = -1;
+
+/** {@linkcode acceptedCategoryMask} as a number, probed once. */
+function acceptedBits(): number {
+  return acceptedBitsCache >= 0 ? acceptedBitsCache : acceptedBitsCache = Number(acceptedCategoryMask());
+}
+
+/** {@linkcode answerableCategoryMask} as a number, measured once. */
+function answerableBits(): number {
+  return answerableBitsCache >= 0 ? answerableBitsCache : answerableBitsCache = Number(answerableCategoryMask());
 }

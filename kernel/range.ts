@@ -112,3 +112,70 @@ export function pageCeil(address: bigint): bigint {
   const rest = address % PAGE_SIZE_N;
   return rest === 0n ? address : address + PAGE_SIZE_N - rest;
 }
+
+/** A validated page range as plain numbers, filled by {@linkcode pageRangeInto}. */
+export interface NumericRange {
+  /** Page-aligned start. */
+  start: number;
+  /** Page-multiple length. */
+  len: number;
+}
+
+/** A bigint's 64 bits as two 32-bit halves: `Number(bigint)` costs several times this on a hot path. */
+const wide = new BigUint64Array(1);
+const halves = new Uint32Array(wide.buffer);
+const SAFE_N = BigInt(Number.MAX_SAFE_INTEGER);
+
+/**
+ * A non-negative bigint below 2^53 as a number, or -1 for anything else (a
+ * negative or larger bigint), without `Number()`'s conversion.
+ *
+ * @example
+ * ```ts
+ * import { bigintToSafeNumber } from "./range.ts";
+ * console.log(bigintToSafeNumber(0x7f0000001000n), bigintToSafeNumber(-1n)); // 139637976731648 -1
+ * ```
+ */
+export function bigintToSafeNumber(value: bigint): number {
+  if (value < 0n || value > SAFE_N) return -1;
+  wide[0] = value;
+  return halves[1]! * 4294967296 + halves[0]!;
+}
+
+/**
+ * {@linkcode pageRange} for a call's hot path: the same checks and the same
+ * errors, but the result goes into `out` as numbers, without allocating and
+ * without a number→bigint conversion. Returns `false` (leaving `out` alone) for a
+ * valid range that ends above 2^53, which no user-space address does on x86_64
+ * or aarch64: the caller then takes the bigint path, and the kernel answers.
+ *
+ * @example
+ * ```ts
+ * import { type NumericRange, pageRangeInto } from "./range.ts";
+ * const out: NumericRange = { start: 0, len: 0 };
+ * pageRangeInto({ address: 0x10000n, length: 8192 }, "example", out);
+ * console.log(out.start, out.len); // 65536 8192
+ * ```
+ */
+export function pageRangeInto(range: Range | (Range & PageSpanned), operation: string, out: NumericRange): boolean {
+  if (range !== null && typeof range === "object" && !("mapped" in range && range.mapped === false)) {
+    const spanned = "pageSpan" in range ? range.pageSpan : range;
+    const address = spanned.address;
+    const length = spanned.length;
+    if (typeof address === "bigint") {
+      const start = bigintToSafeNumber(address);
+      const len = typeof length === "number" ? length : typeof length === "bigint" ? bigintToSafeNumber(length) : -1;
+      if (
+        start >= 0 && len > 0 && start % PAGE_SIZE === 0 && len % PAGE_SIZE === 0 &&
+        start + len <= Number.MAX_SAFE_INTEGER
+      ) {
+        out.start = start;
+        out.len = len;
+        return true;
+      }
+    }
+  }
+  // Anything else: the general check throws the precise error, or passes a range above 2^53.
+  pageRange(range, operation);
+  return false;
+}

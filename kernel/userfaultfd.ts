@@ -21,8 +21,10 @@
  */
 
 import * as libc from "../ffi/_libc.ts";
-import { decodeUffdMsg, SIZEOF_UFFD_MSG, type UffdMsg } from "../ffi/_structs.ts";
+import type { UffdMsg } from "../ffi/_structs.ts";
+import { MessageBatch } from "../ffi/_message_batch.ts";
 import * as ops from "../ffi/_uffd_ioctls.ts";
+import * as resolve from "../ffi/_resolve_ops.ts";
 import { O_CLOEXEC, O_NONBLOCK } from "../ffi/linux.ts";
 import {
   type Feature,
@@ -67,7 +69,7 @@ import { kernelRelease } from "./access.ts";
 import { ERRNO, failure, invalid, UffdError, uffdioHint } from "./errors.ts";
 import { byMapping, unmappedParts } from "./maps.ts";
 import { featureNames, ioctlNames } from "./names.ts";
-import { pageRange, type Range, toAddress } from "./range.ts";
+import { bigintToSafeNumber, type NumericRange, pageRange, pageRangeInto, type Range, toAddress } from "./range.ts";
 
 export type { Origin } from "./_create.ts";
 
@@ -167,6 +169,292 @@ export interface EventsOptions {
  */
 export type UffdEvent = PagefaultEvent | ForkEvent | RemapEvent | RemoveEvent | UnmapEvent | UnknownEvent;
 
+/** What kind of event a message is: the `type` of its {@linkcode UffdEvent}. */
+export type UffdEventType = UffdEvent["type"];
+
+const TYPE_OF_CODE: readonly UffdEventType[] = (() => {
+  const types: UffdEventType[] = new Array(256).fill("unknown");
+  types[UFFD_EVENT_PAGEFAULT] = "pagefault";
+  types[UFFD_EVENT_FORK] = "fork";
+  types[UFFD_EVENT_REMAP] = "remap";
+  types[UFFD_EVENT_REMOVE] = "remove";
+  types[UFFD_EVENT_UNMAP] = "unmap";
+  return types;
+})();
+const FLAG_WRITE = Number(UFFD_PAGEFAULT_FLAG_WRITE);
+const FLAG_WP = Number(UFFD_PAGEFAULT_FLAG_WP);
+const FLAG_MINOR = Number(UFFD_PAGEFAULT_FLAG_MINOR);
+
+/** A page fault needs no fork's userfaultfd adopted. */
+const noFork = (): never => {
+  throw new Error("unreachable: a page fault carries no userfaultfd");
+};
+
+/** Fills a batch from one `read(2)` (set up by `EventBatch`'s static block, used by `readEventsInto`). */
+let fillBatch: (batch: EventBatch, fd: number, threadIds: boolean, other: (msg: UffdMsg) => UffdEvent) => number;
+
+/**
+ * Room for a batch of userfaultfd messages, filled by
+ * {@linkcode Userfaultfd.readEventsInto} with one `read(2)` and decoded at once,
+ * in one loop, into typed arrays that the batch keeps from read to read: no
+ * object is made per page fault, so a loop that serves faults from it allocates
+ * nothing. Read a page fault through the arrays (`codes`, `addresses`, `flags`,
+ * `threadIds`, entries `0` to `length - 1`), the accessors (`type(i)`,
+ * `address(i)`, `write(i)`, …) or by iterating, which yields one reused
+ * {@linkcode EventView}; `event(i)` builds the full {@linkcode UffdEvent} object
+ * when one is wanted. The rare address-space events (fork, remap, remove, unmap)
+ * are decoded into objects when they are read, as `readEvents()` does (a fork's
+ * child userfaultfd is adopted then, once). Each read replaces the contents.
+ *
+ * Addresses are numbers: every user-space address is below 2^53 on x86_64 and
+ * aarch64, so they are exact (`address(i)` refuses anything larger rather than
+ * round it). Flags are the low 32 bits of the kernel's, where every
+ * `UFFD_PAGEFAULT_FLAG_*` lives.
+ *
+ * @example
+ * ```ts
+ * import { EventBatch, Region, Userfaultfd } from "@uffd/uffd";
+ * const libc = Deno.dlopen("libc.so.6", {
+ *   memset: { parameters: ["pointer", "i32", "usize"], result: "pointer", nonblocking: true },
+ * });
+ * using mem = Region.map(Region.pageSize);
+ * using uffd = Userfaultfd.open();
+ * uffd.register(mem, { missing: true });
+ * const writing = libc.symbols.memset(Deno.UnsafePointer.create(mem.address), 7, BigInt(mem.length));
+ * const batch = new EventBatch();
+ * while (uffd.readEventsInto(batch) === 0) await new Promise((r) => setTimeout(r, 1));
+ * for (const e of batch) {
+ *   if (e.type === "pagefault") uffd.zeropage({ address: BigInt(e.address), length: Region.pageSize });
+ * }
+ * await writing;
+ * libc.close();
+ * console.log(batch.length, batch.type(0), batch.write(0), mem.bytes[0]); // 1 pagefault true 7
+ * ```
+ */
+export class EventBatch implements Iterable<EventView> {
+  /** How many messages one read can return (the buffer's size in messages). */
+  readonly capacity: number;
+  /** The `event` byte of each message (`UFFD_EVENT_*`), entries `0` to `length - 1`. */
+  readonly codes: Uint8Array;
+  /** Each page fault's address (a number; `NaN` above 2^53); stale for other messages. */
+  readonly addresses: Float64Array;
+  /** Each page fault's `UFFD_PAGEFAULT_FLAG_*` bits; stale for other messages. */
+  readonly flags: Uint32Array;
+  /** Each page fault's thread id (`ptid`: 0 without `THREAD_ID`); stale for other messages. */
+  readonly threadIds: Uint32Array;
+  readonly #messages: MessageBatch;
+  #length = 0;
+  #hasThreadIds = false;
+  /** The decoded event of each message that is not a page fault (`undefined` for page faults). */
+  readonly #others: (UffdEvent | undefined)[];
+  readonly #view: EventView;
+  readonly #result: { done: boolean; value: EventView };
+  #next = 0;
+  readonly #iterator: Iterator<EventView> & Iterable<EventView>;
+
+  /**
+   * Room for `capacity` messages (default 64: what a `FaultHandler` reads at once).
+   *
+   * @param capacity Messages per read, 1 to 4096.
+   * @throws {UffdError} `EINVAL` for a capacity out of range.
+   */
+  constructor(capacity = 64) {
+    if (typeof capacity !== "number") {
+      throw new TypeError(`EventBatch: capacity must be a number, not ${describe(capacity)}`);
+    }
+    if (!Number.isInteger(capacity) || capacity < 1 || capacity > 4096) {
+      throw invalid("EventBatch", "capacity must be an integer in [1, 4096]", { capacity });
+    }
+    this.capacity = capacity;
+    this.codes = new Uint8Array(capacity);
+    this.addresses = new Float64Array(capacity);
+    this.flags = new Uint32Array(capacity);
+    this.threadIds = new Uint32Array(capacity);
+    this.#messages = new MessageBatch(capacity);
+    this.#others = new Array(capacity).fill(undefined);
+    this.#view = new EventView(this);
+    this.#result = { done: false, value: this.#view };
+    const result = this.#result;
+    const view = this.#view;
+    this.#iterator = {
+      next: () => {
+        if (this.#next < this.#length) {
+          view.index = this.#next++;
+          result.done = false;
+        } else result.done = true;
+        return result as IteratorResult<EventView>;
+      },
+      [Symbol.iterator]() {
+        return this;
+      },
+    };
+  }
+
+  static {
+    fillBatch = (batch, fd, threadIds, other) => {
+      const others = batch.#others;
+      for (let i = 0; i < batch.#length; i++) others[i] = undefined;
+      batch.#length = 0;
+      batch.#hasThreadIds = threadIds;
+      const messages = batch.#messages;
+      const n = messages.read(fd);
+      if (n < 0) return n;
+      const codes = batch.codes;
+      messages.decodeInto(codes, batch.addresses, batch.flags, batch.threadIds);
+      for (let i = 0; i < n; i++) if (codes[i] !== UFFD_EVENT_PAGEFAULT) others[i] = other(messages.message(i));
+      batch.#length = n;
+      return n;
+    };
+  }
+
+  /** Messages held (from the last read). */
+  get length(): number {
+    return this.#length;
+  }
+
+  #at(i: number): number {
+    if (!(i >= 0 && i < this.#length && (i | 0) === i)) {
+      throw new RangeError(`EventBatch: message ${i} is not in this batch of ${this.#length}`);
+    }
+    return i;
+  }
+
+  /** The kind of message `i`. */
+  type(i: number): UffdEventType {
+    return TYPE_OF_CODE[this.codes[this.#at(i)]!]!;
+  }
+
+  /** Page fault `i`'s address as a number: exact with `EXACT_ADDRESS`, otherwise page-aligned. */
+  address(i: number): number {
+    const address = this.addresses[this.#pagefault(i)]!;
+    if (Number.isNaN(address)) throw new RangeError(`EventBatch: the address of message ${i} is above 2^53`);
+    return address;
+  }
+
+  /** Page fault `i`'s `UFFD_PAGEFAULT_FLAG_*` bits. */
+  flagsOf(i: number): number {
+    return this.flags[this.#pagefault(i)]!;
+  }
+
+  /** Page fault `i` was a write. */
+  write(i: number): boolean {
+    return (this.flags[this.#pagefault(i)]! & FLAG_WRITE) !== 0;
+  }
+
+  /** Page fault `i` was a write to a write-protected page. */
+  wp(i: number): boolean {
+    return (this.flags[this.#pagefault(i)]! & FLAG_WP) !== 0;
+  }
+
+  /** Page fault `i` was a minor fault. */
+  minor(i: number): boolean {
+    return (this.flags[this.#pagefault(i)]! & FLAG_MINOR) !== 0;
+  }
+
+  /** The thread of page fault `i`, when `THREAD_ID` was negotiated. */
+  threadId(i: number): number | undefined {
+    const at = this.#pagefault(i);
+    return this.#hasThreadIds ? this.threadIds[at] : undefined;
+  }
+
+  /**
+   * Message `i` as a typed event object, exact to the kernel's 64 bits (allocates;
+   * the same object each time for events other than faults).
+   */
+  event(i: number): UffdEvent {
+    const at = this.#at(i);
+    const other = this.#others[at];
+    if (other !== undefined) return other;
+    return toEvent(this.#messages.message(at), this.#hasThreadIds, noFork);
+  }
+
+  /**
+   * The messages in order, as one {@linkcode EventView} that moves along: keep
+   * what you need from it, not the view itself. One iteration of a batch at a time.
+   */
+  [Symbol.iterator](): Iterator<EventView> {
+    this.#next = 0;
+    return this.#iterator;
+  }
+
+  #pagefault(i: number): number {
+    const at = this.#at(i);
+    if (this.codes[at] !== UFFD_EVENT_PAGEFAULT) {
+      throw new TypeError(
+        `EventBatch: message ${i} is a ${this.#others[at]?.type ?? "unknown"} event, not a page fault`,
+      );
+    }
+    return at;
+  }
+}
+
+/**
+ * One message of an {@linkcode EventBatch}, as iterating the batch yields it: the
+ * same object for every message (`index` moves), so that a loop over a batch
+ * allocates nothing. The page-fault fields throw for messages of other kinds.
+ *
+ * @example
+ * ```ts
+ * import { EventBatch } from "@uffd/uffd";
+ * const writtenAt = (batch: EventBatch) => {
+ *   const addresses: number[] = [];
+ *   for (const e of batch) if (e.type === "pagefault" && e.write) addresses.push(e.address);
+ *   return addresses;
+ * };
+ * console.log(writtenAt(new EventBatch())); // []
+ * ```
+ */
+export class EventView {
+  /** The message this view shows, in its batch. */
+  index = 0;
+  readonly #batch: EventBatch;
+
+  /** A view of `batch`'s message `index` (batches make their own). */
+  constructor(batch: EventBatch) {
+    this.#batch = batch;
+  }
+
+  /** The kind of the message. */
+  get type(): UffdEventType {
+    return this.#batch.type(this.index);
+  }
+
+  /** The page fault's address, as a number. */
+  get address(): number {
+    return this.#batch.address(this.index);
+  }
+
+  /** The page fault's `UFFD_PAGEFAULT_FLAG_*` bits. */
+  get flags(): number {
+    return this.#batch.flagsOf(this.index);
+  }
+
+  /** The page fault was a write. */
+  get write(): boolean {
+    return this.#batch.write(this.index);
+  }
+
+  /** A write to a write-protected page. */
+  get wp(): boolean {
+    return this.#batch.wp(this.index);
+  }
+
+  /** A minor fault. */
+  get minor(): boolean {
+    return this.#batch.minor(this.index);
+  }
+
+  /** The faulting thread, when `THREAD_ID` was negotiated. */
+  get threadId(): number | undefined {
+    return this.#batch.threadId(this.index);
+  }
+
+  /** The message as a typed event object (allocates). */
+  event(): UffdEvent {
+    return this.#batch.event(this.index);
+  }
+}
+
 // ---------------------------------------------------------------------------
 
 /** Options of {@linkcode Userfaultfd.open}. */
@@ -262,7 +550,28 @@ const EVENT_BITS: Record<EventKind, bigint> = {
   remap: UFFD_FEATURE_EVENT_REMAP,
   unmap: UFFD_FEATURE_EVENT_UNMAP,
 };
-const PAGE_SIZE_N = libc.PAGE_SIZE_N;
+const PAGE_SIZE = libc.PAGE_SIZE;
+// The mode bits as numbers, for the ioctls of `_resolve_ops.ts` (the hot path converts no bigint).
+const WP = Number(UFFDIO_WRITEPROTECT_MODE_WP);
+const WP_DONTWAKE = Number(UFFDIO_WRITEPROTECT_MODE_DONTWAKE);
+const COPY_DONTWAKE = Number(UFFDIO_COPY_MODE_DONTWAKE);
+const COPY_WP = Number(UFFDIO_COPY_MODE_WP);
+const ZEROPAGE_DONTWAKE = Number(UFFDIO_ZEROPAGE_MODE_DONTWAKE);
+const CONTINUE_DONTWAKE = Number(UFFDIO_CONTINUE_MODE_DONTWAKE);
+const CONTINUE_WP = Number(UFFDIO_CONTINUE_MODE_WP);
+const POISON_DONTWAKE = Number(UFFDIO_POISON_MODE_DONTWAKE);
+
+/** A range ioctl of `_resolve_ops.ts` over `[start, start + len)` (`source`: a copy's source for `start`). */
+type Retry = (fd: number, start: number, len: number, source: number, mode: number) => number;
+
+/** The range ioctls that `#acrossMappingsN` repeats one mapping at a time. */
+const RETRY = {
+  writeprotect: (fd, start, len, _source, mode) => resolve.writeprotect(fd, start, len, mode),
+  copy: (fd, start, len, source, mode) => resolve.copy(fd, start, source, len, mode),
+  zeropage: (fd, start, len, _source, mode) => resolve.zeropage(fd, start, len, mode),
+  continue: (fd, start, len, _source, mode) => resolve.continuePages(fd, start, len, mode),
+  poison: (fd, start, len, _source, mode) => resolve.poison(fd, start, len, mode),
+} satisfies Record<string, Retry>;
 
 /**
  * Why required features are missing, each for its own reason: declined by the caller,
@@ -312,9 +621,12 @@ export class Userfaultfd implements Disposable {
   readonly origin: Origin;
 
   readonly #state: Int32Array;
-  readonly #messages = new Uint8Array(MESSAGES_PER_READ * SIZEOF_UFFD_MSG);
+  /** The batch `readEvents()` reads into. */
+  #messages: EventBatch | undefined;
   readonly #registrations = new Registrations();
   readonly #ioctlMask: bigint;
+  /** Where a range validated on the hot path goes (`pageRangeInto`): one object, reused by every call. */
+  readonly #span: NumericRange = { start: 0, len: 0 };
   /** Handed to another thread with `share()`: its events are read there. */
   #sharedOut = false;
   /** What `Region` asks before a call that raises an event this isolate would have to read (`_event_readers.ts`). */
@@ -329,6 +641,8 @@ export class Userfaultfd implements Disposable {
    * duplicated or adopted), or the caller said only other threads write (`writers`).
    */
   #handled: boolean;
+  /** No fault waits for a handler here (`WP_ASYNC` or `SIGBUS`): nothing is refused for want of one. */
+  readonly #neverWaits: boolean;
 
   private constructor(
     fd: number,
@@ -340,6 +654,7 @@ export class Userfaultfd implements Disposable {
     handled: boolean,
   ) {
     this.#handled = handled;
+    this.#neverWaits = (mask & (UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_SIGBUS)) !== 0n;
     this.fd = fd;
     this.featureMask = mask;
     this.features = new Set(featureNames(mask));
@@ -600,16 +915,24 @@ export class Userfaultfd implements Disposable {
     const operation = "UFFDIO_WRITEPROTECT";
     this.#check(operation);
     options = optionsBag(options, operation);
+    const span = this.#span;
+    if (pageRangeInto(range, operation, span)) {
+      if (this.#selfDeadlocks) {
+        this.#refuseSelfDeadlock(operation, { start: BigInt(span.start), len: BigInt(span.len) });
+      }
+      let rc = resolve.writeprotect(this.fd, span.start, span.len, WP);
+      if (rc === -ENOENT) {
+        rc = this.#acrossMappingsN(RETRY.writeprotect, span.start, span.len, 0, WP);
+      }
+      if (rc < 0) throw kernelError(operation, rc, { start: BigInt(span.start), len: BigInt(span.len), mode: "wp" });
+      return;
+    }
     const { start, len } = pageRange(range, operation);
     this.#refuseSelfDeadlock(operation, { start, len });
     let rc = ops.uffdioWriteprotect(this.fd, start, len, UFFDIO_WRITEPROTECT_MODE_WP);
     if (rc === -ENOENT) {
       // Before Linux 6.4 one call covers one mapping: a range of several goes one mapping at a time.
-      rc = this.#acrossMappings(
-        start,
-        len,
-        (s, l) => ops.uffdioWriteprotect(this.fd, s, l, UFFDIO_WRITEPROTECT_MODE_WP),
-      );
+      rc = this.#acrossMappingsN(RETRY.writeprotect, Number(start), Number(len), 0, WP);
     }
     if (rc < 0) throw kernelError(operation, rc, { start, len, mode: "wp" });
   }
@@ -619,10 +942,24 @@ export class Userfaultfd implements Disposable {
     const operation = "UFFDIO_WRITEPROTECT";
     this.#check(operation);
     options = optionsBag(options, operation);
+    const span = this.#span;
+    if (pageRangeInto(range, operation, span)) {
+      const m = options.dontWake ? WP_DONTWAKE : 0;
+      let rc = resolve.writeprotect(this.fd, span.start, span.len, m);
+      if (rc === -ENOENT) rc = this.#acrossMappingsN(RETRY.writeprotect, span.start, span.len, 0, m);
+      if (rc < 0) {
+        throw kernelError(operation, rc, {
+          start: BigInt(span.start),
+          len: BigInt(span.len),
+          mode: options.dontWake ? "dontwake" : "0",
+        });
+      }
+      return;
+    }
     const { start, len } = pageRange(range, operation);
     const mode = options.dontWake ? UFFDIO_WRITEPROTECT_MODE_DONTWAKE : 0n;
     let rc = ops.uffdioWriteprotect(this.fd, start, len, mode);
-    if (rc === -ENOENT) rc = this.#acrossMappings(start, len, (s, l) => ops.uffdioWriteprotect(this.fd, s, l, mode));
+    if (rc === -ENOENT) rc = this.#acrossMappingsN(RETRY.writeprotect, Number(start), Number(len), 0, Number(mode));
     if (rc < 0) throw kernelError(operation, rc, { start, len, mode: options.dontWake ? "dontwake" : "0" });
   }
 
@@ -653,13 +990,31 @@ export class Userfaultfd implements Disposable {
     const operation = "UFFDIO_COPY";
     this.#check(operation);
     options = optionsBag(options, operation);
+    const span = this.#span;
+    if (pageRangeInto(destination, operation, span)) {
+      const at = span.start;
+      const length = span.len;
+      const from = this.#sourceNumber(source, length, operation);
+      if (from >= 0) {
+        if (options.wp && this.#selfDeadlocks) {
+          this.#refuseSelfDeadlock(operation, { dst: BigInt(at), len: BigInt(length) });
+        }
+        const m = (options.dontWake ? COPY_DONTWAKE : 0) | (options.wp ? COPY_WP : 0);
+        let done = resolve.copy(this.fd, at, from, length, m);
+        if (done === -ENOENT) {
+          done = this.#acrossMappingsN(RETRY.copy, at, length, from, m);
+        }
+        if (done < 0) throw kernelError(operation, done, { dst: BigInt(at), src: BigInt(from), len: BigInt(length) });
+        return done;
+      }
+    }
     const { start, len } = pageRange(destination, operation);
     const src = this.#source(source, len, operation);
     if (options.wp) this.#refuseSelfDeadlock(operation, { dst: start, len });
     const mode = (options.dontWake ? UFFDIO_COPY_MODE_DONTWAKE : 0n) | (options.wp ? UFFDIO_COPY_MODE_WP : 0n);
     let done = ops.uffdioCopy(this.fd, start, src, len, mode);
     if (done === -ENOENT) {
-      done = this.#acrossMappings(start, len, (s, l) => ops.uffdioCopy(this.fd, s, src + s - start, l, mode));
+      done = this.#acrossMappingsN(RETRY.copy, Number(start), Number(len), Number(src), Number(mode));
     }
     if (done < 0) throw kernelError(operation, done, { dst: start, src, len });
     return done;
@@ -677,10 +1032,18 @@ export class Userfaultfd implements Disposable {
     const operation = "UFFDIO_ZEROPAGE";
     this.#check(operation);
     options = optionsBag(options, operation);
+    const span = this.#span;
+    if (pageRangeInto(range, operation, span)) {
+      const m = options.dontWake ? ZEROPAGE_DONTWAKE : 0;
+      let done = resolve.zeropage(this.fd, span.start, span.len, m);
+      if (done === -ENOENT) done = this.#acrossMappingsN(RETRY.zeropage, span.start, span.len, 0, m);
+      if (done < 0) throw kernelError(operation, done, { start: BigInt(span.start), len: BigInt(span.len) });
+      return done;
+    }
     const { start, len } = pageRange(range, operation);
     const mode = options.dontWake ? UFFDIO_ZEROPAGE_MODE_DONTWAKE : 0n;
     let done = ops.uffdioZeropage(this.fd, start, len, mode);
-    if (done === -ENOENT) done = this.#acrossMappings(start, len, (s, l) => ops.uffdioZeropage(this.fd, s, l, mode));
+    if (done === -ENOENT) done = this.#acrossMappingsN(RETRY.zeropage, Number(start), Number(len), 0, Number(mode));
     if (done < 0) throw kernelError(operation, done, { start, len });
     return done;
   }
@@ -698,12 +1061,25 @@ export class Userfaultfd implements Disposable {
     const operation = "UFFDIO_CONTINUE";
     this.#check(operation);
     options = optionsBag(options, operation);
+    const span = this.#span;
+    if (pageRangeInto(range, operation, span)) {
+      if (options.wp && this.#selfDeadlocks) {
+        this.#refuseSelfDeadlock(operation, { start: BigInt(span.start), len: BigInt(span.len) });
+      }
+      const m = (options.dontWake ? CONTINUE_DONTWAKE : 0) | (options.wp ? CONTINUE_WP : 0);
+      let done = resolve.continuePages(this.fd, span.start, span.len, m);
+      if (done === -ENOENT) {
+        done = this.#acrossMappingsN(RETRY.continue, span.start, span.len, 0, m);
+      }
+      if (done < 0) throw kernelError(operation, done, { start: BigInt(span.start), len: BigInt(span.len) });
+      return done;
+    }
     const { start, len } = pageRange(range, operation);
     if (options.wp) this.#refuseSelfDeadlock(operation, { start, len });
     const mode = (options.dontWake ? UFFDIO_CONTINUE_MODE_DONTWAKE : 0n) |
       (options.wp ? UFFDIO_CONTINUE_MODE_WP : 0n);
     let done = ops.uffdioContinue(this.fd, start, len, mode);
-    if (done === -ENOENT) done = this.#acrossMappings(start, len, (s, l) => ops.uffdioContinue(this.fd, s, l, mode));
+    if (done === -ENOENT) done = this.#acrossMappingsN(RETRY.continue, Number(start), Number(len), 0, Number(mode));
     if (done < 0) throw kernelError(operation, done, { start, len });
     return done;
   }
@@ -722,6 +1098,20 @@ export class Userfaultfd implements Disposable {
     const operation = "UFFDIO_POISON";
     this.#check(operation);
     options = optionsBag(options, operation);
+    const span = this.#span;
+    if (pageRangeInto(range, operation, span)) {
+      if (!Userfaultfd.supported().features.has("POISON")) {
+        throw invalid(operation, `UFFDIO_POISON is not available: Linux 6.6+ (this kernel: ${kernelRelease()})`, {
+          start: BigInt(span.start),
+          len: BigInt(span.len),
+        });
+      }
+      const m = options.dontWake ? POISON_DONTWAKE : 0;
+      let done = resolve.poison(this.fd, span.start, span.len, m);
+      if (done === -ENOENT) done = this.#acrossMappingsN(RETRY.poison, span.start, span.len, 0, m);
+      if (done < 0) throw kernelError(operation, done, { start: BigInt(span.start), len: BigInt(span.len) });
+      return done;
+    }
     const { start, len } = pageRange(range, operation);
     if (!Userfaultfd.supported().features.has("POISON")) {
       // The kernel would say EINVAL, as for any ioctl it does not know.
@@ -732,7 +1122,7 @@ export class Userfaultfd implements Disposable {
     }
     const mode = options.dontWake ? UFFDIO_POISON_MODE_DONTWAKE : 0n;
     let done = ops.uffdioPoison(this.fd, start, len, mode);
-    if (done === -ENOENT) done = this.#acrossMappings(start, len, (s, l) => ops.uffdioPoison(this.fd, s, l, mode));
+    if (done === -ENOENT) done = this.#acrossMappingsN(RETRY.poison, Number(start), Number(len), 0, Number(mode));
     if (done < 0) throw kernelError(operation, done, { start, len });
     return done;
   }
@@ -771,21 +1161,33 @@ export class Userfaultfd implements Disposable {
   }
 
   /**
-   * Repeats a range ioctl one mapping at a time after the kernel refused the whole
-   * range with `ENOENT` because it runs into the next mapping (a memory that grew
-   * while registered, a range split by `madvise`): see `byMapping` in `maps.ts`. Only
+   * Repeats a range ioctl — one of {@linkcode RETRY}, with a copy's `source` and the
+   * `mode` bits — one mapping at a time after the kernel refused the whole range
+   * with `ENOENT` because it runs into the next mapping (a memory that grew while
+   * registered, a range split by `madvise`): see `byMapping` in `maps.ts`. Only
    * where this userfaultfd registered all of the range — otherwise `ENOENT` stands:
    * the range reaches memory that is not ours. Returns bytes done or `-errno`.
+   *
+   * A method of its own, with the ioctl from a table: a closure over a caller's
+   * locals (or `this`) would make V8 allocate a context on every call of the
+   * caller, the hot path included; this one is built on the rare path only.
    */
-  #acrossMappings(start: bigint, len: bigint, op: (start: bigint, len: bigint) => number): number {
-    if (len <= PAGE_SIZE_N || !this.#registrations.covers(start, start + len)) return -ENOENT;
-    return byMapping(Number(start), Number(len), (s, l) => op(BigInt(s), BigInt(l)));
+  #acrossMappingsN(op: Retry, start: number, len: number, source: number, mode: number): number {
+    if (len <= PAGE_SIZE || !this.#registrations.covers(BigInt(start), BigInt(start + len))) return -ENOENT;
+    const fd = this.fd;
+    return byMapping(start, len, (s, l) => op(fd, s, l, source + s - start, mode));
   }
 
   /** Wakes the threads waiting on a range (after `dontWake` resolutions). */
   wake(range: Range): void {
     const operation = "UFFDIO_WAKE";
     this.#check(operation);
+    const span = this.#span;
+    if (pageRangeInto(range, operation, span)) {
+      const rc = resolve.wake(this.fd, span.start, span.len);
+      if (rc < 0) throw kernelError(operation, rc, { start: BigInt(span.start), len: BigInt(span.len) });
+      return;
+    }
     const { start, len } = pageRange(range, operation);
     const rc = ops.uffdioWake(this.fd, start, len);
     if (rc < 0) throw kernelError(operation, rc, { start, len });
@@ -804,27 +1206,55 @@ export class Userfaultfd implements Disposable {
    * ```
    */
   readEvents(): UffdEvent[] {
-    const operation = "read";
-    this.#check(operation);
     const events: UffdEvent[] = [];
-    const buf = this.#messages;
-    const threadIds = (this.featureMask & UFFD_FEATURE_THREAD_ID) !== 0n;
+    const batch = this.#messages ??= new EventBatch(MESSAGES_PER_READ);
     for (;;) {
-      const got = ops.readMessages(this.fd, buf);
-      if (got < 0) {
-        if (got === -ERRNO.EAGAIN) break;
-        throw kernelError(operation, got, { fd: this.fd });
-      }
-      for (let offset = 0; offset + SIZEOF_UFFD_MSG <= got; offset += SIZEOF_UFFD_MSG) {
-        const event = toEvent(decodeUffdMsg(buf, offset), threadIds, (fd) => Userfaultfd.adopt(fd, this.featureMask));
-        if (event.type === "unmap") this.#registrations.unmapped(event.start, event.end);
-        else if (event.type === "remap") this.#registrations.moved(event.from, event.to, event.length);
-        events.push(event);
-      }
-      if (got < buf.byteLength || !this.nonblocking) break;
+      const n = this.readEventsInto(batch);
+      for (let i = 0; i < n; i++) events.push(batch.event(i));
+      if (n < batch.capacity || !this.nonblocking) break;
     }
     return events;
   }
+
+  /**
+   * Reads the queued messages into `batch` with one `read(2)` — as many as it
+   * holds — and returns how many it read: 0 when none is queued (on a blocking fd
+   * it waits for the first). Page faults are read from the batch in place, with no
+   * object per message: a loop that serves faults this way allocates nothing.
+   * Address-space events are decoded when read (unmap and remap update
+   * `registrations`, a fork's child userfaultfd is adopted), as `readEvents()` does.
+   * Call again while it returns `batch.capacity`: more may be queued.
+   *
+   * @param batch Where the messages go; what it held before is replaced.
+   * @returns Messages read (`batch.length`).
+   * @throws {UffdError} `EBADF` when closed; the `read(2)` error otherwise.
+   *
+   * @example
+   * ```ts
+   * import { EventBatch, Userfaultfd } from "@uffd/uffd";
+   * using uffd = Userfaultfd.open();
+   * const batch = new EventBatch(32);
+   * console.log(uffd.readEventsInto(batch), batch.length); // 0 0
+   * ```
+   */
+  readEventsInto(batch: EventBatch): number {
+    const operation = "read";
+    this.#check(operation);
+    if (!(batch instanceof EventBatch)) throw new TypeError("readEventsInto: batch must be an EventBatch");
+    const threadIds = (this.featureMask & UFFD_FEATURE_THREAD_ID) !== 0n;
+    const n = fillBatch(batch, this.fd, threadIds, this.#decodeOther);
+    if (n >= 0) return n;
+    if (n === -ERRNO.EAGAIN) return 0;
+    throw kernelError(operation, n, { fd: this.fd });
+  }
+
+  /** An address-space event read into a batch, as an object; unmaps and remaps update `registrations`. */
+  readonly #decodeOther = (msg: UffdMsg): UffdEvent => {
+    const event = toEvent(msg, false, (fd) => Userfaultfd.adopt(fd, this.featureMask));
+    if (event.type === "unmap") this.#registrations.unmapped(event.start, event.end);
+    else if (event.type === "remap") this.#registrations.moved(event.from, event.to, event.length);
+    return event;
+  };
 
   /**
    * The events of this userfaultfd as an `AsyncIterable` of batches: every message
@@ -893,10 +1323,44 @@ export class Userfaultfd implements Disposable {
     this.close();
   }
 
+  /**
+   * Refuses a closed fd. A plain read of the shared flag, not `Atomics.load`: an
+   * aligned `Int32Array` element is read whole either way, a close racing with
+   * the call is caught by the kernel (`EBADF`) either way, and `Atomics.load` costs
+   * hundreds of nanoseconds here (a tenth of an ioctl, measured in `copy()`).
+   */
   #check(operation: string): void {
-    if (Atomics.load(this.#state, 0) !== 0) {
+    if (this.#state[0] !== 0) {
       throw invalid(operation, "the userfaultfd is closed", { fd: this.fd }, ERRNO.EBADF);
     }
+  }
+
+  /**
+   * {@linkcode #source} on numbers: the source address, validated as `#source` does,
+   * or -1 when it lies above 2^53 (the caller then takes the bigint path).
+   */
+  #sourceNumber(source: Uint8Array | bigint, len: number, operation: string): number {
+    if (typeof source === "bigint") {
+      const address = bigintToSafeNumber(source);
+      return address >= 0 ? address : bigintToSafeNumber(toAddress(source, operation, "src"));
+    }
+    if (!(source instanceof Uint8Array)) {
+      throw new TypeError(`${operation}: source must be a Uint8Array or a bigint address`);
+    }
+    if (source.byteLength < len) {
+      throw invalid(operation, `source has ${source.byteLength} bytes; the destination needs ${len}`, {
+        len: BigInt(len),
+      });
+    }
+    return bigintToSafeNumber(libc.addressOf(source));
+  }
+
+  /**
+   * Whether {@linkcode #refuseSelfDeadlock} would refuse: two booleans, so that the
+   * hot paths test it before building the refusal's arguments.
+   */
+  get #selfDeadlocks(): boolean {
+    return !this.#handled && !this.#neverWaits;
   }
 
   /**
@@ -906,7 +1370,7 @@ export class Userfaultfd implements Disposable {
    */
   #refuseSelfDeadlock(operation: string, args: Record<string, unknown>): void {
     // With SIGBUS no fault waits: it raises SIGBUS instead.
-    if (this.#handled || (this.featureMask & (UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_SIGBUS)) !== 0n) return;
+    if (!this.#selfDeadlocks) return;
     throw new UffdError({
       errno: ERRNO.EDEADLK,
       operation,

@@ -110,11 +110,51 @@ export class Stopwatch {
 /** What a program reports; the times come from its stopwatch. */
 export type Measured = Omit<Result, "total_ns" | "cpu_ns" | "ns_per_op" | "cpu_ns_per_op">;
 
-/** Prints a result as its JSON line. */
+/**
+ * The process's peak resident set (`VmHWM` of `/proc/self/status`) in KiB, as
+ * `peak_rss_kib()` in `bench.h`; 0 if it cannot be read.
+ */
+export function peakRssKib(): number {
+  try {
+    const match = /^VmHWM:\s+(\d+)/m.exec(Deno.readTextFileSync("/proc/self/status"));
+    return match ? Number(match[1]) : 0;
+  } catch {
+    return 0;
+  }
+}
+
+/**
+ * Bytes this isolate allocates per operation of `run` (V8 heap plus `ArrayBuffer`
+ * backing stores, from `Deno.memoryUsage()`): `run(n)` is called in a few
+ * untimed windows and the largest growth, less that of an empty window, is
+ * divided by `n`. A garbage collection inside a window can only make its growth
+ * smaller, so the largest of several is the least disturbed; choose `n` so that a
+ * window allocates well under V8's young generation (a few MiB). Rounded to whole
+ * bytes; 0 means nothing measurable.
+ */
+export function allocationPerOp(run: (n: number) => void, n: number, windows = 5): number {
+  const used = () => {
+    const m = Deno.memoryUsage();
+    return m.heapUsed + m.external;
+  };
+  let empty = 0;
+  let most = -Infinity;
+  for (let w = 0; w < windows; w++) {
+    let before = used();
+    empty = Math.max(empty, used() - before);
+    before = used();
+    run(n);
+    most = Math.max(most, used() - before);
+  }
+  return Math.max(0, Math.round((most - empty) / n));
+}
+
+/** Prints a result as its JSON line; the process's peak resident set goes into `extra.peak_rss_kib`. */
 export function emit(result: Measured, stopwatch: Stopwatch): void {
   const { ops } = result;
   const line: Result = {
     ...result,
+    extra: { peak_rss_kib: peakRssKib(), ...result.extra },
     total_ns: stopwatch.wall,
     cpu_ns: stopwatch.cpu,
     ns_per_op: ops > 0 ? stopwatch.wall / ops : 0,

@@ -22,12 +22,16 @@ const raw = Deno.dlopen(
   "libc.so.6",
   {
     ioctl: { parameters: ["i32", "u64", "buffer"], result: "i32" },
+    read: { parameters: ["i32", "buffer", "usize"], result: "isize" },
     clock_gettime: { parameters: ["i32", "buffer"], result: "i32" },
   } as const,
 ).symbols;
 
 /** The bare `ioctl(fd, request, arg)` symbol: no errno read, no wrapper. */
 export const rawIoctl: (fd: number, request: bigint, arg: Uint8Array) => number = raw.ioctl;
+
+/** The bare `read(fd, buf, count)` symbol: no errno read, no wrapper (the count is a bigint, as declared). */
+export const rawRead: (fd: number, buf: Uint8Array, count: bigint) => bigint = raw.read;
 
 const CLOCK_MONOTONIC = 1;
 const CLOCK_THREAD_CPUTIME_ID = 3;

@@ -31,12 +31,18 @@ export interface Outcome {
   readonly c?: Summary;
   /** ours / C per pair of runs (wall time: the figure goals are judged on). */
   readonly ratio?: Summary;
+  /** ours − C per pair of runs, ns (judged instead of the ratio when the goal is a cost above C). */
+  readonly excess?: Summary;
   /** Thread CPU ns per op of our side, one value per run. */
   readonly oursCpu?: Summary;
   /** Thread CPU ns per op of the C side, one value per run. */
   readonly cCpu?: Summary;
   /** ours / C of the thread CPU time per pair of runs (less sensitive to a busy machine). */
   readonly ratioCpu?: Summary;
+  /** Peak resident set of each side's process (`peak_rss_kib`), KiB, one value per run. */
+  readonly rss?: { readonly ours?: Summary; readonly c?: Summary };
+  /** Bytes our side allocated per operation (`alloc_bytes_per_op`), where it measures them. */
+  readonly allocation?: Summary;
   /** A side's spread exceeded the noise threshold. */
   readonly noisy: boolean;
   /** `met`/`missed` against the goal, `info` without one, or why there is no ratio. */
@@ -86,7 +92,16 @@ export function formatNs(ns: number): string {
 function ratioText(o: Outcome): string {
   if (!o.ratio) return "—";
   const r = o.ratio;
-  return `${r.median.toFixed(2)}× (${r.min.toFixed(2)}–${r.max.toFixed(2)})`;
+  const text = `${r.median.toFixed(2)}× (${r.min.toFixed(2)}–${r.max.toFixed(2)})`;
+  return o.pair.goalKind === "excess" && o.excess ? `${text}, +${formatNs(o.excess.median)}` : text;
+}
+
+/** The figure the goal is judged on, as text: `1.04×`, or `+1.20 µs` for a cost above the reference. */
+function judgedText(o: Outcome): string {
+  if (o.pair.goalKind === "excess") {
+    return o.excess ? `${o.excess.median < 0 ? "−" : "+"}${formatNs(Math.abs(o.excess.median))}` : "—";
+  }
+  return o.ratio ? `${o.ratio.median.toFixed(2)}×` : "—";
 }
 
 function statusText(o: Outcome): string {
@@ -99,7 +114,8 @@ function perOp(s: Summary | undefined, pair: Pair): string {
 }
 
 function goalText(pair: Pair): string {
-  return pair.goal === undefined ? "" : pair.goalText ?? `≤ ${pair.goal}×`;
+  if (pair.goal === undefined) return "";
+  return pair.goalText ?? (pair.goalKind === "excess" ? `≤ C + ${formatNs(pair.goal)}` : `≤ ${pair.goal}×`);
 }
 
 /** The rows of the comparison table (header first). */
@@ -114,6 +130,47 @@ function rows(outcomes: readonly Outcome[]): string[][] {
       o.ratioCpu ? `${o.ratioCpu.median.toFixed(2)}×` : "—",
       goalText(o.pair),
       o.skipped ? `skipped: ${o.skipped}` : o.error ? `failed: ${o.error.split("\n")[0]}` : statusText(o),
+    ]);
+  }
+  return out;
+}
+
+function kib(s: Summary | undefined): string {
+  if (!s) return "—";
+  const k = s.median;
+  return k >= 1024 * 1024
+    ? `${(k / 1024 / 1024).toFixed(2)} GiB`
+    : k >= 1024
+    ? `${(k / 1024).toFixed(1)} MiB`
+    : `${k} KiB`;
+}
+
+function bytesText(s: Summary | undefined): string {
+  if (!s) return "—";
+  const b = s.median;
+  return b >= 1024 * 1024
+    ? `${(b / 1024 / 1024).toFixed(1)} MiB`
+    : b >= 1024
+    ? `${(b / 1024).toFixed(1)} KiB`
+    : `${b} B`;
+}
+
+/** The memory table (header first): one row per set of runs (pairs that share runs are shown once). */
+function memoryRows(outcomes: readonly Outcome[]): string[][] {
+  const out = [["runs of", "peak RSS ours", "peak RSS C", "ours / C", "allocated per op (ours)"]];
+  const seen = new Set<string>();
+  for (const o of outcomes) {
+    const ours = o.rss?.ours;
+    const c = o.rss?.c;
+    const key = `${o.pair.program} ${ours?.values.join()} ${c?.values.join()}`;
+    if (!ours || seen.has(key)) continue;
+    seen.add(key);
+    out.push([
+      o.pair.title,
+      kib(ours),
+      o.pair.baseline ? `${kib(c)} (${o.pair.baseline})` : kib(c),
+      c && c.median > 0 ? `${(ours.median / c.median).toFixed(2)}×` : "—",
+      o.allocation ? `${bytesText(o.allocation)}/${o.pair.unit}` : "—",
     ]);
   }
   return out;
@@ -227,12 +284,26 @@ export function resultsMarkdown(report: Report): string {
   out.push("");
   for (const o of goals) {
     const verdict = o.ratio
-      ? `${o.ratio.median.toFixed(2)}× against ${goalText(o.pair)}: ${o.status === "met" ? "met" : "**missed**"}` +
+      ? `${judgedText(o)} against ${goalText(o.pair)}: ${o.status === "met" ? "met" : "**missed**"}` +
         (o.noisy ? " (noisy)" : "")
       : o.skipped ?? o.error ?? "no ratio";
     out.push(`- ${o.pair.title}: ${verdict}`);
   }
   out.push("");
+  const memory = memoryRows(report.outcomes);
+  if (memory.length > 1) {
+    out.push("## Memory");
+    out.push("");
+    out.push(
+      "Peak resident set of each side's process (`VmHWM`, median over the runs; the Deno runtime alone is some " +
+        "40 MiB of it), and the bytes our side allocates per operation in its isolate (V8 heap and `ArrayBuffer` " +
+        "stores, from `Deno.memoryUsage()` over untimed windows of the same operation), where the program measures " +
+        "them. One row per set of runs.",
+    );
+    out.push("");
+    out.push(markdownTable(memory));
+    out.push("");
+  }
   const notes = report.outcomes.filter((o) => o.warnings.length > 0);
   if (notes.length > 0) {
     out.push("## Notes on single rows");
@@ -272,4 +343,54 @@ export function resultsMarkdown(report: Report): string {
     out.push("");
   }
   return out.join("\n");
+}
+
+/** The README's Performance paragraph lies between these two lines; `bench:compare` (full) rewrites it. */
+export const README_MARKERS: readonly [string, string] = [
+  "<!-- bench:compare writes the paragraph below (full mode) -->",
+  "<!-- end of bench:compare's paragraph -->",
+];
+
+/**
+ * The README's one-paragraph summary of a run: like-for-like figures only (our
+ * handlers against C's with the same spin, the wrapper against the bare symbol),
+ * each the median ratio of its row in `RESULTS.md`.
+ */
+export function performanceLine(report: Report): string {
+  const byId = new Map(report.outcomes.map((o) => [o.pair.id, o]));
+  const r = (id: string) => {
+    const o = byId.get(id);
+    return o?.ratio ? `${o.ratio.median.toFixed(2)}×` : "—";
+  };
+  const plus = (id: string) => {
+    const o = byId.get(id);
+    return o?.excess ? `${o.excess.median < 0 ? "−" : "+"}${formatNs(Math.abs(o.excess.median))}` : "—";
+  };
+  const bandwidth = (id: string) => {
+    const o = byId.get(id);
+    return o?.ratio ? `${Math.round(100 / o.ratio.median)}%` : "—";
+  };
+  const m = report.machine;
+  const missed = report.outcomes.filter((o) => o.status === "missed").length;
+  const goals = report.outcomes.filter((o) => o.pair.goal !== undefined).length;
+  const snap = "live_snapshot/1GiB";
+  return [
+    `In one line (${m.kernel.split("-")[0]}, ${m.cores} cores, ${report.runs} alternating runs, load ` +
+    `${m.load.toFixed(1)}–${report.loadAfter.toFixed(1)}${report.mode === "quick" ? ", quick mode" : ""}; every ` +
+    "figure against C doing the same the same way): a WP fault round trip " +
+    `${r("fault_roundtrip/default/chunk1/c-spin30")} of C's with the same 30 µs spin, chunked ` +
+    `${r("fault_roundtrip/default/chunk16-vs-c-chunk1")} of C's one-page handler, lazy restore ` +
+    `${r("lazy_restore/default/c-spin30")} per fault, the async first write ${r("async_first_write/watch")}; ` +
+    `the ffi/ ioctl wrapper ${r("ioctl_roundtrip/wrapper-vs-symbol")} the bare dlopen'd symbol (which is ` +
+    `${r("ioctl_roundtrip/raw-symbol")} C's ioctl), \`copy()\` ${r("uffdio_resolve/method/copy/256MiB")} and ` +
+    `\`zeropage()\` ${r("uffdio_resolve/method/zeropage/256MiB")} per page, \`readEventsInto()\` ` +
+    `${r("read_events/batch")} per event, \`pagemapScanPacked()\` over 1 GiB at 1% ` +
+    `${r("pagemap_scan/packed/1GiB/0.01")} (\`pagemapScan()\`'s objects ${r("pagemap_scan/method/1GiB/0.01")}), ` +
+    `an untouched scan ${plus("pagemap_scan/method/1GiB/0")} above C's, \`collect()\` over 1 GiB at 1% ` +
+    `${r("write_watch_collect/method/1GiB/0.01")} and of 128 scattered pages of 512 ` +
+    `${r("write_watch_collect/method/2MiB/scatter128")}; a live snapshot of 1 GiB ${r(`${snap}/idle`)} of C's ` +
+    `idle and ${r(`${snap}/writer`)} under a writer, at ${bandwidth(`${snap}/writer/vs-memcpy`)} of \`memcpy\` ` +
+    `bandwidth, the writer's stall per fault ${r(`${snap}/writer/stall`)} of C's. ` +
+    `${goals - missed} of ${goals} goals met in that run.`,
+  ].join("");
 }

@@ -49,3 +49,12 @@ export function ratios(ours: readonly number[], c: readonly number[]): Summary {
   for (let i = 0; i < n; i++) values.push(ours[i]! / c[i]!);
   return summarize(values);
 }
+
+/** The per-pair differences `ours[i] - c[i]`, summarized (for a goal on the cost above the reference). */
+export function differences(ours: readonly number[], c: readonly number[]): Summary {
+  const n = Math.min(ours.length, c.length);
+  const values: number[] = [];
+  for (let i = 0; i < n; i++) values.push(ours[i]! - c[i]!);
+  const m = median(values);
+  return { values, median: m, min: Math.min(...values), max: Math.max(...values), spread: 0 };
+}

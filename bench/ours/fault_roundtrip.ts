@@ -9,7 +9,8 @@
  * time per fault, and with `--chunk=16` one fault serves 16 pages. Between rounds
  * (untimed) the whole range is protected again. Pairs with
  * `bench/reference/fault_roundtrip.c` (a pthread handler: poll, read,
- * `UFFDIO_WRITEPROTECT`).
+ * `UFFDIO_WRITEPROTECT`; with `--spin-us=30` it spins after a batch as our default
+ * does, and `bench/pairs.ts` judges the goal against that like-for-like row).
  *
  * `--impl`:
  * - `default`: `FaultHandler.start(uffd, policies.unprotect({ chunk }))`, default

@@ -21,7 +21,7 @@ import { Region, UFFDIO_WAKE, Userfaultfd } from "../../mod.ts";
 import { uffdioWake } from "../../ffi/_uffd_ioctls.ts";
 import { encodeUffdioRange } from "../../ffi/_structs.ts";
 import { rawIoctl } from "../lib/raw_libc.ts";
-import { Args, check, emit, Stopwatch } from "../lib/measure.ts";
+import { allocationPerOp, Args, check, emit, Stopwatch } from "../lib/measure.ts";
 
 const args = new Args();
 const impl = args.choice("impl", ["wrapper", "method", "raw-symbol"] as const);
@@ -57,11 +57,12 @@ stopwatch.start();
 run(iterations);
 stopwatch.stop();
 check(!uffd.closed, "the userfaultfd closed under the loop");
+const allocated = allocationPerOp(run, 10_000);
 emit({
   bench: "ioctl_roundtrip",
   impl: `ours:${impl}`,
   case: "UFFDIO_WAKE",
   bytes: mem.length,
   ops: iterations,
-  extra: {},
+  extra: { alloc_bytes_per_op: allocated },
 }, stopwatch);

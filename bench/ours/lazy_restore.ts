@@ -9,7 +9,8 @@
  * `--touches` are timed: the time per op is the time per fault, as the toucher
  * sees it. Every byte read is checked against the image, and the handler must
  * have served exactly one fault per touch. Pairs with
- * `bench/reference/lazy_restore.c` (a `UFFDIO_COPY` handler thread).
+ * `bench/reference/lazy_restore.c` (a `UFFDIO_COPY` handler thread, which spins
+ * as long with `--spin-us=30`: `bench/pairs.ts` compares like with like).
  *
  * `--impl`:
  * - `default`: `LazyRegion.open(image)` with default options (the handler keeps
@@ -19,7 +20,7 @@
  *   C handler does);
  * - `copyFrom`: no `LazyRegion`, the layer below it: memory registered for missing
  *   faults and a `FaultHandler` with the built-in `policies.copyFrom(image)`
- *   (default options: no spinning);
+ *   (default options: it spins 30 µs too, on more than one CPU);
  * - `zerofill`: the same with `policies.zerofill()` (`UFFDIO_ZEROPAGE`), run with
  *   `--fill=zero` (the C side then maps the zero page too, and every byte read is 0).
  *

@@ -8,9 +8,19 @@
  * `bench/reference/read_events.c`.
  *
  * `--impl`:
- * - `method`: `uffd.readEvents()`, the public API (typed event objects);
- * - `wrapper`: `readMessages()` + `decodeUffdMsg()` from `ffi/` into a reused
- *   buffer (decoded `uffd_msg` objects, no event objects).
+ * - `batch`: `uffd.readEventsInto(batch)` into a reused `EventBatch`, which
+ *   decodes the messages into its typed arrays (no object per message), read
+ *   from there — the like-for-like one: C decodes into a reused array of structs;
+ * - `method`: `uffd.readEvents()`, the public API's object form (a typed event
+ *   object per message);
+ * - `wrapper`: `MessageBatch` from `ffi/` (one `read(2)`, allocation-free
+ *   accessors), what the fault handlers' loops use;
+ * - `raw-symbol`: the bare dlopen'd `read` symbol (`bench/lib/raw_libc.ts`) into
+ *   a buffer, nothing decoded: the floor of any variant, what `read(2)` costs
+ *   from this process.
+ *
+ * Every variant reads each message's fields (type, address, flags, thread) inside
+ * the timed section, as C decodes each into a record.
  *
  * ```sh
  * deno run -A bench/ours/read_events.ts --impl=method --faults=32 --samples=40 --warmup=5
@@ -19,17 +29,17 @@
  * @module
  */
 
-import { MADV_DONTNEED, Region, Userfaultfd } from "../../mod.ts";
+import { EventBatch, MADV_DONTNEED, Region, Userfaultfd } from "../../mod.ts";
 import { memsetOffThread } from "../../ffi/_libc.ts";
-import { decodeUffdMsg, SIZEOF_UFFD_MSG, type UffdMsg } from "../../ffi/_structs.ts";
-import { readMessages } from "../../ffi/_uffd_ioctls.ts";
-import { UFFD_EVENT_PAGEFAULT } from "../../ffi/uapi.ts";
+import { MessageBatch } from "../../ffi/_message_batch.ts";
+import { UFFD_EVENT_PAGEFAULT, UFFD_PAGEFAULT_FLAG_WRITE } from "../../ffi/uapi.ts";
 import { mapWithoutThp, waitBlocked } from "../lib/fixtures.ts";
+import { rawRead } from "../lib/raw_libc.ts";
 import { Args, check, emit, Stopwatch } from "../lib/measure.ts";
 
 const MESSAGES_PER_READ = 64;
 const args = new Args();
-const impl = args.choice("impl", ["method", "wrapper"] as const);
+const impl = args.choice("impl", ["batch", "method", "wrapper", "raw-symbol"] as const);
 const faults = args.number("faults", 32);
 const samples = args.number("samples", 40);
 const warmup = args.number("warmup", 5);
@@ -38,29 +48,56 @@ check(faults >= 1 && faults <= 32, "--faults must be 1..32 (Deno's blocking pool
 using mem = mapWithoutThp(faults * Region.pageSize);
 using uffd = Userfaultfd.open();
 uffd.register(mem, { missing: true });
-const buffer = new Uint8Array(MESSAGES_PER_READ * SIZEOF_UFFD_MSG);
 const page = BigInt(Region.pageSize);
+const WRITE = Number(UFFD_PAGEFAULT_FLAG_WRITE);
+/** What the fields read add up to (so that no read is optimised away). */
+let checksum = 0;
 
-/** Reads and decodes what is queued; returns the number of page-fault messages. */
+const batch = new EventBatch(MESSAGES_PER_READ);
+/** Reads what is queued into the reused batch (decoded there into its arrays); returns the faults that were writes. */
+function batched(): number {
+  const got = uffd.readEventsInto(batch);
+  const { codes, addresses, flags, threadIds } = batch;
+  let n = 0;
+  for (let i = 0; i < got; i++) {
+    if (codes[i] !== UFFD_EVENT_PAGEFAULT) continue;
+    checksum += addresses[i]! + flags[i]! + threadIds[i]!;
+    if (flags[i]! & WRITE) n++;
+  }
+  return n;
+}
 function method(): number {
   const events = uffd.readEvents();
   let n = 0;
-  for (const e of events) if (e.type === "pagefault" && e.write) n++;
-  return n;
-}
-const decoded: UffdMsg[] = [];
-function wrapper(): number {
-  const got = readMessages(uffd.fd, buffer);
-  check(got >= 0, `read failed: ${got}`);
-  decoded.length = 0;
-  for (let offset = 0; offset + SIZEOF_UFFD_MSG <= got; offset += SIZEOF_UFFD_MSG) {
-    decoded.push(decodeUffdMsg(buffer, offset));
+  for (const e of events) {
+    if (e.type !== "pagefault") continue;
+    checksum += Number(e.address) + Number(e.flags) + (e.threadId ?? 0);
+    if (e.write) n++;
   }
-  let n = 0;
-  for (const m of decoded) if (m.event === UFFD_EVENT_PAGEFAULT) n++;
   return n;
 }
-const run = impl === "method" ? method : wrapper;
+const messages = new MessageBatch(MESSAGES_PER_READ);
+function wrapper(): number {
+  const got = messages.read(uffd.fd);
+  check(got >= 0, `read failed: ${got}`);
+  let n = 0;
+  for (let i = 0; i < got; i++) {
+    if (messages.event(i) !== UFFD_EVENT_PAGEFAULT) continue;
+    const flags = messages.flags(i);
+    checksum += messages.address(i) + flags + messages.ptid(i);
+    if (flags & WRITE) n++;
+  }
+  return n;
+}
+const rawBuffer = new Uint8Array(MESSAGES_PER_READ * 32);
+const RAW_LENGTH = BigInt(rawBuffer.byteLength);
+/** The bare read: the messages' count, from the bytes read (every message is assumed to be a write fault). */
+function rawSymbol(): number {
+  const got = Number(rawRead(uffd.fd, rawBuffer, RAW_LENGTH));
+  checksum += got;
+  return got / 32;
+}
+const run = impl === "batch" ? batched : impl === "method" ? method : impl === "wrapper" ? wrapper : rawSymbol;
 
 const stopwatch = new Stopwatch();
 const unused = new Stopwatch();
@@ -85,5 +122,5 @@ emit({
   case: "pagefault batch",
   bytes: mem.length,
   ops: events,
-  extra: { batch: faults, samples },
+  extra: { batch: faults, samples, checksum_ok: checksum > 0 },
 }, stopwatch);

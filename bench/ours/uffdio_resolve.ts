@@ -23,7 +23,7 @@
 import { MADV_DONTNEED, Region, Userfaultfd } from "../../mod.ts";
 import { uffdioCopy, uffdioZeropage } from "../../ffi/_uffd_ioctls.ts";
 import { mapWithoutThp } from "../lib/fixtures.ts";
-import { Args, check, emit, Stopwatch } from "../lib/measure.ts";
+import { allocationPerOp, Args, check, emit, Stopwatch } from "../lib/measure.ts";
 
 const args = new Args();
 const impl = args.choice("impl", ["method", "wrapper"] as const);
@@ -78,11 +78,16 @@ for (let round = 0; round <= rounds; round++) {
   if (op === "copy") check(mem.page(n - 1)[0] === 0x5a, "the last copied page does not hold the source's bytes");
   mem.advise(MADV_DONTNEED);
 }
+// Allocations per call, on pages made missing again (untimed).
+const allocated = allocationPerOp((n) => {
+  run(n);
+  mem.advise(MADV_DONTNEED);
+}, Math.min(pages, 4096));
 emit({
   bench: "uffdio_resolve",
   impl: `ours:${impl}`,
   case: op === "copy" ? "UFFDIO_COPY" : "UFFDIO_ZEROPAGE",
   bytes,
   ops: rounds * pages,
-  extra: {},
+  extra: { alloc_bytes_per_op: allocated },
 }, stopwatch);

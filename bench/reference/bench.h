@@ -105,17 +105,30 @@ static inline char *map_anon(uint64_t bytes) {
   return p;
 }
 
+/* The process's peak resident set (VmHWM of /proc/self/status) in KiB, 0 if it cannot be read. */
+static inline unsigned long long peak_rss_kib(void) {
+  FILE *f = fopen("/proc/self/status", "r");
+  if (!f) return 0;
+  char line[256];
+  unsigned long long kib = 0;
+  while (fgets(line, sizeof line, f))
+    if (strncmp(line, "VmHWM:", 6) == 0) kib = strtoull(line + 6, NULL, 10);
+  fclose(f);
+  return kib;
+}
+
 /*
  * The result line: {"bench":…,"impl":"c","case":…,"bytes":…,"ops":…,"total_ns":…,"cpu_ns":…,
- * "ns_per_op":…,"cpu_ns_per_op":…,"extra":{…}}. `extra` is a JSON object's inside ("" for none).
+ * "ns_per_op":…,"cpu_ns_per_op":…,"extra":{"peak_rss_kib":…,…}}. `extra` is a JSON object's inside
+ * ("" for none); the peak resident set is put in front of it, as bench/lib/measure.ts does.
  */
 static inline void emit(const char *bench, const char *kase, uint64_t bytes, uint64_t ops, const struct stopwatch *s,
                         const char *extra) {
   printf("{\"bench\":\"%s\",\"impl\":\"c\",\"case\":\"%s\",\"bytes\":%llu,\"ops\":%llu,\"total_ns\":%llu,"
-         "\"cpu_ns\":%llu,\"ns_per_op\":%.3f,\"cpu_ns_per_op\":%.3f,\"extra\":{%s}}\n",
+         "\"cpu_ns\":%llu,\"ns_per_op\":%.3f,\"cpu_ns_per_op\":%.3f,\"extra\":{\"peak_rss_kib\":%llu%s%s}}\n",
          bench, kase, (unsigned long long)bytes, (unsigned long long)ops, (unsigned long long)s->wall,
          (unsigned long long)s->cpu, ops ? (double)s->wall / (double)ops : 0.0,
-         ops ? (double)s->cpu / (double)ops : 0.0, extra);
+         ops ? (double)s->cpu / (double)ops : 0.0, peak_rss_kib(), extra[0] ? "," : "", extra);
   fflush(stdout);
 }
 

@@ -7,9 +7,12 @@
  * wakes the toucher. The main thread reads one byte of distinct pages in a random order (Fisher-Yates
  * with a 32-bit LCG, seed 12345: the same permutation as bench/ours/lazy_restore.ts); the first
  * --warmup touches are untimed, the next --touches timed, so the time per op is the time per
- * fault. Every byte read is checked against the image.
+ * fault. Every byte read is checked against the image. With --spin-us=S (default 0) the handler
+ * keeps reading (non-blocking) after a batch until S µs pass without a message, before it sleeps
+ * in poll() again: the strategy of our FaultHandler and LazyRegion (spinMicros), so that the two
+ * can be compared like for like.
  *
- *   lazy_restore --bytes=B --touches=N --warmup=W [--fill=copy|zero]
+ *   lazy_restore --bytes=B --touches=N --warmup=W [--fill=copy|zero] [--spin-us=S]
  */
 #include <poll.h>
 #include <pthread.h>
@@ -20,9 +23,32 @@
 
 static int uffd, stop_fd;
 static char *image;
-static uint64_t page, base;
+static uint64_t page, base, spin_ns;
 static int zero_fill;
 static atomic_uint_fast64_t served;
+
+/* Resolves the faults of one batch read into msgs: returns the messages handled. */
+static ssize_t serve(struct uffd_msg *msgs, ssize_t got) {
+  for (ssize_t i = 0; i < got / (ssize_t)sizeof *msgs; i++) {
+    if (msgs[i].event != UFFD_EVENT_PAGEFAULT) fail("unexpected message");
+    uint64_t at = msgs[i].arg.pagefault.address & ~(page - 1);
+    int failed;
+    if (zero_fill) {
+      struct uffdio_zeropage zero = {.range = {.start = at, .len = page}};
+      failed = ioctl(uffd, UFFDIO_ZEROPAGE, &zero);
+    } else {
+      struct uffdio_copy copy = {.dst = at, .src = (uint64_t)image + (at - base), .len = page};
+      failed = ioctl(uffd, UFFDIO_COPY, &copy);
+    }
+    if (failed) {
+      if (errno != EEXIST) die(zero_fill ? "UFFDIO_ZEROPAGE" : "UFFDIO_COPY");
+      struct uffdio_range wake = {.start = at, .len = page};
+      if (ioctl(uffd, UFFDIO_WAKE, &wake)) die("UFFDIO_WAKE");
+    }
+    atomic_fetch_add_explicit(&served, 1, memory_order_relaxed);
+  }
+  return got / (ssize_t)sizeof *msgs;
+}
 
 static void *handler(void *arg) {
   (void)arg;
@@ -39,23 +65,15 @@ static void *handler(void *arg) {
       if (errno == EAGAIN) continue;
       die("read(uffd)");
     }
-    for (ssize_t i = 0; i < got / (ssize_t)sizeof *msgs; i++) {
-      if (msgs[i].event != UFFD_EVENT_PAGEFAULT) fail("unexpected message");
-      uint64_t at = msgs[i].arg.pagefault.address & ~(page - 1);
-      int failed;
-      if (zero_fill) {
-        struct uffdio_zeropage zero = {.range = {.start = at, .len = page}};
-        failed = ioctl(uffd, UFFDIO_ZEROPAGE, &zero);
-      } else {
-        struct uffdio_copy copy = {.dst = at, .src = (uint64_t)image + (at - base), .len = page};
-        failed = ioctl(uffd, UFFDIO_COPY, &copy);
+    serve(msgs, got);
+    /* Keep reading for spin_ns after the last message (the next fault often comes within microseconds). */
+    for (uint64_t until = now_ns() + spin_ns; spin_ns && now_ns() < until;) {
+      got = read(uffd, msgs, sizeof msgs);
+      if (got < 0) {
+        if (errno == EAGAIN) continue;
+        die("read(uffd)");
       }
-      if (failed) {
-        if (errno != EEXIST) die(zero_fill ? "UFFDIO_ZEROPAGE" : "UFFDIO_COPY");
-        struct uffdio_range wake = {.start = at, .len = page};
-        if (ioctl(uffd, UFFDIO_WAKE, &wake)) die("UFFDIO_WAKE");
-      }
-      atomic_fetch_add_explicit(&served, 1, memory_order_relaxed);
+      if (serve(msgs, got) > 0) until = now_ns() + spin_ns;
     }
   }
 }
@@ -65,6 +83,7 @@ int main(int argc, char **argv) {
   uint64_t touches = arg_u64(argc, argv, "touches", 8192);
   uint64_t warmup = arg_u64(argc, argv, "warmup", 1024);
   const char *fill = arg_str(argc, argv, "fill", "copy");
+  spin_ns = arg_u64(argc, argv, "spin-us", 0) * 1000;
   if (strcmp(fill, "copy") && strcmp(fill, "zero")) fail("--fill must be copy or zero");
   zero_fill = strcmp(fill, "zero") == 0;
   page = (uint64_t)sysconf(_SC_PAGESIZE);
@@ -114,7 +133,8 @@ int main(int argc, char **argv) {
   if (sum != expected) fail("the bytes read differ from the image");
   if (atomic_load(&served) != warmup + touches) fail("the handler did not serve one fault per touch");
   char extra[64];
-  snprintf(extra, sizeof extra, "\"warmup\":%llu", (unsigned long long)warmup);
+  snprintf(extra, sizeof extra, "\"warmup\":%llu,\"spin_us\":%llu", (unsigned long long)warmup,
+           (unsigned long long)(spin_ns / 1000));
   emit("lazy_restore", zero_fill ? "random touch, fill=zero" : "random touch, fill=copy", bytes, touches, &sw, extra);
   return 0;
 }

@@ -6,10 +6,12 @@
  * page, or all), untimed (the kernel resolves those faults itself), then times one get-and-reset:
  * PAGEMAP_SCAN with PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC, category PAGE_IS_WRITTEN
  * (required and returned), a 4096-entry vector, resumed from walk_end until the range is covered,
- * every region appended to a result array. Each answer is checked: exactly the pages written.
+ * every region appended to a result array. With --scatter=N it writes N pages scattered over the
+ * range instead (the first N of a Fisher-Yates permutation with a 32-bit LCG, seed 12345: the same
+ * pages as the ours side). Each answer is checked: exactly the pages written.
  * Pairs with bench/ours/write_watch_collect.ts.
  *
- *   write_watch_collect --bytes=B --fraction=F --iterations=N --warmup=W
+ *   write_watch_collect --bytes=B (--fraction=F | --scatter=N) --iterations=N --warmup=W
  */
 #include "bench.h"
 
@@ -82,8 +84,26 @@ int main(int argc, char **argv) {
   uint64_t warmup = arg_u64(argc, argv, "warmup", 2);
   uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE);
   uint64_t pages = bytes / page;
-  uint64_t stride = fraction >= 1 ? 1 : fraction > 0 ? (uint64_t)(1 / fraction + 0.5) : 0;
-  uint64_t expected = stride ? (pages + stride - 1) / stride : 0;
+  uint64_t scatter = arg_u64(argc, argv, "scatter", 0);
+  if (scatter > pages) fail("--scatter must not exceed the pages of --bytes");
+  uint64_t stride = scatter ? 0 : fraction >= 1 ? 1 : fraction > 0 ? (uint64_t)(1 / fraction + 0.5) : 0;
+  uint64_t expected = scatter ? scatter : stride ? (pages + stride - 1) / stride : 0;
+  uint64_t *scattered = calloc(scatter ? scatter : 1, sizeof *scattered);
+  if (scatter) {
+    uint32_t *order = malloc(pages * sizeof *order);
+    if (!order || !scattered) fail("malloc");
+    for (uint64_t i = 0; i < pages; i++) order[i] = (uint32_t)i;
+    uint32_t s = 12345;
+    for (uint64_t i = pages - 1; i > 0; i--) {
+      s = s * 1664525u + 1013904223u;
+      uint64_t j = s % (i + 1);
+      uint32_t t = order[i];
+      order[i] = order[j];
+      order[j] = t;
+    }
+    for (uint64_t i = 0; i < scatter; i++) scattered[i] = order[i] * page;
+    free(order);
+  }
 
   char *mem = map_anon(bytes);
   if (madvise(mem, bytes, MADV_POPULATE_WRITE)) die("madvise(MADV_POPULATE_WRITE)");
@@ -98,6 +118,7 @@ int main(int argc, char **argv) {
   struct stopwatch sw = {0}, unused = {0};
   size_t regions = 0;
   for (uint64_t i = 0; i < warmup + iterations; i++) {
+    for (uint64_t k = 0; k < scatter; k++) ((volatile char *)mem)[scattered[k]] = (char)(i + 1);
     if (stride)
       for (uint64_t p = 0; p < pages; p += stride) ((volatile char *)mem)[p * page] = (char)(i + 1);
     struct stopwatch *timer = i < warmup ? &unused : &sw;
@@ -111,7 +132,8 @@ int main(int argc, char **argv) {
     }
   }
   char kase[64], extra[128];
-  snprintf(kase, sizeof kase, "fraction=%g", fraction);
+  if (scatter) snprintf(kase, sizeof kase, "scatter=%llu", (unsigned long long)scatter);
+  else snprintf(kase, sizeof kase, "fraction=%g", fraction);
   snprintf(extra, sizeof extra, "\"written_pages\":%llu,\"regions\":%zu", (unsigned long long)expected, regions);
   emit("write_watch_collect", kase, bytes, iterations, &sw, extra);
   return 0;
