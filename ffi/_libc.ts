@@ -341,6 +341,21 @@ export function processVmReadvRaw(
   return orErrnoBig(libc.process_vm_readv(pid, local, localCount, remote, remoteCount, 0n));
 }
 
+/**
+ * `process_vm_writev(pid, local, localCount, remote, remoteCount, 0)` with caller-built `struct iovec`
+ * arrays: bytes copied, or `-errno`. The local side is read through this process's own mappings
+ * (`copy_from_user`), the remote side pinned and written by the kernel.
+ */
+export function processVmWritevRaw(
+  pid: number,
+  local: Uint8Array,
+  localCount: bigint,
+  remote: Uint8Array,
+  remoteCount: bigint,
+): number {
+  return orErrnoBig(libc.process_vm_writev(pid, local, localCount, remote, remoteCount, 0n));
+}
+
 /** Two `struct iovec` (`void *iov_base`@0, `size_t iov_len`@8): the local one, then the remote one. */
 const iovecs = new BigUint64Array(4);
 const localIovec = new Uint8Array(iovecs.buffer, 0, 16);

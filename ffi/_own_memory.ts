@@ -1,12 +1,16 @@
 /**
- * Copies between addresses of this process with `process_vm_readv(2)` on the
+ * Copies between addresses of this process with `process_vm_writev(2)` on the
  * process itself, for code that reads memory another thread may unmap at any
  * moment (a live snapshot's copier): an address that is no longer mapped makes
  * the call fail with `EFAULT` (or stop short) instead of killing the process
- * with `SIGSEGV`, as `memcpy` would. The kernel pins the source pages for the
- * copy; reading a write-protected page raises no fault. It costs about a third
- * more than `memcpy` for large copies (measured on 6.18: ~3.2 GB/s against
- * ~4.7 GB/s), and ~3 µs for a single 4 KiB page.
+ * with `SIGSEGV`, as `memcpy` would. The source is the call's local side, read
+ * through the process's own mapping (`copy_from_user`, as `memcpy` reads it;
+ * reading a write-protected page raises no fault); the destination is the
+ * remote side, which the kernel pins and writes. `process_vm_readv` the other
+ * way round pins the *source* and reads it through the kernel's own mapping of
+ * the page, which on the CI VM costs ~10 µs for every page it reads the first
+ * time (the hypervisor maps it then): 2–4× slower than this direction for a
+ * snapshot, where every source page is read once (`bench/README.md`).
  *
  * Addresses and lengths are numbers (below 2^53, as every user-space address
  * is); the two `struct iovec`s live in one buffer allocated once per thread, so
@@ -15,7 +19,7 @@
  * @module
  */
 
-import { getpid, processVmReadvRaw } from "./_libc.ts";
+import { getpid, processVmWritevRaw } from "./_libc.ts";
 
 const TWO_32 = 4294967296;
 /** `struct iovec` = { void *iov_base; size_t iov_len; }: two u64 as four u32 halves. */
@@ -39,7 +43,7 @@ function put(iov: Uint32Array, address: number, length: number): void {
  * stops being mapped part way), or `-errno` (`-EFAULT`: not mapped at all).
  */
 export function copyOwnMemory(destination: number, source: number, length: number): number {
-  put(local, destination, length);
-  put(remote, source, length);
-  return processVmReadvRaw(pid, localBytes, ONE, remoteBytes, ONE);
+  put(local, source, length);
+  put(remote, destination, length);
+  return processVmWritevRaw(pid, localBytes, ONE, remoteBytes, ONE);
 }

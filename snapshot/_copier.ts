@@ -4,8 +4,8 @@
  * is protected, it walks the pages in address order, a chunk of `chunkPages` at a
  * time — claims the pages nobody has saved (`_pages.ts`), copies them into
  * the sink, marks them saved with the epoch it sees after the copy, and unprotects
- * the saved pages of the chunk with one `UFFDIO_WRITEPROTECT` per run, through its
- * own copy of the userfaultfd. Pages the fault handler is saving at that moment
+ * the saved pages with one `UFFDIO_WRITEPROTECT` per run of done chunks (up to
+ * `UNPROTECT_PAGES`), through its own copy of the userfaultfd. Pages the fault handler is saving at that moment
  * are left protected: it unprotects them itself. With a callback sink it waits
  * while `stagingPages` pages are queued for the main thread. It never reads the
  * userfaultfd. Internal.
@@ -29,6 +29,12 @@ import { byMapping } from "../kernel/maps.ts";
 
 const EAGAIN = ERRNO.EAGAIN!;
 const ENOENT = ERRNO.ENOENT!;
+/**
+ * Pages the copier unprotects per `UFFDIO_WRITEPROTECT` (whole chunks, at least one): done chunks in a row are
+ * unprotected together. Unprotecting costs per page far more than protecting on the CI VM, and less per page in
+ * larger calls; a write to a saved page still protected meanwhile faults and is let through at once.
+ */
+const UNPROTECT_PAGES = 1024;
 
 /** The copier's run. */
 export class CopierLoop {
@@ -90,6 +96,36 @@ export class CopierLoop {
     };
     const stamp = () => states.copierStamp();
     const giveUp = () => this.#givenUp();
+    // Done chunks not unprotected yet: pages [pending, pendingEnd).
+    let pending = 0;
+    let pendingEnd = 0;
+    const flush = () => {
+      if (pendingEnd > pending) unprotect(pending, pendingEnd);
+      pending = pendingEnd;
+    };
+    const batch = Math.max(d.chunkPages, UNPROTECT_PAGES);
+    // The last chunks need no unprotect: the walk ends when every page is saved (or the snapshot is given up),
+    // and the fault handler's close of the userfaultfd then removes every protection left in one go.
+    this.#walk(states, sink, copy, stamp, giveUp, (first, end) => {
+      if (first !== pendingEnd) {
+        flush();
+        pending = first;
+      }
+      pendingEnd = end;
+      if (pendingEnd - pending >= batch) flush();
+    });
+  }
+
+  /** The chunks in address order: each one locked, its unsaved pages saved, marked done, then `done(first, end)`. */
+  #walk(
+    states: PageStates,
+    sink: PageSink,
+    copy: (first: number, end: number, data: boolean) => void,
+    stamp: () => number,
+    giveUp: () => boolean,
+    done: (first: number, end: number) => void,
+  ): void {
+    const ctrl = this.#ctrl;
     for (let c = 0; c < states.chunks; c++) {
       if (this.#finished()) break;
       while (sink.throttled()) {
@@ -102,7 +138,7 @@ export class CopierLoop {
       const [first, end] = states.chunkPagesOf(c);
       states.saveRuns(first, end, copy, stamp);
       states.finish(c);
-      unprotect(first, end);
+      done(first, end);
     }
   }
 

@@ -27,7 +27,7 @@
  *   way the snapshot then fails, naming the pages. Never a silently wrong page.
  * - `munmap` / `mremap` (`EVENT_UNMAP` / `EVENT_REMAP`): the kernel unmaps first
  *   and queues the event afterwards, so the old content may be gone; reads of the
- *   target use `process_vm_readv` (EFAULT, not SIGSEGV). Any such event over the
+ *   target use `process_vm_writev` (EFAULT, not SIGSEGV). Any such event over the
  *   target read before the snapshot completes fails it. Completion itself waits for
  *   a clean probe (or reads the events in flight), so a change that began before
  *   the last copies is never missed.

@@ -6,7 +6,7 @@
  * over the same destination and writes the pages it claimed — distinct pages,
  * so distinct bytes. Internal.
  *
- * Every read of the target goes through `copyOwnMemory` (`process_vm_readv` on
+ * Every read of the target goes through `copyOwnMemory` (`process_vm_writev` on
  * this process): if the program unmaps the target under the snapshot, the read
  * fails with `EFAULT` and the snapshot fails with a clear error, instead of the
  * whole process dying of `SIGSEGV`.
@@ -113,7 +113,7 @@ function imageSlice(g: SinkGeometry, first: number, count: number): [number, num
 }
 
 /**
- * Straight into the caller's memory — through `process_vm_readv` both ways, zeros
+ * Straight into the caller's memory — through `process_vm_writev` both ways, zeros
  * included (copied from a mapping of our own that is never written), so that a
  * sink unmapped under the snapshot fails it with EFAULT instead of crashing.
  */

@@ -3,8 +3,10 @@
  * memory (4 KiB pages, MADV_NOHUGEPAGE)
  * into a populated buffer of the same size, with a fault-handler thread (read the fault, copy the
  * page's old content unless the copier has, unprotect it) and the copier on the main thread
- * (chunks of `--chunk` pages in address order, one UFFDIO_WRITEPROTECT per chunk); a per-page
- * atomic state decides who saves each page. With `--writer=1` a third thread writes one word into
+ * (chunks of `--chunk` pages in address order, the unsaved pages of a chunk copied with one memcpy
+ * per run, done chunks unprotected `--unprotect` pages per UFFDIO_WRITEPROTECT, the last ones by
+ * the close of the userfaultfd), the same design as ours (snapshot/_copier.ts): a per-chunk lock
+ * (compare-and-swap) decides who saves each page. With `--writer=1` a third thread writes one word into
  * a random page in a loop and times every write: a write that takes more than 2 µs counts as a
  * stall (it waited in a write-protect fault). The same run times one plain memcpy of the whole
  * buffer first, and checks every saved page afterwards. The result line's time is the snapshot's,
@@ -12,7 +14,7 @@
  * thread's); `extra` holds the memcpy time per page and the writer's stall per fault, as
  * bench/ours/live_snapshot.ts prints them.
  *
- *   live_snapshot --bytes=B --writer=0|1 --chunk=64
+ *   live_snapshot --bytes=B --writer=0|1 --chunk=64 --unprotect=1024
  */
 #include "bench.h"
 
@@ -30,7 +32,9 @@
 
 static uint8_t *mem, *sink;
 static uint64_t pages;
-static _Atomic uint8_t *state; /* 0 unsaved, 1 being copied, 2 saved */
+static uint8_t *saved;        /* per page, changed under its chunk's lock */
+static _Atomic uint8_t *lock; /* per chunk: 0 free, 1 held, 2 done (every page saved) */
+static uint64_t chunk;
 static int uffd;
 static atomic_int done, go, stop_writer;
 static uint64_t faults, handler_ns;
@@ -42,15 +46,39 @@ static void unprotect(uint64_t first, uint64_t count) {
   if (ioctl(uffd, UFFDIO_WRITEPROTECT, &wp) < 0 && errno != ENOENT) die("UFFDIO_WRITEPROTECT");
 }
 
-static void save(uint64_t p) {
-  uint8_t expected = 0;
-  if (atomic_compare_exchange_strong(&state[p], &expected, 1)) {
-    memcpy(sink + p * PAGE, mem + p * PAGE, PAGE);
-    atomic_store_explicit(&state[p], 2, memory_order_release);
-  } else {
-    while (atomic_load_explicit(&state[p], memory_order_acquire) != 2) {
-    }
+/* Takes chunk c's lock (spinning while the other thread holds it): 0 when the chunk is done already. */
+static int take(uint64_t c) {
+  for (;;) {
+    uint8_t expected = 0;
+    if (atomic_compare_exchange_weak_explicit(&lock[c], &expected, 1, memory_order_acquire, memory_order_relaxed))
+      return 1;
+    if (expected == 2) return 0;
   }
+}
+
+/* Under chunk locks: saves the unsaved pages of [first, end), one memcpy per run. */
+static void save_runs(uint64_t first, uint64_t end) {
+  for (uint64_t p = first; p < end;) {
+    if (saved[p]) {
+      p++;
+      continue;
+    }
+    uint64_t q = p + 1;
+    while (q < end && !saved[q]) q++;
+    memcpy(sink + p * PAGE, mem + p * PAGE, (q - p) * PAGE);
+    memset(saved + p, 1, q - p);
+    p = q;
+  }
+}
+
+/* The handler: saves page p unless it is saved, and releases its chunk (done if every page of it is saved). */
+static void save_page(uint64_t p) {
+  uint64_t c = p / chunk;
+  if (!take(c)) return;
+  save_runs(p, p + 1);
+  uint64_t first = c * chunk, end = first + chunk < pages ? first + chunk : pages, all = 1;
+  for (uint64_t i = first; i < end && all; i++) all = saved[i];
+  atomic_store_explicit(&lock[c], all ? 2 : 0, memory_order_release);
 }
 
 static void *handler(void *arg) {
@@ -65,7 +93,7 @@ static void *handler(void *arg) {
     for (ssize_t i = 0; i < n / (ssize_t)sizeof msgs[0]; i++) {
       if (msgs[i].event != UFFD_EVENT_PAGEFAULT) continue;
       uint64_t p = (msgs[i].arg.pagefault.address - (uint64_t)mem) / PAGE;
-      save(p);
+      save_page(p);
       unprotect(p, 1);
       faults++;
     }
@@ -104,7 +132,8 @@ static int by_value(const void *a, const void *b) {
 
 int main(int argc, char **argv) {
   uint64_t size = arg_u64(argc, argv, "bytes", 1ull << 30);
-  uint64_t chunk = arg_u64(argc, argv, "chunk", 64);
+  chunk = arg_u64(argc, argv, "chunk", 64);
+  uint64_t batch = arg_u64(argc, argv, "unprotect", 1024);
   int with_writer = (int)arg_u64(argc, argv, "writer", 0);
   pages = size / PAGE;
   mem = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
@@ -117,7 +146,8 @@ int main(int argc, char **argv) {
     for (int i = 0; i < 1024; i++) w[i] = 0xa0000000u + (uint32_t)p;
   }
   memset(sink, 1, size);
-  state = calloc(pages, 1);
+  saved = calloc(pages, 1);
+  lock = calloc((pages + chunk - 1) / chunk, 1);
   stall_list = calloc(MAX_STALLS, sizeof *stall_list);
 
   uint64_t t0 = now_ns();
@@ -140,11 +170,24 @@ int main(int argc, char **argv) {
   if (ioctl(uffd, UFFDIO_WRITEPROTECT, &wp) < 0) die("UFFDIO_WRITEPROTECT");
   pthread_create(&h, NULL, handler, NULL);
   atomic_store(&go, 1);
+  uint64_t pending = 0, pending_end = 0; /* done chunks not unprotected yet */
+  if (batch < chunk) batch = chunk;
   for (uint64_t first = 0; first < pages; first += chunk) {
     uint64_t end = first + chunk < pages ? first + chunk : pages;
-    for (uint64_t p = first; p < end; p++) save(p);
-    unprotect(first, end - first);
+    if (!take(first / chunk)) continue;
+    save_runs(first, end);
+    atomic_store_explicit(&lock[first / chunk], 2, memory_order_release);
+    if (first != pending_end) {
+      if (pending_end > pending) unprotect(pending, pending_end - pending);
+      pending = first;
+    }
+    pending_end = end;
+    if (pending_end - pending >= batch) {
+      unprotect(pending, pending_end - pending);
+      pending = pending_end;
+    }
   }
+  /* The last chunks are left protected: the close below removes every protection at once. */
   sw_stop(&sw);
   close(uffd); /* everything is saved: release the memory and wake any writer left */
   atomic_store(&done, 1);
