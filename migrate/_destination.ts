@@ -432,7 +432,10 @@ export class DestinationRun {
     } catch (e) {
       throw new MigrationError({ code: "peer-gone", side: "destination", detail: gone(), cause: e });
     }
-    if (lazy.stats.poisoned > 0 || Atomics.load(post.control, POST_CTRL.GONE) === 1) {
+    // The stream's END read by the source Worker marks the source gone for pages still to come; with every page
+    // settled and none poisoned it was the orderly end (seen first under a slow machine's timing, e.g. on 6.1 under TCG).
+    const ended = Atomics.load(post.control, POST_CTRL.END_SEEN) === 1;
+    if (lazy.stats.poisoned > 0 || (Atomics.load(post.control, POST_CTRL.GONE) === 1 && !ended)) {
       throw new MigrationError({
         code: /silent/.test(gone()) ? "timeout" : "peer-gone",
         side: "destination",

@@ -30,9 +30,46 @@ function have(command: string): boolean {
   }
 }
 
+/**
+ * Whether this kernel can make the link: a veth pair shaped by tbf in a throw-away namespace. A kernel built or booted
+ * without them (the initramfs of tests/kernels loads neither veth nor sch_tbf) cannot run these tests at all.
+ */
+function linkProblem(): string | undefined {
+  const ns = `umig-probe-${Deno.pid % 100000}`;
+  const step = (args: string[]) =>
+    new Deno.Command(args[0]!, { args: args.slice(1), stdout: "null", stderr: "piped" }).outputSync();
+  try {
+    if (!step(["ip", "netns", "add", ns]).success) return "cannot make a network namespace";
+    const veth = step(["ip", "-n", ns, "link", "add", "pa", "type", "veth", "peer", "name", "pb"]);
+    if (!veth.success) return `no veth in this kernel: ${new TextDecoder().decode(veth.stderr).trim()}`;
+    const tbf = step([
+      "tc",
+      "-n",
+      ns,
+      "qdisc",
+      "add",
+      "dev",
+      "pa",
+      "root",
+      "tbf",
+      "rate",
+      "1mbit",
+      "burst",
+      "32kb",
+      "latency",
+      "50ms",
+    ]);
+    if (!tbf.success) return `no tbf qdisc in this kernel: ${new TextDecoder().decode(tbf.stderr).trim()}`;
+    return undefined;
+  } finally {
+    step(["ip", "netns", "del", ns]);
+  }
+}
+
 const ignore = skipUnless(isRoot, "network namespaces need root") ||
   skipUnless(have("ip") && have("tc"), "no iproute2 (ip, tc): apt-get install -y iproute2") ||
-  skipUnless(P === 4096, `these layouts are in 4 KiB pages, this machine's are ${P}`);
+  skipUnless(P === 4096, `these layouts are in 4 KiB pages, this machine's are ${P}`) ||
+  ((problem) => skipUnless(problem === undefined, problem ?? ""))(linkProblem());
 
 function run(args: string[]): void {
   const out = new Deno.Command(args[0]!, { args: args.slice(1), stdout: "piped", stderr: "piped" }).outputSync();

@@ -17,10 +17,10 @@ import { dependsOf, loadOrder, moduleName, readModinfo } from "./modinfo.ts";
 import { extractVmlinux } from "./vmlinux.ts";
 
 /** Bump when the unpacked layout changes, so old cache entries are unpacked again. */
-const LAYOUT = 1;
+const LAYOUT = 2;
 
-/** The modules the guest loads (their dependencies come along). */
-export const GUEST_MODULES = ["virtio_pci", "9pnet_virtio", "9p", "overlay"];
+/** The modules the guest loads (their dependencies come along); veth and sch_tbf for the migration's netns tests. */
+export const GUEST_MODULES = ["virtio_pci", "9pnet_virtio", "9p", "overlay", "veth", "sch_tbf"];
 
 /** The metapackage that names the current package of each series. */
 const SERIES: Record<string, { meta: string; prefix: string }> = {
