@@ -124,6 +124,10 @@ const scenarios: Record<string, () => Promise<Observations>> = {
       const memoryA = new WebAssembly.Memory({ initial: WASM_PAGES });
       const a = wasmApp(memoryA);
       out.aAtN = a.run(N) === cAtN;
+      // The pages holding a frame of their own before the snapshot (present, not the zero page): the program's, and
+      // where a transparent huge page backs the memory (THP "always" on 6.1) their untouched neighbours too, zeroed.
+      const viewA = Region.of(memoryA);
+      out.framesBefore = scanned(viewA, "PRESENT") - scanned(viewA, "PFNZERO");
       t = performance.now();
       const snap = await LiveSnapshot.take(memoryA, { sink: `${dir}/app.ckpt` });
       out.takeMs = performance.now() - t;
