@@ -67,6 +67,7 @@ export {
   type IoctlInfo,
   ioctlNames,
   IOCTLS,
+  isZeroFrame,
   type KernelProfile,
   kernelProfile,
   kernelRelease,

@@ -17,6 +17,7 @@ import { parseArgs } from "node:util";
 import {
   type Category,
   hasPagemapScan,
+  isZeroFrame,
   kernelProfile,
   type Mapping,
   PAGE_IS_FILE,
@@ -248,6 +249,7 @@ export function readVma(
   else {
     const profile = kernelProfile();
     const zeroPfn = profile.pagemap.pfnVisible ? profile.zeroPage.zeroPfn : null;
+    const pmdPages = (profile.thp?.pmdSize ?? 2 << 20) / Number(PAGE_SIZE_N);
     entries ??= new BigUint64Array(PAGEMAP_CHUNK);
     let runStart = -1;
     for (let done = 0; done < pages;) {
@@ -263,7 +265,9 @@ export function readVma(
         if ((e & PM_FILE) !== 0n) counts.file++;
         if (present) {
           counts.present++;
-          const zero = zeroPfn !== null ? (e & PM_PFN_MASK) === zeroPfn : (e & (PM_MMAP_EXCLUSIVE | PM_FILE)) === 0n;
+          const zero = zeroPfn !== null
+            ? isZeroFrame(e & PM_PFN_MASK, profile.zeroPage, pmdPages)
+            : (e & (PM_MMAP_EXCLUSIVE | PM_FILE)) === 0n;
           if (zero) counts.zero++;
           if (runStart < 0) runStart = done + i;
         } else if (runStart >= 0) {

@@ -37,7 +37,7 @@ import { byMapping } from "./maps.ts";
 import * as libc from "../ffi/_libc.ts";
 import { PAGE_SIZE, PAGE_SIZE_N } from "../ffi/_libc.ts";
 import * as resolve from "../ffi/_resolve_ops.ts";
-import { kernelProfile, type UntouchedFill } from "./profile.ts";
+import { isZeroFrame, kernelProfile, type UntouchedFill } from "./profile.ts";
 import { MADV_POPULATE_READ } from "../ffi/linux.ts";
 import { openPagemap, readPagemapRaw, releasePagemap } from "./pagemap.ts";
 import { PagemapScanner, type PreparedQuery } from "./pagemap_scan.ts";
@@ -163,6 +163,10 @@ export interface PageBitsPlan {
   readonly wpBit: boolean;
   /** The shared zero page's frame number, when this process may see PFNs; `null` otherwise. */
   readonly zeroPfn: bigint | null;
+  /** The huge zero page's first frame number (its frames: this and the next `pmdPages - 1`), or `null`. */
+  readonly hugeZeroPfn: bigint | null;
+  /** Pages in one PMD (512 with 4 KiB pages). */
+  readonly pmdPages: number;
   /** A swap device is on: swapped pages hold data (a uffd-wp marker also reads as swapped). */
   readonly swap: boolean;
 }
@@ -182,6 +186,8 @@ export function pageBitsPlan(): PageBitsPlan {
     scan: profile.pageBits === "pagemap-scan",
     wpBit: profile.pagemap.uffdWpBit === true,
     zeroPfn: profile.pagemap.pfnVisible ? profile.zeroPage.zeroPfn : null,
+    hugeZeroPfn: profile.pagemap.pfnVisible ? profile.zeroPage.hugeZeroPfn : null,
+    pmdPages: (profile.thp?.pmdSize ?? 2 << 20) / PAGE_SIZE,
     swap: swapActive(),
   });
 }
@@ -278,6 +284,8 @@ export class PageBits implements Disposable {
       return;
     }
     const zeroPfn = this.#plan.zeroPfn;
+    const zeroFrames = { zeroPfn, hugeZeroPfn: this.#plan.hugeZeroPfn };
+    const pmdPages = this.#plan.pmdPages;
     const swap = this.#plan.swap;
     this.#walk(
       span,
@@ -285,8 +293,9 @@ export class PageBits implements Disposable {
         if ((e & PM_PRESENT) !== 0n) {
           // The zero page is never mapped exclusively; without PFNs a shared page might be a
           // forked child's copy of data, so only a PFN equal to the zero page's says "zero".
+          // The huge zero page's frames (THP `always`: a populate-read or read fault maps it) are zeros too.
           return (e & PM_MMAP_EXCLUSIVE) !== 0n || (e & PM_FILE) !== 0n || zeroPfn === null ||
-            (e & PM_PFN_MASK) !== zeroPfn;
+            !isZeroFrame(e & PM_PFN_MASK, zeroFrames, pmdPages);
         }
         return swap && (e & PM_SWAP) !== 0n;
       },

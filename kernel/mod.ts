@@ -213,6 +213,7 @@ export {
   type WakeOptions,
 } from "./userfaultfd.ts";
 export {
+  isZeroFrame,
   type KernelProfile,
   kernelProfile,
   type PagemapScanTraits,

@@ -99,6 +99,38 @@ export interface ZeroPageTraits {
   readonly hugeReadFault: "huge-zero-page" | "allocates" | "small-pages";
   /** The page frame number of the shared zero page, when this process may see PFNs (CAP_SYS_ADMIN). */
   readonly zeroPfn: bigint | null;
+  /**
+   * The first page frame number of the huge zero page, where a read fault maps it and
+   * PFNs are visible: its frames are this one and the next `pmdSize / pageSize - 1`
+   * (a snapshot or fill that meets them under THP `always` sees zeros, not data).
+   */
+  readonly hugeZeroPfn: bigint | null;
+}
+
+/**
+ * Whether a page frame number is one of the zero page's (the shared zero page or a
+ * frame of the huge zero page), as this kernel's profile measured them.
+ *
+ * @param pfn The PFN from a pagemap entry.
+ * @param zeroPage The profile's zero-page traits.
+ * @param pmdPages Pages in one PMD (512 with 4 KiB pages).
+ * @returns `true` for a zero-page frame; `false` when it is not, or PFNs are not known.
+ *
+ * @example
+ * ```ts
+ * import { isZeroFrame, kernelProfile } from "@uffd/uffd";
+ * const zero = kernelProfile().zeroPage;
+ * console.log(zero.zeroPfn === null || isZeroFrame(zero.zeroPfn, zero, 512)); // true
+ * ```
+ */
+export function isZeroFrame(
+  pfn: bigint,
+  zeroPage: Pick<ZeroPageTraits, "zeroPfn" | "hugeZeroPfn">,
+  pmdPages: number,
+): boolean {
+  if (zeroPage.zeroPfn !== null && pfn === zeroPage.zeroPfn) return true;
+  const huge = zeroPage.hugeZeroPfn;
+  return huge !== null && pfn >= huge && pfn < huge + BigInt(pmdPages);
 }
 
 /** What `PAGEMAP_SCAN` offers here and which of its answers hold. */
@@ -438,6 +470,7 @@ function measure(): KernelProfile {
     }
   }
   let hugeReadFault: ZeroPageTraits["hugeReadFault"] = "small-pages";
+  let hugeZeroPfn: bigint | null = null;
   const pmd = huge?.pmdSize ?? 0;
   if (huge !== null && huge.enabled !== "never" && pmd > 0) {
     const length = BigInt(2 * pmd);
@@ -449,8 +482,16 @@ function measure(): KernelProfile {
     let present = 0;
     for (const e of raw) if ((e & PM_PRESENT) !== 0n) present++;
     if (present === raw.length) hugeReadFault = fillOf(raw[0]!) === "zero-page" ? "huge-zero-page" : "allocates";
+    if (hugeReadFault === "huge-zero-page" && (raw[0]! & PM_PFN_MASK) !== 0n) hugeZeroPfn = raw[0]! & PM_PFN_MASK;
   }
-  const zeroPage: ZeroPageTraits = Object.freeze({ readFault, populateRead, uffdZeropage, hugeReadFault, zeroPfn });
+  const zeroPage: ZeroPageTraits = Object.freeze({
+    readFault,
+    populateRead,
+    uffdZeropage,
+    hugeReadFault,
+    zeroPfn,
+    hugeZeroPfn,
+  });
 
   const scan = pagemapScanTraits(has("WP_ASYNC") && has("WP_UNPOPULATED"), zeroPage, pmd);
   const pfnVisible = (() => {

@@ -8,7 +8,16 @@
 import assert from "node:assert/strict";
 import { bufferAt } from "../ffi/_libc.ts";
 import { hasPagemapScan } from "../kernel/pagemap_scan.ts";
-import { type Feature, kernelProfile, type Range, readPagemap, UffdError, Userfaultfd } from "../mod.ts";
+import {
+  type Feature,
+  isZeroFrame,
+  kernelProfile,
+  type Range,
+  readPagemap,
+  Region,
+  UffdError,
+  Userfaultfd,
+} from "../mod.ts";
 
 /**
  * `ignore:` value for a test that needs something the machine may lack. Prints the
@@ -79,9 +88,10 @@ export function needsZeroPage(): boolean {
 export function pagesIn(range: Range, ...require: ("PRESENT" | "PFNZERO")[]): number {
   const profile = kernelProfile();
   const zeroPfn = profile.pagemap.pfnVisible ? profile.zeroPage.zeroPfn : null;
+  const pmdPages = (profile.thp?.pmdSize ?? 2 << 20) / Region.pageSize; // a huge zero page has this many frames
   let n = 0;
   for (const e of readPagemap(range)) {
-    const zero = e.present && (zeroPfn === null ? !e.exclusive : e.pfn === zeroPfn);
+    const zero = e.present && (zeroPfn === null ? !e.exclusive : isZeroFrame(e.pfn ?? -1n, profile.zeroPage, pmdPages));
     if (require.every((c) => c === "PRESENT" ? e.present : zero)) n++;
   }
   return n;

@@ -9,6 +9,7 @@
 
 import assert from "node:assert/strict";
 import {
+  isZeroFrame,
   kernelProfile,
   MADV_NOHUGEPAGE,
   MADV_POPULATE_READ,
@@ -95,6 +96,28 @@ Deno.test({
     assert.ok(pa !== undefined && pb !== undefined);
     assert.equal(pa === pb, profile.zeroPage.readFault, `PFNs ${pa} and ${pb}`);
     if (profile.zeroPage.readFault) assert.equal(pa, profile.zeroPage.zeroPfn);
+  },
+});
+
+Deno.test({
+  name: "kernel profile: a read fault on a huge-page block maps the huge zero page where the profile says, at its PFN",
+  ignore: skipUnless(isRoot && profile.pagemap.pfnVisible, "PFNs are visible only with CAP_SYS_ADMIN") ||
+    skipUnless(profile.thp !== null && profile.thp.enabled !== "never", "no transparent huge pages here"),
+  fn: () => {
+    const pmd = profile.thp!.pmdSize ?? 2 << 20;
+    using mem = Region.map(2 * pmd, { thp: true });
+    const first = Number(((mem.address + BigInt(pmd) - 1n) / BigInt(pmd)) * BigInt(pmd) - mem.address) / PAGE;
+    const block = mem.pages(first, pmd / PAGE);
+    void mem.bytes[first * PAGE];
+    const entries = readPagemap(block);
+    const zero = entries.filter((e) => e.present && isZeroFrame(e.pfn ?? -1n, profile.zeroPage, pmd / PAGE)).length;
+    if (profile.zeroPage.hugeReadFault === "huge-zero-page") {
+      assert.equal(entries[0]!.pfn, profile.zeroPage.hugeZeroPfn);
+      assert.equal(zero, pmd / PAGE, "every frame of the huge zero page reads as zero");
+    } else {
+      assert.equal(profile.zeroPage.hugeZeroPfn, null);
+      assert.ok(zero <= 1, `${zero} zero frames without a huge zero page`);
+    }
   },
 });
 

@@ -11,6 +11,7 @@ import {
   Checkpoint,
   CheckpointReader,
   Feature,
+  isZeroFrame,
   kernelProfile,
   LiveSnapshot,
   LiveSnapshotError,
@@ -78,7 +79,14 @@ function residency(range: { address: bigint; length: number }): { present: Set<n
   readPagemap(range).forEach((e, p) => {
     if (!e.present) return;
     present.add(p);
-    if (zeroPfn === null ? e.exclusive : e.pfn !== zeroPfn) data.add(p);
+    const zero = kernelProfile().zeroPage;
+    if (
+      zeroPfn === null
+        ? e.exclusive
+        : !isZeroFrame(e.pfn ?? -1n, zero, (kernelProfile().thp?.pmdSize ?? 2 << 20) / PAGE)
+    ) {
+      data.add(p);
+    }
   });
   return { present, data };
 }
