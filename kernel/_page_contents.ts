@@ -37,7 +37,7 @@ import { byMapping } from "./maps.ts";
 import * as libc from "../ffi/_libc.ts";
 import { PAGE_SIZE, PAGE_SIZE_N } from "../ffi/_libc.ts";
 import * as resolve from "../ffi/_resolve_ops.ts";
-import { isZeroFrame, kernelProfile, type UntouchedFill } from "./profile.ts";
+import { kernelProfile, type UntouchedFill } from "./profile.ts";
 import { MADV_POPULATE_READ } from "../ffi/linux.ts";
 import { openPagemap, readPagemapRaw, releasePagemap } from "./pagemap.ts";
 import { PagemapScanner, type PreparedQuery } from "./pagemap_scan.ts";
@@ -284,8 +284,9 @@ export class PageBits implements Disposable {
       return;
     }
     const zeroPfn = this.#plan.zeroPfn;
-    const zeroFrames = { zeroPfn, hugeZeroPfn: this.#plan.hugeZeroPfn };
-    const pmdPages = this.#plan.pmdPages;
+    // The huge zero page's frames [hugeZero, hugeEnd), computed once: no bigint made per pagemap entry.
+    const hugeZero = this.#plan.hugeZeroPfn ?? -1n;
+    const hugeEnd = this.#plan.hugeZeroPfn === null ? -1n : hugeZero + BigInt(this.#plan.pmdPages);
     const swap = this.#plan.swap;
     this.#walk(
       span,
@@ -294,8 +295,9 @@ export class PageBits implements Disposable {
           // The zero page is never mapped exclusively; without PFNs a shared page might be a
           // forked child's copy of data, so only a PFN equal to the zero page's says "zero".
           // The huge zero page's frames (THP `always`: a populate-read or read fault maps it) are zeros too.
-          return (e & PM_MMAP_EXCLUSIVE) !== 0n || (e & PM_FILE) !== 0n || zeroPfn === null ||
-            !isZeroFrame(e & PM_PFN_MASK, zeroFrames, pmdPages);
+          if ((e & PM_MMAP_EXCLUSIVE) !== 0n || (e & PM_FILE) !== 0n || zeroPfn === null) return true;
+          const pfn = e & PM_PFN_MASK;
+          return pfn !== zeroPfn && (pfn < hugeZero || pfn >= hugeEnd);
         }
         return swap && (e & PM_SWAP) !== 0n;
       },
