@@ -14,12 +14,17 @@
 
 import assert from "node:assert/strict";
 import { Region } from "../mod.ts";
-import { isRoot, skipUnless } from "./helpers.ts";
+import { DEADLINE_SCALE, isRoot, skipUnless } from "./helpers.ts";
 import { type Json, pair, reference, results } from "./migrate_helpers.ts";
 
 const PAGES = 2048; // 8 MiB
 const DATA = 1536; // 6 MiB of data: half a second at 100 Mbit/s
-const SLOW = { dataPages: DATA, pagesPerMs: 0.25, width: 4 }; // ~1 MB/s of new pages
+/**
+ * ~1 MB/s of new pages: far below either link. Where everything runs slower (UFFD_TEST_DEADLINE_SCALE: under QEMU each
+ * round's own work takes ten times longer while the writer keeps its wall-clock pace), the writer is slowed by the same
+ * factor, so that its rate stays far below what a round can carry.
+ */
+const SLOW = { dataPages: DATA, pagesPerMs: 0.25 / DEADLINE_SCALE, width: 4 };
 const P = Region.pageSize;
 
 function have(command: string): boolean {

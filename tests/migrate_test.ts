@@ -12,7 +12,7 @@
 
 import assert from "node:assert/strict";
 import { kernelProfile } from "../mod.ts";
-import { needsPagemapScan, skipUnless } from "./helpers.ts";
+import { DEADLINE_SCALE, needsPagemapScan, skipUnless } from "./helpers.ts";
 import { type Json, pair, reference, results } from "./migrate_helpers.ts";
 
 const PAGES = 2048; // 8 MiB of 4 KiB pages
@@ -156,9 +156,12 @@ Deno.test({
   name: "migrate: post-copy — pages the resumed writer touches before the stream brings them are fetched on request",
   ignore,
   async fn() {
-    // The stream is held to 4 MB/s (1.5 s for the data); the hot spot runs near the end of the data pages.
+    // The stream is held to 4 MB/s (1.5 s for the data); the hot spot runs near the end of the data pages. Where
+    // everything runs slower (UFFD_TEST_DEADLINE_SCALE: under QEMU, the resumed writer's Worker takes seconds to
+    // start), the stream is held slower by the same factor, or it brings every page before the writer touches one.
     const late = { ...BASE, layout: { ...LAYOUT, laneAt: 1200, lane: 300, pagesPerMs: 1 } };
-    const p = await pair({ ...late, maxBandwidth: 4e6 }, { ...late, mode: "postcopy", runPasses: 200 });
+    const bandwidth = 4e6 / DEADLINE_SCALE;
+    const p = await pair({ ...late, maxBandwidth: bandwidth }, { ...late, mode: "postcopy", runPasses: 200 });
     const [src, dst] = await results(p);
     assert.equal(src.type, "result", JSON.stringify(src.error));
     assert.equal(dst.type, "result", JSON.stringify(dst.error));
