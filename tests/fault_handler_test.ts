@@ -440,8 +440,10 @@ Deno.test("stopSync(): returns once the Worker stopped serving; its thread and f
   assert.equal(handler.state, "stopped", "stopped when stopSync() returns");
   assert.equal(await handler.stop(), await handler.done, "stop() afterwards resolves with done");
   uffd.close();
+  // At most as many as before: under QEMU the runtime's idle pool threads of earlier work can exit meanwhile (6.1 under
+  // TCG went from 15 threads to 9), so "back to exactly the count before" may never come.
   await waitFor(
-    () => fdCount() === fds && threadCount() === threads,
+    () => fdCount() <= fds && threadCount() <= threads,
     5_000,
     `the fds (${fdCount()}, were ${fds}) and the Worker's thread (${threadCount()}, were ${threads}) to go`,
   );
