@@ -445,7 +445,7 @@ Deno.test("stopSync(): returns once the Worker stopped serving; its thread and f
   await waitFor(
     () => fdCount() <= fds && threadCount() <= threads,
     5_000,
-    `the fds (${fdCount()}, were ${fds}) and the Worker's thread (${threadCount()}, were ${threads}) to go`,
+    `the fds (${fds} before) and the Worker's thread (${threads} threads before) to go`,
   );
 });
 
