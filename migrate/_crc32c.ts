@@ -1,16 +1,23 @@
 /**
  * CRC-32C (the checkpoint format's checksum, `checkpoint/crc32c.ts`) in a small
- * hand-assembled WebAssembly module, slicing-by-16: about 2.2 GB/s here against
- * 1.4–1.6 GB/s for the TypeScript slicing-by-8, which matters when every byte of a
- * migration is checksummed on both ends. The buffers it checksums live in its own
- * memory ({@linkcode CrcArena}): the migration stages pages there, checksums them
- * in place, and sends or receives them by address. Also a zero check (32 bytes per
- * step) for the pages a round can send as a zero marker instead of bytes.
+ * hand-assembled WebAssembly module. Whole 4 KiB blocks go through four lanes of
+ * 1 KiB side by side (slicing-by-8 in each, four independent dependency chains),
+ * joined by a zero-shift table: about 2.9 GB/s here. The rest goes 16 bytes per
+ * step (slicing-by-16, about 2.1 GB/s), against 1.4–1.6 GB/s for the TypeScript
+ * slicing-by-8; this matters when every byte of a migration is checksummed on both
+ * ends. The buffers it checksums live in its own memory ({@linkcode CrcArena}): the
+ * migration stages pages there, checksums them in place, and sends or receives
+ * them by address. Also a zero check (32 bytes per step) for the pages a round can
+ * send as a zero marker instead of bytes.
  *
  * ```wat
  * (func $crc (param $p i32) (param $n i32) (param $c i32) (result i32)  ;; CRC-32C of [p, p+n), continuing c
- *   ;; c = ~c; 16 bytes per step: c = T15[b0^c0] ^ T14[b1^c1] ^ T13[b2^c2] ^ T12[b3^c3] ^ T11[b4] ^ … ^ T0[b15]
- *   ;; (T_k at k·1024: 16 tables of 256 words), then byte by byte: c = T0[(c ^ b) & 255] ^ (c >> 8); ~c)
+ *   ;; c = ~c; while 4096 bytes remain: lanes s0 = c, s1 = s2 = s3 = 0 over [p + 1024·i, p + 1024·(i+1)),
+ *   ;;   8 bytes per lane per step: s = T7[b0^s0] ^ … ^ T4[b3^s3] ^ T3[b4] ^ … ^ T0[b7];
+ *   ;;   then c = Z(Z(Z(s0) ^ s1) ^ s2) ^ s3, Z(s) = Z0[s0] ^ Z1[s1] ^ Z2[s2] ^ Z3[s3] (1 KiB of zeros fed in);
+ *   ;; then 16 bytes per step: c = T15[b0^c0] ^ T14[b1^c1] ^ T13[b2^c2] ^ T12[b3^c3] ^ T11[b4] ^ … ^ T0[b15]
+ *   ;; (T_k at k·1024: 16 tables of 256 words; Z_b at 16384 + b·1024), then byte by byte:
+ *   ;; c = T0[(c ^ b) & 255] ^ (c >> 8); ~c)
  * (func $zero (param $p i32) (param $n i32) (result i32)                ;; 1 when [p, p+n) is all zero (n % 32 = 0)
  * ```
  *
@@ -59,6 +66,16 @@ const name = (text: string) => [...leb(text.length), ...new TextEncoder().encode
 
 /** Bytes of the 16 lookup tables at the start of the module's memory. */
 const TABLE_BYTES = 16 * 1024;
+/** Lanes of the block loop (four chains hide the table loads' latency; eight are no faster here). */
+const LANES = 4;
+/** Words each lane takes per step: slicing-by-8 (by-16 is no faster with four lanes). */
+const LANE_WORDS = 2;
+/** The bytes of one block of the lanes loop. */
+const LANE_BLOCK = 4096;
+/** Bytes one lane covers per block. */
+const LANE = LANE_BLOCK / LANES;
+/** Where the 4 tables of the zero shift start (after the 16): `Z_b[v]` = the state `v << 8b` after 1 KiB of zeros. */
+const ZERO_TABLES = TABLE_BYTES;
 
 /** The module: `crc(p, n, c) -> c'` and `zero(p, n) -> 0/1`, over an imported memory `e.m`. */
 function moduleBytes(): Uint8Array<ArrayBuffer> {
@@ -71,12 +88,50 @@ function moduleBytes(): Uint8Array<ArrayBuffer> {
   // crc: params p=0 n=1 c=2; locals end=3, w0..w3 = 4..7
   const [P, N, C, END] = [0, 1, 2, 3];
   const W = [4, 5, 6, 7];
-  const byteOf = (w: number, shift: number) =>
-    shift === 24 ? [...get(w), ...k(24), SHR_U] : [...get(w), ...(shift ? [...k(shift), SHR_U] : []), ...k(255), AND];
-  const lookup = (table: number, index: number[]) => [...index, ...k(2), SHL, ...load(table * 1024)];
-  const crc: number[] = [1, 5, I32]; // five i32 locals
+  // locals: end=3, w0..w3=4..7 (the 16-byte loop's words, then a lane step's), lane states 8…, stop
+  const S = [C, ...Array.from({ length: LANES - 1 }, (_, i) => 8 + i)];
+  const STOP = 8 + LANES - 1;
+  const crc: number[] = [1, STOP - 2, I32];
   crc.push(...get(P), ...get(N), ADD, ...set(END));
   crc.push(...get(C), ...k(-1), XOR, ...set(C));
+  // Whole blocks while p + LANE_BLOCK <= end: LANES lanes of LANE bytes side by side, 4·LANE_WORDS bytes per lane
+  // per step (independent dependency chains instead of one), then the lanes joined by the zero-shift tables.
+  // The byte `b` of word `w` as an offset into a table of words: 2 operations (`(w << 2 | w >> …) & 1020`).
+  const scaled = (w: number, b: number) =>
+    b === 0
+      ? [...get(w), ...k(2), SHL, ...k(1020), AND]
+      : b === 3
+      ? [...get(w), ...k(22), SHR_U, ...k(1020), AND]
+      : [...get(w), ...k(8 * b - 2), SHR_U, ...k(1020), AND];
+  const STEP = 4 * LANE_WORDS;
+  crc.push(0x02, 0x40, 0x03, 0x40);
+  crc.push(...get(END), ...get(P), 0x6b, ...k(LANE_BLOCK), LT_U, 0x0d, 1);
+  for (const s of S.slice(1)) crc.push(...k(0), ...set(s));
+  crc.push(...get(P), ...k(LANE), ADD, ...set(STOP));
+  crc.push(0x03, 0x40);
+  for (let lane = 0; lane < LANES; lane++) {
+    for (let j = 0; j < LANE_WORDS; j++) {
+      crc.push(...get(P), ...load(lane * LANE + 4 * j));
+      if (j === 0) crc.push(...get(S[lane]!), XOR);
+      crc.push(...set(W[j]!));
+    }
+    for (let i = 0; i < STEP; i++) {
+      crc.push(...scaled(W[i >> 2]!, i & 3), ...load((STEP - 1 - i) * 1024));
+      if (i > 0) crc.push(XOR);
+    }
+    crc.push(...set(S[lane]!));
+  }
+  crc.push(...get(P), ...k(STEP), ADD, ...set(P));
+  crc.push(...get(P), ...get(STOP), LT_U, 0x0d, 0, 0x0b);
+  // c = Z(…Z(Z(s0) ^ s1)… ) ^ s_last, Z being LANE zero bytes fed in (4 tables of 256 words at ZERO_TABLES).
+  for (const s of S.slice(1)) {
+    for (let b = 0; b < 4; b++) {
+      crc.push(...scaled(C, b), ...load(ZERO_TABLES + b * 1024));
+      if (b > 0) crc.push(XOR);
+    }
+    crc.push(...get(s), XOR, ...set(C));
+  }
+  crc.push(...get(P), ...k(LANE_BLOCK - LANE), ADD, ...set(P), 0x0c, 0, 0x0b, 0x0b);
   // 16 bytes per step while p + 16 <= end
   crc.push(0x02, 0x40, 0x03, 0x40);
   crc.push(...get(END), ...get(P), 0x6b, /* sub */ ...k(16), LT_U, 0x0d, 1);
@@ -86,7 +141,7 @@ function moduleBytes(): Uint8Array<ArrayBuffer> {
     crc.push(...set(W[j]!));
   }
   for (let i = 0; i < 16; i++) {
-    crc.push(...lookup(15 - i, byteOf(W[i >> 2]!, (i & 3) * 8)));
+    crc.push(...scaled(W[i >> 2]!, i & 3), ...load((15 - i) * 1024));
     if (i > 0) crc.push(XOR);
   }
   crc.push(...set(C), ...get(P), ...k(16), ADD, ...set(P), 0x0c, 0, 0x0b, 0x0b);
@@ -176,6 +231,21 @@ export class CrcArena {
       for (let s = 1; s < 16; s++) {
         const prev = table[(s - 1) * 256 + i]!;
         table[s * 256 + i] = (prev >>> 8) ^ table[prev & 0xff]!;
+      }
+    }
+    // The zero shift: linear in the state, so built from its value at each of the 32 single-bit states.
+    const bit = new Uint32Array(32);
+    for (let b = 0; b < 32; b++) {
+      let c = (1 << b) >>> 0;
+      for (let i = 0; i < LANE; i++) c = (table[c & 0xff]! ^ (c >>> 8)) >>> 0;
+      bit[b] = c;
+    }
+    const zeros = new Uint32Array(this.#memory.buffer, ZERO_TABLES, 1024);
+    for (let b = 0; b < 4; b++) {
+      for (let v = 0; v < 256; v++) {
+        let z = 0;
+        for (let j = 0; j < 8; j++) if (v & (1 << j)) z ^= bit[8 * b + j]!;
+        zeros[b * 256 + v] = z >>> 0;
       }
     }
     const pointer = Deno.UnsafePointer.of(this.#memory.buffer);

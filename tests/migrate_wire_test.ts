@@ -53,7 +53,7 @@ function wireError(fn: () => unknown, code: string, message?: RegExp): WireError
 Deno.test("wire: the wasm CRC-32C is the checkpoint format's, at every length and alignment", () => {
   const arena = new CrcArena(1 << 16);
   const random = crypto.getRandomValues(new Uint8Array(40_000));
-  for (const length of [0, 1, 3, 15, 16, 17, 31, 32, 33, 255, 4096, 4097, 39_000]) {
+  for (const length of [0, 1, 3, 15, 16, 17, 31, 32, 33, 255, 4095, 4096, 4097, 8192, 12_300, 39_000]) {
     for (const offset of [0, 1, 7]) {
       const bytes = random.subarray(offset, offset + length);
       arena.bytes.set(bytes, arena.base + offset);
@@ -63,6 +63,9 @@ Deno.test("wire: the wasm CRC-32C is the checkpoint format's, at every length an
   // Continued over pieces, like the TypeScript one.
   arena.bytes.set(random.subarray(0, 100), arena.base);
   assert.equal(arena.crc(arena.base + 40, 60, arena.crc(arena.base, 40)), crc32c(random.subarray(0, 100)));
+  // A 4 KiB block (the four-lane loop) continuing a CRC: its first lane starts from that CRC, not from zero.
+  arena.bytes.set(random.subarray(0, 8200), arena.base);
+  assert.equal(arena.crc(arena.base + 5, 8195, arena.crc(arena.base, 5)), crc32c(random.subarray(0, 8200)));
   assert.equal(arena.crc(arena.base, 9, 0), crc32c(random.subarray(0, 9)));
   arena.bytes.set(new TextEncoder().encode("123456789"), arena.base);
   assert.equal(arena.crc(arena.base, 9), 0xe3069283);
