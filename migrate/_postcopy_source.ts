@@ -221,7 +221,36 @@ export function postcopySource(options: PostcopyOptions, info: LazySourceInfo): 
     return `${e instanceof Error ? e.message : String(e)} (${where})`;
   }
 
-  /** The run of pages from `first` in the current batch, 0 when the batch is used up, -1 when `first` is not in it. */
+  /**
+   * Where page `first` is in the current batch, at or after `next`, or -1; `next`
+   * does not move (a fault's page may lie ahead of the prefetcher's: the pages
+   * between stay in the batch for the prefetcher).
+   */
+  function indexOf(first: number): number {
+    if (batch === undefined) return -1;
+    const pages = batch.pages;
+    let lo = next, hi = batch.count; // the first index whose page is at least `first`
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if (pages[mid]! < first) lo = mid + 1;
+      else hi = mid;
+    }
+    return lo < batch.count && pages[lo] === first ? lo : -1;
+  }
+
+  /** How many pages of the batch from index `i` (page `first`) follow each other, at most `max`. */
+  function runAt(i: number, first: number, max: number): number {
+    const pages = batch!.pages;
+    let n = 1;
+    while (n < max && i + n < batch!.count && pages[i + n] === first + n) n++;
+    return n;
+  }
+
+  /**
+   * For the prefetcher, whose cursor only moves forward: the run of pages from
+   * `first` in the current batch, 0 when the batch is used up, -1 when `first` is
+   * not in it. The batch's pages below `first` are consumed.
+   */
   function inBatch(first: number, max: number): number {
     if (batch === undefined) return 0;
     const pages = batch.pages;
@@ -377,8 +406,8 @@ export function postcopySource(options: PostcopyOptions, info: LazySourceInfo): 
       if (first >= N) return 1;
       const kind = kinds[first];
       if (kind === KIND.STAGED) return sameKind(first, max, KIND.STAGED);
-      const n = inBatch(first, max);
-      return n > 0 ? n : 1;
+      const i = indexOf(first);
+      return i >= 0 ? runAt(i, first, max) : 1;
     },
     available(first: number, max: number): number {
       if (!started()) {
@@ -428,13 +457,14 @@ export function postcopySource(options: PostcopyOptions, info: LazySourceInfo): 
         return;
       }
       if (gone !== undefined) throw goneError(first);
-      const n = inBatch(first, count);
-      if (n >= count) {
+      const i = indexOf(first);
+      if (i >= 0 && runAt(i, first, count) >= count) {
         const b = batch!;
-        const from = b.dataAt + next * P;
+        const from = b.dataAt + i * P;
         into.set(arena.bytes.subarray(from, from + count * P));
-        for (let k = 0; k < count; k++) crcs[first + k] = b.crcs[next + k]!;
-        // `next` stays: a run the handler could not place whole (EAGAIN) is read again from the batch.
+        for (let k = 0; k < count; k++) crcs[first + k] = b.crcs[i + k]!;
+        // `next` stays: a run the handler could not place whole (EAGAIN) is read again from the batch, and a
+        // fault's page ahead of the prefetcher leaves the pages before it to the prefetcher.
         stats[POST_STAT.streamed] += count;
         return;
       }
