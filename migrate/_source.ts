@@ -749,6 +749,7 @@ export class SourceRun {
     const streamedBytes = link.bytesSent - before.bytes;
     return this.#result(converged, downtimeMs, digest, {
       requests: server.stats[SERVER_STAT.requests]!,
+      serviceMs: server.stats[SERVER_STAT.serviceMs]! / Math.max(1, server.stats[SERVER_STAT.requests]!),
       streamed: this.#dataPages - before.data,
       skipped: this.#skipped,
       ms,

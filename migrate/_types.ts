@@ -192,6 +192,8 @@ export interface MigrationResult {
   readonly postcopy: {
     /** Pages the destination asked for on first touch. */
     readonly requests: number;
+    /** The page server's time per request, in ms: from the request's arrival to its answer sent (mean). */
+    readonly serviceMs: number;
     /** Pages pushed by the background stream. */
     readonly streamed: number;
     /** Pages the stream skipped (a request had sent them). */
