@@ -406,6 +406,15 @@ export function pairs(options: PairOptions): Pair[] {
       headline: !big,
     });
     if (big) continue;
+    // What bounds the row above: C copying the way ours does (process_vm_writev on itself, so that a page unmapped
+    // under the snapshot fails the copy with EFAULT instead of killing the process), everything else the same.
+    out.push({
+      ...base,
+      id: `${id}/vs-pvm`,
+      title: `LiveSnapshot ${size} ${when} against C copying with process_vm_writev as ours does, per page saved`,
+      cArgs: { ...base.args, copy: "pvm" },
+      unit: "page",
+    });
     out.push({
       ...base,
       id: `${id}/vs-memcpy`,

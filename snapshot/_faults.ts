@@ -388,7 +388,8 @@ export class FaultsLoop {
       if (this.#lent !== undefined) this.#lent[index >> 3]! |= 1 << (index & 7); // written, for the watch
       const states = this.#states;
       const c = states.chunkOf(index);
-      if (!states.done(c)) {
+      if (states.done(c)) this.#progress[PROGRESS.lateFaults]++; // saved, still protected: the copier unprotects now
+      else {
         // If the copier holds the chunk, this waits for its copy (microseconds), after which the chunk is done.
         const got = states.lock(c, HANDLER, () => this.#stopping());
         if (got === "stopped") this.#check();

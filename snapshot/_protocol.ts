@@ -89,6 +89,11 @@ export const PROGRESS = {
   startedAt: 12,
   /** Wall-clock time when the last page was saved (0 until then). */
   finishedAt: 13,
+  /**
+   * Write faults on pages already saved (still protected: the copier leaves saved
+   * chunks protected until the first of these, `snapshot/_copier.ts`).
+   */
+  lateFaults: 14,
   /** Fault stall histogram (read → page unprotected), `STALL_BUCKETS` slots from here. */
   stall: 16,
 } as const;

@@ -4,8 +4,9 @@
  * into a populated buffer of the same size, with a fault-handler thread (read the fault, copy the
  * page's old content unless the copier has, unprotect it) and the copier on the main thread
  * (chunks of `--chunk` pages in address order, the unsaved pages of a chunk copied with one memcpy
- * per run, done chunks unprotected `--unprotect` pages per UFFDIO_WRITEPROTECT, the last ones by
- * the close of the userfaultfd), the same design as ours (snapshot/_copier.ts): a per-chunk lock
+ * per run, done chunks unprotected `--unprotect` pages per UFFDIO_WRITEPROTECT once a write has faulted on
+ * a page already saved — none before: the protections left go with the close of the userfaultfd), the same
+ * design as ours (snapshot/_copier.ts): a per-chunk lock
  * (compare-and-swap) decides who saves each page. With `--writer=1` a third thread writes one word into
  * a random page in a loop and times every write: a write that takes more than 2 µs counts as a
  * stall (it waited in a write-protect fault). The same run times one plain memcpy of the whole
@@ -14,13 +15,18 @@
  * thread's); `extra` holds the memcpy time per page and the writer's stall per fault, as
  * bench/ours/live_snapshot.ts prints them.
  *
- *   live_snapshot --bytes=B --writer=0|1 --chunk=64 --unprotect=1024
+ * With `--copy=pvm` every page is copied by process_vm_writev(2) on the process itself instead of memcpy
+ * (the target the local side, the sink the remote one), as ours copies (ffi/_own_memory.ts) so that a page
+ * unmapped under the snapshot fails the copy with EFAULT instead of killing the process: the like-for-like row.
+ *
+ *   live_snapshot --bytes=B --writer=0|1 --chunk=64 --unprotect=1024 --copy=memcpy|pvm
  */
 #include "bench.h"
 
 #include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <sys/uio.h>
 
 #ifndef UFFD_FEATURE_WP_UNPOPULATED
 #define UFFD_FEATURE_WP_UNPOPULATED (1 << 13)
@@ -38,6 +44,7 @@ static uint64_t chunk;
 static int uffd;
 static atomic_int done, go, stop_writer;
 static uint64_t faults, handler_ns;
+static atomic_uint_fast64_t late_faults; /* write faults on pages of done chunks: the copier unprotects from then on */
 static uint64_t writes, stalls, stall_ns_sum;
 static uint32_t *stall_list;
 
@@ -56,7 +63,19 @@ static int take(uint64_t c) {
   }
 }
 
-/* Under chunk locks: saves the unsaved pages of [first, end), one memcpy per run. */
+static int copy_pvm; /* --copy=pvm */
+
+/* Copies n bytes of the target at src into the sink at dst: memcpy, or process_vm_writev on ourselves. */
+static void copy_bytes(uint8_t *dst, const uint8_t *src, size_t n) {
+  if (!copy_pvm) {
+    memcpy(dst, src, n);
+    return;
+  }
+  struct iovec local = {.iov_base = (void *)src, .iov_len = n}, remote = {.iov_base = dst, .iov_len = n};
+  if (process_vm_writev(getpid(), &local, 1, &remote, 1, 0) != (ssize_t)n) die("process_vm_writev");
+}
+
+/* Under chunk locks: saves the unsaved pages of [first, end), one copy per run. */
 static void save_runs(uint64_t first, uint64_t end) {
   for (uint64_t p = first; p < end;) {
     if (saved[p]) {
@@ -65,7 +84,7 @@ static void save_runs(uint64_t first, uint64_t end) {
     }
     uint64_t q = p + 1;
     while (q < end && !saved[q]) q++;
-    memcpy(sink + p * PAGE, mem + p * PAGE, (q - p) * PAGE);
+    copy_bytes(sink + p * PAGE, mem + p * PAGE, (q - p) * PAGE);
     memset(saved + p, 1, q - p);
     p = q;
   }
@@ -93,6 +112,7 @@ static void *handler(void *arg) {
     for (ssize_t i = 0; i < n / (ssize_t)sizeof msgs[0]; i++) {
       if (msgs[i].event != UFFD_EVENT_PAGEFAULT) continue;
       uint64_t p = (msgs[i].arg.pagefault.address - (uint64_t)mem) / PAGE;
+      if (atomic_load_explicit(&lock[p / chunk], memory_order_acquire) == 2) atomic_fetch_add(&late_faults, 1);
       save_page(p);
       unprotect(p, 1);
       faults++;
@@ -135,6 +155,9 @@ int main(int argc, char **argv) {
   chunk = arg_u64(argc, argv, "chunk", 64);
   uint64_t batch = arg_u64(argc, argv, "unprotect", 1024);
   int with_writer = (int)arg_u64(argc, argv, "writer", 0);
+  const char *copy = arg_str(argc, argv, "copy", "memcpy");
+  if (strcmp(copy, "memcpy") != 0 && strcmp(copy, "pvm") != 0) die("--copy must be memcpy or pvm");
+  copy_pvm = strcmp(copy, "pvm") == 0;
   pages = size / PAGE;
   mem = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   sink = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
@@ -177,12 +200,14 @@ int main(int argc, char **argv) {
     if (!take(first / chunk)) continue;
     save_runs(first, end);
     atomic_store_explicit(&lock[first / chunk], 2, memory_order_release);
-    if (first != pending_end) {
+    /* Before the first late fault, [pending, pending_end) spans every chunk passed: each one is done. */
+    int eager = atomic_load(&late_faults) > 0;
+    if (first != pending_end && eager) {
       if (pending_end > pending) unprotect(pending, pending_end - pending);
       pending = first;
     }
     pending_end = end;
-    if (pending_end - pending >= batch) {
+    if (eager && pending_end - pending >= batch) {
       unprotect(pending, pending_end - pending);
       pending = pending_end;
     }
