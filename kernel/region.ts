@@ -29,6 +29,7 @@ import {
   MADV_POPULATE_WRITE,
   MADV_REMOVE,
   MAP_ANONYMOUS,
+  MAP_FIXED,
   MAP_HUGETLB,
   MAP_NORESERVE,
   MAP_POPULATE,
@@ -38,6 +39,7 @@ import {
   MFD_HUGETLB,
   MREMAP_FIXED,
   MREMAP_MAYMOVE,
+  PROT_NONE,
   PROT_READ,
   PROT_WRITE,
 } from "../ffi/linux.ts";
@@ -70,6 +72,16 @@ export interface MapOptions {
    * a neighbour that has huge pages.
    */
   thp?: boolean;
+  /**
+   * Start the region on a multiple of this many bytes (a power of two, at least the
+   * page size): `2 ** 21` for a 2 MiB boundary, where a transparent huge page can
+   * start; `2 ** 30` for a 1 GiB one. An aligned block more is reserved, the region
+   * mapped at its first boundary, and the rest unmapped. Where a region starts
+   * decides how much of the page tables a walk over it visits: a `PAGEMAP_SCAN` of
+   * 1 GiB never touched takes 1.8 µs from a 1 GiB boundary and 4.8–10 µs from
+   * wherever `mmap` put it (6.18, measured in C).
+   */
+  align?: number;
 }
 
 /** What backs a region. */
@@ -89,6 +101,35 @@ function hugePageSize(): number {
     if (match) hugePageSizeCache = Number(match[1]) * 1024;
   }
   return hugePageSizeCache;
+}
+
+/** `MapOptions.align` as a bigint, 0n when there is none; a refusal names what is wrong. */
+function alignment(align: number | undefined, pageSize: number, operation: string): bigint {
+  if (align === undefined) return 0n;
+  if (typeof align !== "number" || !Number.isInteger(Math.log2(align)) || align < pageSize || align > 2 ** 40) {
+    throw invalid(operation, `align must be a power of two between ${pageSize} and 2 ** 40, not ${align}`, {
+      align: String(align),
+    });
+  }
+  return BigInt(align);
+}
+
+/**
+ * `mmap` at the first multiple of `align` inside a reservation of `len + align`
+ * bytes (`PROT_NONE`), the slack around it unmapped: the address, or `-errno`.
+ */
+function mapAligned(len: bigint, align: bigint, prot: number, flags: number, fd: number | undefined): bigint {
+  const reserved = libc.mmap(0n, len + align, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0n);
+  if (reserved < 0n) return reserved;
+  const start = (reserved + align - 1n) & ~(align - 1n);
+  const address = libc.mmap(start, len, prot, flags | MAP_FIXED, fd ?? -1, 0n);
+  if (address < 0n) {
+    libc.munmap(reserved, len + align);
+    return address;
+  }
+  if (start > reserved) libc.munmap(reserved, start - reserved);
+  libc.munmap(start + len, reserved + align - start);
+  return address;
 }
 
 function fail(rc: number | bigint, operation: string, args: Record<string, unknown>, hint?: string): never {
@@ -177,9 +218,10 @@ export class Region implements Range, Disposable {
    * Maps `length` bytes (a multiple of the page size; of the huge page size with `hugetlb`).
    *
    * @param length Bytes: a multiple of the page size (of the huge page size with `hugetlb`).
-   * @param options Shared, memfd, hugetlb, populate, protection, name.
+   * @param options Shared, memfd, hugetlb, populate, protection, name, THP, alignment.
    * @returns The new region; `unmap()` (or `using`) releases it.
-   * @throws {UffdError} `EINVAL` for a length that is not whole pages; `ENOMEM` from `mmap` (with `hugetlb`: no huge
+   * @throws {UffdError} `EINVAL` for a length that is not whole pages or an `align` that is not a power of two of at
+   *   least the page size; `ENOMEM` from `mmap` (with `hugetlb`: no huge
    *   pages reserved).
    *
    * @example
@@ -227,7 +269,10 @@ export class Region implements Range, Disposable {
       : options.thp ?? (thpTraits()?.fillsNeighbours === true ? false : undefined);
     // The advice must come before the pages: populate afterwards, not with MAP_POPULATE.
     if (thp !== undefined) flags &= ~MAP_POPULATE;
-    const address = libc.mmap(0n, len, prot, flags, fd ?? -1, 0n);
+    const align = alignment(options.align, pageSize, operation);
+    const address = align === 0n
+      ? libc.mmap(0n, len, prot, flags, fd ?? -1, 0n)
+      : mapAligned(len, align, prot, flags, fd);
     if (address < 0n) {
       if (fd !== undefined) libc.close(fd);
       fail(address, "mmap", { length: len, prot, flags }, options.hugetlb ? HUGETLB_HINT : undefined);

@@ -466,6 +466,41 @@ Deno.test("Region.map refuses lengths that are not whole pages", () => {
   assertUffdError(() => Region.map(0), "EINVAL", /non-zero multiple/);
 });
 
+Deno.test("Region.map with align starts on the boundary and leaves no reservation behind", async (t) => {
+  /** The mappings of this process without access (a reservation left behind would be one), as "start-end". */
+  const inaccessible = () =>
+    new Set(
+      Deno.readTextFileSync("/proc/self/maps").trim().split("\n").filter((l) => l.split(" ")[1] === "---p")
+        .map((l) => l.split(" ")[0]!),
+    );
+  for (const align of [2 ** 21, 2 ** 30]) {
+    await t.step(`${align / 2 ** 20} MiB`, () => {
+      const before = inaccessible();
+      using mem = Region.map(64 * PAGE, { align });
+      assert.equal(mem.address % BigInt(align), 0n, `${mem.address.toString(16)} is not on a ${align}-byte boundary`);
+      // The reservation was len + align bytes around it, PROT_NONE: none of it may remain.
+      assert.deepEqual([...inaccessible()].filter((r) => !before.has(r)), []);
+      const line = Deno.readTextFileSync("/proc/self/maps").split("\n").find((l) => {
+        const [a, b] = l.split(" ")[0]!.split("-").map((h) => BigInt(`0x${h}`));
+        return a! <= mem.address && b! > mem.address;
+      });
+      assert.match(line ?? "", / rw-p /, "the region is mapped read-write");
+      mem.bytes[mem.length - 1] = 7;
+      assert.equal(mem.page(63)[PAGE - 1], 7);
+    });
+  }
+  await t.step("a memfd region", () => {
+    using mem = Region.map(16 * PAGE, { memfd: true, align: 2 ** 21 });
+    assert.equal(mem.address % (2n ** 21n), 0n);
+    mem.bytes[0] = 1;
+    assert.equal(mem.bytes[0], 1);
+  });
+  await t.step("refused: not a power of two, below the page size", () => {
+    assertUffdError(() => Region.map(PAGE, { align: 3 * PAGE }), "EINVAL", /power of two/);
+    assertUffdError(() => Region.map(PAGE, { align: PAGE / 2 }), "EINVAL", /power of two/);
+  });
+});
+
 Deno.test("copy, zeropage, writeProtect and unprotect over a range of several kernel mappings cover all of it", () => {
   // The kernel places pages one mapping per call (ENOENT at the boundary) and, before Linux 6.4, protects one
   // mapping per call: a range split by madvise, or a memory that grew while registered, goes piece by piece.

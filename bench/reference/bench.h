@@ -97,10 +97,21 @@ static inline void uffd_register(int fd, void *start, uint64_t len, uint64_t mod
   if (ioctl(fd, UFFDIO_REGISTER, &reg)) die("UFFDIO_REGISTER");
 }
 
-/* Private anonymous memory, MAP_NORESERVE, without transparent huge pages (4 KiB PTEs, as bench/ours). */
+/* Where every benchmark's memory starts: on a 1 GiB boundary (a page-table entry of the top but one level), as
+   bench/lib/fixtures.ts maps it. Where a range starts decides how much of the page tables a walk visits. */
+#define MAP_ALIGN (1ULL << 30)
+
+/* Private anonymous memory, MAP_NORESERVE, without transparent huge pages (4 KiB PTEs, as bench/ours), starting on a
+   MAP_ALIGN boundary. */
 static inline char *map_anon(uint64_t bytes) {
-  char *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-  if (p == MAP_FAILED) die("mmap");
+  /* Reserve an aligned block's worth more, map at the first MAP_ALIGN boundary in it, unmap the slack. */
+  char *r = mmap(NULL, bytes + MAP_ALIGN, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (r == MAP_FAILED) die("mmap");
+  char *p = (char *)(((uintptr_t)r + MAP_ALIGN - 1) & ~(uintptr_t)(MAP_ALIGN - 1));
+  if (p > r && munmap(r, p - r)) die("munmap");
+  if (r + MAP_ALIGN > p && munmap(p + bytes, r + MAP_ALIGN - p)) die("munmap");
+  if (mmap(p, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0) != p)
+    die("mmap(MAP_FIXED)");
   if (madvise(p, bytes, MADV_NOHUGEPAGE)) die("madvise(MADV_NOHUGEPAGE)");
   return p;
 }

@@ -159,11 +159,8 @@ int main(int argc, char **argv) {
   if (strcmp(copy, "memcpy") != 0 && strcmp(copy, "pvm") != 0) die("--copy must be memcpy or pvm");
   copy_pvm = strcmp(copy, "pvm") == 0;
   pages = size / PAGE;
-  mem = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-  sink = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-  if (mem == MAP_FAILED || sink == MAP_FAILED) die("mmap");
-  madvise(mem, size, MADV_NOHUGEPAGE);
-  madvise(sink, size, MADV_NOHUGEPAGE);
+  mem = (uint8_t *)map_anon(size); /* both on a MAP_ALIGN boundary, without THP, as ours */
+  sink = (uint8_t *)map_anon(size);
   for (uint64_t p = 0; p < pages; p++) {
     uint32_t *w = (uint32_t *)(mem + p * PAGE);
     for (int i = 0; i < 1024; i++) w[i] = 0xa0000000u + (uint32_t)p;
