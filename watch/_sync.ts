@@ -288,7 +288,18 @@ class SyncBackend implements WriteWatchBackend {
     try {
       if (!this.#lent) this.#handler.stopSync();
     } catch { /* a failed handler has closed the userfaultfd already; its error reached the calls that met it */ }
-    // The last reference: the kernel unregisters the span, clears its protection and wakes every waiter.
+    if (!this.#lent) {
+      // Unregistered before the close, not by it: Linux 6.18 clears the protection when the last reference closes,
+      // but Debian's 6.1.0-50 leaves the uffd-wp bits in the PTEs (pagemap still reports the pages protected, and a
+      // later registration of them starts protected by nobody); UFFDIO_UNREGISTER clears them on both, and wakes
+      // every waiter. (While lent, the snapshot holds the last references and ends the registration itself.)
+      for (const r of this.#ranges) {
+        try {
+          this.#uffd.unregister(r);
+        } catch { /* closed by a failed handler, or the range is gone: the close below is all that is left */ }
+      }
+    }
+    // The last reference: the kernel unregisters what is left, clears its protection and wakes every waiter.
     this.#uffd.close();
   }
 
