@@ -94,6 +94,20 @@ function addRun(runs: [number, number][], i: number): void {
 const zeroStamp = () => 0;
 
 /** The fault handler's loop. One per snapshot. */
+/**
+ * Ends the snapshot's registration of its target and closes this reference: `UFFDIO_UNREGISTER` of the span first,
+ * then the close. On Linux 6.18 the last close alone removes every protection left, but Debian's 6.1.0-50 leaves the
+ * uffd-wp bits in the PTEs (pagemap reports the pages protected, a later registration starts with them protected by
+ * nobody); unregistering clears them there too, and wakes every writer waiting in a fault. Not for a lent userfaultfd
+ * (its registration is the watch's).
+ */
+export function closeTarget(uffd: Userfaultfd, base: number, pages: number): void {
+  try {
+    uffd.unregister({ address: BigInt(base), length: pages * PAGE_SIZE });
+  } catch { /* closed already, or the target is gone: the close is all that is left */ }
+  uffd.close();
+}
+
 export class FaultsLoop {
   readonly #data: SnapshotWorkerData;
   readonly #uffd: Userfaultfd;
@@ -251,7 +265,7 @@ export class FaultsLoop {
     this.#waitCopier();
     // A lent userfaultfd stays with the watch (the close below is of this Worker's own duplicate): its
     // pages stay protected, and this Worker serves their faults until the main side takes it back.
-    if (this.#lent === undefined) this.#uffd.close();
+    if (this.#lent === undefined) closeTarget(this.#uffd, this.#base, this.#pages);
     return this.#sink.finish();
   }
 

@@ -21,7 +21,7 @@ import process from "node:process";
 import { isMainThread, parentPort, workerData } from "node:worker_threads";
 import { serializeError } from "../handler/_protocol.ts";
 import { CopierLoop } from "./_copier.ts";
-import { Aborted, CopierFailed, FaultsLoop } from "./_faults.ts";
+import { Aborted, closeTarget, CopierFailed, FaultsLoop } from "./_faults.ts";
 import { COPIER_STATE, SNAP_CTRL, SNAP_STATE, type SnapshotMessage, type SnapshotWorkerData } from "./_protocol.ts";
 import { Userfaultfd } from "../kernel/userfaultfd.ts";
 
@@ -64,7 +64,8 @@ function faults(data: SnapshotWorkerData): void {
     try {
       if (data.lent !== null) loop?.releaseLent();
     } catch { /* failing already */ }
-    Userfaultfd.adopt(data.uffd).close();
+    if (data.lent === null) closeTarget(Userfaultfd.adopt(data.uffd), data.base, data.pages);
+    else Userfaultfd.adopt(data.uffd).close();
     const state = error instanceof Aborted || error instanceof CopierFailed ? SNAP_STATE.ABORTED : SNAP_STATE.FAILED;
     Atomics.store(control, SNAP_CTRL.STATE, state);
     Atomics.notify(control, SNAP_CTRL.STATE);
