@@ -12,6 +12,8 @@ import {
   losesWrite,
   measureWpCell,
   measureWpSemantics,
+  readPagemap,
+  Region,
   Userfaultfd,
   WP_MEMORY_KINDS,
   WP_MODES,
@@ -26,6 +28,35 @@ const support = Userfaultfd.supported();
 const has = (...features: Feature[]) => features.every((f) => support.features.has(f));
 const ASYNC_MODES = WP_MODES.filter((m) => m.async).map((m) => m.id);
 const SYNC_MODES = WP_MODES.filter((m) => !m.async).map((m) => m.id);
+
+/**
+ * Whether this kernel keeps the uffd-wp bit of a protected page that `mremap` moves into a fresh, unregistered
+ * mapping, even after the page is written there: Debian's 6.1.0-50 does (the pagemap then reports that write as
+ * never made), 6.18 clears it with the move. Probed here on its own (one page, written from this thread: the moved
+ * page's new mapping is not registered, so the write cannot fault), so that the matrix's mremap-moved cells are held
+ * to what the probe predicts.
+ */
+function wpBitSurvivesMove(memory: "anon" | "shmem"): boolean {
+  const PAGE = Region.pageSize;
+  using mem = Region.map(PAGE, { memfd: memory === "shmem" });
+  mem.bytes[0] = 1;
+  // SIGBUS, not a sleeping fault: were the new mapping registered after all, the write would crash, not hang.
+  using uffd = Userfaultfd.open({ features: ["SIGBUS"] });
+  uffd.register(mem, { wp: true });
+  uffd.writeProtect(mem);
+  using destination = Region.map(PAGE);
+  const moved = mem.movePages(mem.pages(0), destination.address);
+  destination.bytes[0] = 2;
+  return readPagemap({ address: moved, length: PAGE })[0]!.uffdWp;
+}
+const SURVIVES_MOVE = kernelProfile().pagemap.uffdWpBit === true && has("PAGEFAULT_FLAG_WP")
+  ? { anon: wpBitSurvivesMove("anon"), shmem: wpBitSurvivesMove("shmem") }
+  : { anon: false, shmem: false };
+if (SURVIVES_MOVE.anon || SURVIVES_MOVE.shmem) {
+  console.log(
+    `this kernel keeps the uffd-wp bit of a page mremap moved and then written: ${JSON.stringify(SURVIVES_MOVE)}`,
+  );
+}
 
 /**
  * Asserts what the kernel documents about the matrix:
@@ -70,7 +101,13 @@ function assertDocumented(cells: readonly WpCell[]): void {
     const async = ASYNC_MODES.includes(c.mode);
     if (async) assert.equal(c.faulted, null, `${c.memory}/${c.scenario}/${c.mode}: no fault reaches user space`);
     else assert.equal(typeof c.faulted, "boolean");
-    assert.equal(c.writtenAfter, true, `${c.memory}/${c.scenario}/${c.mode}: a page just written reads WRITTEN`);
+    // Except a page mremap moved, on a kernel that keeps its uffd-wp bit through the move and the write (probed).
+    const stale = !async && c.scenario === "mremap-moved" && SURVIVES_MOVE[c.memory as "anon" | "shmem"] === true;
+    assert.equal(
+      c.writtenAfter,
+      !stale,
+      `${c.memory}/${c.scenario}/${c.mode}: a page just written reads ${stale ? "not WRITTEN (the probe)" : "WRITTEN"}`,
+    );
     assert.equal(losesWrite(c), async ? false : !c.faulted);
   }
 }
