@@ -68,7 +68,10 @@ if (SURVIVES_MOVE.anon || SURVIVES_MOVE.shmem) {
  *   page is protected too (WP_ASYNC implies WP_UNPOPULATED);
  * - a page just written is always reported WRITTEN (PAGEMAP_SCAN, or the pagemap's uffd-wp bit, loses no write).
  */
-function assertDocumented(cells: readonly WpCell[]): void {
+function assertDocumented(
+  cells: readonly WpCell[],
+  survivesMove: { anon: boolean; shmem: boolean } = SURVIVES_MOVE,
+): void {
   const cell = (memory: string, scenario: string, mode: string) => {
     const c = cells.find((c) => c.memory === memory && c.scenario === scenario && c.mode === mode);
     assert.ok(c, `${memory}/${scenario}/${mode} is present`);
@@ -102,7 +105,7 @@ function assertDocumented(cells: readonly WpCell[]): void {
     if (async) assert.equal(c.faulted, null, `${c.memory}/${c.scenario}/${c.mode}: no fault reaches user space`);
     else assert.equal(typeof c.faulted, "boolean");
     // Except a page mremap moved, on a kernel that keeps its uffd-wp bit through the move and the write (probed).
-    const stale = !async && c.scenario === "mremap-moved" && SURVIVES_MOVE[c.memory as "anon" | "shmem"] === true;
+    const stale = !async && c.scenario === "mremap-moved" && survivesMove[c.memory as "anon" | "shmem"] === true;
     assert.equal(
       c.writtenAfter,
       !stale,
@@ -235,7 +238,8 @@ Deno.test("the matrices kept in docs/ are whole: 64 cells each, the documented o
     const matrix = JSON.parse(Deno.readTextFileSync(url));
     assert.equal(matrix.cells.length, 64, url.pathname);
     assert.ok(matrix.cells.every((c: WpCell) => c.status !== "failed"), `${url.pathname}: no cell failed`);
-    assertDocumented(matrix.cells);
+    // Measured on kernels that clear the uffd-wp bit of a moved page (6.1.0-57 and 6.18), not on this one.
+    assertDocumented(matrix.cells, { anon: false, shmem: false });
   }
 });
 
