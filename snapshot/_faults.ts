@@ -93,7 +93,6 @@ function addRun(runs: [number, number][], i: number): void {
 /** The fault handler's stamp: its copies never race with a removal it has read. */
 const zeroStamp = () => 0;
 
-/** The fault handler's loop. One per snapshot. */
 /**
  * Ends the snapshot's registration of its target and closes this reference: `UFFDIO_UNREGISTER` of the span first,
  * then the close. On Linux 6.18 the last close alone removes every protection left, but Debian's 6.1.0-50 leaves the
@@ -108,6 +107,7 @@ export function closeTarget(uffd: Userfaultfd, base: number, pages: number): voi
   uffd.close();
 }
 
+/** The fault handler's loop. One per snapshot. */
 export class FaultsLoop {
   readonly #data: SnapshotWorkerData;
   readonly #uffd: Userfaultfd;

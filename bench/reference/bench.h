@@ -109,7 +109,7 @@ static inline char *map_anon(uint64_t bytes) {
   if (r == MAP_FAILED) die("mmap");
   char *p = (char *)(((uintptr_t)r + MAP_ALIGN - 1) & ~(uintptr_t)(MAP_ALIGN - 1));
   if (p > r && munmap(r, p - r)) die("munmap");
-  if (r + MAP_ALIGN > p && munmap(p + bytes, r + MAP_ALIGN - p)) die("munmap");
+  if (munmap(p + bytes, r + MAP_ALIGN - p)) die("munmap"); /* the tail: never empty, p < r + MAP_ALIGN */
   if (mmap(p, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0) != p)
     die("mmap(MAP_FIXED)");
   if (madvise(p, bytes, MADV_NOHUGEPAGE)) die("madvise(MADV_NOHUGEPAGE)");
