@@ -39,6 +39,7 @@ import { pageBitsPlan } from "../kernel/_page_contents.ts";
 import { pageCeil, pageFloor } from "../kernel/range.ts";
 import { Region } from "../kernel/region.ts";
 import { checkTarget, locateTarget, type MemoryTarget, privateAnonymous, type TargetSpan } from "../kernel/target.ts";
+import { closeTarget } from "./_faults.ts";
 import { pageStateBuffers } from "./_pages.ts";
 import { emptyQueue } from "./_sinks.ts";
 import {
@@ -287,6 +288,8 @@ export class LiveSnapshot implements AsyncDisposable {
   readonly #lent: Uint8Array | undefined;
   readonly #workers: Record<Role, Worker>;
   readonly #eventFd: number;
+  /** The target's page span: `[base, base + pages * PAGE_SIZE)`. */
+  readonly #span: { base: number; pages: number };
   readonly #control: Int32Array;
   readonly #progress: Float64Array;
   readonly #keep: unknown[];
@@ -322,6 +325,7 @@ export class LiveSnapshot implements AsyncDisposable {
     this.#lent = data.lent === null ? undefined : new Uint8Array(data.lent);
     this.#copierUffd = copierUffd;
     this.#eventFd = data.eventFd;
+    this.#span = { base: data.base, pages: data.pages };
     this.#control = new Int32Array(data.control);
     this.#progress = new Float64Array(data.progress);
     this.#keep = keep;
@@ -705,8 +709,8 @@ export class LiveSnapshot implements AsyncDisposable {
     this.#wake();
     const ended = Promise.all([this.#ended.faults.promise, this.#ended.copier.promise]);
     const timer = setTimeout(() => {
-      this.#uffd.close();
-      this.#copierUffd.close();
+      this.#closeFromHere(this.#uffd);
+      this.#closeFromHere(this.#copierUffd);
       for (const role of ROLES) {
         this.#ended[role].resolve();
         this.#workers[role].terminate();
@@ -715,11 +719,21 @@ export class LiveSnapshot implements AsyncDisposable {
     ended.finally(() => clearTimeout(timer));
   }
 
+  /**
+   * Closes a reference to the userfaultfd from the main thread (a Worker did not). The target is unregistered
+   * first, unless the userfaultfd is a watch's: some kernels (Debian's 6.1.0-50) leave the uffd-wp bits in the
+   * PTEs at the last close, and a later registration would start with those pages protected.
+   */
+  #closeFromHere(uffd: Userfaultfd): void {
+    if (this.#lease === undefined && !uffd.closed) closeTarget(uffd, this.#span.base, this.#span.pages);
+    else uffd.close();
+  }
+
   #exit(role: Role, code: number): void {
     this.#exited[role].resolve();
     if (!this.#ended[role].settled) {
       // It died without reporting: its reference may still be open (nobody else uses it now).
-      (role === "faults" ? this.#uffd : this.#copierUffd).close();
+      this.#closeFromHere(role === "faults" ? this.#uffd : this.#copierUffd);
       this.#fail(new LiveSnapshotError(`the snapshot's ${role} Worker exited (code ${code}) without reporting`));
       this.#ended[role].resolve();
     }
