@@ -210,12 +210,15 @@ async function comparePair(
     ...argList(args),
     `--impl=${impl}`,
   ];
-  const oursArgs = oursCommand(pair.impl, pair.args);
+  // `cpus`: both sides under taskset, so that every thread of each runs on those CPUs.
+  const pinned = (command: string, args: string[]): [string, string[]] =>
+    pair.cpus === undefined ? [command, args] : ["taskset", ["-c", pair.cpus, command, ...args]];
+  const [oursProgram, oursArgs] = pinned(Deno.execPath(), oursCommand(pair.impl, pair.args));
   // The reference: our own baseline variant (always there), or the C binary (when it built).
   const reference: [string, string[]] | undefined = pair.baseline !== undefined
-    ? [Deno.execPath(), oursCommand(pair.baseline, pair.cArgs ?? pair.args)]
+    ? pinned(Deno.execPath(), oursCommand(pair.baseline, pair.cArgs ?? pair.args))
     : binary
-    ? [binary, argList(pair.cArgs ?? pair.args)]
+    ? pinned(binary, argList(pair.cArgs ?? pair.args))
     : undefined;
   const key = JSON.stringify([pair.program, oursArgs, reference ?? null]);
   const count = Math.min(opts.runs, pair.runs ?? opts.runs);
@@ -225,7 +228,7 @@ async function comparePair(
     const c: Result[] = [];
     try {
       for (let run = 0; run < count; run++) {
-        ours.push(await runOnce(Deno.execPath(), oursArgs, opts.timeoutMs));
+        ours.push(await runOnce(oursProgram, oursArgs, opts.timeoutMs));
         if (reference) c.push(await runOnce(reference[0], reference[1], opts.timeoutMs));
       }
       runs = { ours, c };

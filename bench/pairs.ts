@@ -58,6 +58,11 @@ export interface Pair {
   readonly goal?: number;
   /** What `goal` bounds: the ratio (default) or the cost above C (`"excess"`, ns per op). */
   readonly goalKind?: "ratio" | "excess";
+  /**
+   * Both sides run under `taskset -c <cpus>` (all their threads on those CPUs): the like-for-like row where the
+   * runtime's own threads, running beside ours on the other CPU, would otherwise be measured with our code.
+   */
+  readonly cpus?: string;
   /** Alternating runs for this pair when fewer than `--runs` (the 4 GiB points, which take seconds each). */
   readonly runs?: number;
   /** How the goal is shown, when `≤ goal×` does not say it (a floor expressed as a ratio of times). */
@@ -233,40 +238,34 @@ export function pairs(options: PairOptions): Pair[] {
   }
 
   // A batch of 32 queued page-fault messages read and decoded. The warmup is long: each sample is one call, and
-  // until V8 has optimised the read and the decode loop (a few hundred calls) the FFI call takes its slow path and
-  // the loop runs in the interpreter (10 warmup samples measured 1.0–13.6 µs per event, 300 about 0.7–1.0 µs).
-  const readArgs = { faults: 32, samples: q ? 40 : 150, warmup: q ? 200 : 300 };
+  // until V8 has optimised the read and the decode loop the FFI call takes its slow path and the loop runs in the
+  // interpreter (pinned: 285 ns an event after 600 calls, 185–196 after 1500). Judged on one CPU (both sides under
+  // `taskset -c 0`): unpinned, the same process runs fast or 2–3× slower from one run to the next, the bare read(2)
+  // symbol included (C 285–350 ns an event, the bare symbol 500–630; pinned 122–155 and 167–194), as the runtime's
+  // own threads land beside the main thread on the other CPU. C has no such threads.
+  const readArgs = { faults: 32, samples: q ? 40 : 150, warmup: q ? 200 : 1200 };
   const readImpls: [string, string, number | undefined][] = [
     ["batch", "Userfaultfd.readEventsInto() (an EventBatch reused, no object per message)", 1.5],
     ["method", "Userfaultfd.readEvents() (an event object per message)", undefined],
     ["wrapper", "ffi/ MessageBatch read + accessors", undefined],
     ["raw-symbol", "bare dlopen'd read(2) symbol, nothing decoded (the floor)", undefined],
   ];
-  for (const [impl, label, goal] of readImpls) {
-    out.push({
-      id: `read_events/${impl}`,
-      title: `${label}, 32 queued faults`,
-      program: "read_events",
-      impl,
-      args: readArgs,
-      unit: "event",
-      memory: 0,
-      goal,
-    });
+  for (const cpus of ["0", undefined]) {
+    for (const [impl, label, goal] of readImpls) {
+      if (cpus === undefined && impl !== "batch" && impl !== "raw-symbol") continue; // unpinned: ours and the floor
+      out.push({
+        id: `read_events/${impl}${cpus === undefined ? "" : "/one-cpu"}`,
+        title: `${label}, 32 queued faults${cpus === undefined ? ", unpinned" : ", both on one CPU"}`,
+        program: "read_events",
+        impl,
+        args: readArgs,
+        unit: "event",
+        memory: 0,
+        goal: cpus === undefined ? undefined : goal,
+        cpus,
+      });
+    }
   }
-  // What the batch adds to the bare read(2) (both ours, alternating processes): the decode, the checks, the call.
-  out.push({
-    id: "read_events/batch-vs-symbol",
-    title: "Userfaultfd.readEventsInto() against the bare dlopen'd read(2) symbol (reference: ours, raw-symbol), " +
-      "32 queued faults",
-    program: "read_events",
-    impl: "batch",
-    baseline: "raw-symbol",
-    args: readArgs,
-    unit: "event",
-    memory: 0,
-  });
-
   // The synchronous write-protect fault round trip: the main isolate writes every page of 16 MiB in order.
   // Like for like: our handler's default spins 30 µs after a batch (on more than one CPU), so the goal is judged
   // against C's handler spinning as long (--spin-us=30); spinMicros: 0 against C's sleeping one. Our default

@@ -384,7 +384,9 @@ export function performanceLine(report: Report): string {
     `the ffi/ ioctl wrapper ${r("ioctl_roundtrip/wrapper-vs-symbol")} the bare dlopen'd symbol (which is ` +
     `${r("ioctl_roundtrip/raw-symbol")} C's ioctl), \`copy()\` ${r("uffdio_resolve/method/copy/256MiB")} and ` +
     `\`zeropage()\` ${r("uffdio_resolve/method/zeropage/256MiB")} per page, \`readEventsInto()\` ` +
-    `${r("read_events/batch")} per event, \`pagemapScanPacked()\` over 1 GiB at 1% ` +
+    `${r("read_events/batch/one-cpu")} per event (both on one CPU; ${
+      r("read_events/batch")
+    } unpinned), \`pagemapScanPacked()\` over 1 GiB at 1% ` +
     `${r("pagemap_scan/packed/1GiB/0.01")} (\`pagemapScan()\`'s objects ${r("pagemap_scan/method/1GiB/0.01")}), ` +
     `an untouched scan ${plus("pagemap_scan/method/1GiB/0")} above C's, \`collect()\` over 1 GiB at 1% ` +
     `${r("write_watch_collect/method/1GiB/0.01")} and of 128 scattered pages of 512 ` +
