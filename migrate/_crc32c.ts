@@ -5,7 +5,10 @@
  * joined by a zero-shift table: about 2.9 GB/s here. The rest goes 16 bytes per
  * step (slicing-by-16, about 2.1 GB/s), against 1.4–1.6 GB/s for the TypeScript
  * slicing-by-8; this matters when every byte of a migration is checksummed on both
- * ends. The buffers it checksums live in its own memory ({@linkcode CrcArena}): the
+ * ends. Pages are checksummed sixteen at a time where there are sixteen
+ * ({@linkcode CrcArena.pageCrcs}): one page per byte lane of 128-bit SIMD vectors,
+ * a byte step of all sixteen being eight swizzles of nibble tables (`crc16`):
+ * about 4.8 GB/s here against 2.85 for the same pages one by one. The buffers it checksums live in its own memory ({@linkcode CrcArena}): the
  * migration stages pages there, checksums them in place, and sends or receives
  * them by address. Also a zero check (32 bytes per step) for the pages a round can
  * send as a zero marker instead of bytes.
@@ -19,6 +22,9 @@
  *   ;; (T_k at k·1024: 16 tables of 256 words; Z_b at 16384 + b·1024), then byte by byte:
  *   ;; c = T0[(c ^ b) & 255] ^ (c >> 8); ~c)
  * (func $zero (param $p i32) (param $n i32) (result i32)                ;; 1 when [p, p+n) is all zero (n % 32 = 0)
+ * (func $crc16 (param $p i32) (param $stride i32) (param $n i32)         ;; CRC-32C of [p + l·stride, +n), l < 16
+ *   ;; lanes of i8x16: per 16 columns, 16 loads transposed; per column x = c0 ^ b, lo = x & 15, hi = x >> 4 & 15,
+ *   ;; t_k = swizzle(L_k, lo) ^ swizzle(H_k, hi); c0 = c1 ^ t0, c1 = c2 ^ t1, c2 = c3 ^ t2, c3 = t3; planes out)
  * ```
  *
  * @example
@@ -77,8 +83,99 @@ const LANE = LANE_BLOCK / LANES;
 /** Where the 4 tables of the zero shift start (after the 16): `Z_b[v]` = the state `v << 8b` after 1 KiB of zeros. */
 const ZERO_TABLES = TABLE_BYTES;
 
-/** The module: `crc(p, n, c) -> c'` and `zero(p, n) -> 0/1`, over an imported memory `e.m`. */
-function moduleBytes(): Uint8Array<ArrayBuffer> {
+/** Where the 8 nibble tables of `crc16` start (after the zero-shift tables): `L_k` then `H_k`, 16 bytes each. */
+const NIBBLE_TABLES = ZERO_TABLES + 4096;
+/** Where `crc16` leaves its four state planes (64 bytes). */
+const PLANES = NIBBLE_TABLES + 128;
+/** Buffers `crc16` checksums side by side, one per byte lane of a vector. */
+const SIDE_BY_SIDE = 16;
+
+/**
+ * `crc16(p, stride, n)`: the CRC-32C of 16 buffers of `n` bytes (`n % 16 = 0`) at
+ * `p + l·stride`, side by side in the 16 byte lanes of 128-bit vectors. The state of
+ * lane `l` is four byte planes `c0…c3` (byte `k` of its CRC in lane `l` of `c_k`);
+ * one byte step of every lane at once is `x = c0 ^ b; t = T[x]` with `T[x] =
+ * T[x & 15] ^ T[x & 0xf0]` (the table is linear), each byte of `T` looked up with
+ * a swizzle of a 16-entry nibble table, then `c0 = c1 ^ t0, c1 = c2 ^ t1, c2 = c3 ^
+ * t2, c3 = t3` (the `>> 8`). The bytes of column `i` of the 16 buffers are gathered
+ * into one vector by a 16 × 16 byte transpose of 16 loads (four rounds of
+ * unpacks). The planes are left at {@linkcode PLANES}, inverted (the final XOR).
+ * `swizzle` is the opcode (relaxed or not).
+ */
+function crc16Body(swizzle: number[]): number[] {
+  const I32 = 0x7f, V128 = 0x7b;
+  const get = (i: number) => [0x20, i];
+  const set = (i: number) => [0x21, i];
+  const tee = (i: number) => [0x22, i];
+  const k = (n: number) => [0x41, ...sleb(n)];
+  const simd = (op: number) => [0xfd, ...leb(op)];
+  const vload = (offset: number) => [...simd(0x00), 0, ...leb(offset)];
+  const vstore = (offset: number) => [...simd(0x0b), 0, ...leb(offset)];
+  const splat = (byte: number) => [...simd(0x0c), ...new Array(16).fill(byte)];
+  const [XOR, AND] = [simd(0x51), simd(0x4e)];
+  const [P, STRIDE, N, OFF, Q] = [0, 1, 2, 3, 4];
+  const C = [5, 6, 7, 8], L = [9, 10, 11, 12], H = [13, 14, 15, 16];
+  const [M, X, LO, HI] = [17, 18, 19, 20];
+  const A = Array.from({ length: 16 }, (_, i) => 21 + i);
+  const B = Array.from({ length: 16 }, (_, i) => 37 + i);
+  const body: number[] = [2, 2, I32, 48, V128];
+  for (let j = 0; j < 4; j++) body.push(...splat(0xff), ...set(C[j]!));
+  for (let j = 0; j < 4; j++) body.push(...k(0), ...vload(NIBBLE_TABLES + 16 * j), ...set(L[j]!));
+  for (let j = 0; j < 4; j++) body.push(...k(0), ...vload(NIBBLE_TABLES + 64 + 16 * j), ...set(H[j]!));
+  body.push(...splat(0x0f), ...set(M), ...k(0), ...set(OFF));
+  body.push(0x02, 0x40, 0x03, 0x40);
+  body.push(...get(OFF), ...get(N), 0x4f, /* i32.ge_u */ 0x0d, 1);
+  body.push(...get(P), ...get(OFF), 0x6a, ...set(Q));
+  for (let l = 0; l < 16; l++) {
+    body.push(...get(Q));
+    if (l > 0) body.push(...get(STRIDE), ...k(l), 0x6c, /* i32.mul */ 0x6a);
+    body.push(...vload(0), ...set(A[l]!));
+  }
+  // The transpose: unpacks of width 1, 2, 4, 8 bytes of vectors d = 1, 2, 4, 8 apart (checked by the tests: column
+  // i of the 16 buffers ends in vector i, buffer l in lane l).
+  let from = A, to = B;
+  for (let stage = 0; stage < 4; stage++) {
+    const w = 1 << stage;
+    let o = 0;
+    for (let a = 0; a < 16; a++) {
+      if ((a & w) !== 0) continue;
+      for (const high of [0, 8]) {
+        const lanes: number[] = [];
+        for (let e = 0; e < 8 / w; e++) {
+          for (let j = 0; j < w; j++) lanes.push(high + e * w + j);
+          for (let j = 0; j < w; j++) lanes.push(16 + high + e * w + j);
+        }
+        body.push(...get(from[a]!), ...get(from[a + w]!), ...simd(0x0d), ...lanes, ...set(to[o++]!));
+      }
+    }
+    [from, to] = [to, from];
+  }
+  // x = c0 ^ b is carried from step to step instead of c0 (c0' ^ b' = (c1 ^ b') ^ t0, the first XOR off the chain
+  // from x to x': four instructions long).
+  body.push(...get(C[0]!), ...get(from[0]!), ...XOR, ...set(X));
+  for (let i = 0; i < 16; i++) {
+    body.push(...get(X), ...get(M), ...AND, ...set(LO));
+    // The high nibbles: a 16-bit shift (one instruction; the byte shift is emulated), masked.
+    body.push(...get(X), ...k(4), ...simd(0x8d), /* i16x8.shr_u */ ...get(M), ...AND, ...set(HI));
+    const last = i === 15;
+    body.push(...get(C[1]!));
+    if (!last) body.push(...get(from[i + 1]!), ...XOR);
+    body.push(...get(L[0]!), ...get(LO), ...swizzle, ...XOR, ...get(H[0]!), ...get(HI), ...swizzle, ...XOR);
+    body.push(...set(last ? C[0]! : X));
+    for (let j = 1; j < 4; j++) {
+      body.push(...get(L[j]!), ...get(LO), ...swizzle, ...get(H[j]!), ...get(HI), ...swizzle, ...XOR);
+      if (j < 3) body.push(...get(C[j + 1]!), ...XOR);
+      body.push(...set(C[j]!));
+    }
+  }
+  body.push(...get(OFF), ...k(16), 0x6a, ...set(OFF), 0x0c, 0, 0x0b, 0x0b);
+  for (let j = 0; j < 4; j++) body.push(...k(0), ...get(C[j]!), ...splat(0xff), ...XOR, ...vstore(PLANES + 16 * j));
+  body.push(0x0b);
+  return body;
+}
+
+/** The module: `crc(p, n, c) -> c'`, `zero(p, n) -> 0/1` and `crc16(p, stride, n)`, over an imported memory `e.m`. */
+function moduleBytes(swizzle: number[]): Uint8Array<ArrayBuffer> {
   const I32 = 0x7f, I64 = 0x7e;
   const get = (i: number) => [0x20, i];
   const set = (i: number) => [0x21, i];
@@ -163,14 +260,25 @@ function moduleBytes(): Uint8Array<ArrayBuffer> {
   zero.push(0x04, 0x40, ...k(0), 0x0f, 0x0b); // if nonzero: return 0
   zero.push(...get(0), ...k(32), ADD, ...set(0), 0x0c, 0, 0x0b, 0x0b);
   zero.push(...k(1), 0x0b);
+  const crc16 = crc16Body(swizzle);
   return new Uint8Array([
     ...[0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00],
-    ...section(1, [2, 0x60, 3, I32, I32, I32, 1, I32, 0x60, 2, I32, I32, 1, I32]),
+    ...section(1, [3, 0x60, 3, I32, I32, I32, 1, I32, 0x60, 2, I32, I32, 1, I32, 0x60, 3, I32, I32, I32, 0]),
     ...section(2, [1, ...name("e"), ...name("m"), 0x02, 0x00, ...leb(1)]),
-    ...section(3, [2, 0, 1]),
-    ...section(7, [2, ...name("crc"), 0x00, 0, ...name("zero"), 0x00, 1]),
-    ...section(10, [2, ...leb(crc.length), ...crc, ...leb(zero.length), ...zero]),
+    ...section(3, [3, 0, 1, 2]),
+    ...section(7, [3, ...name("crc"), 0x00, 0, ...name("zero"), 0x00, 1, ...name("crc16"), 0x00, 2]),
+    ...section(10, [3, ...leb(crc.length), ...crc, ...leb(zero.length), ...zero, ...leb(crc16.length), ...crc16]),
   ]);
+}
+
+/** `i8x16.relaxed_swizzle` (the nibble indices are below 16, so it equals `i8x16.swizzle`), else `i8x16.swizzle`. */
+const RELAXED_SWIZZLE = [0xfd, 0x80, 0x02];
+const SWIZZLE = [0xfd, 0x0e];
+
+/** The module compiled, with the relaxed swizzle where the runtime validates it. */
+function compileModule(): WebAssembly.Module {
+  const bytes = moduleBytes(RELAXED_SWIZZLE);
+  return WebAssembly.validate(bytes) ? new WebAssembly.Module(bytes) : new WebAssembly.Module(moduleBytes(SWIZZLE));
 }
 
 let compiled: WebAssembly.Module | undefined;
@@ -205,6 +313,8 @@ export class CrcArena {
   readonly address: number;
   readonly #crc: (p: number, n: number, c: number) => number;
   readonly #zero: (p: number, n: number) => number;
+  readonly #crc16: (p: number, stride: number, n: number) => void;
+  readonly #planes: Uint8Array;
   // Kept: the memory must outlive its views.
   readonly #memory: WebAssembly.Memory;
 
@@ -214,10 +324,11 @@ export class CrcArena {
     const base = 65536; // the tables, then page-aligned buffers
     const pages = Math.ceil((base + size) / 65536);
     this.#memory = new WebAssembly.Memory({ initial: pages, maximum: pages });
-    compiled ??= new WebAssembly.Module(moduleBytes());
+    compiled ??= compileModule();
     const exports = new WebAssembly.Instance(compiled, { e: { m: this.#memory } }).exports;
     this.#crc = exports.crc as (p: number, n: number, c: number) => number;
     this.#zero = exports.zero as (p: number, n: number) => number;
+    this.#crc16 = exports.crc16 as (p: number, stride: number, n: number) => void;
     this.bytes = new Uint8Array(this.#memory.buffer);
     this.base = base;
     this.size = size;
@@ -248,6 +359,15 @@ export class CrcArena {
         zeros[b * 256 + v] = z >>> 0;
       }
     }
+    // crc16's nibble tables: byte k of T[n] (L_k) and of T[n << 4] (H_k), n = 0…15.
+    const nibbles = new Uint8Array(this.#memory.buffer, NIBBLE_TABLES, 128);
+    for (let b = 0; b < 4; b++) {
+      for (let n = 0; n < 16; n++) {
+        nibbles[16 * b + n] = table[n]! >>> (8 * b);
+        nibbles[64 + 16 * b + n] = table[n << 4]! >>> (8 * b);
+      }
+    }
+    this.#planes = new Uint8Array(this.#memory.buffer, PLANES, 64);
     const pointer = Deno.UnsafePointer.of(this.#memory.buffer);
     this.address = pointer === null ? 0 : Number(Deno.UnsafePointer.value(pointer));
   }
@@ -262,9 +382,23 @@ export class CrcArena {
     return this.#zero(at, length) === 1;
   }
 
-  /** The CRC-32C of each of `count` pages of `pageSize` bytes from offset `at`, into `out[from…]`. */
+  /**
+   * The CRC-32C of each of `count` pages of `pageSize` bytes from offset `at`, into
+   * `out[from…]`: sixteen at a time side by side (SIMD), the rest one by one.
+   */
   pageCrcs(at: number, count: number, pageSize: number, out: Uint32Array, from: number): void {
-    for (let i = 0; i < count; i++) out[from + i] = this.#crc(at + i * pageSize, pageSize, 0) >>> 0;
+    let i = 0;
+    if (pageSize % 16 === 0) {
+      // Sixteen pages at a time side by side (the SIMD function), the rest one by one.
+      const planes = this.#planes;
+      for (; i + SIDE_BY_SIDE <= count; i += SIDE_BY_SIDE) {
+        this.#crc16(at + i * pageSize, pageSize, pageSize);
+        for (let l = 0; l < SIDE_BY_SIDE; l++) {
+          out[from + i + l] = (planes[l]! | planes[16 + l]! << 8 | planes[32 + l]! << 16 | planes[48 + l]! << 24) >>> 0;
+        }
+      }
+    }
+    for (; i < count; i++) out[from + i] = this.#crc(at + i * pageSize, pageSize, 0) >>> 0;
   }
 }
 

@@ -513,6 +513,9 @@ export interface Batch {
   readonly dataAt: number;
 }
 
+/** The CRCs `decodeBatch` computes, to check them against those carried (grown as needed, never shrunk). */
+let computedCrcs = new Uint32Array(256);
+
 /**
  * Decodes a `PAGE` payload at `at` (`length` bytes) of the arena, checks it against
  * the image's `imagePages` and checks every page's CRC-32C (a mismatch is a
@@ -549,10 +552,12 @@ export function decodeBatch(
     end = first + n;
   }
   const crcAt = 8 + 8 * runs;
+  if (computedCrcs.length < count) computedCrcs = new Uint32Array(Math.max(count, 2 * computedCrcs.length));
+  arena.pageCrcs(dataAt, count, pageSize, computedCrcs, 0);
   for (let i = 0; i < count; i++) {
     const carried = view.getUint32(crcAt + 4 * i, true);
     crcs[i] = carried;
-    const computed = arena.crc(dataAt + i * pageSize, pageSize);
+    const computed = computedCrcs[i]!;
     if (computed !== carried) {
       throw new WireError(
         "corrupt",
@@ -681,6 +686,8 @@ export class BatchBuilder {
     all.set(image.subarray(from, end), slot);
     if (end - from < take * P) all.fill(0, slot + (end - from), slot + take * P);
     let read = slot;
+    const kept = this.#count;
+    const firstSlot = slot;
     for (let i = 0; i < take; i++, read += P) {
       if (this.#arena.zero(read, P)) {
         zero(first + i);
@@ -688,10 +695,11 @@ export class BatchBuilder {
       }
       if (read !== slot) all.copyWithin(slot, read, read + P);
       this.#pages[this.#count] = first + i;
-      this.#crcs[this.#count] = this.#arena.crc(slot, P);
       this.#count++;
       slot += P;
     }
+    // The pages kept lie in consecutive slots: checksummed together (sixteen side by side).
+    this.#arena.pageCrcs(firstSlot, this.#count - kept, P, this.#crcs, kept);
     return take;
   }
 

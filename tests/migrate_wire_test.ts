@@ -72,6 +72,47 @@ Deno.test("wire: the wasm CRC-32C is the checkpoint format's, at every length an
   assert.equal(zeroPageCrc(P), crc32c(new Uint8Array(P)));
 });
 
+Deno.test("wire: page CRCs sixteen side by side are each page's own, for every lane and page size", () => {
+  for (const pageSize of [4096, 16384, 64]) {
+    const count = 2 * 16 + 5; // two groups of sixteen, then five one by one
+    const arena = new CrcArena(count * pageSize);
+    const image = noise(count * pageSize);
+    arena.bytes.set(image, arena.base);
+    const out = new Uint32Array(count + 3);
+    arena.pageCrcs(arena.base, count, pageSize, out, 3);
+    for (let i = 0; i < count; i++) {
+      assert.equal(out[3 + i], crc32c(image.subarray(i * pageSize, (i + 1) * pageSize)), `page ${i} of ${pageSize}`);
+    }
+    // One changed byte changes its page's CRC and no other (each lane holds its own page).
+    for (const page of [0, 7, 15, 16, 31]) {
+      const at = arena.base + page * pageSize + ((page * 37) % pageSize);
+      arena.bytes[at] ^= 0x10;
+      const changed = new Uint32Array(count + 3);
+      arena.pageCrcs(arena.base, count, pageSize, changed, 3);
+      const differ = [...changed.keys()].filter((i) => changed[i] !== out[i]).map((i) => i - 3);
+      assert.deepEqual(differ, [page]);
+      arena.bytes[at] ^= 0x10;
+    }
+  }
+});
+
+Deno.test("wire: a changed byte in a page of a large batch (checked sixteen at a time) is named", () => {
+  const arena = new CrcArena(2 << 20);
+  const builder = new BatchBuilder(arena, arena.base, 1 << 20, P);
+  const image = noise(140 * P); // pages 100…139 are sent
+  builder.begin(0);
+  assert.equal(builder.addRun(100, 40, image, () => assert.fail("no zero page")), 40);
+  const frame = builder.seal(1);
+  const header = readHeader(arena.bytes, frame.at);
+  const payload = frame.at + HEADER_BYTES;
+  const decoded = decodeBatch(arena, payload, header.length, P, 200);
+  const expected = [...Array(40).keys()].map((i) => crc32c(image.subarray((100 + i) * P, (101 + i) * P)));
+  assert.deepEqual([...decoded.crcs], expected);
+  arena.bytes[decoded.dataAt + 29 * P + 4000] ^= 1;
+  const e = wireError(() => decodeBatch(arena, payload, header.length, P, 200), "corrupt", /page 129 does not match/);
+  assert.equal(e.page, 129);
+});
+
 Deno.test("wire: the zero check finds a single non-zero byte anywhere in a page", () => {
   const arena = new CrcArena(2 * P);
   arena.bytes.fill(0, arena.base, arena.base + P);
@@ -84,6 +125,13 @@ Deno.test("wire: the zero check finds a single non-zero byte anywhere in a page"
 });
 
 /** A built batch: pages 3, 4 (data), 5 (zero), 9 (data), sealed as frame `sequence`. */
+/** `length` random bytes (`getRandomValues` gives 64 KiB at most per call). */
+function noise(length: number): Uint8Array {
+  const out = new Uint8Array(length);
+  for (let at = 0; at < length; at += 65536) crypto.getRandomValues(out.subarray(at, at + 65536));
+  return out;
+}
+
 function batch(arena: CrcArena, sequence = 7) {
   const builder = new BatchBuilder(arena, arena.base + 65536, 1 << 20, P);
   builder.begin(2);
