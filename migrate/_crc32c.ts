@@ -106,7 +106,6 @@ function crc16Body(swizzle: number[]): number[] {
   const I32 = 0x7f, V128 = 0x7b;
   const get = (i: number) => [0x20, i];
   const set = (i: number) => [0x21, i];
-  const tee = (i: number) => [0x22, i];
   const k = (n: number) => [0x41, ...sleb(n)];
   const simd = (op: number) => [0xfd, ...leb(op)];
   const vload = (offset: number) => [...simd(0x00), 0, ...leb(offset)];
